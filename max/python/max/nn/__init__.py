@@ -1,0 +1,31 @@
+"""Neural-network layers shared by the architectures.
+
+Model code reads like the paper: `Transformer` -> `DecoderLayer` -> `Attention` /
+`GatedMLP` / `RMSNorm`. Attention reads the step's batch layout and KV cache from the step
+context, so layers never mention batching, pages or devices.
+"""
+
+from max.nn.attention import Attention
+from max.nn.mlp import GatedMLP, activation
+from max.nn.moe import MoEConfig, SparseMoE
+from max.nn.norm import RMSNorm
+from max.nn.rotary_embedding import RotaryEmbedding, rope_frequencies
+from max.nn.step_context import StepContext, current_step, step_context
+from max.nn.transformer import DecoderConfig, DecoderLayer, Transformer
+
+__all__ = [
+    "Attention",
+    "DecoderConfig",
+    "DecoderLayer",
+    "GatedMLP",
+    "MoEConfig",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SparseMoE",
+    "StepContext",
+    "Transformer",
+    "activation",
+    "current_step",
+    "rope_frequencies",
+    "step_context",
+]

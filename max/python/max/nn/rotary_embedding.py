@@ -1,0 +1,157 @@
+"""Rotary position embeddings (RoPE) and the frequency schedules of their scaling variants.
+
+The rope parameters come as Hugging Face standardizes them (`config.rope_parameters`):
+`rope_type` one of default, linear, llama3, yarn; `rope_theta`; and the type's own keys.
+Frequencies are computed in the same order and dtype as transformers does, so that float32
+logits match the reference to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from max.errors import MaxError
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+# Frequencies are always computed on the CPU (explicitly, even while a model is being
+# shaped on the meta device) and then moved.
+_CPU = torch.device("cpu")
+
+
+def _base_inv_freq(base: float, dim: int) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=_CPU).float() / dim))
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, params: Mapping) -> torch.Tensor:
+    factor = params["factor"]
+    low_freq_factor = params["low_freq_factor"]
+    high_freq_factor = params["high_freq_factor"]
+    old_context_len = params["original_max_position_embeddings"]
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are divided by the factor, short ones kept, the middle band blended.
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def _yarn_inv_freq(
+    base: float, dim: int, params: Mapping, max_position_embeddings: int
+) -> tuple[torch.Tensor, float]:
+    factor = params.get("factor")
+    original_max = params.get("original_max_position_embeddings") or max_position_embeddings
+    if factor is None:
+        factor = max_position_embeddings / original_max
+
+    def get_mscale(scale: float, mscale: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+        else:
+            attention_factor = get_mscale(factor)
+    beta_fast = params.get("beta_fast") or 32
+    beta_slow = params.get("beta_slow") or 1
+
+    def correction_dim(num_rotations: float) -> float:
+        return (dim * math.log(original_max / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # avoids a division by zero in the ramp
+    ramp = torch.arange(dim // 2, dtype=torch.float32, device=_CPU)
+    ramp = torch.clamp((ramp - low) / (high - low), 0, 1)
+    extrapolation_weight = 1 - ramp
+    pos_freqs = base ** (torch.arange(0, dim, 2, device=_CPU).float() / dim)
+    extrapolated = 1.0 / pos_freqs
+    interpolated = 1.0 / (factor * pos_freqs)
+    inv_freq = interpolated * (1 - extrapolation_weight) + extrapolated * extrapolation_weight
+    return inv_freq, float(attention_factor)
+
+
+def rope_frequencies(
+    rope_parameters: Mapping, head_dim: int, max_position_embeddings: int
+) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [rotary_dim // 2] and the cos/sin scaling factor of a rope config."""
+    rope_type = rope_parameters.get("rope_type", rope_parameters.get("type", "default"))
+    base = float(rope_parameters["rope_theta"])
+    dim = int(head_dim * rope_parameters.get("partial_rotary_factor", 1.0))
+    if rope_type == "default":
+        return _base_inv_freq(base, dim), 1.0
+    if rope_type == "linear":
+        return _base_inv_freq(base, dim) / rope_parameters["factor"], 1.0
+    if rope_type == "llama3":
+        return _llama3_inv_freq(_base_inv_freq(base, dim), rope_parameters), 1.0
+    if rope_type == "yarn":
+        return _yarn_inv_freq(base, dim, rope_parameters, max_position_embeddings)
+    raise MaxError(
+        f"rope type {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+    )
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Maps the halves (a, b) of the last dimension to (-b, a)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies RoPE to queries and keys by absolute position (the "rotate half" layout).
+
+    cos and sin tables are precomputed once for `max_positions` positions; a step indexes
+    them with the positions of its tokens.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        rope_parameters: Mapping,
+        max_position_embeddings: int,
+        max_positions: int,
+    ) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.rope_parameters = dict(rope_parameters)
+        self.max_position_embeddings = max_position_embeddings
+        self.max_positions = max_positions
+        self.init_buffers(_CPU)
+
+    def init_buffers(self, device: torch.device | str) -> None:
+        """(Re)computes the cos/sin tables, e.g. after the module moved off the meta device."""
+        inv_freq, scaling = rope_frequencies(
+            self.rope_parameters, self.head_dim, self.max_position_embeddings
+        )
+        self.rotary_dim = 2 * inv_freq.shape[0]
+        positions = torch.arange(self.max_positions, dtype=torch.float32, device=_CPU)
+        freqs = torch.outer(positions, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", (emb.cos() * scaling).to(device), persistent=False)
+        self.register_buffer("sin", (emb.sin() * scaling).to(device), persistent=False)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotates q [T, Hq, D] and k [T, Hkv, D] by the positions [T] of their tokens."""
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        if self.rotary_dim == q.shape[-1]:
+            return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        r = self.rotary_dim  # partial rotary: only the first r channels rotate
+        q_rot = q[..., :r] * cos + rotate_half(q[..., :r]) * sin
+        k_rot = k[..., :r] * cos + rotate_half(k[..., :r]) * sin
+        return torch.cat((q_rot, q[..., r:]), -1), torch.cat((k_rot, k[..., r:]), -1)

@@ -1,0 +1,131 @@
+"""A pre-norm decoder-only transformer: the Llama / Qwen family, built from `DecoderConfig`.
+
+Reads like the architecture: `Transformer` -> `DecoderLayer` -> `Attention` / `GatedMLP` /
+`RMSNorm`. Inputs are the step's ragged tokens and their positions; where each request's
+keys and values live comes from the step context (see `step_context`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from max.nn.attention import Attention
+from max.nn.mlp import GatedMLP
+from max.nn.moe import MoEConfig, SparseMoE
+from max.nn.norm import RMSNorm
+from max.nn.rotary_embedding import RotaryEmbedding
+
+SLIDING = "sliding_attention"
+
+
+@dataclass
+class DecoderConfig:
+    """Everything a Llama-family decoder needs, independent of any checkpoint format.
+
+    `layer_types` marks each layer "full_attention" or "sliding_attention" (the latter
+    attends only over the last `sliding_window` positions). `moe`, when set, replaces the
+    dense MLP of the layers that `moe_layers` lists with routed experts.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    norm_eps: float
+    rope_parameters: dict
+    max_position_embeddings: int
+    max_seq_len: int
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    attention_scale: float | None = None
+    layer_types: list[str] = field(default_factory=list)
+    sliding_window: int | None = None
+    moe: MoEConfig | None = None
+    moe_layers: list[int] = field(default_factory=list)
+
+    def window(self, layer: int) -> int | None:
+        """Sliding window of `layer`, or None for full attention."""
+        if self.layer_types and self.layer_types[layer] == SLIDING:
+            return self.sliding_window
+        return None
+
+
+class DecoderLayer(nn.Module):
+    """Attention then feed-forward, each behind an RMSNorm and a residual connection."""
+
+    def __init__(self, config: DecoderConfig, index: int, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.self_attn = Attention(
+            index,
+            config.hidden_size,
+            config.num_heads,
+            config.num_kv_heads,
+            config.head_dim,
+            rotary,
+            qkv_bias=config.qkv_bias,
+            o_bias=config.o_bias,
+            qk_norm=(lambda d: RMSNorm(d, config.norm_eps)) if config.qk_norm else None,
+            scale=config.attention_scale,
+            sliding_window=config.window(index),
+        )
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
+        if config.moe is not None and index in config.moe_layers:
+            self.mlp = SparseMoE(config.hidden_size, config.moe, config.hidden_act)
+        else:
+            self.mlp = GatedMLP(
+                config.hidden_size, config.intermediate_size, config.hidden_act, config.mlp_bias
+            )
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), positions)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Transformer(nn.Module):
+    """Embedding, decoder layers, final norm and the language-model head."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # One rotary table serves every layer.
+        rotary = RotaryEmbedding(
+            config.head_dim,
+            config.rope_parameters,
+            config.max_position_embeddings,
+            config.max_seq_len,
+        )
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, rotary) for i in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, logits_indices: torch.Tensor
+    ) -> torch.Tensor:
+        """Float32 logits [N, vocab] for the rows `logits_indices` of the step's tokens."""
+        x = self.embed_tokens(tokens)
+        for layer in self.layers:
+            x = layer(x, positions)
+        # The norm is per row, so only the rows that need logits are normalized.
+        return self.logits(self.norm(x[logits_indices]))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head (tied to the embedding when the config says so), in float32."""
+        if self.config.tie_word_embeddings:
+            return F.linear(x, self.embed_tokens.weight).float()
+        return self.lm_head(x).float()

@@ -1,0 +1,1 @@
+"""Pipelines: the library (`max.pipelines.lib`) and the architectures built on it."""

@@ -1,0 +1,7 @@
+"""Llama 3.x (and SmolLM2): `LlamaForCausalLM`."""
+
+from max.pipelines.architectures.llama3.arch import llama3_arch
+
+ARCHITECTURES = [llama3_arch]
+
+__all__ = ["ARCHITECTURES", "llama3_arch"]

@@ -1,0 +1,10 @@
+"""Llama's pipeline model: the generic `max.nn.Transformer` with `Llama3Config`."""
+
+from max.pipelines.architectures.llama3.model_config import Llama3Config
+from max.pipelines.lib import PipelineModel
+
+
+class Llama3Model(PipelineModel):
+    """Runs `LlamaForCausalLM` checkpoints."""
+
+    config_class = Llama3Config

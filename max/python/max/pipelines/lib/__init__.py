@@ -1,0 +1,74 @@
+"""The pipeline library: architectures' contract, model loading, engine and generation.
+
+Public pieces, bottom up: `SupportedArchitecture` and `PipelineRegistry` (what an
+architecture declares, and where it is found); `PipelineConfig`; model sources, configs,
+tokenizers and weights; `PipelineModel` (what an architecture's model.py subclasses);
+`Scheduler`, `LLMEngine` (continuous batching over the paged KV cache); `TextGenerator`.
+"""
+
+from max.pipelines.lib.config import ENCODINGS, PipelineConfig, parse_device, parse_memory
+from max.pipelines.lib.embedded_models import DEFAULT_MODEL, EMBEDDED_MODELS, find_embedded_model
+from max.pipelines.lib.engine import EngineStats, LLMEngine
+from max.pipelines.lib.hf_config import head_dim, layer_types, rope_parameters
+from max.pipelines.lib.model_source import ModelSource, resolve_model_source
+from max.pipelines.lib.pipeline_builder import (
+    ResolvedModel,
+    build_engine,
+    load_tokenizer,
+    resolve_model,
+)
+from max.pipelines.lib.pipeline_model import ModelInputs, ModelOutputs, PipelineModel
+from max.pipelines.lib.registry import (
+    PIPELINE_REGISTRY,
+    PipelineRegistry,
+    import_custom_architectures,
+    register_custom_architectures,
+)
+from max.pipelines.lib.request import RequestOutput, TokenLogprob
+from max.pipelines.lib.sampling_params import SamplingParams
+from max.pipelines.lib.supported_architecture import SupportedArchitecture, WeightAdapter
+from max.pipelines.lib.text_generator import Completion, TextGenerator
+from max.pipelines.lib.text_stream import RequestTextStream, TextDelta
+from max.pipelines.lib.tokenizer import TextTokenizer
+from max.pipelines.lib.weights import Checkpoint, CheckpointTensor, WeightsFormat
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "ENCODINGS",
+    "PIPELINE_REGISTRY",
+    "Checkpoint",
+    "CheckpointTensor",
+    "Completion",
+    "EngineStats",
+    "LLMEngine",
+    "ModelInputs",
+    "ModelOutputs",
+    "ModelSource",
+    "PipelineConfig",
+    "PipelineModel",
+    "PipelineRegistry",
+    "RequestOutput",
+    "RequestTextStream",
+    "ResolvedModel",
+    "SamplingParams",
+    "SupportedArchitecture",
+    "TextDelta",
+    "TextGenerator",
+    "TextTokenizer",
+    "TokenLogprob",
+    "WeightAdapter",
+    "WeightsFormat",
+    "build_engine",
+    "find_embedded_model",
+    "head_dim",
+    "import_custom_architectures",
+    "layer_types",
+    "load_tokenizer",
+    "parse_device",
+    "parse_memory",
+    "register_custom_architectures",
+    "resolve_model",
+    "resolve_model_source",
+    "rope_parameters",
+]

@@ -1,0 +1,149 @@
+"""Building a pipeline from a `PipelineConfig`: find the model, pick its architecture,
+load the tokenizer, load the weights, size the KV cache, start the engine.
+
+Finding and tokenizing are cheap and done wherever they are needed (the HTTP process
+needs the tokenizer, not the weights); `build_engine` does the heavy part.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from max.errors import MaxError
+from max.kv_cache import PagedKVCache
+from max.pipelines.lib.config import FLOAT_ENCODINGS, PipelineConfig
+from max.pipelines.lib.engine import LLMEngine
+from max.pipelines.lib.hf_config import architecture_name, eos_token_ids, load_hf_config
+from max.pipelines.lib.model_source import ModelSource, resolve_model_source
+from max.pipelines.lib.registry import (
+    PIPELINE_REGISTRY,
+    PipelineRegistry,
+    register_custom_architectures,
+)
+from max.pipelines.lib.supported_architecture import SupportedArchitecture
+from max.pipelines.lib.tokenizer import TextTokenizer
+from max.pipelines.lib.weights import GGUFFile, WeightsFormat, open_gguf, open_safetensors
+
+logger = logging.getLogger("max.pipelines")
+
+_CPU_KV_DEFAULT = 2 * 2**30
+
+
+@dataclass
+class ResolvedModel:
+    """A model located and identified, with its config; no weights loaded yet."""
+
+    config: PipelineConfig
+    source: ModelSource
+    architecture: SupportedArchitecture
+    hf_config: Any
+    gguf: GGUFFile | None
+
+    @property
+    def max_seq_len(self) -> int:
+        """Longest prompt + output served."""
+        return self.architecture.pipeline_model.calculate_max_seq_len(self.config, self.hf_config)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float dtype the model computes in."""
+        return self.config.dtype(self.architecture.default_encoding)
+
+    def eos_token_ids(self) -> set[int]:
+        """End-of-sequence ids from the config and generation_config.json."""
+        ids = eos_token_ids(self.hf_config)
+        gen = self.source.directory / "generation_config.json"
+        if self.source.weights_format == WeightsFormat.safetensors and gen.is_file():
+            try:
+                eos = json.loads(gen.read_text()).get("eos_token_id")
+            except ValueError:
+                eos = None
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, list):
+                ids.update(int(e) for e in eos)
+        return ids
+
+
+def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_REGISTRY) -> ResolvedModel:
+    """Locates the model, reads its config and finds its architecture."""
+    config.validate()
+    register_custom_architectures(config.custom_architectures, registry)
+    source = resolve_model_source(config.model_path, config.weight_path)
+    gguf = GGUFFile(source.gguf_file) if source.gguf_file is not None else None
+    arch = registry.retrieve(architecture_name(source, gguf))
+    if source.weights_format not in arch.weight_adapters:
+        raise MaxError(
+            f"architecture {arch.name} cannot read {source.weights_format.value} weights "
+            f"(it reads: {', '.join(f.value for f in arch.weight_adapters)})"
+        )
+    enc = config.quantization_encoding
+    if enc in FLOAT_ENCODINGS and enc not in arch.supported_encodings:
+        raise MaxError(
+            f"encoding {enc} is not supported by {arch.name} "
+            f"(supported: {', '.join(arch.supported_encodings)})"
+        )
+    hf_config = load_hf_config(source, config.trust_remote_code, gguf)
+    return ResolvedModel(config, source, arch, hf_config, gguf)
+
+
+def load_tokenizer(resolved: ResolvedModel) -> TextTokenizer:
+    """The model's tokenizer."""
+    return resolved.architecture.tokenizer.from_source(
+        resolved.source, resolved.hf_config, resolved.config.trust_remote_code
+    )
+
+
+def _kv_budget(resolved: ResolvedModel, device: torch.device, needed: int) -> int:
+    config = resolved.config
+    if config.kv_cache_memory is not None:
+        return config.kv_cache_memory
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        reserve = (1.0 - config.device_memory_utilization) * total
+        return max(int(free - reserve), 0)
+    return min(_CPU_KV_DEFAULT, needed)
+
+
+def build_engine(resolved: ResolvedModel) -> LLMEngine:
+    """Loads the weights, sizes and allocates the KV cache, and returns a ready engine."""
+    config = resolved.config
+    arch = resolved.architecture
+    device = config.device
+    dtype = resolved.dtype
+    if config.load_format == "dummy":
+        checkpoint = None
+    elif resolved.source.weights_format == WeightsFormat.gguf:
+        checkpoint = open_gguf(resolved.gguf)
+    else:
+        checkpoint = open_safetensors(resolved.source.weight_files)
+    adapter = arch.weight_adapters.get(resolved.source.weights_format)
+    model = arch.pipeline_model(config, resolved.hf_config, checkpoint, adapter, dtype, device)
+    params = model.get_kv_params(resolved.hf_config, config, dtype)
+    needed = model.estimate_kv_cache_size(config, resolved.hf_config, dtype)
+    budget = _kv_budget(resolved, device, needed)
+    num_pages = params.pages_for_budget(budget, model.max_seq_len)
+    kv_cache = PagedKVCache(params, num_pages, device, config.enable_prefix_caching)
+    logger.info(
+        "KV cache: %d pages of %d tokens (%.0f MiB) on %s",
+        num_pages,
+        params.page_size,
+        num_pages * params.bytes_per_page / 2**20,
+        device,
+    )
+    vocab = int(resolved.hf_config.vocab_size)
+    return LLMEngine(
+        model,
+        kv_cache,
+        config.max_batch_size,
+        max(config.token_budget(), 1),
+        resolved.eos_token_ids(),
+        vocab,
+        config.enable_prefix_caching,
+    )

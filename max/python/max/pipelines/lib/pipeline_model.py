@@ -1,0 +1,276 @@
+"""`PipelineModel`: builds an architecture's network, loads its weights, runs its steps.
+
+The base class does everything that is the same for decoder-only language models;
+an architecture's `model.py` subclasses it and names its config class (and, if its network
+is not the generic `max.nn.Transformer`, overrides `build_network`).
+
+A step runs a ragged batch: the new tokens of every scheduled request concatenated into
+one flat tensor, with row offsets per request (MAX's layout). `prepare_initial_token_inputs`
+builds that from the scheduler's chunks; `prepare_next_token_inputs` derives the next
+decode step's inputs from the previous ones without going back to Python lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from max.errors import MaxError
+from max.kv_cache import KVCacheParams, PagedKVCache
+from max.nn import DecoderConfig, Transformer, step_context
+from max.pipelines.lib.config import PipelineConfig
+from max.pipelines.lib.scheduler import ScheduledChunk
+from max.pipelines.lib.weights import Checkpoint, fill_dummy_weights, load_checkpoint_into
+from max_kernels import RaggedLayout
+
+_INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+)
+
+
+@contextlib.contextmanager
+def skip_parameter_init() -> Iterator[None]:
+    """Turns torch.nn.init's initializers into no-ops while a network is being shaped:
+    its weights come from the checkpoint, so random init would be wasted work (and on the
+    meta device its first use alone costs seconds)."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+@dataclass
+class ModelInputs:
+    """One step's inputs, on the model's device.
+
+    `logits_indices` lists the token rows whose logits are wanted, grouped by request in
+    batch order; `logits_rows[b]` is the slice of those rows that belongs to request b.
+    """
+
+    tokens: torch.Tensor  # int64 [T]
+    positions: torch.Tensor  # int64 [T]
+    layout: RaggedLayout
+    logits_indices: torch.Tensor  # int64 [N]
+    logits_rows: list[slice]
+    request_ids: list[str]
+    kv_cache: PagedKVCache
+
+
+@dataclass
+class ModelOutputs:
+    """Float32 logits [N, vocab], one row per entry of `ModelInputs.logits_indices`."""
+
+    logits: torch.Tensor
+
+
+class PipelineModel:
+    """Base class of every architecture's model: see the module docstring."""
+
+    # The architecture's config class: a DecoderConfig (sub)class with a classmethod
+    # `from_huggingface(hf_config, max_seq_len)`.
+    config_class: ClassVar[type[DecoderConfig]]
+
+    def __init__(
+        self,
+        pipeline_config: PipelineConfig,
+        hf_config: Any,
+        checkpoint: Checkpoint | None,
+        weight_adapter: Any,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.pipeline_config = pipeline_config
+        self.hf_config = hf_config
+        self.dtype = dtype
+        self.device = device
+        self.max_seq_len = self.calculate_max_seq_len(pipeline_config, hf_config)
+        self.model_config = self.config_class.from_huggingface(hf_config, self.max_seq_len)
+        self.model = self.load_model(checkpoint, weight_adapter)
+
+    # -- sizes ---------------------------------------------------------------------------
+    @classmethod
+    def calculate_max_seq_len(cls, pipeline_config: PipelineConfig, hf_config: Any) -> int:
+        """Longest sequence (prompt + output) the model serves."""
+        model_max = int(getattr(hf_config, "max_position_embeddings", 0) or 0)
+        wanted = pipeline_config.max_length
+        if wanted is None:
+            if not model_max:
+                raise MaxError("the model config has no max_position_embeddings: pass --max-length")
+            return model_max
+        if model_max and wanted > model_max:
+            raise MaxError(
+                f"--max-length {wanted} exceeds the model's maximum of {model_max} positions"
+            )
+        return wanted
+
+    @classmethod
+    def get_num_layers(cls, hf_config: Any) -> int:
+        """Decoder layers (each has its own KV cache)."""
+        return int(hf_config.num_hidden_layers)
+
+    @classmethod
+    def get_kv_params(
+        cls, hf_config: Any, pipeline_config: PipelineConfig, dtype: torch.dtype
+    ) -> KVCacheParams:
+        """The KV cache geometry this model needs."""
+        config = cls.config_class.from_huggingface(hf_config, 1)
+        return KVCacheParams(
+            num_layers=cls.get_num_layers(hf_config),
+            num_kv_heads=config.num_kv_heads,
+            head_dim=config.head_dim,
+            page_size=pipeline_config.kv_cache_page_size,
+            dtype=dtype,
+        )
+
+    @classmethod
+    def estimate_kv_cache_size(
+        cls, pipeline_config: PipelineConfig, hf_config: Any, dtype: torch.dtype
+    ) -> int:
+        """Bytes of KV cache for a full batch of full-length requests (an upper bound)."""
+        params = cls.get_kv_params(hf_config, pipeline_config, dtype)
+        max_len = cls.calculate_max_seq_len(pipeline_config, hf_config)
+        pages = params.pages_for_tokens(max_len) * pipeline_config.max_batch_size
+        return pages * params.bytes_per_page
+
+    # -- building ------------------------------------------------------------------------
+    def build_network(self) -> nn.Module:
+        """The network for `self.model_config`; architectures with their own blocks override."""
+        return Transformer(self.model_config)
+
+    def load_model(self, checkpoint: Checkpoint | None, weight_adapter: Any) -> nn.Module:
+        """Builds the network without allocating, then fills it from the checkpoint.
+
+        With no checkpoint (`--load-format dummy`) the weights are random.
+        """
+        with torch.device("meta"), skip_parameter_init():
+            network = self.build_network()
+        network = network.to_empty(device=self.device).to(self.dtype)
+        for module in network.modules():
+            init = getattr(module, "init_buffers", None)
+            if init is not None:
+                init(self.device)
+        if checkpoint is None:
+            fill_dummy_weights(network, self.pipeline_config.seed)
+        else:
+            state = weight_adapter(checkpoint, self.hf_config)
+            load_checkpoint_into(network, state, self.dtype, self.device)
+        return network.eval()
+
+    # -- steps ---------------------------------------------------------------------------
+    def prepare_initial_token_inputs(
+        self,
+        batch: Sequence[ScheduledChunk],
+        kv_cache: PagedKVCache,
+        all_logits: Sequence[bool] | None = None,
+    ) -> ModelInputs:
+        """Flat inputs for a step that runs `batch` (one-token chunks must come first).
+
+        For each chunk, logits are computed for its last token when the chunk completes the
+        request's tokens, and for every token when `all_logits[b]` (prompt logprobs).
+        """
+        q_lens = np.array([c.num_tokens for c in batch], dtype=np.int64)
+        starts = np.array([c.start for c in batch], dtype=np.int64)
+        # Leading one-token chunks form the decode group of the attention kernels.
+        num_decode = int(np.argmax(q_lens != 1)) if (q_lens != 1).any() else len(batch)
+        cu = np.zeros(len(batch) + 1, dtype=np.int64)
+        np.cumsum(q_lens, out=cu[1:])
+        total = int(cu[-1])
+        tokens = np.fromiter((t for c in batch for t in c.token_ids), dtype=np.int64, count=total)
+        req_index = np.repeat(np.arange(len(batch)), q_lens)
+        positions = np.repeat(starts, q_lens) + (np.arange(total) - np.repeat(cu[:-1], q_lens))
+        request_ids = [c.request.request_id for c in batch]
+        page_table = kv_cache.page_table(request_ids)
+        ps = kv_cache.page_size
+        slots = page_table.numpy()[req_index, positions // ps].astype(np.int64) * ps + positions % ps
+        context_lens = starts + q_lens
+        rows: list[int] = []
+        logits_rows: list[slice] = []
+        for b, chunk in enumerate(batch):
+            first = len(rows)
+            if all_logits is not None and all_logits[b]:
+                rows.extend(range(cu[b], cu[b + 1]))
+            elif chunk.completes:
+                rows.append(int(cu[b + 1]) - 1)
+            logits_rows.append(slice(first, len(rows)))
+        device = self.device
+        layout = RaggedLayout(
+            query_start=torch.from_numpy(cu.astype(np.int32)).to(device),
+            context_lens=torch.from_numpy(context_lens.astype(np.int32)).to(device),
+            page_table=page_table.to(device),
+            slot_mapping=torch.from_numpy(slots).to(device),
+            page_size=ps,
+            num_decode=num_decode,
+            query_lens=q_lens.tolist(),
+            context_lens_host=context_lens.tolist(),
+        )
+        return ModelInputs(
+            tokens=torch.from_numpy(tokens).to(device),
+            positions=torch.from_numpy(positions).to(device),
+            layout=layout,
+            logits_indices=torch.tensor(rows, dtype=torch.int64, device=device),
+            logits_rows=logits_rows,
+            request_ids=request_ids,
+            kv_cache=kv_cache,
+        )
+
+    def prepare_next_token_inputs(
+        self, next_tokens: torch.Tensor, prev_inputs: ModelInputs
+    ) -> ModelInputs:
+        """Inputs of the decode step that follows `prev_inputs` for the same requests.
+
+        Every request of the previous step drew one token (`next_tokens`, [B] on device)
+        and now runs it. The caller guarantees each request's pages already cover the new
+        position (the page table is reused as is).
+        """
+        prev = prev_inputs.layout
+        b = prev.num_requests
+        last_rows = prev.query_start[1:].long() - 1
+        positions = prev_inputs.positions[last_rows] + 1
+        ps = prev.page_size
+        pages = prev.page_table.gather(1, (positions // ps)[:, None]).squeeze(1).long()
+        context_host = [n + 1 for n in prev.context_lens_host]
+        layout = RaggedLayout(
+            query_start=torch.arange(b + 1, dtype=torch.int32, device=self.device),
+            context_lens=prev.context_lens + 1,
+            page_table=prev.page_table,
+            slot_mapping=pages * ps + positions % ps,
+            page_size=ps,
+            num_decode=b,
+            query_lens=[1] * b,
+            context_lens_host=context_host,
+        )
+        return ModelInputs(
+            tokens=next_tokens.to(torch.int64),
+            positions=positions,
+            layout=layout,
+            logits_indices=torch.arange(b, dtype=torch.int64, device=self.device),
+            logits_rows=[slice(i, i + 1) for i in range(b)],
+            request_ids=prev_inputs.request_ids,
+            kv_cache=prev_inputs.kv_cache,
+        )
+
+    @torch.inference_mode()
+    def execute(self, inputs: ModelInputs) -> ModelOutputs:
+        """Runs one step: writes the new tokens' keys and values, returns their logits."""
+        with step_context(inputs.layout, inputs.kv_cache):
+            logits = self.model(inputs.tokens, inputs.positions, inputs.logits_indices)
+        return ModelOutputs(logits)

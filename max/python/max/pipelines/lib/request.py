@@ -1,0 +1,83 @@
+"""A generation request as the engine tracks it, and what the engine reports back."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from max.pipelines.lib.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    """Where a request is in its life."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Request:
+    """Engine-side state of one request.
+
+    `tokens` holds the prompt followed by every generated token; `num_computed` counts the
+    leading tokens whose keys and values are in the KV cache. A request in decode has
+    exactly one uncomputed token: the last one it generated.
+    """
+
+    request_id: str
+    tokens: list[int]
+    num_prompt_tokens: int
+    params: SamplingParams
+    seed: int
+    max_total_tokens: int  # prompt + output may not exceed this (model max length)
+    arrival: int
+    status: RequestStatus = RequestStatus.WAITING
+    num_computed: int = 0
+    num_cached_prompt_tokens: int = 0
+    finish_reason: str | None = None
+    prompt_logprobs: list = field(default_factory=list)
+
+    @property
+    def output_tokens(self) -> list[int]:
+        """Generated tokens so far."""
+        return self.tokens[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        """How many tokens were generated."""
+        return len(self.tokens) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed(self) -> int:
+        """Tokens whose keys and values still have to be computed."""
+        return len(self.tokens) - self.num_computed
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Logits of every prompt position are needed (no prefix-cache reuse then)."""
+        return self.params.prompt_logprobs is not None
+
+
+@dataclass
+class TokenLogprob:
+    """Log-probability of a token and, if asked, the top alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request (picklable: it crosses processes)."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finished: bool = False
+    finish_reason: str | None = None  # "stop", "length", "abort", "error"
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    error: str | None = None

@@ -1,0 +1,49 @@
+"""Checkpoint tensors, loaded lazily, whatever file format they come from.
+
+A checkpoint is a mapping from tensor name (in the checkpoint's own naming) to a
+`CheckpointTensor` that knows its file and shape and reads the data only when asked.
+Architecture weight adapters rename (and, where needed, transform) these entries into the
+model's parameter names; the loader then reads each tensor straight into its parameter.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+
+class WeightsFormat(enum.StrEnum):
+    """Checkpoint file formats."""
+
+    safetensors = "safetensors"
+    gguf = "gguf"
+
+
+@dataclass(frozen=True)
+class CheckpointTensor:
+    """One tensor of a checkpoint: where it is and how to read it (as `dtype`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    source: str  # the file it comes from, for error messages
+    read: Callable[[torch.dtype], torch.Tensor]
+    encoding: str = ""
+
+    def load(self, dtype: torch.dtype) -> torch.Tensor:
+        """Reads (and, for quantized formats, decodes) the tensor into `dtype`."""
+        return self.read(dtype)
+
+    def transformed(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...] | None = None
+    ) -> CheckpointTensor:
+        """The same tensor with `fn` applied after reading (e.g. a GGUF Q/K un-permute)."""
+        read = self.read
+        return CheckpointTensor(
+            self.name, shape or self.shape, self.source, lambda dtype: fn(read(dtype)), self.encoding
+        )
+
+
+Checkpoint = Mapping[str, CheckpointTensor]

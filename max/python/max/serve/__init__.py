@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server: HTTP front end (starlette + uvicorn) and engine process."""

@@ -1,0 +1,38 @@
+"""Looking inside a built engine from tests: full-prompt logits, greedy decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from max.pipelines.lib import LLMEngine, SamplingParams
+from max.pipelines.lib.request import Request
+from max.pipelines.lib.scheduler import ScheduledChunk
+
+
+def prompt_logits(engine: LLMEngine, ids: Sequence[int]) -> torch.Tensor:
+    """Float32 logits [len(ids), vocab] of every prompt position, in one prefill."""
+    request = Request("probe", list(ids), len(ids), SamplingParams(), 0, len(ids), 0)
+    cache = engine.kv_cache
+    assert cache.reserve("probe", len(ids))
+    try:
+        inputs = engine.model.prepare_initial_token_inputs(
+            [ScheduledChunk(request, 0, len(ids))], cache, all_logits=[True]
+        )
+        return engine.model.execute(inputs).logits.cpu()
+    finally:
+        cache.free("probe")
+
+
+def greedy_tokens(engine: LLMEngine, prompts: Sequence[Sequence[int]], steps: int) -> list[list[int]]:
+    """Greedy continuations (EOS ignored) of every prompt, run as one continuous batch."""
+    params = SamplingParams(max_new_tokens=steps, temperature=0.0, ignore_eos=True)
+    ids = [f"greedy-{i}" for i in range(len(prompts))]
+    for rid, prompt in zip(ids, prompts):
+        engine.add_request(rid, list(prompt), params)
+    out: dict[str, list[int]] = {rid: [] for rid in ids}
+    while engine.has_unfinished():
+        for o in engine.step():
+            out[o.request_id].extend(o.new_token_ids)
+    return [out[rid] for rid in ids]

@@ -1,0 +1,90 @@
+"""Tiny random Hugging Face checkpoints, written locally from a config (no download).
+
+A checkpoint is a folder with config.json, model.safetensors (random weights from a fixed
+seed, made by transformers itself, so the reference model is exactly what it loads), and,
+when asked, the tokenizer of the embedded SmolLM2 model so that text round-trips.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def tokenizer_dir() -> Path:
+    """A folder with the SmolLM2 tokenizer (vocab 49152), converted from its GGUF once."""
+    from max.pipelines.lib.embedded_models import DEFAULT_MODEL
+    from max.pipelines.lib.tokenizer import _gguf_tokenizer_dir
+
+    return _gguf_tokenizer_dir(DEFAULT_MODEL.path())
+
+
+TOKENIZER_VOCAB = 49152
+
+
+def write_tiny_checkpoint(
+    directory: Path,
+    config: dict[str, Any],
+    seed: int = 0,
+    with_tokenizer: bool = False,
+    dtype: torch.dtype = torch.float32,
+    scale_norms: bool = True,
+) -> Path:
+    """Writes a random checkpoint of the architecture `config["architectures"][0]`.
+
+    `config` holds config.json fields (model_type included). Norm weights are randomized
+    too (scale_norms), so that a model that ignores a norm's weight cannot pass.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fields = dict(config)
+    model_type = fields.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **fields)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if scale_norms and "norm" in name:
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            elif name.endswith("bias"):
+                param.copy_(0.1 * torch.randn_like(param))
+    model.save_pretrained(str(directory), safe_serialization=True)
+    # transformers writes the architectures of the class it instantiated; keep the config's
+    # own name (a custom class name, e.g. for --custom-architectures tests).
+    cfg_path = directory / "config.json"
+    saved = json.loads(cfg_path.read_text())
+    saved["architectures"] = list(config["architectures"])
+    cfg_path.write_text(json.dumps(saved, indent=2))
+    if with_tokenizer:
+        import shutil
+
+        for f in tokenizer_dir().iterdir():
+            shutil.copy(f, directory / f.name)
+    return directory
+
+
+def llama_config(**overrides: Any) -> dict[str, Any]:
+    """A tiny LlamaForCausalLM config: GQA (4 heads, 2 KV heads), untied, default rope."""
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": TOKENIZER_VOCAB,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    config.update(overrides)
+    return config
