@@ -1,26 +1,12 @@
 """The `pipelines` command end to end, as a user runs it: help, list, generate, and one
 clear error line (no traceback) for each kind of bad input."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from max.testing.cli import run_cli
 from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
-
-
-def run_cli(*args, cwd=None, env_extra=None, timeout=600):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "max.entrypoints.pipelines", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def assert_one_error_line(result, pattern):

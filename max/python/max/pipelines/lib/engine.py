@@ -113,6 +113,10 @@ class LLMEngine:
         request.finish_reason = "abort"
         return RequestOutput(request_id, [], True, "abort", num_prompt_tokens=request.num_prompt_tokens)
 
+    def request_ids(self) -> list[str]:
+        """Ids of the requests waiting or running."""
+        return list(self._requests)
+
     def has_unfinished(self) -> bool:
         """Any request is waiting or running."""
         return self.scheduler.has_work()

@@ -1,0 +1,435 @@
+"""The OpenAI-compatible HTTP API (starlette).
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health
+(and /v1/health), GET /metrics. The HTTP process parses, tokenizes, applies chat templates
+and detokenizes; the engine process only sees token ids. Every failure a client can cause
+is answered in OpenAI's error shape with a 4xx status; a client that disconnects has its
+requests aborted in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from max.errors import MaxError
+from max.pipelines.lib import RequestTextStream, TextTokenizer, TokenLogprob
+from max.serve import openai_responses as responses
+from max.serve.engine_client import EngineClient
+from max.serve.metrics import ServerMetrics
+from max.serve.openai_protocol import (
+    ApiError,
+    GenerationRequest,
+    invalid,
+    parse_chat_request,
+    parse_completion_request,
+)
+
+logger = logging.getLogger("max.serve")
+
+MAX_BODY_BYTES = 32 * 2**20
+
+
+@dataclass
+class ServerState:
+    """What the handlers share."""
+
+    tokenizer: TextTokenizer
+    engine: EngineClient
+    served_model_name: str
+    max_seq_len: int
+    vocab_size: int
+    api_key: str | None = None
+    max_queue_size: int = 1024
+    log_requests: bool = False
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+
+
+@dataclass
+class _Choice:
+    """One generated sequence (a prompt x one of its n samples)."""
+
+    index: int
+    request_id: str
+    prompt_index: int
+    prompt_ids: list[int]
+    stream: RequestTextStream
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    error: str | None = None
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def _read_json(request: Request) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+
+
+class GenerationHandler:
+    """Serves both generation endpoints from a parsed `GenerationRequest`."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    # -- preparing -----------------------------------------------------------------------
+    async def _prompt_ids(self, gen: GenerationRequest) -> list[list[int]]:
+        tokenizer = self.state.tokenizer
+        try:
+            if gen.chat_messages is not None:
+                return [await asyncio.to_thread(tokenizer.encode_chat, gen.chat_messages)]
+            out = []
+            for prompt in gen.prompts:
+                if isinstance(prompt, str):
+                    out.append(await asyncio.to_thread(tokenizer.encode, prompt))
+                else:
+                    bad = next((t for t in prompt if not 0 <= t < self.state.vocab_size), None)
+                    if bad is not None:
+                        raise invalid("prompt", f"token id {bad} is outside the vocabulary (size {self.state.vocab_size})")
+                    out.append(list(prompt))
+            return out
+        except MaxError as e:
+            raise ApiError(400, str(e), param="messages" if gen.chat_messages else "prompt") from None
+
+    def _choices(self, gen: GenerationRequest, prompt_ids: list[list[int]], base_id: str) -> list[_Choice]:
+        limit = self.state.max_seq_len
+        choices = []
+        for p, ids in enumerate(prompt_ids):
+            if not ids:
+                raise invalid("prompt", "the prompt is empty")
+            if gen.max_tokens is None:
+                max_new = limit - len(ids)
+                if max_new < 1:
+                    raise ApiError(
+                        400,
+                        f"the prompt has {len(ids)} tokens; the model's context length is {limit} tokens",
+                        param="messages" if gen.chat_messages else "prompt",
+                        code="context_length_exceeded",
+                    )
+            else:
+                max_new = gen.max_tokens
+                if len(ids) + max_new > limit:
+                    raise ApiError(
+                        400,
+                        f"the prompt ({len(ids)} tokens) plus max_tokens ({max_new}) exceeds the "
+                        f"model's context length of {limit} tokens",
+                        param="max_tokens",
+                        code="context_length_exceeded",
+                    )
+            for i in range(gen.n):
+                seed = None if gen.params.seed is None else gen.params.seed + i
+                params = dataclasses.replace(
+                    gen.params,
+                    max_new_tokens=max_new,
+                    seed=seed,
+                    logprobs=gen.logprobs,
+                    prompt_logprobs=gen.logprobs if (gen.echo and gen.logprobs is not None) else None,
+                    stop=list(gen.params.stop),
+                )
+                stream = RequestTextStream(self.state.tokenizer, ids, params)
+                choices.append(_Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream))
+        return choices
+
+    # -- running -------------------------------------------------------------------------
+    async def _run_choice(self, choice: _Choice, sink: asyncio.Queue | None) -> None:
+        """Drives one choice to its end; pushes (choice, delta) to `sink` when streaming."""
+        engine = self.state.engine
+        start = time.monotonic()
+        outputs = engine.generate(choice.request_id, choice.prompt_ids, choice.stream.params)
+        try:
+            await self._consume(choice, outputs, sink, start)
+        finally:
+            # Closing the stream early (cancelled: client gone) aborts the engine request.
+            await outputs.aclose()
+
+    async def _consume(self, choice: _Choice, outputs, sink: asyncio.Queue | None, start: float) -> None:
+        metrics = self.state.metrics
+        last = start
+        first = True
+        async for output in outputs:
+            if output.error:
+                choice.error = output.error
+                choice.stream.finished = True
+                if sink is not None:
+                    await sink.put((choice, None))
+                return
+            if output.new_token_ids:
+                now = time.monotonic()
+                if first:
+                    metrics.time_to_first_token.observe(now - start)
+                    first = False
+                else:
+                    metrics.inter_token_latency.observe(now - last)
+                last = now
+                metrics.generation_tokens += len(output.new_token_ids)
+            delta = choice.stream.update(output)
+            if delta.logprobs:
+                choice.logprobs.extend(delta.logprobs)
+            if sink is not None:
+                await sink.put((choice, delta))
+            if choice.stream.finished:
+                if delta.stopped_by_string:
+                    self.state.engine.abort(choice.request_id)
+                metrics.request_latency.observe(time.monotonic() - start)
+                return
+
+    # -- endpoints -----------------------------------------------------------------------
+    async def handle(self, request: Request, chat: bool) -> Response:
+        state = self.state
+        body = await _read_json(request)
+        gen = parse_chat_request(body) if chat else parse_completion_request(body)
+        if gen.model != state.served_model_name:
+            raise ApiError(
+                400,
+                f"model {gen.model!r} is not served here; this server serves {state.served_model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        if not state.engine.alive:
+            raise ApiError(503, "the engine is not running", type="server_error", code="engine_unavailable")
+        prompt_ids = await self._prompt_ids(gen)
+        base_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        choices = self._choices(gen, prompt_ids, base_id)
+        if state.metrics.in_flight + len(choices) > state.max_queue_size:
+            raise ApiError(503, "the server is at its request limit; retry later", type="server_error", code="queue_full")
+        state.metrics.prompt_tokens += sum(len(ids) for ids in prompt_ids)
+        if state.log_requests:
+            logger.info("%s: %d prompt(s), %d choice(s), stream=%s", base_id, len(prompt_ids), len(choices), gen.stream)
+        if gen.stream:
+            return StreamingResponse(
+                self._stream(request, gen, chat, choices, base_id, prompt_ids),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return await self._complete(request, gen, chat, choices, base_id, prompt_ids)
+
+    async def _complete(self, request, gen, chat, choices, base_id, prompt_ids) -> Response:
+        state = self.state
+        state.metrics.in_flight += len(choices)
+        tasks = [asyncio.create_task(self._run_choice(c, None)) for c in choices]
+        work = asyncio.gather(*tasks)
+        watcher = asyncio.create_task(_wait_for_disconnect(request))
+        try:
+            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:  # the client left: stop generating for it
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                return Response(status_code=499)
+            work.result()
+        finally:
+            watcher.cancel()
+            for t in tasks:
+                t.cancel()
+            state.metrics.in_flight -= len(choices)
+        failed = next((c for c in choices if c.error), None)
+        if failed is not None:
+            status = 500 if state.engine.failure else 400
+            raise ApiError(status, failed.error, type="server_error" if status == 500 else "invalid_request_error")
+        tokenizer = state.tokenizer
+        completion_tokens = sum(len(c.stream.token_ids) for c in choices)
+        use = responses.usage(sum(len(ids) for ids in prompt_ids), completion_tokens)
+        if chat:
+            body = [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.stream.text},
+                    "logprobs": responses.chat_logprobs(tokenizer, c.logprobs) if gen.logprobs is not None else None,
+                    "finish_reason": c.stream.finish_reason,
+                }
+                for c in choices
+            ]
+            return JSONResponse(responses.chat_completion(base_id, gen.model, body, use))
+        out = []
+        for c in choices:
+            text, logprobs = c.stream.text, None
+            prefix = ""
+            if gen.echo:
+                prefix = tokenizer.decode(c.prompt_ids)
+                text = prefix + text
+            if gen.logprobs is not None:
+                ids = c.stream.token_ids[: len(c.logprobs)]
+                entries: list[TokenLogprob | None] = list(c.logprobs)
+                if gen.echo:
+                    prompt_entries = c.stream.prompt_logprobs or [None] * len(c.prompt_ids)
+                    ids = c.prompt_ids + ids
+                    entries = list(prompt_entries) + entries
+                logprobs = responses.completion_logprobs(tokenizer, entries, ids)
+            out.append({"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": c.stream.finish_reason})
+        return JSONResponse(responses.text_completion(base_id, gen.model, out, use))
+
+    async def _stream(self, request, gen, chat, choices, base_id, prompt_ids) -> AsyncIterator[str]:
+        state = self.state
+        tokenizer = state.tokenizer
+        sink: asyncio.Queue = asyncio.Queue()
+        state.metrics.in_flight += len(choices)
+        tasks = [asyncio.create_task(self._run_choice(c, sink)) for c in choices]
+        remaining = len(choices)
+        try:
+            if chat:
+                for c in choices:
+                    first = {"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    yield _sse(responses.chunk(base_id, gen.model, True, [first]))
+            elif gen.echo:
+                for c in choices:
+                    echo = {"index": c.index, "text": tokenizer.decode(c.prompt_ids), "logprobs": None, "finish_reason": None}
+                    yield _sse(responses.chunk(base_id, gen.model, False, [echo]))
+            while remaining:
+                choice, delta = await sink.get()
+                if delta is None:  # the engine refused or failed this request
+                    status = 500 if state.engine.failure else 400
+                    err = ApiError(status, choice.error or "generation failed", type="server_error" if status == 500 else "invalid_request_error")
+                    yield _sse(err.body())
+                    remaining -= 1
+                    continue
+                if not delta.text and not delta.finished and not (gen.logprobs is not None and delta.logprobs):
+                    continue
+                finish = delta.finish_reason if delta.finished else None
+                if chat:
+                    logprobs = None
+                    if gen.logprobs is not None and delta.logprobs:
+                        logprobs = responses.chat_logprobs(tokenizer, delta.logprobs)
+                    item = {"index": choice.index, "delta": {"content": delta.text} if delta.text or not finish else {}, "logprobs": logprobs, "finish_reason": finish}
+                else:
+                    logprobs = None
+                    if gen.logprobs is not None and delta.logprobs:
+                        logprobs = responses.completion_logprobs(tokenizer, list(delta.logprobs), [e.token_id for e in delta.logprobs])
+                    item = {"index": choice.index, "text": delta.text, "logprobs": logprobs, "finish_reason": finish}
+                yield _sse(responses.chunk(base_id, gen.model, chat, [item]))
+                if delta.finished:
+                    remaining -= 1
+            if gen.include_usage:
+                completion_tokens = sum(len(c.stream.token_ids) for c in choices)
+                use = responses.usage(sum(len(ids) for ids in prompt_ids), completion_tokens)
+                yield _sse(responses.chunk(base_id, gen.model, chat, [], use))
+            yield "data: [DONE]\n\n"
+        finally:
+            # Reached also when the client disconnects (the response task is cancelled):
+            # cancelling the choice tasks aborts their requests in the engine.
+            for t in tasks:
+                t.cancel()
+            state.metrics.in_flight -= len(choices)
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Returns when the client closes its connection."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def create_app(state: ServerState, lifespan=None) -> Starlette:
+    """The ASGI application (`lifespan`: starlette lifespan context, e.g. engine attach)."""
+    handler = GenerationHandler(state)
+
+    async def chat_completions(request: Request) -> Response:
+        return await handler.handle(request, chat=True)
+
+    async def completions(request: Request) -> Response:
+        return await handler.handle(request, chat=False)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": state.served_model_name,
+                        "object": "model",
+                        "created": int(time.time()),
+                        "owned_by": "max",
+                        "max_model_len": state.max_seq_len,
+                    }
+                ],
+            }
+        )
+
+    async def health(request: Request) -> Response:
+        if state.engine.alive:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "engine unavailable", "detail": state.engine.failure}, status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        state.metrics.engine = state.engine.stats
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return _error_response(exc)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _error_response(ApiError(exc.status_code, str(exc.detail), code=kind))
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        logger.exception("internal error on %s", request.url.path)
+        return _error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/v1/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+    app.add_middleware(_ApiMiddleware, state=state)
+    return app
+
+
+class _ApiMiddleware:
+    """Checks the API key on /v1 routes and counts answered requests by status."""
+
+    def __init__(self, app, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        key = self.state.api_key
+        if key is not None:
+            headers = dict(scope.get("headers") or [])
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            if auth != f"Bearer {key}":
+                error = ApiError(401, "invalid or missing API key", type="authentication_error", code="invalid_api_key")
+                self.state.metrics.request_finished(401)
+                await _error_response(error)(scope, receive, send)
+                return
+
+        async def counting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                self.state.metrics.request_finished(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

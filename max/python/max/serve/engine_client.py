@@ -1,0 +1,166 @@
+"""The HTTP process's handle on the engine process.
+
+`EngineClient` starts the engine worker, sends it requests and aborts, and routes each
+step's outputs to the asyncio queue of the request they belong to. A thread reads the
+engine's outbox so that the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+from max.errors import MaxError
+from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
+from max.serve.engine_messages import (
+    AbortRequest,
+    AddRequest,
+    EngineFailed,
+    EngineReady,
+    Shutdown,
+    StepOutputs,
+)
+from max.serve.engine_worker import run_engine_worker
+
+logger = logging.getLogger("max.serve")
+
+
+class EngineClient:
+    """Starts, feeds and listens to the engine process."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        ctx = mp.get_context("spawn")
+        self._inbox = ctx.Queue()
+        self._outbox = ctx.Queue()
+        self._process = ctx.Process(
+            target=run_engine_worker,
+            args=(config, self._inbox, self._outbox),
+            name="max-engine",
+            daemon=True,
+        )
+        self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: threading.Thread | None = None
+        self._stopping = False
+        self.ready: EngineReady | None = None
+        self.failure: str | None = None
+        self.stats: EngineStats | None = None
+        self.on_step: Callable[[StepOutputs], None] | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self, timeout: float = 1800.0) -> EngineReady:
+        """Starts the engine process and waits until its model is loaded."""
+        self._process.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                message = self._outbox.get(timeout=0.5)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise MaxError(
+                        f"the engine process exited while loading (exit code {self._process.exitcode})"
+                    ) from None
+                continue
+            if isinstance(message, EngineFailed):
+                self._process.join(timeout=10)
+                raise MaxError(message.message)
+            if isinstance(message, EngineReady):
+                self.ready = message
+                return message
+        self.shutdown()
+        raise MaxError(f"the engine did not load its model within {timeout:.0f} s")
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Starts routing engine outputs into `loop` (call from inside the loop)."""
+        self._loop = loop
+        self._listener = threading.Thread(target=self._listen, name="max-engine-listener", daemon=True)
+        self._listener.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stops the engine process (gently, then by force)."""
+        self._stopping = True
+        if self._process.is_alive():
+            self._inbox.put(Shutdown())
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(5)
+
+    @property
+    def alive(self) -> bool:
+        """The engine process is running and has not failed."""
+        return self.failure is None and self._process.is_alive()
+
+    # -- requests ------------------------------------------------------------------------
+    @property
+    def num_in_flight(self) -> int:
+        """Requests sent to the engine and not finished."""
+        return len(self._streams)
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """Submits a request and yields its outputs until it finishes.
+
+        If the consumer stops early (client gone), the request is aborted in the engine.
+        """
+        if not self.alive:
+            raise MaxError(self.failure or "the engine is not running")
+        stream: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._streams[request_id] = stream
+        self._inbox.put(AddRequest(request_id, prompt_ids, params))
+        finished = False
+        try:
+            while not finished:
+                output = await stream.get()
+                finished = output.finished
+                yield output
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stops a request: its pages are freed in the engine's next loop turn."""
+        if self._streams.pop(request_id, None) is not None:
+            self._inbox.put(AbortRequest(request_id))
+
+    # -- routing -------------------------------------------------------------------------
+    def _listen(self) -> None:
+        while not self._stopping:
+            try:
+                message = self._outbox.get(timeout=0.5)
+            except queue.Empty:
+                if not self._process.is_alive() and not self._stopping:
+                    message = EngineFailed(f"the engine process died (exit code {self._process.exitcode})")
+                else:
+                    continue
+            except (EOFError, OSError):
+                message = EngineFailed("the engine process closed its connection")
+            self._loop.call_soon_threadsafe(self._dispatch, message)
+            if isinstance(message, EngineFailed):
+                return
+
+    def _dispatch(self, message: object) -> None:
+        if isinstance(message, StepOutputs):
+            if message.stats is not None:
+                self.stats = message.stats
+            for output in message.outputs:
+                stream = self._streams.get(output.request_id)
+                if stream is None:
+                    continue  # aborted by us already
+                if output.finished:
+                    del self._streams[output.request_id]
+                stream.put_nowait(output)
+            if self.on_step is not None:
+                self.on_step(message)
+        elif isinstance(message, EngineFailed):
+            logger.error("engine failure: %s", message.message)
+            self.failure = message.message
+            for request_id, stream in list(self._streams.items()):
+                stream.put_nowait(RequestOutput(request_id, [], True, "error", error=message.message))
+            self._streams.clear()

@@ -1,0 +1,52 @@
+"""Messages between the HTTP process and the engine process (all picklable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from max.pipelines.lib import EngineStats, RequestOutput, SamplingParams
+
+
+@dataclass
+class AddRequest:
+    """Start generating for `prompt_ids`."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass
+class AbortRequest:
+    """Stop a request (client gone, stop string found)."""
+
+    request_id: str
+
+
+@dataclass
+class Shutdown:
+    """Finish up and exit."""
+
+
+@dataclass
+class EngineReady:
+    """The engine loaded its model and takes requests."""
+
+    max_seq_len: int
+    vocab_size: int
+    kv_pages_total: int
+
+
+@dataclass
+class EngineFailed:
+    """The engine could not start (bad model, no memory...) or died."""
+
+    message: str
+
+
+@dataclass
+class StepOutputs:
+    """What one engine step produced, plus the engine's load after it."""
+
+    outputs: list[RequestOutput] = field(default_factory=list)
+    stats: EngineStats | None = None

@@ -1,0 +1,232 @@
+"""OpenAI request parsing and validation, and the error shape of the API.
+
+Both `/v1/chat/completions` and `/v1/completions` bodies become a `GenerationRequest`;
+anything malformed raises `ApiError`, which the server turns into
+`{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from max.pipelines.lib import SamplingParams
+
+
+class ApiError(Exception):
+    """An error answered to the client in OpenAI's JSON shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of the error response."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid(param: str, message: str) -> ApiError:
+    """A 400 about one parameter."""
+    return ApiError(400, message, param=param, code="invalid_parameter")
+
+
+_MISSING = object()
+
+
+class _Fields:
+    """Typed access to a JSON object's fields, with errors that name the field."""
+
+    def __init__(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        self.body = body
+
+    def get(self, name: str, kinds: tuple[type, ...], default: Any = None, nullable: bool = True) -> Any:
+        value = self.body.get(name, _MISSING)
+        if value is _MISSING or (value is None and nullable):
+            return default
+        # bool is an int in Python; JSON true is not a number.
+        if isinstance(value, bool) and bool not in kinds:
+            raise invalid(name, f"'{name}' must be {_kind_names(kinds)}, not a boolean")
+        if not isinstance(value, kinds):
+            raise invalid(name, f"'{name}' must be {_kind_names(kinds)}, got {type(value).__name__}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = float(self.get(name, (int, float), default))
+        if not low <= value <= high:
+            raise invalid(name, f"'{name}' must be between {low} and {high}, got {value}")
+        return value
+
+    def integer(self, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+        value = self.get(name, (int,), default)
+        if value is None:
+            return None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise invalid(name, f"'{name}' must be {bound}, got {value}")
+        return value
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+@dataclass
+class GenerationRequest:
+    """A parsed generation request of either endpoint."""
+
+    model: str
+    chat_messages: list[dict[str, Any]] | None  # chat endpoint
+    prompts: list[str | list[int]]  # completions endpoint (one or more prompts)
+    params: SamplingParams
+    max_tokens: int | None  # None: up to the context length
+    n: int
+    stream: bool
+    include_usage: bool
+    echo: bool
+    logprobs: int | None  # alternatives per token (chat: top_logprobs), None: no logprobs
+
+
+def _sampling(f: _Fields) -> SamplingParams:
+    stop = f.get("stop", (str, list), [])
+    if isinstance(stop, str):
+        stop = [stop]
+    if len(stop) > 16 or not all(isinstance(s, str) and s for s in stop):
+        raise invalid("stop", "'stop' must be a non-empty string or a list of up to 16 such strings")
+    stop_ids = f.get("stop_token_ids", (list,), [])
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in stop_ids):
+        raise invalid("stop_token_ids", "'stop_token_ids' must be a list of integers")
+    seed = f.integer("seed", None, -(2**63), 2**64 - 1)
+    top_k = f.integer("top_k", 0, -1)
+    return SamplingParams(
+        temperature=f.number("temperature", 1.0, 0.0, 2.0),
+        top_p=f.number("top_p", 1.0, 1e-9, 1.0),
+        top_k=0 if top_k == -1 else top_k,
+        min_p=f.number("min_p", 0.0, 0.0, 1.0),
+        seed=seed,
+        repetition_penalty=f.number("repetition_penalty", 1.0, 1e-6, 10.0),
+        frequency_penalty=f.number("frequency_penalty", 0.0, -2.0, 2.0),
+        presence_penalty=f.number("presence_penalty", 0.0, -2.0, 2.0),
+        stop=list(stop),
+        stop_token_ids=list(stop_ids),
+        ignore_eos=f.get("ignore_eos", (bool,), False),
+    )
+
+
+def _common(f: _Fields) -> dict[str, Any]:
+    model = f.get("model", (str,), None)
+    if model is None:
+        raise invalid("model", "'model' is required")
+    stream = f.get("stream", (bool,), False)
+    options = f.get("stream_options", (dict,), {})
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise invalid("stream_options", "'stream_options.include_usage' must be a boolean")
+    return dict(model=model, n=f.integer("n", 1, 1, 16), stream=stream, include_usage=include_usage)
+
+
+def _message_content(message: dict[str, Any], index: int) -> str:
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise invalid(
+                    f"messages[{index}].content",
+                    "content parts must be objects {'type': 'text', 'text': ...} (only text is supported)",
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+    raise invalid(f"messages[{index}].content", "content must be a string or a list of text parts")
+
+
+def parse_chat_request(body: Any) -> GenerationRequest:
+    """Validates a /v1/chat/completions body."""
+    f = _Fields(body)
+    common = _common(f)
+    messages = f.get("messages", (list,), None)
+    if not messages:
+        raise invalid("messages", "'messages' must be a non-empty array")
+    parsed = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid(f"messages[{i}]", "each message must be an object")
+        role = message.get("role")
+        if role not in ("system", "user", "assistant", "developer", "tool"):
+            raise invalid(f"messages[{i}].role", f"unknown role {role!r}")
+        parsed.append({"role": "system" if role == "developer" else role, "content": _message_content(message, i)})
+    max_tokens = f.integer("max_completion_tokens", None, 1)
+    if max_tokens is None:
+        max_tokens = f.integer("max_tokens", None, 1)
+    want_logprobs = f.get("logprobs", (bool,), False)
+    top = f.integer("top_logprobs", None, 0, 20)
+    if top is not None and not want_logprobs:
+        raise invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    return GenerationRequest(
+        chat_messages=parsed,
+        prompts=[],
+        params=_sampling(f),
+        max_tokens=max_tokens,
+        echo=False,
+        logprobs=(top or 0) if want_logprobs else None,
+        **common,
+    )
+
+
+def _prompts(value: Any) -> list[str | list[int]]:
+    def is_ids(x: Any) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+    if isinstance(value, str):
+        return [value]
+    if is_ids(value):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        return list(value)
+    if isinstance(value, list) and value and all(is_ids(p) for p in value):
+        return list(value)
+    raise invalid(
+        "prompt",
+        "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists",
+    )
+
+
+def parse_completion_request(body: Any) -> GenerationRequest:
+    """Validates a /v1/completions body."""
+    f = _Fields(body)
+    common = _common(f)
+    if "prompt" not in f.body:
+        raise invalid("prompt", "'prompt' is required")
+    prompts = _prompts(f.body["prompt"])
+    if len(prompts) > 256:
+        raise invalid("prompt", "at most 256 prompts per request")
+    echo = f.get("echo", (bool,), False)
+    max_tokens = f.integer("max_tokens", 16, 0)
+    if max_tokens == 0 and not echo:
+        raise invalid("max_tokens", "'max_tokens' may be 0 only with 'echo': true")
+    return GenerationRequest(
+        chat_messages=None,
+        prompts=prompts,
+        params=_sampling(f),
+        max_tokens=max_tokens,
+        echo=echo,
+        logprobs=f.integer("logprobs", None, 0, 20),
+        **common,
+    )
