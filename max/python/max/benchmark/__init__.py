@@ -1,0 +1,1 @@
+"""Benchmarks: offline generation against transformers, and the serving benchmark client."""

@@ -1,0 +1,220 @@
+"""Offline generation benchmark: this engine against transformers `generate`, side by side.
+
+Measures, in one run on one machine, for the same model and dtype:
+- load time (ours from GGUF; transformers through its own GGUF loader, or from the folder);
+- decode speed of one request (tokens/s after the first token) and its time to first token;
+- aggregate throughput of N concurrent requests (ours: continuous batching; transformers:
+  the requests one after another, and as one padded batch).
+
+    ./bazelw run //max/python/max/benchmark:benchmark_generate -- [--model-path X] [--devices gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class Result:
+    """One row of the report."""
+
+    name: str
+    tokens: int
+    seconds: float
+    ttft: float | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "Explain how a refrigerator works to a ten-year-old.",
+    "List some good habits for writing maintainable software.",
+    "What are the main causes of the French Revolution?",
+    "Describe the water cycle in a few paragraphs.",
+    "Give me a recipe for a simple vegetable soup.",
+    "Why is the sky blue? Explain the physics.",
+    "Summarize the plot of a famous novel of your choice.",
+    "What should a beginner know before running a marathon?",
+    "Compare cats and dogs as pets.",
+    "How do vaccines train the immune system?",
+    "Write a polite email asking for a deadline extension.",
+    "What is the difference between weather and climate?",
+    "Describe a day in the life of a medieval blacksmith.",
+    "How does public-key cryptography work?",
+    "Give advice to someone learning to play the guitar.",
+]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_ours(args, prompts_ids: list[list[int]]) -> tuple[float, Result, Result]:
+    from max.pipelines.architectures import register_all
+    from max.pipelines.lib import PipelineConfig, SamplingParams, build_engine, resolve_model
+
+    config = PipelineConfig(
+        model_path=args.model_path,
+        devices=args.devices,
+        quantization_encoding=args.encoding,
+        max_length=args.max_length,
+        max_batch_size=max(args.concurrency, 1),
+        kv_cache_page_size=args.page_size,
+    )
+    start = time.perf_counter()
+    engine = build_engine(resolve_model(config, register_all()))
+    _sync(config.device)
+    load = time.perf_counter() - start
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
+
+    def run(batch: list[list[int]]) -> tuple[int, float, float]:
+        for i, ids in enumerate(batch):
+            engine.add_request(f"r{i}-{time.perf_counter_ns()}", ids, params)
+        t0 = time.perf_counter()
+        first = None
+        count = 0
+        while engine.has_unfinished():
+            for out in engine.step():
+                count += len(out.new_token_ids)
+                if first is None and out.new_token_ids:
+                    first = time.perf_counter()
+        _sync(config.device)
+        return count, time.perf_counter() - t0, first - t0
+
+    run([prompts_ids[0]])  # warm-up
+    n, total, ttft = run([prompts_ids[0]])
+    single = Result("ours, 1 request (decode)", n - 1, total - ttft, ttft)
+    n, total, _ = run(prompts_ids[: args.concurrency])
+    many = Result(f"ours, {args.concurrency} concurrent requests", n, total)
+    return load, single, many
+
+
+class _TimingStreamer:
+    """A transformers streamer that notes when each new token arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True  # the first call carries the prompt
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def bench_transformers(args, prompts_ids: list[list[int]], gguf_file: str | None, directory: str) -> tuple[float, Result, Result, Result]:
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.encoding or "float32"]
+    device = torch.device("cuda" if args.devices.startswith("gpu") else "cpu")
+    start = time.perf_counter()
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs).to(device).eval()
+    load = time.perf_counter() - start
+    gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+
+    def one(ids: list[int]) -> tuple[int, float, float]:
+        streamer = _TimingStreamer()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids], device=device), streamer=streamer, **gen)
+        _sync(device)
+        return out.shape[1] - len(ids), time.perf_counter() - t0, streamer.times[0] - t0
+
+    one(prompts_ids[0])  # warm-up
+    n, total, ttft = one(prompts_ids[0])
+    single = Result("transformers, 1 request (decode)", n - 1, total - ttft, ttft)
+    t0 = time.perf_counter()
+    count = sum(one(ids)[0] for ids in prompts_ids[: args.concurrency])
+    sequential = Result(f"transformers, {args.concurrency} requests one by one", count, time.perf_counter() - t0)
+    batch = prompts_ids[: args.concurrency]
+    width = max(len(p) for p in batch)
+    pad = 0
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=mask, pad_token_id=pad, **gen)
+    _sync(device)
+    padded = Result(
+        f"transformers, {args.concurrency} requests as one padded batch",
+        (out.shape[1] - width) * len(batch),
+        time.perf_counter() - t0,
+    )
+    return load, single, sequential, padded
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs both frameworks and prints a Markdown report (and JSON with --json)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", help="default: the embedded SmolLM2-135M-Instruct GGUF")
+    parser.add_argument("--devices", default="cpu")
+    parser.add_argument("--encoding", default=None, help="float32 (default on CPU), bfloat16, float16")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--page-size", type=int, default=128)
+    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
+    if cwd:
+        os.chdir(cwd)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    from max.pipelines.lib import TextTokenizer, resolve_model_source
+
+    hf_logging.set_verbosity_error()
+    source = resolve_model_source(args.model_path)
+    tokenizer = TextTokenizer.from_source(source)
+    prompts_ids = [
+        tokenizer.encode_chat([{"role": "user", "content": p}]) if tokenizer.has_chat_template else tokenizer.encode(p)
+        for p in PROMPTS
+    ]
+    while len(prompts_ids) < args.concurrency:
+        prompts_ids += prompts_ids
+    print(f"model: {source.name}; device: {args.devices}; torch threads: {torch.get_num_threads()}", file=sys.stderr)
+    load, single, many = bench_ours(args, prompts_ids)
+    rows = [single, many]
+    loads = {"ours": load}
+    if not args.skip_transformers:
+        gguf = source.gguf_file.name if source.gguf_file else None
+        hf_load, hf_single, hf_seq, hf_padded = bench_transformers(args, prompts_ids, gguf, str(source.directory))
+        rows += [hf_single, hf_seq, hf_padded]
+        loads["transformers"] = hf_load
+    print("| run | tokens | seconds | tokens/s | time to first token |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        ttft = f"{r.ttft * 1000:.0f} ms" if r.ttft is not None else ""
+        print(f"| {r.name} | {r.tokens} | {r.seconds:.2f} | {r.tokens_per_second:.1f} | {ttft} |")
+    print()
+    for name, seconds in loads.items():
+        print(f"load time, {name}: {seconds:.2f} s")
+    if not args.skip_transformers:
+        print(f"batch 1 decode speed, ours / transformers: {single.tokens_per_second / hf_single.tokens_per_second:.2f}x")
+        print(f"{args.concurrency} requests, ours / transformers one by one: {many.tokens_per_second / hf_seq.tokens_per_second:.2f}x")
+        print(f"{args.concurrency} requests, ours / transformers padded batch: {many.tokens_per_second / hf_padded.tokens_per_second:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": [asdict(r) | {"tokens_per_second": r.tokens_per_second} for r in rows], "load_seconds": loads}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
