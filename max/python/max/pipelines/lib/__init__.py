@@ -6,7 +6,13 @@ tokenizers and weights; `PipelineModel` (what an architecture's model.py subclas
 `Scheduler`, `LLMEngine` (continuous batching over the paged KV cache); `TextGenerator`.
 """
 
-from max.pipelines.lib.config import ENCODINGS, PipelineConfig, parse_device, parse_memory
+from max.pipelines.lib.config import (
+    ENCODINGS,
+    FLOAT_ENCODINGS,
+    PipelineConfig,
+    parse_device,
+    parse_memory,
+)
 from max.pipelines.lib.embedded_models import DEFAULT_MODEL, EMBEDDED_MODELS, find_embedded_model
 from max.pipelines.lib.engine import EngineStats, LLMEngine
 from max.pipelines.lib.hf_config import head_dim, layer_types, rope_parameters
@@ -36,6 +42,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
     "ENCODINGS",
+    "FLOAT_ENCODINGS",
     "PIPELINE_REGISTRY",
     "Checkpoint",
     "CheckpointTensor",

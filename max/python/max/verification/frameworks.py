@@ -1,0 +1,195 @@
+"""Producing logits with this framework ("max") and with Hugging Face transformers ("torch").
+
+Both read the same files (safetensors, or a GGUF through transformers' own loader), decode
+greedily with EOS ignored for a fixed number of steps, and record the full-vocabulary
+logits of every step. With reference logits, the framework under test is teacher-forced:
+it follows the reference's tokens, so both see the same sequence at every step.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from max.errors import MaxError
+from max.pipelines.lib import FLOAT_ENCODINGS, PipelineConfig, TextTokenizer, resolve_model_source
+from max.verification.logits_file import PromptLogits, StepLogits
+
+DEFAULT_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Translate to French: I would like a cup of coffee, please.",
+    "1, 1, 2, 3, 5, 8, 13,",
+    "日本の首都は東京です。大阪は",
+    (
+        "The history of the printing press begins in the fifteenth century, when Johannes "
+        "Gutenberg combined movable metal type, oil-based inks and a wooden press adapted from "
+        "those used to make wine. Within a few decades presses had spread to more than two "
+        "hundred cities across Europe, and the price of books fell sharply. Scholars argue about "
+        "how quickly the new technology changed reading habits, but most agree that it made "
+        "religious, scientific and political ideas travel faster than ever before. In the "
+        "centuries that followed,"
+    ),
+]
+
+
+@dataclass
+class FrameworkSettings:
+    """What both frameworks are asked to run."""
+
+    model_path: str
+    device: str = "cpu"
+    encoding: str = "float32"
+    num_steps: int = 10
+    max_length: int = 1024
+    trust_remote_code: bool = False
+    custom_architectures: Sequence[str] = ()
+
+
+def _torch_device(device: str) -> torch.device:
+    from max.pipelines.lib import parse_device
+
+    return parse_device(device)
+
+
+def tokenize_prompts(settings: FrameworkSettings, prompts: Sequence[str]) -> list[list[int]]:
+    """The token ids of each prompt (the same ids feed both frameworks)."""
+    source = resolve_model_source(settings.model_path)
+    tokenizer = TextTokenizer.from_source(source, trust_remote_code=settings.trust_remote_code)
+    return [tokenizer.encode(p) for p in prompts]
+
+
+def _follow(step: int, logits: np.ndarray, forced: list[int] | None) -> int:
+    if forced is not None:
+        if step >= len(forced):
+            raise MaxError(f"the reference has only {len(forced)} steps, {step + 1} were asked for")
+        return forced[step]
+    return int(np.argmax(logits))
+
+
+def run_max(
+    settings: FrameworkSettings,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[list[int]],
+    forced: Sequence[list[int]] | None = None,
+) -> list[PromptLogits]:
+    """This framework's logits: prefill each prompt, then decode one token per step."""
+    from max.pipelines.architectures import register_all
+    from max.pipelines.lib import build_engine, resolve_model
+    from max.pipelines.lib.request import Request
+    from max.pipelines.lib.sampling_params import SamplingParams
+    from max.pipelines.lib.scheduler import ScheduledChunk
+
+    config = PipelineConfig(
+        model_path=settings.model_path,
+        devices=settings.device,
+        quantization_encoding=settings.encoding,
+        max_length=settings.max_length,
+        max_batch_size=1,
+        kv_cache_page_size=16,
+        trust_remote_code=settings.trust_remote_code,
+        custom_architectures=list(settings.custom_architectures),
+    )
+    engine = build_engine(resolve_model(config, register_all()))
+    model, cache = engine.model, engine.kv_cache
+    results = []
+    for p, (text, ids) in enumerate(zip(prompts, prompt_ids)):
+        tokens = list(ids)
+        request = Request("verify", tokens, len(tokens), SamplingParams(), 0, len(tokens) + settings.num_steps, 0)
+        if not cache.reserve("verify", len(tokens) + settings.num_steps):
+            raise MaxError("the KV cache is too small for this prompt")
+        result = PromptLogits(text)
+        start = 0
+        try:
+            for step in range(settings.num_steps):
+                chunk = ScheduledChunk(request, start, len(tokens) - start)
+                inputs = model.prepare_initial_token_inputs([chunk], cache)
+                logits = model.execute(inputs).logits[-1].float().cpu().numpy()
+                token = _follow(step, logits, forced[p] if forced else None)
+                result.steps.append(StepLogits(token, logits))
+                start = len(tokens)
+                tokens.append(token)
+        finally:
+            cache.free("verify")
+        results.append(result)
+    return results
+
+
+def load_torch_model(settings: FrameworkSettings):
+    """transformers' model for the same files, in the settings' dtype and device."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    source = resolve_model_source(settings.model_path)
+    if settings.encoding not in FLOAT_ENCODINGS:
+        raise MaxError(f"the torch reference runs float encodings only, not {settings.encoding}")
+    kwargs = {"gguf_file": source.gguf_file.name} if source.gguf_file is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        str(source.directory),
+        dtype=FLOAT_ENCODINGS[settings.encoding],
+        trust_remote_code=settings.trust_remote_code,
+        **kwargs,
+    )
+    return model.to(_torch_device(settings.device)).eval()
+
+
+def _cache_kwargs(model, out) -> dict:
+    """The KV cache of `out` as the next forward call takes it: transformers renamed
+    `past_key_values` to `cache` (5.2x); the GPU image has an earlier 5.x."""
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = out.past_key_values
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+@torch.no_grad()
+def run_torch(
+    settings: FrameworkSettings,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[list[int]],
+    forced: Sequence[list[int]] | None = None,
+    model=None,
+) -> list[PromptLogits]:
+    """transformers' logits, decoding with its own KV cache."""
+    model = model if model is not None else load_torch_model(settings)
+    device = next(model.parameters()).device
+    results = []
+    for p, (text, ids) in enumerate(zip(prompts, prompt_ids)):
+        out = model(torch.tensor([ids], device=device), use_cache=True)
+        result = PromptLogits(text)
+        for step in range(settings.num_steps):
+            logits = out.logits[0, -1].float().cpu().numpy()
+            token = _follow(step, logits, forced[p] if forced else None)
+            result.steps.append(StepLogits(token, logits))
+            if step + 1 < settings.num_steps:
+                out = model(torch.tensor([[token]], device=device), use_cache=True, **_cache_kwargs(model, out))
+        results.append(result)
+    return results
+
+
+def run_framework(
+    framework: str,
+    settings: FrameworkSettings,
+    prompts: Sequence[str],
+    reference: list[PromptLogits] | None = None,
+) -> list[PromptLogits]:
+    """Runs `framework` ("max" or "torch"), teacher-forced along `reference` if given."""
+    forced = None
+    if reference is not None:
+        by_prompt = {r.prompt: [s.next_token for s in r.steps] for r in reference}
+        missing = [p for p in prompts if p not in by_prompt]
+        if missing:
+            raise MaxError(f"the reference has no logits for prompt {missing[0]!r}")
+        forced = [by_prompt[p] for p in prompts]
+    prompt_ids = tokenize_prompts(settings, prompts)
+    if framework == "max":
+        return run_max(settings, prompts, prompt_ids, forced)
+    if framework == "torch":
+        return run_torch(settings, prompts, prompt_ids, forced)
+    raise MaxError(f"unknown framework {framework!r} (max or torch)")

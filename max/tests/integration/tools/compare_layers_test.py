@@ -1,0 +1,67 @@
+"""The per-layer tool finds the layer (and sub-module) a test breaks on purpose."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from max.verification.frameworks import FrameworkSettings, load_torch_model, tokenize_prompts
+from max.verification.layer_comparison import compare_layers
+from max.verification.named_pipelines import find_pipeline
+
+PROMPT = "The capital of France is Paris, and the capital of Italy is"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    pipeline = find_pipeline("tiny-random-llama3")
+    settings = FrameworkSettings(model_path=pipeline.model_path(), max_length=pipeline.max_length)
+    (ids,) = tokenize_prompts(settings, [PROMPT])
+    return settings, ids, load_torch_model(settings)
+
+
+def _break(name: str):
+    def modify(network):
+        with torch.no_grad():
+            weight = dict(network.named_parameters())[name]
+            weight.mul_(1.5)
+
+    return modify
+
+
+def test_untouched_model_agrees(setup):
+    settings, ids, reference = setup
+    report = compare_layers(settings, ids, reference_model=reference)
+    assert report.first_divergence is None, report.format()
+    assert len(report.modules) > 20 and not report.skipped
+
+
+@pytest.mark.parametrize(
+    "weight,expected",
+    [
+        ("layers.1.mlp.down_proj.weight", "layers.1.mlp.down_proj"),
+        ("layers.2.input_layernorm.weight", "layers.2.input_layernorm"),
+        ("layers.0.self_attn.k_proj.weight", "layers.0.self_attn.k_proj"),
+        ("layers.2.self_attn.o_proj.weight", "layers.2.self_attn.o_proj"),
+    ],
+)
+def test_broken_weight_is_found(setup, weight, expected):
+    settings, ids, reference = setup
+    report = compare_layers(settings, ids, modify_ours=_break(weight), reference_model=reference)
+    first = report.first_divergence
+    assert first is not None and first.name == expected, report.format()
+    layer = expected.split(".")[1]
+    assert f"First divergence: decoder layer {layer}, sub-module {expected}" in report.format()
+
+
+def test_command_line():
+    script = Path(__file__).parent / "compare_layers.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run(
+        [sys.executable, str(script), "--pipeline", "tiny-random-llama3"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert r.returncode == 0, r.stderr
+    assert "agree within relative error" in r.stdout

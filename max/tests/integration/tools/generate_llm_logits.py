@@ -1,0 +1,82 @@
+"""Greedy logits of a pipeline, step by step, from this framework or a PyTorch reference.
+
+    generate_llm_logits --framework max|torch --pipeline NAME|PATH --output FILE
+        [--device cpu|gpu|gpu:N] [--encoding float32|bfloat16|float16] [--num-steps 10]
+        [--prompts FILE] [--reference FILE]
+
+`--framework torch` runs Hugging Face transformers on the same weights as the
+independent reference. With `--reference`, the framework is teacher-forced along the
+reference's tokens so both follow the same path. Output format: see
+max.verification.logits_file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from max.errors import MaxError
+from max.verification.cli import UsageErrorParser, run_tool
+from max.verification.frameworks import DEFAULT_PROMPTS, FrameworkSettings, run_framework
+from max.verification.logits_file import read_logits, write_logits
+from max.verification.named_pipelines import NAMED_PIPELINES, resolve_pipeline_path
+
+
+def read_prompts(path: str) -> list[str]:
+    """A JSON list of strings, or a text file with one prompt per line."""
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        prompts = json.loads(text)
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise MaxError(f"{path} must hold a JSON list of strings")
+        return prompts
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = UsageErrorParser(prog="generate_llm_logits", description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", choices=["max", "torch"], required=True)
+    parser.add_argument(
+        "--pipeline",
+        required=True,
+        help=f"a named pipeline ({', '.join(p.name for p in NAMED_PIPELINES)}) or a model path",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
+    parser.add_argument("--encoding", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--reference", help="teacher-force along this logits file's tokens")
+    parser.add_argument("--num-steps", type=int, default=10)
+    parser.add_argument("--prompts", help="JSON list or one prompt per line (default: a fixed varied set)")
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--custom-architectures", action="append", default=[])
+    args = parser.parse_args(argv)
+    if args.num_steps < 1:
+        parser.error("--num-steps must be at least 1")
+    model_path, pipeline = resolve_pipeline_path(args.pipeline)
+    settings = FrameworkSettings(
+        model_path=model_path,
+        device=args.device,
+        encoding=args.encoding,
+        num_steps=args.num_steps,
+        max_length=args.max_length or (pipeline.max_length if pipeline else 1024),
+        trust_remote_code=args.trust_remote_code,
+        custom_architectures=args.custom_architectures,
+    )
+    prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
+    reference = read_logits(args.reference) if args.reference else None
+    start = time.perf_counter()
+    results = run_framework(args.framework, settings, prompts, reference)
+    write_logits(args.output, results)
+    print(
+        f"wrote {args.output}: {len(results)} prompts x {args.num_steps} steps from {args.framework} "
+        f"({args.encoding}, {args.device}) in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))
