@@ -1,4 +1,4 @@
-"""The `pipelines` command (installed as `max`): list, generate, serve.
+"""The `pipelines` command (installed as `max`): list, generate, serve, new-architecture.
 
     ./bazelw run //max/python/max/entrypoints:pipelines -- generate --prompt "Hello"
     ./bazelw run //max/python/max/entrypoints:pipelines -- serve --model-path ORG/NAME
@@ -100,6 +100,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_from_args(args, pipeline_config_from_args(args))
 
 
+def cmd_new_architecture(args: argparse.Namespace) -> int:
+    """Scaffolds a new architecture folder from an existing one."""
+    from pathlib import Path
+
+    from max.entrypoints.scaffold import scaffold_architecture
+
+    output = scaffold_architecture(args.source, args.name, Path(args.output))
+    print(f"created {output} ({args.name}, from {args.source}/)")
+    print(f"try it:  pipelines serve --custom-architectures {output} --model-path <checkpoint>")
+    print(f"verify:  generate_llm_logits --custom-architectures {output} --pipeline <checkpoint> ...")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all subcommands."""
     parser = argparse.ArgumentParser(
@@ -124,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="wrap the prompt in the model's chat template (default: if the model has one)",
     )
     p_gen.set_defaults(func=cmd_generate)
+
+    p_new = sub.add_parser("new-architecture", help="copy an architecture folder under a new name")
+    p_new.add_argument("--from", dest="source", required=True, help="folder to copy, e.g. llama3")
+    p_new.add_argument("--name", required=True, help="the new config.json class name, e.g. MyModelForCausalLM")
+    p_new.add_argument("--output", required=True, help="folder to create (its name is the package name)")
+    p_new.set_defaults(func=cmd_new_architecture)
 
     p_serve = sub.add_parser("serve", help="serve an OpenAI-compatible API")
     add_model_args(p_serve)

@@ -80,7 +80,8 @@ def test_unknown_architecture(tmp_path):
     path = write_tiny_checkpoint(tmp_path / "m", llama_config(architectures=["FooForCausalLM"]))
     assert_one_error_line(
         run_cli("generate", "--model-path", str(path), "--prompt", "x"),
-        "architecture 'FooForCausalLM' is not supported; supported architectures: LlamaForCausalLM",
+        "architecture 'FooForCausalLM' is not supported; supported architectures: Gemma3ForCausalLM, "
+        "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM",
     )
 
 

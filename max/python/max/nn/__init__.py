@@ -6,9 +6,10 @@ context, so layers never mention batching, pages or devices.
 """
 
 from max.nn.attention import Attention
+from max.nn.embedding import ScaledEmbedding
 from max.nn.mlp import GatedMLP, activation
 from max.nn.moe import MoEConfig, SparseMoE
-from max.nn.norm import RMSNorm
+from max.nn.norm import GemmaRMSNorm, RMSNorm
 from max.nn.rotary_embedding import RotaryEmbedding, rope_frequencies
 from max.nn.step_context import StepContext, current_step, step_context
 from max.nn.transformer import DecoderConfig, DecoderLayer, Transformer
@@ -18,9 +19,11 @@ __all__ = [
     "DecoderConfig",
     "DecoderLayer",
     "GatedMLP",
+    "GemmaRMSNorm",
     "MoEConfig",
     "RMSNorm",
     "RotaryEmbedding",
+    "ScaledEmbedding",
     "SparseMoE",
     "StepContext",
     "Transformer",

@@ -1,14 +1,27 @@
-"""Configs of the tiny random checkpoints, one per architecture folder.
+"""Configs of the tiny random checkpoints, one per architecture.
 
 Each exercises what is special about its architecture (GQA, rope scaling, biases, q/k
-norms, sliding windows, experts...) at a size that runs in milliseconds.
+norms, sliding windows, experts, soft-capping...) at a size that runs in milliseconds.
+Sliding windows are a few tokens wide so that test prompts cross them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from max.testing.tiny_checkpoints import llama_config
+from max.testing.tiny_checkpoints import TOKENIZER_VOCAB, llama_config
+
+_COMMON = {
+    "vocab_size": TOKENIZER_VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-6,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "llama3": llama_config(
@@ -22,4 +35,60 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
             "original_max_position_embeddings": 64,
         },
     ),
+    # q/k/v biases; layers from max_window_layers on attend over a sliding window of 6.
+    "qwen2": {
+        **_COMMON,
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "num_hidden_layers": 3,
+        "rope_theta": 1000000.0,
+        "use_sliding_window": True,
+        "sliding_window": 6,
+        "max_window_layers": 1,
+        "tie_word_embeddings": False,
+    },
+    # Per-head q/k RMSNorm; head_dim (32) is not hidden / heads (16); tied embeddings; yarn.
+    "qwen3": {
+        **_COMMON,
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "num_hidden_layers": 3,
+        "head_dim": 32,
+        "tie_word_embeddings": True,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128},
+    },
+    # 8 routed experts, 2 per token, renormalized; every second layer sparse, one forced dense.
+    "qwen3_moe": {
+        **_COMMON,
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        "num_hidden_layers": 4,
+        "head_dim": 16,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 2,
+        "mlp_only_layers": [3],
+        "tie_word_embeddings": False,
+    },
+    # Sliding-window local layers (window 5) with their own rope base, global layers with a
+    # linear-scaled rope; query_pre_attn_scalar not head_dim; soft-capped logits.
+    "gemma3": {
+        **_COMMON,
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 6,
+        "head_dim": 32,
+        "query_pre_attn_scalar": 24,
+        "sliding_window": 5,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "rope_local_base_freq": 10000.0,
+        "final_logit_softcapping": 30.0,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": True,
+    },
 }

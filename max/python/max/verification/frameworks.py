@@ -45,7 +45,7 @@ class FrameworkSettings:
     device: str = "cpu"
     encoding: str = "float32"
     num_steps: int = 10
-    max_length: int = 1024
+    max_length: int | None = None  # None: the model's own maximum
     trust_remote_code: bool = False
     custom_architectures: Sequence[str] = ()
 

@@ -9,6 +9,7 @@ first module whose relative error exceeds the threshold is where the bug most li
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -157,11 +158,32 @@ def compare_layers(
     diffs, skipped = [], []
     for name in order:
         a, b = ours_out[name], ref_out.get(f"model.{name}")
-        if b is None or a.numel() != b.numel():
+        b = _aligned(a, b) if b is not None else None
+        if b is None:
             skipped.append(name)
             continue
-        a, b = a.reshape(-1), b.reshape(-1)
         max_abs = float((a - b).abs().max())
         rel = max_abs / (float(b.abs().max()) + 1e-12)
-        diffs.append(ModuleDiff(name, max_abs, rel, tuple(ours_out[name].shape)))
+        diffs.append(ModuleDiff(name, max_abs, rel, tuple(a.shape)))
     return LayerReport(diffs, threshold, skipped)
+
+
+def _aligned(ours: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor | None:
+    """`theirs` laid out as `ours`, or None when no axis order matches.
+
+    Ours are ragged ([tokens, ...]); the reference has a batch axis and may order axes
+    otherwise (e.g. heads before tokens where transformers transposes before a q/k norm).
+    Where several axis orders fit (equal sizes), the closest one is taken.
+    """
+    while theirs.dim() > ours.dim() and theirs.shape[0] == 1:
+        theirs = theirs.squeeze(0)
+    if theirs.shape == ours.shape:
+        return theirs
+    if theirs.dim() != ours.dim() or sorted(theirs.shape) != sorted(ours.shape):
+        return None
+    fits = [
+        theirs.permute(order)
+        for order in itertools.permutations(range(theirs.dim()))
+        if tuple(theirs.shape[i] for i in order) == tuple(ours.shape)
+    ]
+    return min(fits, key=lambda t: float((t - ours).abs().max()))

@@ -98,7 +98,25 @@ NAMED_PIPELINES: list[NamedPipeline] = [
         locate=_embedded("smollm2-135m"),
         thresholds={"float32": _REAL_F32, "bfloat16": _BF16},
     ),
+    NamedPipeline(
+        name="gemma3-270m",
+        display_name="gemma-3-270m",
+        architecture="Gemma3ForCausalLM",
+        locate=_embedded("gemma3-270m"),
+        thresholds={"float32": _REAL_F32, "bfloat16": _BF16},
+    ),
+    NamedPipeline(
+        name="qwen2.5-0.5b",
+        display_name="Qwen2.5-Coder-0.5B-Instruct",
+        architecture="Qwen2ForCausalLM",
+        locate=_embedded("qwen2.5-0.5b"),
+        thresholds={"float32": _REAL_F32, "bfloat16": _BF16},
+    ),
     _tiny("llama3", "LlamaForCausalLM", tiny_configs.TINY_CONFIGS["llama3"]),
+    _tiny("qwen2", "Qwen2ForCausalLM", tiny_configs.TINY_CONFIGS["qwen2"]),
+    _tiny("qwen3", "Qwen3ForCausalLM", tiny_configs.TINY_CONFIGS["qwen3"]),
+    _tiny("qwen3-moe", "Qwen3MoeForCausalLM", tiny_configs.TINY_CONFIGS["qwen3_moe"]),
+    _tiny("gemma3", "Gemma3ForCausalLM", tiny_configs.TINY_CONFIGS["gemma3"]),
 ]
 
 

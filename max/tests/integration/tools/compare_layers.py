@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path=model_path,
         device=args.device,
         encoding=args.encoding,
-        max_length=pipeline.max_length if pipeline else 1024,
+        max_length=pipeline.max_length if pipeline else None,
         trust_remote_code=args.trust_remote_code,
         custom_architectures=args.custom_architectures,
     )

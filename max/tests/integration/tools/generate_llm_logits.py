@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         encoding=args.encoding,
         num_steps=args.num_steps,
-        max_length=args.max_length or (pipeline.max_length if pipeline else 1024),
+        max_length=args.max_length or (pipeline.max_length if pipeline else None),
         trust_remote_code=args.trust_remote_code,
         custom_architectures=args.custom_architectures,
     )

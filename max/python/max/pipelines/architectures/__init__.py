@@ -1,13 +1,17 @@
 """The registered architectures: one folder each, listed in `ARCHITECTURES`.
 
-To add one, copy a folder (or run `pipelines new-architecture`), then add it here.
+To add one, copy a folder (or run `pipelines new-architecture`), then add it here and to
+this package's BUILD.bazel.
 """
 
-from max.pipelines.architectures.llama3 import llama3_arch
+from max.pipelines.architectures import gemma3, llama3, qwen2, qwen3
 from max.pipelines.lib import PIPELINE_REGISTRY, PipelineRegistry, SupportedArchitecture
 
 ARCHITECTURES: list[SupportedArchitecture] = [
-    llama3_arch,
+    *llama3.ARCHITECTURES,
+    *qwen2.ARCHITECTURES,
+    *qwen3.ARCHITECTURES,
+    *gemma3.ARCHITECTURES,
 ]
 
 

@@ -100,7 +100,12 @@ def layer_types(hf_config) -> list[str]:
     types = getattr(hf_config, "layer_types", None)
     if types:
         return list(types)
-    return ["full_attention"] * hf_config.num_hidden_layers
+    n = hf_config.num_hidden_layers
+    # Older Gemma configs give a pattern instead: every pattern-th layer is global.
+    pattern = getattr(hf_config, "sliding_window_pattern", None) or getattr(hf_config, "_sliding_window_pattern", None)
+    if pattern and getattr(hf_config, "sliding_window", None):
+        return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+    return ["full_attention"] * n
 
 
 def eos_token_ids(hf_config) -> set[int]:

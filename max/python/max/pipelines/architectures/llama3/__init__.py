@@ -1,6 +1,6 @@
 """Llama 3.x (and SmolLM2): `LlamaForCausalLM`."""
 
-from max.pipelines.architectures.llama3.arch import llama3_arch
+from .arch import llama3_arch
 
 ARCHITECTURES = [llama3_arch]
 

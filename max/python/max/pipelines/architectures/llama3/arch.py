@@ -1,8 +1,9 @@
 """Declaration of the Llama architecture."""
 
-from max.pipelines.architectures.llama3 import weight_adapters
-from max.pipelines.architectures.llama3.model import Llama3Model
 from max.pipelines.lib import SupportedArchitecture, TextTokenizer, WeightsFormat
+
+from . import weight_adapters
+from .model import Llama3Model
 
 llama3_arch = SupportedArchitecture(
     name="LlamaForCausalLM",

@@ -1,7 +1,8 @@
 """Llama's pipeline model: the generic `max.nn.Transformer` with `Llama3Config`."""
 
-from max.pipelines.architectures.llama3.model_config import Llama3Config
 from max.pipelines.lib import PipelineModel
+
+from .model_config import Llama3Config
 
 
 class Llama3Model(PipelineModel):

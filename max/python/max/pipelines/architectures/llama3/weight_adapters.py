@@ -8,18 +8,12 @@ import torch
 
 from max.pipelines.lib import Checkpoint
 from max.pipelines.lib.weights.gguf_names import rename_gguf
+from max.pipelines.lib.weights.hf_names import hf_to_model_names
 
 
 def convert_safetensor_state_dict(checkpoint: Checkpoint, hf_config: Any) -> Checkpoint:
-    """Hugging Face names (`model.layers.0.self_attn.q_proj.weight`) minus the `model.`
-    prefix; a tied model's stored `lm_head.weight` copy is dropped."""
-    tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-    out = {}
-    for name, tensor in checkpoint.items():
-        if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
-            continue
-        out[name.removeprefix("model.")] = tensor
-    return out
+    """Hugging Face names (`model.layers.0.self_attn.q_proj.weight`) minus `model.`."""
+    return hf_to_model_names(checkpoint, hf_config)
 
 
 def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""Checks every architecture test makes: logits and greedy tokens equal to transformers',
+and the same tokens whether a request runs alone or in a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from max.pipelines.architectures import register_all
+from max.pipelines.lib import LLMEngine, PipelineConfig, build_engine, resolve_model
+from max.testing.engine_probes import greedy_tokens, prompt_logits
+
+# Prompts of varied lengths (token ids of the SmolLM2 vocabulary), longer than the tiny
+# configs' sliding windows and page sizes.
+PROMPTS = [
+    [1, 15, 300, 7, 2048],
+    [1, 9000, 17, 17, 17, 44, 5, 6, 7, 1200, 33, 812, 99, 4, 4, 321, 6000, 12, 8],
+    [1, 4],
+    list(range(500, 541)),
+]
+
+
+def build_tiny_engine(path: Path | str, **overrides) -> LLMEngine:
+    """An engine on a tiny checkpoint with small pages (so prompts span several)."""
+    settings = dict(model_path=str(path), kv_cache_page_size=4, max_length=256)
+    settings.update(overrides)
+    return build_engine(resolve_model(PipelineConfig(**settings), register_all()))
+
+
+def hf_greedy(model, prompt: Sequence[int], steps: int) -> list[int]:
+    """transformers' greedy continuation (EOS ignored)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([list(prompt)]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    return out[0, len(prompt) :].tolist()
+
+
+def assert_matches_transformers(
+    path: Path | str, steps: int = 24, tolerance: float = 1e-4, prompts: Sequence[Sequence[int]] = PROMPTS
+) -> None:
+    """float32 logits of every prompt position and greedy continuations equal transformers'."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    engine = build_tiny_engine(path)
+    for prompt in prompts:
+        with torch.no_grad():
+            expected = reference(torch.tensor([list(prompt)])).logits[0]
+        torch.testing.assert_close(prompt_logits(engine, prompt), expected, rtol=tolerance, atol=tolerance)
+    assert greedy_tokens(engine, prompts, steps) == [hf_greedy(reference, p, steps) for p in prompts]
+    assert engine.kv_cache.pool.num_in_use == 0
+
+
+def assert_batching_invariant(path: Path | str, steps: int = 12, prompts: Sequence[Sequence[int]] = PROMPTS) -> None:
+    """Alone, batched, and batched with chunked prefill: the same greedy tokens."""
+    engine = build_tiny_engine(path)
+    alone = [greedy_tokens(engine, [p], steps)[0] for p in prompts]
+    assert greedy_tokens(engine, prompts, steps) == alone
+    chunked = build_tiny_engine(path, max_num_batched_tokens=7)
+    assert greedy_tokens(chunked, prompts, steps) == alone
+    assert engine.kv_cache.pool.num_in_use == 0 and chunked.kv_cache.pool.num_in_use == 0
+
+
