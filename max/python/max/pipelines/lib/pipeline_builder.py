@@ -104,11 +104,17 @@ def _kv_budget(resolved: ResolvedModel, device: torch.device, needed: int) -> in
     if config.kv_cache_memory is not None:
         return config.kv_cache_memory
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        total = torch.cuda.get_device_properties(device).total_memory
+        # Memory this process's allocator holds but no tensor uses (e.g. an earlier engine's)
+        # counts as free too.
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         reserve = (1.0 - config.device_memory_utilization) * total
-        return max(int(free - reserve), 0)
-    return min(_CPU_KV_DEFAULT, needed)
+        available = max(int(free - reserve), 0)
+    else:
+        available = _CPU_KV_DEFAULT
+    # Never more than a full batch of full-length requests can use.
+    return min(available, needed)
 
 
 def build_engine(resolved: ResolvedModel) -> LLMEngine:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from max.errors import MaxError
 from max.pipelines.lib.weights.checkpoint import Checkpoint
@@ -29,7 +30,12 @@ def load_checkpoint_into(
             f"{entry.source}: tensor {entry.name!r} (loaded as {unexpected[0]!r}) matches no "
             f"parameter of the model ({len(unexpected)} such tensors)"
         )
-    for name, param in params.items():
+    # A progress bar for loads that take a while (it hides itself when stderr is no terminal).
+    total_bytes = sum(p.numel() * p.element_size() for p in params.values())
+    progress = tqdm(
+        params.items(), desc="Loading weights", unit="tensor", disable=None if total_bytes > 2**28 else True
+    )
+    for name, param in progress:
         entry = state[name]
         if tuple(entry.shape) != tuple(param.shape):
             raise MaxError(
