@@ -19,6 +19,7 @@ from max.nn.moe import MoEConfig, SparseMoE
 from max.nn.norm import RMSNorm
 from max.nn.rotary_embedding import RotaryEmbedding
 
+FULL = "full_attention"
 SLIDING = "sliding_attention"
 
 
@@ -53,6 +54,7 @@ class DecoderConfig:
     sliding_window: int | None = None
     moe: MoEConfig | None = None
     moe_layers: list[int] = field(default_factory=list)
+    final_logit_softcapping: float | None = None
 
     def window(self, layer: int) -> int | None:
         """Sliding window of `layer`, or None for full attention."""
@@ -94,25 +96,38 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Embedding, decoder layers, final norm and the language-model head."""
+    """Embedding, decoder layers, final norm and the language-model head.
+
+    Architectures whose blocks differ (Gemma 3) subclass it and override the builders
+    (`embedding`, `rotary_embedding`, `layer`, `final_norm`); the forward stays the same.
+    """
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        # One rotary table serves every layer.
-        rotary = RotaryEmbedding(
-            config.head_dim,
-            config.rope_parameters,
-            config.max_position_embeddings,
-            config.max_seq_len,
-        )
-        self.layers = nn.ModuleList(
-            DecoderLayer(config, i, rotary) for i in range(config.num_layers)
-        )
-        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.embed_tokens = self.embedding()
+        self.rotary = self.rotary_embedding()
+        self.layers = nn.ModuleList(self.layer(i) for i in range(config.num_layers))
+        self.norm = self.final_norm()
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def embedding(self) -> nn.Module:
+        """The token embedding."""
+        return nn.Embedding(self.config.vocab_size, self.config.hidden_size)
+
+    def rotary_embedding(self) -> nn.Module:
+        """The rotary tables; one serves every layer."""
+        c = self.config
+        return RotaryEmbedding(c.head_dim, c.rope_parameters, c.max_position_embeddings, c.max_seq_len)
+
+    def layer(self, index: int) -> nn.Module:
+        """Decoder layer `index`."""
+        return DecoderLayer(self.config, index, self.rotary)
+
+    def final_norm(self) -> nn.Module:
+        """The norm before the head."""
+        return RMSNorm(self.config.hidden_size, self.config.norm_eps)
 
     def forward(
         self, tokens: torch.Tensor, positions: torch.Tensor, logits_indices: torch.Tensor
@@ -125,7 +140,11 @@ class Transformer(nn.Module):
         return self.logits(self.norm(x[logits_indices]))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The LM head (tied to the embedding when the config says so), in float32."""
-        if self.config.tie_word_embeddings:
-            return F.linear(x, self.embed_tokens.weight).float()
-        return self.lm_head(x).float()
+        """The LM head (tied to the embedding when the config says so), in float32, soft-capped
+        (cap * tanh(logits / cap)) when the config sets `final_logit_softcapping`."""
+        weight = self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        logits = F.linear(x, weight).float()
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits

@@ -71,18 +71,10 @@ def _follow(step: int, logits: np.ndarray, forced: list[int] | None) -> int:
     return int(np.argmax(logits))
 
 
-def run_max(
-    settings: FrameworkSettings,
-    prompts: Sequence[str],
-    prompt_ids: Sequence[list[int]],
-    forced: Sequence[list[int]] | None = None,
-) -> list[PromptLogits]:
-    """This framework's logits: prefill each prompt, then decode one token per step."""
+def build_max_engine(settings: FrameworkSettings):
+    """This framework's engine for the settings: one request at a time, small pages."""
     from max.pipelines.architectures import register_all
     from max.pipelines.lib import build_engine, resolve_model
-    from max.pipelines.lib.request import Request
-    from max.pipelines.lib.sampling_params import SamplingParams
-    from max.pipelines.lib.scheduler import ScheduledChunk
 
     config = PipelineConfig(
         model_path=settings.model_path,
@@ -94,7 +86,21 @@ def run_max(
         trust_remote_code=settings.trust_remote_code,
         custom_architectures=list(settings.custom_architectures),
     )
-    engine = build_engine(resolve_model(config, register_all()))
+    return build_engine(resolve_model(config, register_all()))
+
+
+def run_max(
+    settings: FrameworkSettings,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[list[int]],
+    forced: Sequence[list[int]] | None = None,
+) -> list[PromptLogits]:
+    """This framework's logits: prefill each prompt, then decode one token per step."""
+    from max.pipelines.lib.request import Request
+    from max.pipelines.lib.sampling_params import SamplingParams
+    from max.pipelines.lib.scheduler import ScheduledChunk
+
+    engine = build_max_engine(settings)
     model, cache = engine.model, engine.kv_cache
     results = []
     for p, (text, ids) in enumerate(zip(prompts, prompt_ids)):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from max.verification.frameworks import FrameworkSettings, load_torch_model
+from max.testing.engine_probes import prompt_logits
+from max.verification.frameworks import FrameworkSettings, build_max_engine, load_torch_model
 
 
 @dataclass
@@ -106,23 +107,7 @@ def compare_layers(
     `modify_ours` may change our loaded network before the run (tests use it to break a
     layer on purpose).
     """
-    from max.pipelines.architectures import register_all
-    from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
-    from max.pipelines.lib.request import Request
-    from max.pipelines.lib.sampling_params import SamplingParams
-    from max.pipelines.lib.scheduler import ScheduledChunk
-
-    config = PipelineConfig(
-        model_path=settings.model_path,
-        devices=settings.device,
-        quantization_encoding=settings.encoding,
-        max_length=settings.max_length,
-        max_batch_size=1,
-        kv_cache_page_size=16,
-        trust_remote_code=settings.trust_remote_code,
-        custom_architectures=list(settings.custom_architectures),
-    )
-    engine = build_engine(resolve_model(config, register_all()))
+    engine = build_max_engine(settings)
     network = engine.model.model
     if modify_ours is not None:
         modify_ours(network)
@@ -133,16 +118,10 @@ def compare_layers(
     ours_out: dict[str, torch.Tensor] = {}
     order: list[str] = []
     handles = _record(network, names, ours_out, order)
-    request = Request("layers", list(prompt_ids), len(prompt_ids), SamplingParams(), 0, len(prompt_ids), 0)
-    engine.kv_cache.reserve("layers", len(prompt_ids))
     try:
         # Logits of every row, so the final norm sees the whole sequence as in the reference.
-        inputs = engine.model.prepare_initial_token_inputs(
-            [ScheduledChunk(request, 0, len(prompt_ids))], engine.kv_cache, all_logits=[True]
-        )
-        engine.model.execute(inputs)
+        prompt_logits(engine, prompt_ids)
     finally:
-        engine.kv_cache.free("layers")
         for h in handles:
             h.remove()
 

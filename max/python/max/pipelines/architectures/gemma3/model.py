@@ -9,11 +9,10 @@ final logits when configured.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from max.nn import Attention, GatedMLP, GemmaRMSNorm, RotaryEmbedding, ScaledEmbedding
-from max.nn.transformer import SLIDING
+from max.nn import Attention, GatedMLP, GemmaRMSNorm, RotaryEmbedding, ScaledEmbedding, Transformer
+from max.nn.transformer import FULL, SLIDING
 from max.pipelines.lib import PipelineModel
 
 from .model_config import Gemma3Config
@@ -49,45 +48,26 @@ class Gemma3DecoderLayer(nn.Module):
         return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
 
-class Gemma3Transformer(nn.Module):
-    """Scaled embedding, Gemma 3 layers, final norm, (tied) head with optional soft-cap."""
+class Gemma3Transformer(Transformer):
+    """The generic decoder with Gemma's embedding, rope tables, layers and norm."""
 
-    def __init__(self, config: Gemma3Config) -> None:
-        super().__init__()
-        self.config = config
-        self.embed_tokens = ScaledEmbedding(config.vocab_size, config.hidden_size, config.hidden_size**0.5)
+    def embedding(self) -> nn.Module:
+        c = self.config
+        return ScaledEmbedding(c.vocab_size, c.hidden_size, c.hidden_size**0.5)
 
-        def rotary(params: dict) -> RotaryEmbedding:
-            return RotaryEmbedding(config.head_dim, params, config.max_position_embeddings, config.max_seq_len)
+    def rotary_embedding(self) -> nn.Module:
+        c = self.config
 
-        self.rotary_global = rotary(config.rope_parameters)
-        self.rotary_local = rotary(config.local_rope_parameters)
-        self.layers = nn.ModuleList(
-            Gemma3DecoderLayer(
-                config,
-                i,
-                self.rotary_local if config.layer_types[i] == SLIDING else self.rotary_global,
-            )
-            for i in range(config.num_layers)
-        )
-        self.norm = GemmaRMSNorm(config.hidden_size, config.norm_eps)
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        def table(params: dict) -> RotaryEmbedding:
+            return RotaryEmbedding(c.head_dim, params, c.max_position_embeddings, c.max_seq_len)
 
-    def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, logits_indices: torch.Tensor
-    ) -> torch.Tensor:
-        """Float32 logits [N, vocab] for the rows `logits_indices` of the step's tokens."""
-        x = self.embed_tokens(tokens)
-        for layer in self.layers:
-            x = layer(x, positions)
-        x = self.norm(x[logits_indices])
-        weight = self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        logits = F.linear(x, weight).float()
-        cap = self.config.final_logit_softcapping
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return nn.ModuleDict({FULL: table(c.rope_parameters), SLIDING: table(c.local_rope_parameters)})
+
+    def layer(self, index: int) -> nn.Module:
+        return Gemma3DecoderLayer(self.config, index, self.rotary[self.config.layer_types[index]])
+
+    def final_norm(self) -> nn.Module:
+        return GemmaRMSNorm(self.config.hidden_size, self.config.norm_eps)
 
 
 class Gemma3Model(PipelineModel):

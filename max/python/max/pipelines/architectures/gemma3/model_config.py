@@ -21,7 +21,6 @@ class Gemma3Config(DecoderConfig):
     """
 
     local_rope_parameters: dict = field(default_factory=dict)
-    final_logit_softcapping: float | None = None
 
     @classmethod
     def from_huggingface(cls, hf_config: Any, max_seq_len: int) -> Gemma3Config:
