@@ -245,17 +245,22 @@ class LLMEngine:
             request.finish_reason = "length"
 
     def _record_prompt_logprobs(self, chunk: ScheduledChunk, logits: torch.Tensor) -> None:
-        """Log-probabilities of the prompt tokens that this chunk's logits predict."""
+        """Log-probabilities of the prompt tokens that this chunk's logits predict.
+
+        Row i of `logits` predicts the token at position start + i + 1; positions past the
+        prompt, and those recorded before (a recomputed chunk), are skipped.
+        """
         request = chunk.request
+        first = max(chunk.start + 1, len(request.prompt_logprobs) + 1)
+        last = min(chunk.start + chunk.num_tokens, request.num_prompt_tokens - 1)
+        if first > last:
+            return
+        rows = torch.arange(first - chunk.start - 1, last - chunk.start, device=logits.device)
+        targets = torch.tensor(request.tokens[first : last + 1], device=logits.device)
+        logprobs = torch.log_softmax(logits[rows].float(), dim=-1)
+        chosen = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
         k = request.params.prompt_logprobs or 0
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for i in range(chunk.num_tokens):
-            position = chunk.start + i + 1  # the token this row predicts
-            if position >= request.num_prompt_tokens or position <= len(request.prompt_logprobs):
-                continue
-            target = request.tokens[position]
-            top = []
-            if k > 0:
-                values, ids = torch.topk(logprobs[i], k)
-                top = list(zip(ids.tolist(), values.tolist()))
-            request.prompt_logprobs.append(TokenLogprob(target, float(logprobs[i, target]), top))
+        top_values, top_ids = torch.topk(logprobs, k, dim=-1) if k > 0 else (None, None)
+        for i, (target, value) in enumerate(zip(request.tokens[first : last + 1], chosen)):
+            top = list(zip(top_ids[i].tolist(), top_values[i].tolist())) if k > 0 else []
+            request.prompt_logprobs.append(TokenLogprob(target, value, top))

@@ -64,8 +64,9 @@ class TextGenerator:
                         if delta.text:
                             yield delta.text
         finally:
-            if not stream.finished or stream.finish_reason == "stop":
-                self.engine.abort(request_id)
+            # Stopped early (a stop string, or the consumer quit): free its pages now.
+            # For a request the engine already finished this does nothing.
+            self.engine.abort(request_id)
 
     def generate(
         self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams], chat: bool = False
