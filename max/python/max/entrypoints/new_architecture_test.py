@@ -2,23 +2,16 @@
 llama3, serve a checkpoint of it with --custom-architectures, and verify its logits against
 the reference; without the flag the checkpoint is refused by name."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
 
-from max.testing.cli import run_cli
+from max.testing.cli import run_cli, run_script
 from max.testing.server_process import ServerProcess
 from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
 
 TOOLS = Path(__file__).parents[3] / "tests" / "integration"
 
-
-def run_tool(script: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_scaffold_serve_and_verify(tmp_path):
@@ -49,11 +42,11 @@ def test_scaffold_serve_and_verify(tmp_path):
     torch_file, max_file = tmp_path / "torch.json", tmp_path / "max.json"
     common = ["--pipeline", str(checkpoint), "--num-steps", "5", "--custom-architectures", str(arch_dir)]
     generate = TOOLS / "tools" / "generate_llm_logits.py"
-    r = run_tool(generate, "--framework", "torch", *common, "--output", str(torch_file))
+    r = run_script(generate, "--framework", "torch", *common, "--output", str(torch_file))
     assert r.returncode == 0, r.stderr
-    r = run_tool(generate, "--framework", "max", *common, "--output", str(max_file), "--reference", str(torch_file))
+    r = run_script(generate, "--framework", "max", *common, "--output", str(max_file), "--reference", str(torch_file))
     assert r.returncode == 0, r.stderr
-    r = run_tool(
+    r = run_script(
         TOOLS / "accuracy" / "verify.py", "--eval-metric", "cos,kl,tol", "--cos-dist-threshold", "1e-6",
         "--kl-div-threshold", "1e-6", "--relative-tolerance", "1e-4", "--absolute-tolerance", "1e-5",
         str(max_file), str(torch_file),

@@ -1,19 +1,16 @@
 """verify_pipelines passes for every tiny-random pipeline and for SmolLM2-135M-Instruct in
 float32 on the CPU."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from max.testing.cli import run_script
 from max.verification.named_pipelines import NAMED_PIPELINES
 
 SCRIPT = Path(__file__).parent / "verify_pipelines.py"
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=1200)
+def run(*args: str):
+    return run_script(SCRIPT, *args, timeout=1200)
 
 
 def test_all_tiny_random_and_smollm2_float32(tmp_path):

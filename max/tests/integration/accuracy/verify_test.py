@@ -2,21 +2,16 @@
 a tiny random checkpoint; a perturbed file fails with exit 2; bad input exits 1."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from max.testing.cli import run_script
 
 HERE = Path(__file__).parent
 GENERATE = HERE.parent / "tools" / "generate_llm_logits.py"
 VERIFY = HERE / "verify.py"
 
-
-def run(script: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +19,9 @@ def logits(tmp_path_factory):
     out = tmp_path_factory.mktemp("logits")
     torch_file, max_file = out / "torch.json", out / "max.json"
     common = ["--pipeline", "tiny-random-llama3", "--device", "cpu", "--encoding", "float32", "--num-steps", "6"]
-    r = run(GENERATE, "--framework", "torch", *common, "--output", str(torch_file))
+    r = run_script(GENERATE, "--framework", "torch", *common, "--output", str(torch_file))
     assert r.returncode == 0, r.stderr
-    r = run(GENERATE, "--framework", "max", *common, "--output", str(max_file), "--reference", str(torch_file))
+    r = run_script(GENERATE, "--framework", "max", *common, "--output", str(max_file), "--reference", str(torch_file))
     assert r.returncode == 0, r.stderr
     return max_file, torch_file
 
@@ -47,7 +42,7 @@ def test_file_format(logits):
 
 def test_max_matches_torch(logits):
     max_file, torch_file = logits
-    r = run(VERIFY, *STRICT, str(max_file), str(torch_file))
+    r = run_script(VERIFY, *STRICT, str(max_file), str(torch_file))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS" in r.stdout and "max KL" in r.stdout and "RMSE" in r.stdout
 
@@ -58,7 +53,7 @@ def test_perturbed_copy_fails_with_exit_2(logits, tmp_path):
     payload[2]["values"][3]["logits"][100] += 5.0
     bad = tmp_path / "perturbed.json"
     bad.write_text(json.dumps(payload))
-    r = run(VERIFY, *STRICT, str(bad), str(torch_file))
+    r = run_script(VERIFY, *STRICT, str(bad), str(torch_file))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "FAIL" in r.stdout
     assert "step 3 token 100" in r.stdout  # the worst difference is reported
@@ -70,17 +65,17 @@ def test_usage_errors_exit_1(logits, tmp_path):
     payload[0]["prompt"] = "something else"
     other = tmp_path / "other.json"
     other.write_text(json.dumps(payload))
-    r = run(VERIFY, str(other), str(torch_file))
+    r = run_script(VERIFY, str(other), str(torch_file))
     assert r.returncode == 1 and "different prompts" in r.stderr
     payload = json.loads(max_file.read_text())
     payload[1]["values"].pop()
     short = tmp_path / "short.json"
     short.write_text(json.dumps(payload))
-    r = run(VERIFY, str(short), str(torch_file))
+    r = run_script(VERIFY, str(short), str(torch_file))
     assert r.returncode == 1 and "steps" in r.stderr
-    r = run(VERIFY, "--eval-metric", "l2", str(max_file), str(torch_file))
+    r = run_script(VERIFY, "--eval-metric", "l2", str(max_file), str(torch_file))
     assert r.returncode == 1
-    r = run(VERIFY, str(tmp_path / "missing.json"), str(torch_file))
+    r = run_script(VERIFY, str(tmp_path / "missing.json"), str(torch_file))
     assert r.returncode == 1 and "cannot read" in r.stderr
-    r = run(GENERATE, "--framework", "max", "--pipeline", str(tmp_path / "nope"), "--output", str(tmp_path / "o.json"))
+    r = run_script(GENERATE, "--framework", "max", "--pipeline", str(tmp_path / "nope"), "--output", str(tmp_path / "o.json"))
     assert r.returncode == 1 and "does not exist" in r.stderr

@@ -1,13 +1,11 @@
 """The per-layer tool finds the layer (and sub-module) a test breaks on purpose."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from max.testing.cli import run_script
 from max.verification.frameworks import FrameworkSettings, load_torch_model, tokenize_prompts
 from max.verification.layer_comparison import compare_layers
 from max.verification.named_pipelines import find_pipeline
@@ -58,10 +56,6 @@ def test_broken_weight_is_found(setup, weight, expected):
 
 
 def test_command_line():
-    script = Path(__file__).parent / "compare_layers.py"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    r = subprocess.run(
-        [sys.executable, str(script), "--pipeline", "tiny-random-llama3"], capture_output=True, text=True, env=env, timeout=600
-    )
+    r = run_script(Path(__file__).parent / "compare_layers.py", "--pipeline", "tiny-random-llama3")
     assert r.returncode == 0, r.stderr
     assert "agree within relative error" in r.stdout
