@@ -20,16 +20,20 @@ from max.kv_cache.page_pool import PagePool
 _ROOT_HASH = b"max-kv-prefix-root"
 
 
-def page_hashes(tokens: Sequence[int], page_size: int, num_pages: int) -> list[bytes]:
+def page_hashes(
+    tokens: Sequence[int], page_size: int, num_pages: int, known: Sequence[bytes] = ()
+) -> list[bytes]:
     """Chained hashes of the first `num_pages` full pages of `tokens`.
 
     Page i's hash covers every token up to the end of page i, so equal hashes mean equal
-    prefixes (and equal keys and values in the page).
+    prefixes (and equal keys and values in the page). `known` are hashes of leading pages
+    computed before; only the pages after them are hashed.
     """
-    hashes = []
-    parent = _ROOT_HASH
-    array = np.asarray(tokens[: num_pages * page_size], dtype=np.int64)
-    for i in range(num_pages):
+    hashes = list(known[:num_pages])
+    parent = hashes[-1] if hashes else _ROOT_HASH
+    first = len(hashes)
+    array = np.asarray(tokens[first * page_size : num_pages * page_size], dtype=np.int64)
+    for i in range(num_pages - first):
         h = hashlib.blake2b(parent, digest_size=16)
         h.update(array[i * page_size : (i + 1) * page_size].tobytes())
         parent = h.digest()
@@ -129,7 +133,7 @@ class PagedKVCache:
         if full <= len(hashed):
             return
         pages = self._pages[request_id]
-        all_hashes = page_hashes(tokens, self.page_size, full)
+        all_hashes = page_hashes(tokens, self.page_size, full, known=hashed)
         for i in range(len(hashed), full):
             self.pool.register(pages[i], all_hashes[i])
         hashed[:] = all_hashes

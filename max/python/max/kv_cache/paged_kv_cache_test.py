@@ -62,3 +62,8 @@ def test_budget_too_small_for_one_request_is_an_error():
     with pytest.raises(MaxError, match="one request of max length 100"):
         PARAMS.pages_for_budget(PARAMS.bytes_per_page * 3, max_length=100)
     assert PARAMS.pages_for_budget(PARAMS.bytes_per_page * 30, max_length=100) == 30
+
+
+def test_hashes_continue_from_known_ones():
+    tokens = list(range(20))
+    assert page_hashes(tokens, 4, 5, known=page_hashes(tokens, 4, 2)) == page_hashes(tokens, 4, 5)
