@@ -195,6 +195,12 @@ class GenerationHandler:
                 metrics.request_latency.observe(time.monotonic() - start)
                 return
 
+    def _generation_error(self, message: str) -> ApiError:
+        """The error of a request the engine refused (400) or could not run (engine down: 500)."""
+        if self.state.engine.failure:
+            return ApiError(500, message, type="server_error")
+        return ApiError(400, message)
+
     # -- endpoints -----------------------------------------------------------------------
     async def handle(self, request: Request, chat: bool) -> Response:
         state = self.state
@@ -245,11 +251,9 @@ class GenerationHandler:
             state.metrics.in_flight -= len(choices)
         failed = next((c for c in choices if c.error), None)
         if failed is not None:
-            status = 500 if state.engine.failure else 400
-            raise ApiError(status, failed.error, type="server_error" if status == 500 else "invalid_request_error")
+            raise self._generation_error(failed.error)
         tokenizer = state.tokenizer
-        completion_tokens = sum(len(c.stream.token_ids) for c in choices)
-        use = responses.usage(sum(len(ids) for ids in prompt_ids), completion_tokens)
+        use = _usage(choices, prompt_ids)
         if chat:
             body = [
                 {
@@ -298,9 +302,7 @@ class GenerationHandler:
             while remaining:
                 choice, delta = await sink.get()
                 if delta is None:  # the engine refused or failed this request
-                    status = 500 if state.engine.failure else 400
-                    err = ApiError(status, choice.error or "generation failed", type="server_error" if status == 500 else "invalid_request_error")
-                    yield _sse(err.body())
+                    yield _sse(self._generation_error(choice.error or "generation failed").body())
                     remaining -= 1
                     continue
                 if not delta.text and not delta.finished and not (gen.logprobs is not None and delta.logprobs):
@@ -320,9 +322,7 @@ class GenerationHandler:
                 if delta.finished:
                     remaining -= 1
             if gen.include_usage:
-                completion_tokens = sum(len(c.stream.token_ids) for c in choices)
-                use = responses.usage(sum(len(ids) for ids in prompt_ids), completion_tokens)
-                yield _sse(responses.chunk(base_id, gen.model, chat, [], use))
+                yield _sse(responses.chunk(base_id, gen.model, chat, [], _usage(choices, prompt_ids)))
             yield "data: [DONE]\n\n"
         finally:
             # Reached also when the client disconnects (the response task is cancelled):
@@ -330,6 +330,11 @@ class GenerationHandler:
             for t in tasks:
                 t.cancel()
             state.metrics.in_flight -= len(choices)
+
+
+def _usage(choices: list[_Choice], prompt_ids: list[list[int]]) -> dict[str, int]:
+    """Usage of a request: each prompt counted once, every choice's tokens."""
+    return responses.usage(sum(len(ids) for ids in prompt_ids), sum(len(c.stream.token_ids) for c in choices))
 
 
 def _sse(payload: dict[str, Any]) -> str:

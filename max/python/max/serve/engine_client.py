@@ -13,7 +13,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from max.errors import MaxError
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
@@ -50,12 +50,14 @@ class EngineClient:
         self.ready: EngineReady | None = None
         self.failure: str | None = None
         self.stats: EngineStats | None = None
-        self.on_step: Callable[[StepOutputs], None] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
-    def start(self, timeout: float = 1800.0) -> EngineReady:
-        """Starts the engine process and waits until its model is loaded."""
+    def start(self) -> None:
+        """Starts the engine process; it loads the model while the caller goes on."""
         self._process.start()
+
+    def wait_ready(self, timeout: float = 1800.0) -> EngineReady:
+        """Waits until the engine process has loaded its model (or failed to)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -97,11 +99,6 @@ class EngineClient:
         return self.failure is None and self._process.is_alive()
 
     # -- requests ------------------------------------------------------------------------
-    @property
-    def num_in_flight(self) -> int:
-        """Requests sent to the engine and not finished."""
-        return len(self._streams)
-
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
@@ -156,8 +153,6 @@ class EngineClient:
                 if output.finished:
                     del self._streams[output.request_id]
                 stream.put_nowait(output)
-            if self.on_step is not None:
-                self.on_step(message)
         elif isinstance(message, EngineFailed):
             logger.error("engine failure: %s", message.message)
             self.failure = message.message

@@ -53,9 +53,9 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
     resolved = resolve_model(config, register_all())  # fail fast, before any process starts
     engine = EngineClient(config)
     try:
-        engine_start = engine.start  # loads weights in the engine process
+        engine.start()  # the engine process loads the weights while we load the tokenizer
         tokenizer = load_tokenizer(resolved)
-        ready = engine_start()
+        ready = engine.wait_ready()
         state = ServerState(
             tokenizer=tokenizer,
             engine=engine,

@@ -177,7 +177,6 @@ class LLMEngine:
             for b, c in enumerate(chunks)
             if c.completes and len(c.request.tokens) < c.request.max_total_tokens
         ]
-        drawn: dict[int, int] = {}
         token_tensor = None
         if drawing:
             rows = torch.tensor([inputs.logits_rows[b].stop - 1 for b in drawing], device=logits.device)
@@ -194,7 +193,6 @@ class LLMEngine:
             )
             token_tensor = result.token_tensor
             for i, b in enumerate(drawing):
-                drawn[b] = i
                 request = chunks[b].request
                 out = outputs.setdefault(request.request_id, self._output(request))
                 out.new_token_ids.append(result.tokens[i])
@@ -212,7 +210,7 @@ class LLMEngine:
             out = outputs.setdefault(request.request_id, self._output(request))
             if chunk.completes and request.prompt_logprobs and request.num_output_tokens == 0:
                 out.prompt_logprobs = [None, *request.prompt_logprobs]
-            if b in drawn:
+            if b in drawing:
                 request.tokens.append(out.new_token_ids[-1])
                 self._check_finished(request, out.new_token_ids[-1])
             elif chunk.completes:

@@ -36,4 +36,3 @@ class SupportedArchitecture:
     rope_type: str = "normal"
     task: str = "text_generation"
     multi_gpu_supported: bool = False
-    notes: str = ""
