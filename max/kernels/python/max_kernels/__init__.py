@@ -1,12 +1,40 @@
-"""The kernel library: operations the model layers call, each with a pure-torch reference.
+"""The kernel library: the operations model layers call, each a Triton kernel for CUDA with
+its plain-torch reference beside it.
 
-Every kernel here has a reference implementation in plain torch that runs on any device and
-defines the expected result; faster device kernels (Triton on CUDA) must match it and are
-checked against it in tests. Layers in `max.nn` call the public functions below, which pick
-the implementation for the tensors' device.
+The reference defines the expected result and is the CPU path; the Triton kernel must match
+it and is checked against it in tests (in CI through Triton's interpreter on small shapes,
+on a GPU at full size). Layers in `max.nn` call the functions exported here, which pick the
+implementation for the tensors' device in one place (`backend.use_triton`).
 """
 
+from max_kernels.backend import backend, get_backend, set_backend
+from max_kernels.ops import (
+    apply_penalties,
+    fused_moe,
+    gelu_tanh_and_mul,
+    rms_norm,
+    rope_and_write_kv,
+    sample_tokens,
+    silu_and_mul,
+)
 from max_kernels.paged_attention import paged_attention, write_kv_cache
 from max_kernels.ragged_layout import RaggedLayout
+from max_kernels.sampling import hash32, uniform_noise
 
-__all__ = ["RaggedLayout", "paged_attention", "write_kv_cache"]
+__all__ = [
+    "RaggedLayout",
+    "apply_penalties",
+    "backend",
+    "fused_moe",
+    "gelu_tanh_and_mul",
+    "get_backend",
+    "hash32",
+    "paged_attention",
+    "rms_norm",
+    "rope_and_write_kv",
+    "sample_tokens",
+    "set_backend",
+    "silu_and_mul",
+    "uniform_noise",
+    "write_kv_cache",
+]

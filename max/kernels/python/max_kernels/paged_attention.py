@@ -1,4 +1,8 @@
-"""Attention over the paged KV cache, for ragged batches (reference implementation).
+"""Attention over the paged KV cache, for ragged batches: the dispatch and the reference.
+
+On CUDA, `paged_attention` runs the Triton kernels: the leading decode rows (one query token
+each) through the split-K decode kernel, the rest through the ragged prefill kernel; both
+read keys and values in place from their pages. Elsewhere it runs the reference.
 
 The reference gathers each request's keys and values from its pages into a padded batch
 and calls torch's scaled_dot_product_attention with an explicit mask (causal, optional
@@ -12,6 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from max_kernels.backend import use_triton
+from max_kernels.decode_attention import decode_attention
+from max_kernels.prefill_attention import prefill_attention
 from max_kernels.ragged_layout import RaggedLayout
 
 
@@ -22,7 +29,8 @@ def write_kv_cache(
     v_cache: torch.Tensor,
     layout: RaggedLayout,
 ) -> None:
-    """Stores the step's new keys and values [T, Hkv, D] at their cache slots."""
+    """Stores the step's new keys and values [T, Hkv, D] at their cache slots (reference;
+    on the GPU the rotary kernel writes them)."""
     num_slots = k_cache.shape[0] * k_cache.shape[1]
     k_cache.view(num_slots, *k_cache.shape[2:]).index_copy_(0, layout.slot_mapping, k)
     v_cache.view(num_slots, *v_cache.shape[2:]).index_copy_(0, layout.slot_mapping, v)
@@ -36,6 +44,70 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of the step's queries over their requests' cached keys and values.
+
+    Args:
+        q: [T, Hq, D] queries of the step's new tokens, ragged as `layout` says.
+        k_cache, v_cache: [num_pages, page_size, Hkv, D]; this step's keys and values
+            must already be written.
+        layout: the step's ragged layout.
+        scale: factor applied to q·k.
+        sliding_window: if set, a query at position p sees keys at positions > p - window.
+        softcap: if set, scores become softcap * tanh(scores / softcap) before the softmax.
+        sinks: optional float32 [Hq], a learned logit per head that joins each softmax's
+            denominator (gpt-oss).
+
+    Returns:
+        [T, Hq, D] attention output, in q's dtype.
+    """
+    if not use_triton(q):
+        return paged_attention_reference(q, k_cache, v_cache, layout, scale, sliding_window, softcap, sinks)
+    out = torch.empty_like(q)
+    nd = layout.num_decode
+    options = dict(sliding_window=sliding_window, softcap=softcap, sinks=sinks)
+    if nd > 0:
+        decode_attention(
+            q[:nd],
+            k_cache,
+            v_cache,
+            layout.page_table[:nd],
+            layout.context_lens[:nd],
+            scale,
+            num_splits=layout.num_splits,
+            out=out[:nd],
+            **options,
+        )
+    if nd < layout.num_requests:
+        t0 = layout.num_decode  # decode rows hold one token each
+        query_start = layout.cached(
+            ("prefill", "query_start"), lambda: layout.query_start[nd:] - layout.query_start[nd]
+        )
+        prefill_attention(
+            q[t0:],
+            k_cache,
+            v_cache,
+            layout.page_table[nd:],
+            query_start,
+            layout.context_lens[nd:],
+            layout.max_query_len,
+            scale,
+            out=out[t0:],
+            **options,
+        )
+    return out
+
+
+def paged_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layout: RaggedLayout,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of the step's queries over their requests' cached keys and values.
 
@@ -64,7 +136,7 @@ def paged_attention(
         mask = layout.cached(
             (name, "mask", sliding_window), lambda index=index: index.mask(sliding_window)
         )
-        out[t0:t1] = _group_attention(q[t0:t1], k_cache, v_cache, index, mask, scale, softcap)
+        out[t0:t1] = _group_attention(q[t0:t1], k_cache, v_cache, index, mask, scale, softcap, sinks)
     return out
 
 
@@ -112,7 +184,7 @@ class _GroupIndex:
         return allowed[:, None]
 
 
-def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softcap):
+def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softcap, sinks):
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
     num_slots = k_cache.shape[0] * k_cache.shape[1]
@@ -124,26 +196,32 @@ def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softc
         qp = q.new_zeros(index.batch, index.max_q, hq, d)
         qp[index.token_batch, index.token_slot] = q
     qp, k, v = qp.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if softcap is None:
+    if softcap is None and sinks is None:
         o = F.scaled_dot_product_attention(
             qp, k, v, attn_mask=mask, scale=scale, enable_gqa=hq != hkv
         )
     else:
-        o = _softcapped_attention(qp, k, v, mask, scale, softcap)
+        o = _explicit_attention(qp, k, v, mask, scale, softcap, sinks)
     o = o.transpose(1, 2)  # [b, Qmax, Hq, D]
     if index.max_q == 1:
         return o.reshape(index.batch, hq, d)
     return o[index.token_batch, index.token_slot]
 
 
-def _softcapped_attention(q, k, v, mask, scale, softcap):
-    """Attention with tanh soft-capping of the scores (Gemma 2 style), in float32."""
+def _explicit_attention(q, k, v, mask, scale, softcap, sinks):
+    """Attention with tanh soft-capping of the scores (Gemma 2 style) and/or a sink logit
+    per head in the softmax's denominator (gpt-oss), in float32."""
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    scores = softcap * torch.tanh(scores / softcap)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
+    if sinks is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:
+        sink = sinks.float()[None, :, None, None].expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     return torch.matmul(probs, v.float()).to(q.dtype)

@@ -28,7 +28,10 @@ class RaggedLayout:
         page_size: tokens per KV page.
         num_decode: how many leading requests have exactly one new token.
         query_lens: host copy of each request's number of new tokens.
-        context_lens_host: host copy of context_lens.
+        context_lens_host: host copy of context_lens (read by the reference path only; a
+            CUDA-graph step, whose lengths change on the device, leaves it None).
+        num_splits: how many parts the decode kernel cuts each context into (split-K);
+            fixed per CUDA graph, since a graph replays a fixed grid.
     """
 
     query_start: torch.Tensor
@@ -38,7 +41,8 @@ class RaggedLayout:
     page_size: int
     num_decode: int
     query_lens: list[int]
-    context_lens_host: list[int]
+    context_lens_host: list[int] | None
+    num_splits: int = 1
     # Derived index tensors of the reference path, computed at most once per step.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -46,6 +50,11 @@ class RaggedLayout:
     def num_requests(self) -> int:
         """Requests in the step."""
         return len(self.query_lens)
+
+    @property
+    def max_query_len(self) -> int:
+        """The longest request's number of new tokens."""
+        return max(self.query_lens, default=0)
 
     @property
     def num_tokens(self) -> int:

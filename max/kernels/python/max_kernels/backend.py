@@ -1,0 +1,55 @@
+"""The one dispatch point of the kernel library: Triton on CUDA, the torch reference elsewhere.
+
+Every public op in `max_kernels` asks `use_triton(tensor)` once and calls either its Triton
+implementation or its plain-torch reference. The backend can be forced to the reference
+for comparison (`set_backend("torch")`, or `MAX_KERNELS=torch` in the environment), which is
+what `--kernels torch` on the command line does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+_backend = os.environ.get("MAX_KERNELS", "auto")
+
+
+def set_backend(name: str) -> None:
+    """`auto`: Triton kernels on CUDA tensors, the reference elsewhere; `torch`: reference only;
+    `triton`: Triton kernels on every device (tests run them on CPU tensors through Triton's
+    interpreter, `TRITON_INTERPRET=1`)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r} (choose from {', '.join(BACKENDS)})")
+    _backend = name
+
+
+def get_backend() -> str:
+    """The backend in force."""
+    return _backend
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Runs the enclosed code with another backend, then restores the previous one."""
+    saved = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(saved)
+
+
+def interpreting() -> bool:
+    """Triton kernels run in Triton's CPU interpreter (`TRITON_INTERPRET=1`), as in CI."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether an op on `t` should run its Triton kernel."""
+    return _backend == "triton" or (_backend == "auto" and t.is_cuda)

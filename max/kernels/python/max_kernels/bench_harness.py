@@ -1,0 +1,66 @@
+"""Timing helpers of the kernel micro-benchmark (`//max/kernels:bench`).
+
+A `BenchCase` names one kernel at one shape, with a Triton and a reference callable and
+the fewest bytes the op must move through device memory (each input read once, each
+output written once). `run_case` times both with CUDA events (median of many runs) and
+reports achieved bandwidth, which `bench.py` compares with the card's measured
+device-to-device copy rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BenchCase:
+    """One kernel at one shape."""
+
+    kernel: str
+    shape: str
+    triton_fn: Callable[[], object]
+    reference_fn: Callable[[], object] | None
+    bytes_moved: int
+
+
+@dataclass
+class BenchResult:
+    """Median times (ms) and achieved bandwidths (GB/s) of a case."""
+
+    kernel: str
+    shape: str
+    triton_ms: float
+    reference_ms: float | None
+    triton_gbps: float
+    reference_gbps: float | None
+
+
+def time_ms(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median time of `fn` in milliseconds, measured with CUDA events (triton's do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def run_case(case: BenchCase) -> BenchResult:
+    """Times a case's Triton kernel and, if given, its reference."""
+    t = time_ms(case.triton_fn)
+    r = time_ms(case.reference_fn) if case.reference_fn is not None else None
+    gbps = lambda ms: case.bytes_moved / (ms * 1e-3) / 1e9  # noqa: E731
+    return BenchResult(case.kernel, case.shape, t, r, gbps(t), gbps(r) if r is not None else None)
+
+
+def copy_bandwidth_gbps(num_bytes: int = 2 * 2**30) -> float:
+    """The card's device-to-device copy rate, counting bytes read plus bytes written."""
+    src = torch.empty(num_bytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src))
+    return 2 * num_bytes / (ms * 1e-3) / 1e9
+
+
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    """Bytes of the given tensors together."""
+    return sum(t.numel() * t.element_size() for t in tensors)

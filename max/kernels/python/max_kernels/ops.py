@@ -1,0 +1,105 @@
+"""The public ops of the kernel library, each dispatched once between Triton and torch.
+
+`max.nn` calls only these. On CUDA tensors (unless the backend is forced to `torch`) each op
+runs its Triton kernel; everywhere else its plain-torch reference, which defines the result
+and is the CPU path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from max_kernels import activation as _activation
+from max_kernels import mixture_of_experts as _moe
+from max_kernels import normalization as _rms_norm
+from max_kernels import rotary_kv as _rotary_kv
+from max_kernels import sampling as _sampling
+from max_kernels.backend import use_triton
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    residual: torch.Tensor | None = None,
+    gemma: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of x (Llama's, or Gemma's (1 + w)); with `residual`, of x + residual, which is
+    returned too."""
+    fn = _rms_norm.rms_norm if use_triton(x) else _rms_norm.rms_norm_reference
+    return fn(x, weight, eps, residual=residual, gemma=gemma)
+
+
+def rope_and_write_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """Rotates q and k by position, stores k and v at their cache slots; returns rotated q."""
+    fn = _rotary_kv.rope_and_write_kv if use_triton(q) else _rotary_kv.rope_and_write_kv_reference
+    return fn(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of x = [gate | up]."""
+    fn = _activation.silu_and_mul if use_triton(x) else _activation.silu_and_mul_reference
+    return fn(x)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(gate) * up of x = [gate | up]."""
+    fn = _activation.gelu_tanh_and_mul if use_triton(x) else _activation.gelu_tanh_and_mul_reference
+    return fn(x)
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    activation: str = "silu",
+    b_gate_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The routed experts' gated MLPs, summed by router weight, for every token."""
+    fn = _moe.fused_moe if use_triton(x) else _moe.fused_moe_reference
+    return fn(
+        x, w_gate_up, w_down, topk_weights, topk_ids, activation=activation, b_gate_up=b_gate_up, b_down=b_down
+    )
+
+
+def apply_penalties(
+    logits: torch.Tensor,
+    prompt_ids: torch.Tensor,
+    output_ids: torch.Tensor,
+    repetition: torch.Tensor,
+    frequency: torch.Tensor,
+    presence: torch.Tensor,
+) -> torch.Tensor:
+    """Repetition (Hugging Face's), frequency and presence (OpenAI's) penalties per row."""
+    fn = _sampling.apply_penalties if use_triton(logits) else _sampling.apply_penalties_reference
+    return fn(logits, prompt_ids, output_ids, repetition, frequency, presence)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    seeds: torch.Tensor,
+    steps: torch.Tensor,
+) -> torch.Tensor:
+    """One token per row: greedy where temperature is 0, else a seeded draw after the
+    temperature and the top-k / top-p / min-p filters."""
+    fn = _sampling.sample_tokens if use_triton(logits) else _sampling.sample_tokens_reference
+    return fn(logits, temperature, top_k, top_p, min_p, seeds, steps)

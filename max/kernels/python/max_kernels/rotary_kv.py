@@ -1,0 +1,182 @@
+"""Rotary position embedding of q and k fused with the store of k and v into the paged cache.
+
+`rope_and_write_kv` is the Triton kernel: one launch rotates the queries and keys of all the
+step's tokens and writes the keys and values at their cache slots, reading q, k and v
+straight out of the fused qkv projection (strided views, no copy). `rope_and_write_kv_reference`
+is the torch path it must match: `max.nn.rotary_embedding.RotaryEmbedding.forward` followed
+by `max_kernels.paged_attention.write_kv_cache`.
+
+The cos/sin tables [max_positions, rotary_dim] are float32 in the "rotate half" layout
+(cat(freqs, freqs), any rope scaling already folded in), so every rope variant is the same
+kernel with other tables. Only the first rotary_dim channels of a head rotate (partial
+rotary); the rest pass through. A cache slot < 0 marks a padding row, whose k and v are not
+stored.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
+# ruff: noqa: N803
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_and_write_kv_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """Rotates q and k by position in q's dtype, stores k and v in the cache; returns q rotated.
+
+    Args:
+        q: [T, Hq, D] queries; k, v: [T, Hkv, D] keys and values of the step's tokens.
+        positions: [T] absolute positions (int64).
+        cos, sin: [max_positions, rotary_dim] float32 tables, rotary_dim <= D.
+        k_cache, v_cache: [num_pages, page_size, Hkv, D]; the flat slot of a token is
+            page * page_size + offset.
+        slot_mapping: [T] int64 cache slot of each token; < 0 for padding rows (not stored).
+
+    Returns:
+        The rotated queries [T, Hq, D].
+
+    The skip of padding rows uses a boolean index, which synchronizes with a CUDA device;
+    the Triton kernel is the capture-safe path.
+    """
+    c = cos[positions].unsqueeze(1).to(q.dtype)
+    s = sin[positions].unsqueeze(1).to(q.dtype)
+    r = cos.shape[-1]
+    if r == q.shape[-1]:
+        q_rot = q * c + _rotate_half(q) * s
+        k_rot = k * c + _rotate_half(k) * s
+    else:
+        q_rot = torch.cat((q[..., :r] * c + _rotate_half(q[..., :r]) * s, q[..., r:]), -1)
+        k_rot = torch.cat((k[..., :r] * c + _rotate_half(k[..., :r]) * s, k[..., r:]), -1)
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    num_slots = k_cache.shape[0] * k_cache.shape[1]
+    k_cache.view(num_slots, *k_cache.shape[2:]).index_copy_(0, slots, k_rot[keep])
+    v_cache.view(num_slots, *v_cache.shape[2:]).index_copy_(0, slots, v[keep])
+    return q_rot
+
+
+def rope_and_write_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """Triton version of `rope_and_write_kv_reference` (same arguments), in one launch.
+
+    q, k and v may be views with any token and head strides (last dimension contiguous).
+    The rotation is computed in float32 with the float32 tables and rounded once, so it
+    differs from the reference (which rounds cos/sin and each product to q's dtype) by a
+    few units in the last place in bfloat16/float16; v is copied bit for bit. Returns a new
+    contiguous [T, Hq, D] tensor. Capture-safe: no host synchronization.
+    """
+    t, hq, d = q.shape
+    hkv = k.shape[1]
+    rotary_dim = cos.shape[-1]
+    if rotary_dim > d or rotary_dim % 2:
+        raise ValueError(f"rotary_dim {rotary_dim} must be even and at most head_dim {d}")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("the KV cache needs a contiguous last dimension")
+    q, k, v, cos, sin = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v, cos, sin))
+    q_out = torch.empty((t, hq, d), dtype=q.dtype, device=q.device)
+    if t == 0:
+        return q_out
+
+    block_d = triton.next_power_of_2(d)
+    block_h = min(triton.next_power_of_2(max(hq, hkv)), max(1, 1024 // block_d))
+    num_q_blocks = triton.cdiv(hq, block_h)
+    # Axis 1: the q head blocks first, then the kv head blocks (k and v together).
+    grid = (t, num_q_blocks + triton.cdiv(hkv, block_h))
+    _rope_kv_kernel[grid](
+        q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, q_out,
+        hq, hkv, d, rotary_dim // 2, rotary_dim, k_cache.shape[1], num_q_blocks,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        cos.stride(0), sin.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q_out.stride(0), q_out.stride(1),
+        BLOCK_H=block_h,
+        BLOCK_D=block_d,
+        num_warps=4,
+    )  # fmt: skip
+    return q_out
+
+
+@triton.jit
+def _rope_kv_kernel(
+    q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr, qo_ptr,
+    Hq, Hkv, D, half, rotary_dim, page_size, num_q_blocks,
+    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h,
+    s_cos, s_sin,
+    skc_p, skc_s, skc_h, svc_p, svc_s, svc_h,
+    sqo_t, sqo_h,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    tok = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    i = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    rot = d < rotary_dim
+    first = d < half
+    # rotate_half maps (a, b) to (-b, a): channel d pairs with d +- half.
+    partner = tl.where(first, d + half, d - half)
+    sign = tl.where(first, -1.0, 1.0)
+    pos = tl.load(pos_ptr + tok).to(tl.int64)
+    c = tl.load(cos_ptr + pos * s_cos + d, mask=rot, other=0.0)[None, :]
+    s = tl.load(sin_ptr + pos * s_sin + d, mask=rot, other=0.0)[None, :]
+    rot2 = rot[None, :]
+    sign2 = sign[None, :]
+
+    # Queries: heads of q block `blk`; none when blk is a kv block (hq >= Hq masks them).
+    hq = blk * BLOCK_H + i
+    q_mask = (hq < Hq)[:, None] & d_ok[None, :]
+    q_row = (tok * sq_t + hq.to(tl.int64) * sq_h)[:, None]
+    x = tl.load(q_ptr + q_row + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+    x2 = tl.load(q_ptr + q_row + partner[None, :], mask=q_mask & rot2, other=0.0).to(tl.float32)
+    y = tl.where(rot2, x * c + sign2 * x2 * s, x)
+    qo_row = (tok * sqo_t + hq.to(tl.int64) * sqo_h)[:, None]
+    tl.store(qo_ptr + qo_row + d[None, :], y.to(qo_ptr.dtype.element_ty), mask=q_mask)
+
+    # Keys and values: kv heads of block blk - num_q_blocks (negative for q blocks: masked).
+    hk = (blk - num_q_blocks) * BLOCK_H + i
+    slot = tl.load(slot_ptr + tok).to(tl.int64)
+    # A padding row (slot < 0) stores no heads. (A scalar bool `&` a vector mask breaks the
+    # interpreter's mask dtype, hence the head limit instead.)
+    kv_heads = tl.where(slot >= 0, Hkv, 0)
+    kv_mask = ((hk >= 0) & (hk < kv_heads))[:, None] & d_ok[None, :]
+    hk64 = hk.to(tl.int64)
+    page = slot // page_size
+    offset = slot % page_size
+    k_row = (tok * sk_t + hk64 * sk_h)[:, None]
+    x = tl.load(k_ptr + k_row + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+    x2 = tl.load(k_ptr + k_row + partner[None, :], mask=kv_mask & rot2, other=0.0).to(tl.float32)
+    y = tl.where(rot2, x * c + sign2 * x2 * s, x)
+    kc_row = (page * skc_p + offset * skc_s + hk64 * skc_h)[:, None]
+    tl.store(kc_ptr + kc_row + d[None, :], y.to(kc_ptr.dtype.element_ty), mask=kv_mask)
+    v_row = (tok * sv_t + hk64 * sv_h)[:, None]
+    vals = tl.load(v_ptr + v_row + d[None, :], mask=kv_mask, other=0.0)
+    vc_row = (page * svc_p + offset * svc_s + hk64 * svc_h)[:, None]
+    tl.store(vc_ptr + vc_row + d[None, :], vals.to(vc_ptr.dtype.element_ty), mask=kv_mask)
