@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from max.entrypoints.cli_args import (
     add_model_args,
@@ -70,27 +70,53 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     config = pipeline_config_from_args(args)
     params = sampling_params_from_args(args)
+    if (args.prompt is None) == (args.prompt_token_ids is None):
+        raise MaxError("give either --prompt TEXT or --prompt-token-ids ID [ID ...]")
+    if config.skip_tokenizer_init:
+        if args.prompt is not None:
+            raise MaxError("--skip-tokenizer-init loads no tokenizer: give the prompt as --prompt-token-ids")
+        if params.stop:
+            raise MaxError("--stop needs a tokenizer; use --stop-token-ids with --skip-tokenizer-init")
     log = logging.getLogger("max.generate")
     start = time.perf_counter()
     resolved = resolve_model(config, _registry())
     tokenizer = load_tokenizer(resolved)
     engine = build_engine(resolved)
     log.info("loaded %s (%s) in %.1f s", resolved.source.name, resolved.architecture.name, time.perf_counter() - start)
-    generator = TextGenerator(engine, tokenizer)
-    chat = args.chat_template if args.chat_template is not None else tokenizer.has_chat_template
-    if chat and not tokenizer.has_chat_template:
-        raise MaxError("--chat-template was asked for, but this model has no chat template")
-    prompt_ids = generator.prompt_ids(args.prompt, chat=chat)
     start = time.perf_counter()
-    count = 0
-    for text in generator.stream(prompt_ids, params):
+    if tokenizer is None:
+        prompt_ids = list(args.prompt_token_ids)
+        pieces = _stream_token_ids(engine, prompt_ids, params)
+    else:
+        generator = TextGenerator(engine, tokenizer)
+        if args.prompt_token_ids is not None:
+            prompt_ids = list(args.prompt_token_ids)
+        else:
+            chat = args.chat_template if args.chat_template is not None else tokenizer.has_chat_template
+            if chat and not tokenizer.has_chat_template:
+                raise MaxError("--chat-template was asked for, but this model has no chat template")
+            prompt_ids = generator.prompt_ids(args.prompt, chat=chat)
+        pieces = generator.stream(prompt_ids, params)
+    for text in pieces:
         sys.stdout.write(text)
         sys.stdout.flush()
-        count += 1
     sys.stdout.write("\n")
     elapsed = time.perf_counter() - start
     log.info("generated in %.2f s (prompt: %d tokens)", elapsed, len(prompt_ids))
     return 0
+
+
+def _stream_token_ids(engine, prompt_ids: list[int], params) -> Iterator[str]:
+    """Runs one request on an engine without a tokenizer; yields its new ids as text."""
+    engine.add_request("gen-0", prompt_ids, params)
+    first = True
+    while engine.has_unfinished():
+        for output in engine.step():
+            if output.error:
+                raise MaxError(output.error)
+            if output.new_token_ids:
+                yield ("" if first else " ") + " ".join(str(t) for t in output.new_token_ids)
+                first = False
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -129,7 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_gen = sub.add_parser("generate", help="generate text for a prompt")
     add_model_args(p_gen)
     add_sampling_args(p_gen, default_temperature=0.0)
-    p_gen.add_argument("--prompt", required=True, help="the prompt text")
+    p_gen.add_argument("--prompt", help="the prompt text")
+    p_gen.add_argument(
+        "--prompt-token-ids",
+        type=int,
+        nargs="+",
+        metavar="ID",
+        help="the prompt as token ids (instead of --prompt; needed with --skip-tokenizer-init, "
+        "which prints the generated ids)",
+    )
     p_gen.add_argument(
         "--chat-template",
         action=argparse.BooleanOptionalAction,

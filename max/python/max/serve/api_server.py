@@ -2,7 +2,9 @@
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health
 (and /v1/health), GET /metrics. The HTTP process parses, tokenizes, applies chat templates
-and detokenizes; the engine process only sees token ids. Every failure a client can cause
+and detokenizes; the engine process only sees token ids. Without a tokenizer
+(`--skip-tokenizer-init`) only /v1/completions with token-id prompts is served, and each
+choice carries its generated ids in `token_ids`. Every failure a client can cause
 is answered in OpenAI's error shape with a 4xx status; a client that disconnects has its
 requests aborted in the engine.
 """
@@ -47,7 +49,7 @@ MAX_BODY_BYTES = 32 * 2**20
 class ServerState:
     """What the handlers share."""
 
-    tokenizer: TextTokenizer
+    tokenizer: TextTokenizer | None  # None: --skip-tokenizer-init, token ids only
     engine: EngineClient
     served_model_name: str
     max_seq_len: int
@@ -97,6 +99,8 @@ class GenerationHandler:
     # -- preparing -----------------------------------------------------------------------
     async def _prompt_ids(self, gen: GenerationRequest) -> list[list[int]]:
         tokenizer = self.state.tokenizer
+        if tokenizer is None:
+            _check_tokenizer_free(gen)
         try:
             if gen.chat_messages is not None:
                 return [await asyncio.to_thread(tokenizer.encode_chat, gen.chat_messages)]
@@ -231,6 +235,10 @@ class GenerationHandler:
             )
         return await self._complete(request, gen, chat, choices, base_id, prompt_ids)
 
+    def _want_ids(self, gen: GenerationRequest) -> bool:
+        """Whether choices carry their token ids (asked for, or no tokenizer to make text)."""
+        return gen.return_token_ids or self.state.tokenizer is None
+
     async def _complete(self, request, gen, chat, choices, base_id, prompt_ids) -> Response:
         state = self.state
         state.metrics.in_flight += len(choices)
@@ -261,6 +269,7 @@ class GenerationHandler:
                     "message": {"role": "assistant", "content": c.stream.text},
                     "logprobs": responses.chat_logprobs(tokenizer, c.logprobs) if gen.logprobs is not None else None,
                     "finish_reason": c.stream.finish_reason,
+                    **self._ids_fields(gen, c),
                 }
                 for c in choices
             ]
@@ -269,7 +278,7 @@ class GenerationHandler:
         for c in choices:
             text, logprobs = c.stream.text, None
             prefix = ""
-            if gen.echo:
+            if gen.echo and tokenizer is not None:
                 prefix = tokenizer.decode(c.prompt_ids)
                 text = prefix + text
             if gen.logprobs is not None:
@@ -280,8 +289,26 @@ class GenerationHandler:
                     ids = c.prompt_ids + ids
                     entries = list(prompt_entries) + entries
                 logprobs = responses.completion_logprobs(tokenizer, entries, ids)
-            out.append({"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": c.stream.finish_reason})
+            out.append(
+                {
+                    "index": c.index,
+                    "text": text,
+                    "logprobs": logprobs,
+                    "finish_reason": c.stream.finish_reason,
+                    **self._ids_fields(gen, c),
+                }
+            )
         return JSONResponse(responses.text_completion(base_id, gen.model, out, use))
+
+    def _ids_fields(self, gen: GenerationRequest, choice: _Choice, new_ids: list[int] | None = None) -> dict[str, Any]:
+        """`token_ids` (and, when asked for, `prompt_token_ids`) of a choice or a chunk."""
+        if not self._want_ids(gen):
+            return {}
+        fields: dict[str, Any] = {}
+        if gen.return_token_ids and new_ids is None:
+            fields["prompt_token_ids"] = list(choice.prompt_ids)
+        fields["token_ids"] = list(choice.stream.token_ids if new_ids is None else new_ids)
+        return fields
 
     async def _stream(self, request, gen, chat, choices, base_id, prompt_ids) -> AsyncIterator[str]:
         state = self.state
@@ -295,17 +322,23 @@ class GenerationHandler:
                 for c in choices:
                     first = {"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                     yield _sse(responses.chunk(base_id, gen.model, True, [first]))
-            elif gen.echo:
+            elif gen.echo and tokenizer is not None:
                 for c in choices:
                     echo = {"index": c.index, "text": tokenizer.decode(c.prompt_ids), "logprobs": None, "finish_reason": None}
                     yield _sse(responses.chunk(base_id, gen.model, False, [echo]))
+            want_ids = self._want_ids(gen)
             while remaining:
                 choice, delta = await sink.get()
                 if delta is None:  # the engine refused or failed this request
                     yield _sse(self._generation_error(choice.error or "generation failed").body())
                     remaining -= 1
                     continue
-                if not delta.text and not delta.finished and not (gen.logprobs is not None and delta.logprobs):
+                if (
+                    not delta.text
+                    and not delta.finished
+                    and not (gen.logprobs is not None and delta.logprobs)
+                    and not (want_ids and delta.token_ids)
+                ):
                     continue
                 finish = delta.finish_reason if delta.finished else None
                 if chat:
@@ -318,6 +351,8 @@ class GenerationHandler:
                     if gen.logprobs is not None and delta.logprobs:
                         logprobs = responses.completion_logprobs(tokenizer, list(delta.logprobs), [e.token_id for e in delta.logprobs])
                     item = {"index": choice.index, "text": delta.text, "logprobs": logprobs, "finish_reason": finish}
+                if want_ids:
+                    item.update(self._ids_fields(gen, choice, delta.token_ids))
                 yield _sse(responses.chunk(base_id, gen.model, chat, [item]))
                 if delta.finished:
                     remaining -= 1
@@ -330,6 +365,27 @@ class GenerationHandler:
             for t in tasks:
                 t.cancel()
             state.metrics.in_flight -= len(choices)
+
+
+def _check_tokenizer_free(gen: GenerationRequest) -> None:
+    """Refuses what needs a tokenizer, on a server started without one."""
+    why = "this server runs without a tokenizer (--skip-tokenizer-init)"
+    if gen.chat_messages is not None:
+        raise ApiError(
+            400,
+            f"{why}: chat completions need one; send token-id prompts to /v1/completions",
+            param="messages",
+            code="tokenizer_required",
+        )
+    if any(isinstance(p, str) for p in gen.prompts):
+        raise ApiError(
+            400,
+            f"{why}: 'prompt' must be token ids (a list of integers, or a list of such lists)",
+            param="prompt",
+            code="tokenizer_required",
+        )
+    if gen.params.stop:
+        raise ApiError(400, f"{why}: 'stop' strings need one; use 'stop_token_ids'", param="stop", code="tokenizer_required")
 
 
 def _usage(choices: list[_Choice], prompt_ids: list[list[int]]) -> dict[str, int]:

@@ -98,6 +98,7 @@ class GenerationRequest:
     include_usage: bool
     echo: bool
     logprobs: int | None  # alternatives per token (chat: top_logprobs), None: no logprobs
+    return_token_ids: bool = False  # add the ids (prompt_token_ids, token_ids) to each choice
 
 
 def _sampling(f: _Fields) -> SamplingParams:
@@ -135,7 +136,13 @@ def _common(f: _Fields) -> dict[str, Any]:
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise invalid("stream_options", "'stream_options.include_usage' must be a boolean")
-    return dict(model=model, n=f.integer("n", 1, 1, 16), stream=stream, include_usage=include_usage)
+    return dict(
+        model=model,
+        n=f.integer("n", 1, 1, 16),
+        stream=stream,
+        include_usage=include_usage,
+        return_token_ids=f.get("return_token_ids", (bool,), False),
+    )
 
 
 def _message_content(message: dict[str, Any], index: int) -> str:

@@ -17,11 +17,16 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_logprobs(tokenizer: TextTokenizer, entries: list[TokenLogprob]) -> dict[str, Any]:
+def token_text(tokenizer: TextTokenizer | None, token_id: int) -> str:
+    """A token's text; without a tokenizer, `token_id:N` (as vLLM writes ids as tokens)."""
+    return tokenizer.token_text(token_id) if tokenizer is not None else f"token_id:{token_id}"
+
+
+def chat_logprobs(tokenizer: TextTokenizer | None, entries: list[TokenLogprob]) -> dict[str, Any]:
     """Chat's `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
 
     def item(token_id: int, logprob: float) -> dict[str, Any]:
-        text = tokenizer.token_text(token_id)
+        text = token_text(tokenizer, token_id)
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     return {
@@ -33,7 +38,7 @@ def chat_logprobs(tokenizer: TextTokenizer, entries: list[TokenLogprob]) -> dict
 
 
 def completion_logprobs(
-    tokenizer: TextTokenizer,
+    tokenizer: TextTokenizer | None,
     entries: list[TokenLogprob | None],
     token_ids: list[int],
     text_offset_start: int = 0,
@@ -45,16 +50,17 @@ def completion_logprobs(
     tokens, token_logprobs, tops, offsets = [], [], [], []
     offset = text_offset_start
     for token_id, entry in zip(token_ids, entries):
-        text = tokenizer.token_text(token_id)
+        text = token_text(tokenizer, token_id)
         tokens.append(text)
         offsets.append(offset)
-        offset += len(text)
+        if tokenizer is not None:  # without one, the text is empty: every offset is 0
+            offset += len(text)
         if entry is None:
             token_logprobs.append(None)
             tops.append(None)
         else:
             token_logprobs.append(entry.logprob)
-            tops.append({tokenizer.token_text(t): lp for t, lp in entry.top} if entry.top else None)
+            tops.append({token_text(tokenizer, t): lp for t, lp in entry.top} if entry.top else None)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 

@@ -15,7 +15,7 @@ import signal
 import uvicorn
 
 from max.errors import MaxError
-from max.pipelines.lib import PipelineConfig, load_tokenizer, resolve_model
+from max.pipelines.lib import PipelineConfig, load_tokenizer, resolve_model, tokenizer_source
 from max.serve.api_server import ServerState, create_app
 from max.serve.engine_client import EngineClient
 
@@ -51,6 +51,8 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
     from max.pipelines.architectures import register_all
 
     resolved = resolve_model(config, register_all())  # fail fast, before any process starts
+    if not config.skip_tokenizer_init:
+        tokenizer_source(resolved)  # a missing tokenizer fails here too
     engine = EngineClient(config)
     try:
         engine.start()  # the engine process loads the weights while we load the tokenizer

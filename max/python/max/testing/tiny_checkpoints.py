@@ -88,3 +88,12 @@ def llama_config(**overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+def write_config_only(directory: Path, config: dict[str, Any]) -> Path:
+    """A model folder holding only config.json (no weights, no tokenizer), as served with
+    `--load-format dummy`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory

@@ -7,7 +7,8 @@ Accepted `--model-path` values:
 - a `.gguf` file;
 - a Hugging Face repo id (`org/name`) present in the local HF cache;
 - an embedded model's alias or repo id (see `embedded_models`).
-`--weight-path` overrides which weight files of the folder are used.
+`--weight-path` overrides which weight files of the folder are used. With
+`--load-format dummy` a folder may hold only `config.json` (random weights of its shapes).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def _refuse_pickled(files: list[Path]) -> None:
         )
 
 
-def _from_directory(name: str, directory: Path, weight_paths: list[Path]) -> ModelSource:
+def _from_directory(
+    name: str, directory: Path, weight_paths: list[Path], load_format: str = "auto"
+) -> ModelSource:
     if weight_paths:
         files = weight_paths
     else:
@@ -65,7 +68,13 @@ def _from_directory(name: str, directory: Path, weight_paths: list[Path]) -> Mod
             raise MaxError(f"{directory} holds several GGUF files ({listed}): pick one with --weight-path")
         else:
             _refuse_pickled(sorted(directory.iterdir()))
-            raise MaxError(f"{directory} holds no weights (no *.safetensors or *.gguf files)")
+            if load_format == "dummy" and (directory / "config.json").is_file():
+                # Config only: the shapes come from config.json, the weights are random.
+                return ModelSource(name, directory, WeightsFormat.safetensors, [])
+            raise MaxError(
+                f"{directory} holds no weights (no *.safetensors or *.gguf files); a folder "
+                "with only config.json loads with --load-format dummy (random weights)"
+            )
     _refuse_pickled(files)
     for f in files:
         if not f.is_file():
@@ -97,8 +106,14 @@ def _from_hf_cache(repo_id: str) -> Path | None:
         raise
 
 
-def resolve_model_source(model_path: str | None, weight_path: list[str] | None = None) -> ModelSource:
-    """Locates the model named by `--model-path` (None: the embedded default)."""
+def resolve_model_source(
+    model_path: str | None, weight_path: list[str] | None = None, load_format: str = "auto"
+) -> ModelSource:
+    """Locates the model named by `--model-path` (None: the embedded default).
+
+    With `load_format="dummy"` a folder holding only config.json is accepted (no weight
+    files); otherwise such a folder is refused.
+    """
     weights = [Path(p).expanduser() for p in weight_path or []]
     if model_path is None:
         embedded = DEFAULT_MODEL
@@ -111,12 +126,12 @@ def resolve_model_source(model_path: str | None, weight_path: list[str] | None =
             raise MaxError(f"{local} is a file but not a GGUF file; give the model's folder instead")
         return ModelSource(model_path, local.parent, WeightsFormat.gguf, weights or [local])
     if local.is_dir():
-        return _from_directory(model_path, local, weights)
+        return _from_directory(model_path, local, weights, load_format)
     looks_like_repo = model_path.count("/") == 1 and not model_path.startswith((".", "/", "~"))
     if looks_like_repo:
         snapshot = _from_hf_cache(model_path)
         if snapshot is not None:
-            return _from_directory(model_path, snapshot, weights)
+            return _from_directory(model_path, snapshot, weights, load_format)
     embedded = find_embedded_model(model_path)
     if embedded is not None:
         path = embedded.path()
@@ -130,3 +145,41 @@ def resolve_model_source(model_path: str | None, weight_path: list[str] | None =
             "and pass its path, or fill the cache first"
         )
     raise MaxError(f"model path {model_path!r} does not exist")
+
+
+# Files of which at least one is present where a Hugging Face tokenizer can be loaded.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def has_tokenizer_files(directory: Path) -> bool:
+    """Whether `directory` holds a tokenizer's files."""
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+def resolve_tokenizer_source(spec: str) -> ModelSource:
+    """Locates the tokenizer named by `--tokenizer`: a folder with tokenizer files, a GGUF
+    file (its tokenizer metadata), a Hugging Face repo id in the local cache, or an
+    embedded model. Only the tokenizer is read from it; no weights are needed."""
+    local = Path(spec).expanduser()
+    if local.is_file():
+        if local.suffix != ".gguf":
+            raise MaxError(f"--tokenizer {spec}: give a folder with tokenizer files or a GGUF file")
+        return ModelSource(spec, local.parent, WeightsFormat.gguf, [local])
+    directory = local if local.is_dir() else None
+    looks_like_repo = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if directory is None and looks_like_repo:
+        directory = _from_hf_cache(spec)
+    if directory is None:
+        embedded = find_embedded_model(spec)
+        if embedded is not None:
+            return ModelSource(embedded.repo_id, embedded.path().parent, WeightsFormat.gguf, [embedded.path()])
+        raise MaxError(
+            f"--tokenizer {spec!r} is not a local folder, a GGUF file, a repo in the local "
+            "Hugging Face cache or an embedded model"
+        )
+    if not has_tokenizer_files(directory):
+        ggufs = sorted(directory.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource(spec, directory, WeightsFormat.gguf, ggufs)
+        raise MaxError(f"--tokenizer {spec}: {directory} holds no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    return ModelSource(spec, directory, WeightsFormat.safetensors, [])

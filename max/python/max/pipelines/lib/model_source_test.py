@@ -78,3 +78,23 @@ def test_refusals(tmp_path):
     noconfig = _folder(tmp_path / "noconfig", {"model.safetensors": ""})
     with pytest.raises(MaxError, match="no config.json"):
         resolve_model_source(str(noconfig))
+
+
+def test_config_only_folder_needs_the_dummy_load_format(tmp_path):
+    folder = _folder(tmp_path / "config-only", {"config.json": "{}"})
+    with pytest.raises(MaxError, match="holds no weights.*--load-format dummy"):
+        resolve_model_source(str(folder))
+    source = resolve_model_source(str(folder), load_format="dummy")
+    assert source.weight_files == [] and source.directory == folder
+
+
+def test_tokenizer_sources(tmp_path):
+    from max.pipelines.lib.model_source import resolve_tokenizer_source
+
+    folder = _folder(tmp_path / "tok", {"tokenizer.json": "{}"})
+    assert resolve_tokenizer_source(str(folder)).directory == folder
+    assert resolve_tokenizer_source("smollm2-135m").gguf_file.name.startswith("SmolLM2")
+    with pytest.raises(MaxError, match="holds no tokenizer files"):
+        resolve_tokenizer_source(str(_folder(tmp_path / "empty", {"config.json": "{}"})))
+    with pytest.raises(MaxError, match="is not a local folder"):
+        resolve_tokenizer_source(str(tmp_path / "missing"))

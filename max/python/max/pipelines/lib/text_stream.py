@@ -29,9 +29,13 @@ class TextDelta:
 
 @dataclass
 class RequestTextStream:
-    """Accumulates a request's tokens and text as its outputs arrive."""
+    """Accumulates a request's tokens and text as its outputs arrive.
 
-    tokenizer: TextTokenizer
+    Without a tokenizer (`--skip-tokenizer-init`) only the token ids accumulate; the text
+    stays empty and stop strings cannot apply.
+    """
+
+    tokenizer: TextTokenizer | None
     prompt_ids: Sequence[int]
     params: SamplingParams
     text: str = ""
@@ -42,7 +46,9 @@ class RequestTextStream:
     prompt_logprobs: list | None = None
 
     def __post_init__(self) -> None:
-        self._detok = IncrementalDetokenizer(self.tokenizer, self.prompt_ids)
+        self._detok = None
+        if self.tokenizer is not None:
+            self._detok = IncrementalDetokenizer(self.tokenizer, self.prompt_ids)
         self._stops = StopStringMatcher(self.params.stop)
 
     def update(self, output: RequestOutput) -> TextDelta:
@@ -53,9 +59,11 @@ class RequestTextStream:
         if output.prompt_logprobs is not None:
             self.prompt_logprobs = output.prompt_logprobs
         self.token_ids.extend(output.new_token_ids)
-        raw = self._detok.add(output.new_token_ids) if output.new_token_ids else ""
-        if output.finished:
-            raw += self._detok.flush()
+        raw = ""
+        if self._detok is not None:
+            raw = self._detok.add(output.new_token_ids) if output.new_token_ids else ""
+            if output.finished:
+                raw += self._detok.flush()
         emit, stopped = self._stops.feed(raw, final=output.finished)
         self.text += emit
         if stopped:

@@ -1,0 +1,68 @@
+"""benchmark_throughput end to end on a tiny config-only model with random weights: ours
+and transformers on the same workload, and the single-request figures."""
+
+import json
+
+import pytest
+
+from max.benchmark import benchmark_throughput
+from max.testing.tiny_checkpoints import llama_config, write_config_only
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(write_config_only(tmp_path_factory.mktemp("cfg") / "tiny", llama_config()))
+
+
+def _run(tmp_path, model_dir, *flags):
+    out = tmp_path / "result.json"
+    code = benchmark_throughput.main([
+        "--model-path", model_dir, "--load-format", "dummy", "--max-length", "128",
+        "--kv-cache-page-size", "8", "--disable-tqdm", "--result-file", str(out), *flags,
+    ])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_both_backends_on_the_same_workload(tmp_path, model_dir, capsys):
+    result = _run(
+        tmp_path, model_dir, "--backend", "both", "--num-prompts", "6", "--random-input-len", "12",
+        "--random-output-len", "5", "--random-range-ratio", "0.3", "--hf-batch-size", "4", "--max-batch-size", "4",
+    )
+    ours, hf = result["results"]["ours"], result["results"]["hf"]
+    for r in (ours, hf):
+        assert r["num_requests"] == 6
+        assert r["elapsed_s"] > 0 and r["output_tokens_per_s"] > 0
+        assert r["total_tokens_per_s"] > r["output_tokens_per_s"]
+    assert ours["output_tokens"] == hf["output_tokens"]  # EOS ignored on both sides
+    assert ours["prompt_tokens"] == hf["prompt_tokens"]
+    assert hf["extra"]["hf_batch_size"] == 4 and result["max_batch_size"] == 4
+    assert result["ratio_ours_over_hf"] == pytest.approx(ours["output_tokens_per_s"] / hf["output_tokens_per_s"])
+    table = capsys.readouterr().out
+    assert "| ours | 6 |" in table and "| hf | 6 |" in table and "ours / transformers" in table
+
+
+def test_single_request_reports_ttft_and_decode_speed(tmp_path, model_dir):
+    result = _run(tmp_path, model_dir, "--backend", "both", "--num-prompts", "1", "--random-output-len", "6", "--random-input-len", "8")
+    for r in result["results"].values():
+        assert r["output_tokens"] == 6
+        assert r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0
+
+
+def test_request_rate_and_engine_flags(tmp_path, model_dir):
+    result = _run(
+        tmp_path, model_dir, "--num-prompts", "4", "--random-input-len", "8", "--random-output-len", "3",
+        "--request-rate", "50", "--max-num-batched-tokens", "16", "--no-enable-prefix-caching",
+    )
+    assert set(result["results"]) == {"ours"}
+    assert result["results"]["ours"]["output_tokens"] == 12
+    assert result["request_rate"] == 50.0 and result["max_num_batched_tokens"] == 16
+
+
+def test_too_long_workload_is_a_clear_error(tmp_path, model_dir, capsys):
+    code = benchmark_throughput.main([
+        "--model-path", model_dir, "--load-format", "dummy", "--max-length", "32",
+        "--num-prompts", "1", "--random-input-len", "40", "--random-output-len", "4",
+    ])
+    assert code == 1
+    assert "raise --max-length" in capsys.readouterr().err

@@ -1,0 +1,57 @@
+"""Each benchmark model config loads as `--load-format dummy` would load it (config-only
+folder, its architecture, its config class), and its network, shaped on the meta device
+without allocating, has the published parameter count (and transformers' own count)."""
+
+import pytest
+import torch
+
+from max.benchmark.model_configs import BENCHMARK_MODELS, config_dir
+from max.pipelines.architectures import register_all
+from max.pipelines.lib import PipelineConfig, resolve_model
+from max.pipelines.lib.pipeline_model import skip_parameter_init
+
+
+def _meta_network(resolved):
+    """The architecture's network for the config, on the meta device (no memory)."""
+    cls = resolved.architecture.pipeline_model
+    model = cls.__new__(cls)  # only the config is needed to shape the network
+    model.pipeline_config = resolved.config
+    model.hf_config = resolved.hf_config
+    model.dtype = torch.bfloat16
+    model.device = torch.device("meta")
+    model.max_seq_len = resolved.max_seq_len
+    model.model_config = cls.config_class.from_huggingface(resolved.hf_config, model.max_seq_len)
+    with torch.device("meta"), skip_parameter_init():
+        return model.build_network()
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # shared (tied) tensors once
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARK_MODELS))
+def test_config_loads_with_the_published_size(name):
+    config = PipelineConfig(model_path=str(config_dir(name)), load_format="dummy", max_length=4096)
+    resolved = resolve_model(config, register_all())
+    assert resolved.source.weight_files == []
+    assert resolved.architecture.name == resolved.hf_config.architectures[0]
+    assert resolved.eos_token_ids()
+    ours = _count(_meta_network(resolved))
+    assert ours == pytest.approx(BENCHMARK_MODELS[name], rel=0.03), f"{name}: {ours / 1e9:.2f}B"
+
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        reference = AutoModelForCausalLM.from_config(resolved.hf_config)
+    assert ours == _count(reference)
+
+
+def test_gemma3_layers_alternate_five_local_one_global():
+    resolved = resolve_model(
+        PipelineConfig(model_path=str(config_dir("Gemma-3-12B")), load_format="dummy", max_length=4096), register_all()
+    )
+    config = resolved.architecture.pipeline_model.config_class.from_huggingface(resolved.hf_config, 4096)
+    assert config.layer_types == (["sliding_attention"] * 5 + ["full_attention"]) * 8
+    assert config.sliding_window == 1024
+    assert config.local_rope_parameters["rope_theta"] == 10000.0
+    assert config.rope_parameters["rope_type"] == "linear" and config.rope_parameters["factor"] == 8.0
