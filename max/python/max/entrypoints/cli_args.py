@@ -7,7 +7,7 @@ import argparse
 
 from max.errors import MaxError
 from max.pipelines.lib import ENCODINGS, PipelineConfig, SamplingParams, parse_memory
-from max.pipelines.lib.config import LOAD_FORMATS
+from max.pipelines.lib.config import KERNEL_BACKENDS, LOAD_FORMATS
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--load-format", choices=LOAD_FORMATS, default="auto", help="'dummy': random weights")
     g.add_argument("--trust-remote-code", action="store_true", help="allow code from model repos")
     g.add_argument(
+        "--tokenizer",
+        metavar="PATH_OR_REPO",
+        help="use this tokenizer (folder, GGUF file, cached repo id or embedded model) "
+        "instead of the model's own, e.g. for a folder holding only config.json",
+    )
+    g.add_argument(
+        "--skip-tokenizer-init",
+        action="store_true",
+        help="load no tokenizer: prompts must be token ids, outputs are token ids",
+    )
+    g.add_argument(
         "--custom-architectures",
         action="append",
         default=[],
@@ -39,6 +50,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--kv-cache-page-size", type=int, default=128, help="tokens per KV cache page")
     e.add_argument("--kv-cache-memory", help="KV cache size, e.g. 2GiB (default: CPU 2GiB, GPU the rest)")
     e.add_argument("--device-memory-utilization", type=float, default=0.9, help="GPU memory fraction to use")
+    e.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="GPU: run decode steps eagerly instead of replaying CUDA graphs",
+    )
+    e.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="GPU: prepare the next step while the current one runs (default on)",
+    )
+    e.add_argument(
+        "--kernels",
+        choices=KERNEL_BACKENDS,
+        default="auto",
+        help="'auto': Triton kernels on GPU; 'torch': the torch reference ops everywhere (for comparison)",
+    )
     e.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
@@ -64,6 +92,11 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
         trust_remote_code=args.trust_remote_code,
         custom_architectures=list(args.custom_architectures),
         load_format=args.load_format,
+        enforce_eager=args.enforce_eager,
+        async_scheduling=args.async_scheduling,
+        kernels=args.kernels,
+        tokenizer=args.tokenizer,
+        skip_tokenizer_init=args.skip_tokenizer_init,
         seed=getattr(args, "seed", None) or 0,
     )
     config.validate()

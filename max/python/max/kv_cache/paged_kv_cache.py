@@ -69,6 +69,11 @@ class PagedKVCache:
         self.pool = PagePool(num_pages, enable_prefix_caching)
         self._pages: dict[str, list[int]] = {}
         self._hashed: dict[str, list[bytes]] = {}
+        # Every request's pages also sit in a row of one int32 table, so a step's page table
+        # is a single fancy-indexing of it rather than a Python loop over requests.
+        self._table = np.zeros((16, 16), dtype=np.int32)
+        self._row: dict[str, int] = {}
+        self._free_rows: list[int] = list(range(15, -1, -1))
 
     @property
     def page_size(self) -> int:
@@ -109,6 +114,7 @@ class PagedKVCache:
                 hashes.append(h)
         self._pages[request_id] = matched
         self._hashed[request_id] = hashes
+        self._write_row(request_id, 0, matched)
         return len(matched) * self.page_size
 
     def reserve(self, request_id: str, num_tokens: int) -> bool:
@@ -121,13 +127,14 @@ class PagedKVCache:
         new = self.pool.allocate(missing)
         if new is None:
             return False
+        self._write_row(request_id, len(pages), new)
         pages.extend(new)
         return True
 
     def commit(self, request_id: str, tokens: Sequence[int], num_computed: int) -> None:
         """Indexes the request's pages that became full of computed tokens."""
-        if not self.pool.enable_prefix_caching:
-            return
+        if not self.pool.enable_prefix_caching or request_id not in self._hashed:
+            return  # nothing to index, or the request let go of its pages already
         hashed = self._hashed[request_id]
         full = num_computed // self.page_size
         if full <= len(hashed):
@@ -142,14 +149,41 @@ class PagedKVCache:
         """Returns all of a request's pages (finished, cancelled or preempted)."""
         pages = self._pages.pop(request_id, None)
         self._hashed.pop(request_id, None)
+        row = self._row.pop(request_id, None)
+        if row is not None:
+            self._free_rows.append(row)
         if pages:
             self.pool.release(pages)
 
+    def page_table_array(self, request_ids: Sequence[str], min_pages: int = 1) -> np.ndarray:
+        """int32 [B, P] of the requests' pages (P: the most any of them holds); entries past
+        a request's pages hold some valid page index, which attention never reads."""
+        rows = [self._row[r] for r in request_ids]
+        width = max([min_pages, *(len(self._pages[r]) for r in request_ids)])
+        if width > self._table.shape[1]:
+            self._grow(self._table.shape[0], width)
+        return self._table[rows, :width]
+
     def page_table(self, request_ids: Sequence[str], min_pages: int = 1) -> torch.Tensor:
-        """int32 [B, P] of the requests' pages, padded with page 0 (never read)."""
-        rows = [self._pages[r] for r in request_ids]
-        width = max([min_pages, *(len(r) for r in rows)])
-        table = np.zeros((len(rows), width), dtype=np.int32)
-        for i, row in enumerate(rows):
-            table[i, : len(row)] = row
-        return torch.from_numpy(table)
+        """`page_table_array` as a CPU tensor."""
+        return torch.from_numpy(self.page_table_array(request_ids, min_pages))
+
+    def _write_row(self, request_id: str, start: int, pages: Sequence[int]) -> None:
+        """Puts `pages` at columns start.. of the request's table row (taking a row if new)."""
+        row = self._row.get(request_id)
+        if row is None:
+            if not self._free_rows:
+                grown = self._table.shape[0]
+                self._grow(2 * grown, self._table.shape[1])
+                self._free_rows = list(range(2 * grown - 1, grown - 1, -1))
+            row = self._row[request_id] = self._free_rows.pop()
+        end = start + len(pages)
+        if end > self._table.shape[1]:
+            self._grow(self._table.shape[0], max(end, 2 * self._table.shape[1]))
+        # Columns past the request's pages keep stale entries: padding that is never read.
+        self._table[row, start:end] = pages
+
+    def _grow(self, rows: int, cols: int) -> None:
+        table = np.zeros((rows, cols), dtype=np.int32)
+        table[: self._table.shape[0], : self._table.shape[1]] = self._table
+        self._table = table

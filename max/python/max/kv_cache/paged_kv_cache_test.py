@@ -49,13 +49,31 @@ def test_hashes_chain_over_the_whole_prefix():
     assert a[1] != b[1]  # same second page, different history
 
 
-def test_page_table_pads_with_page_zero():
+def test_page_table_pads_with_valid_pages():
     cache = PagedKVCache(PARAMS, 8, "cpu")
     cache.reserve("a", 9)
     cache.reserve("b", 1)
     table = cache.page_table(["a", "b"])
     assert table.dtype == torch.int32 and table.shape == (2, 3)
+    assert table[0].tolist() == cache.pages("a") and table[1, 0] == cache.pages("b")[0]
     assert table[1, 1:].tolist() == [0, 0]
+    # A row freed and taken again by another request shows only valid page indices.
+    cache.free("a")
+    cache.reserve("c", 5)
+    table = cache.page_table(["b", "c"])
+    assert table[1, :2].tolist() == cache.pages("c")
+    assert all(0 <= p < cache.num_pages for p in table.flatten().tolist())
+
+
+def test_page_table_grows_past_its_initial_size():
+    cache = PagedKVCache(PARAMS, 200, "cpu")
+    for i in range(40):
+        assert cache.reserve(f"r{i}", 4 * (i % 5 + 1))
+    assert cache.reserve("r0", 4 * 30)
+    table = cache.page_table([f"r{i}" for i in range(40)])
+    assert table.shape == (40, 30)
+    assert table[0].tolist() == cache.pages("r0")
+    assert table[39, :5].tolist() == cache.pages("r39")
 
 
 def test_budget_too_small_for_one_request_is_an_error():

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from max.errors import MaxError
+from max.nn.checkpoint_layout import Concat
+from max_kernels import gelu_tanh_and_mul, silu_and_mul
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -17,6 +19,14 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+}
+
+# Activations with a fused "act(gate) * up" kernel, keyed like ACTIVATIONS.
+_FUSED_GATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": silu_and_mul,
+    "swish": silu_and_mul,
+    "gelu_pytorch_tanh": gelu_tanh_and_mul,
+    "gelu_new": gelu_tanh_and_mul,
 }
 
 
@@ -30,15 +40,39 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         ) from None
 
 
+def gated_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`act(gate) * up` of a tensor holding [gate | up] along its last dimension."""
+    fused = _FUSED_GATES.get(name)
+    if fused is not None:
+        return fused
+    act = activation(name)
+
+    def gate(x: torch.Tensor) -> torch.Tensor:
+        g, u = x.chunk(2, dim=-1)
+        return act(g) * u
+
+    return gate
+
+
 class GatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x)): the SwiGLU / GeGLU feed-forward of Llama-family models."""
+    """down(act(gate(x)) * up(x)): the SwiGLU / GeGLU feed-forward of Llama-family models.
+
+    gate and up are one fused projection (`gate_up_proj`), filled from the checkpoint's
+    separate `gate_proj` and `up_proj`.
+    """
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str, bias: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
-        self.act = activation(act)
+        self.act_and_mul = gated_activation(act)
+
+    def checkpoint_layout(self) -> dict:
+        """gate_up_proj is gate_proj and up_proj, stacked."""
+        layout = {"gate_up_proj.weight": Concat(("gate_proj.weight", "up_proj.weight"))}
+        if self.gate_up_proj.bias is not None:
+            layout["gate_up_proj.bias"] = Concat(("gate_proj.bias", "up_proj.bias"))
+        return layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))

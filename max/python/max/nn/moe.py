@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from max.nn.mlp import GatedMLP
+from max.nn.checkpoint_layout import Concat, Stack
+from max_kernels import fused_moe
+
+# Gated activations the grouped-expert kernel knows, by Hugging Face `hidden_act` name.
+_MOE_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 
 
 @dataclass
@@ -25,38 +29,37 @@ class SparseMoE(nn.Module):
     """Routes each token to its top-k experts and sums their outputs by router weight.
 
     The router's softmax is taken over all experts in float32; with `norm_topk_prob` the
-    k kept weights are renormalized to sum to one. Tokens are grouped by expert, so each
-    expert runs once per step on the tokens routed to it.
+    k kept weights are renormalized to sum to one. The experts' weights are stacked, one
+    3-D tensor per projection ([E, 2I, H] for gate and up, [E, H, I] for down), so the
+    grouped-expert kernel runs every expert of a step in two launches.
     """
 
     def __init__(self, hidden_size: int, config: MoEConfig, act: str) -> None:
         super().__init__()
         self.config = config
-        self.gate = nn.Linear(hidden_size, config.num_experts, bias=False)
-        self.experts = nn.ModuleList(
-            GatedMLP(hidden_size, config.moe_intermediate_size, act)
-            for _ in range(config.num_experts)
-        )
+        self.activation = _MOE_ACTIVATIONS.get(act)
+        if self.activation is None:
+            raise ValueError(f"mixture-of-experts activation {act!r} is not supported")
+        e, i = config.num_experts, config.moe_intermediate_size
+        self.gate = nn.Linear(hidden_size, e, bias=False)
+        self.experts_gate_up = nn.Parameter(torch.empty(e, 2 * i, hidden_size))
+        self.experts_down = nn.Parameter(torch.empty(e, hidden_size, i))
+
+    def checkpoint_layout(self) -> dict:
+        """Checkpoints store each expert's gate, up and down projections apart."""
+        experts = range(self.config.num_experts)
+        return {
+            "experts_gate_up": Stack(
+                tuple(Concat((f"experts.{e}.gate_proj.weight", f"experts.{e}.up_proj.weight")) for e in experts)
+            ),
+            "experts_down": Stack(tuple(f"experts.{e}.down_proj.weight" for e in experts)),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        router_logits = self.gate(x)
-        probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)
+        probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float32)
         weights, chosen = torch.topk(probs, self.config.num_experts_per_tok, dim=-1)
         if self.config.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        # Sort the (token, slot) pairs by expert so each expert sees one contiguous slice.
-        flat_expert = chosen.flatten()
-        order = torch.argsort(flat_expert, stable=True)
-        counts = torch.bincount(flat_expert, minlength=self.config.num_experts).tolist()
-        token_of = order // self.config.num_experts_per_tok
-        start = 0
-        for expert, count in zip(self.experts, counts):
-            if count:
-                rows = order[start : start + count]
-                tokens = token_of[start : start + count]
-                y = expert(x[tokens]) * weights.flatten()[rows, None]
-                out.index_add_(0, tokens, y)
-            start += count
-        return out
+        return fused_moe(
+            x, self.experts_gate_up, self.experts_down, weights, chosen, activation=self.activation
+        )

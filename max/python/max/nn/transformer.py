@@ -66,6 +66,9 @@ class DecoderConfig:
 class DecoderLayer(nn.Module):
     """Attention then feed-forward, each behind an RMSNorm and a residual connection."""
 
+    # forward returns (output, residual), whose sum is the layer's hidden state.
+    returns_residual_pair = True
+
     def __init__(self, config: DecoderConfig, index: int, rotary: RotaryEmbedding) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
@@ -90,9 +93,18 @@ class DecoderLayer(nn.Module):
                 config.hidden_size, config.intermediate_size, config.hidden_act, config.mlp_bias
             )
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), positions)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block on the residual stream, which is carried as (block output, residual):
+        their sum is the hidden state, and each norm adds the two as it normalizes."""
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, positions)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class Transformer(nn.Module):
@@ -133,11 +145,12 @@ class Transformer(nn.Module):
         self, tokens: torch.Tensor, positions: torch.Tensor, logits_indices: torch.Tensor
     ) -> torch.Tensor:
         """Float32 logits [N, vocab] for the rows `logits_indices` of the step's tokens."""
-        x = self.embed_tokens(tokens)
+        x, residual = self.embed_tokens(tokens), None
         for layer in self.layers:
-            x = layer(x, positions)
+            x, residual = layer(x, residual, positions)
         # The norm is per row, so only the rows that need logits are normalized.
-        return self.logits(self.norm(x[logits_indices]))
+        x, _ = self.norm(x[logits_indices], residual[logits_indices])
+        return self.logits(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head (tied to the embedding when the config says so), in float32, soft-capped

@@ -48,6 +48,7 @@ class FrameworkSettings:
     max_length: int | None = None  # None: the model's own maximum
     trust_remote_code: bool = False
     custom_architectures: Sequence[str] = ()
+    kernels: str = "auto"  # "torch": this framework's torch reference ops, even on a GPU
 
 
 def _torch_device(device: str) -> torch.device:
@@ -85,6 +86,7 @@ def build_max_engine(settings: FrameworkSettings):
         kv_cache_page_size=16,
         trust_remote_code=settings.trust_remote_code,
         custom_architectures=list(settings.custom_architectures),
+        kernels=settings.kernels,
     )
     return build_engine(resolve_model(config, register_all()))
 

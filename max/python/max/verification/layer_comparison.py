@@ -3,7 +3,8 @@
 Both models run the same prompt once. Forward hooks record the output of every module of
 ours whose name also exists in the reference model (`model.<name>` in transformers): the
 embedding, each decoder layer and its sub-modules (norms, attention and its projections,
-MLP), and the final norm. Outputs are compared in the order our model produced them; the
+MLP), and the final norm. Our fused projections (qkv_proj, gate_up_proj) are split back
+into the reference's q/k/v and gate/up outputs. Outputs are compared in the order our model produced them; the
 first module whose relative error exceeds the threshold is where the bug most likely is.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from max.nn.checkpoint_layout import Concat
 from max.testing.engine_probes import prompt_logits
 from max.verification.frameworks import FrameworkSettings, build_max_engine, load_torch_model
 
@@ -68,17 +70,39 @@ def _first_tensor(output) -> torch.Tensor | None:
     return None
 
 
-def _record(module: nn.Module, names: Sequence[str], store: dict, order: list | None = None) -> list:
+def _record(
+    module: nn.Module,
+    names: Sequence[str],
+    store: dict,
+    order: list | None = None,
+    fused: dict[str, list[tuple[str, int]]] | None = None,
+) -> list:
+    """Hooks that store the first tensor each named module outputs; a fused module's output
+    (see `_fused_parts`) is stored as the outputs of the parts it joins."""
     handles = []
     modules = dict(module.named_modules())
-    for name in names:
+    fused = fused or {}
 
-        def hook(_module, _inputs, output, name=name) -> None:
+    def keep(name: str, tensor: torch.Tensor) -> None:
+        if name not in store:
+            store[name] = tensor.detach().float().cpu()
+            if order is not None:
+                order.append(name)
+
+    for name in [*names, *fused]:
+
+        def hook(module, _inputs, output, name=name) -> None:
+            if getattr(module, "returns_residual_pair", False):
+                output = output[0] + output[1]  # the block's hidden state
             tensor = _first_tensor(output)
-            if tensor is not None and name not in store:
-                store[name] = tensor.detach().float().cpu()
-                if order is not None:
-                    order.append(name)
+            if tensor is None:
+                return
+            if name in fused:
+                parts = fused[name]
+                for (part, _), piece in zip(parts, tensor.split([size for _, size in parts], dim=-1)):
+                    keep(part, piece)
+            else:
+                keep(name, tensor)
 
         handles.append(modules[name].register_forward_hook(hook))
     return handles
@@ -92,6 +116,29 @@ def _candidate_names(ours: nn.Module, reference_names: set[str]) -> list[str]:
         if f"model.{name}" in reference_names and not isinstance(module, nn.ModuleList):
             names.append(name)
     return names
+
+
+def _fused_parts(ours: nn.Module, reference: nn.Module) -> dict[str, list[tuple[str, int]]]:
+    """Our fused projections (qkv_proj, gate_up_proj) and the reference modules their
+    output is the concatenation of, with each part's width, from the layers' checkpoint
+    layouts: `layers.0.self_attn.qkv_proj` -> [(`layers.0.self_attn.q_proj`, 64), ...]."""
+    reference_modules = dict(reference.named_modules())
+    fused = {}
+    for prefix, module in ours.named_modules():
+        layout = getattr(module, "checkpoint_layout", None)
+        if layout is None:
+            continue
+        for param, source in layout().items():
+            if not (param.endswith(".weight") and isinstance(source, Concat)):
+                continue
+            if not all(isinstance(p, str) for p in source.parts):
+                continue
+            parts = [f"{prefix}.{p.removesuffix('.weight')}" for p in source.parts]
+            theirs = [reference_modules.get(f"model.{p}") for p in parts]
+            if all(isinstance(t, nn.Linear) for t in theirs):
+                name = f"{prefix}.{param.removesuffix('.weight')}"
+                fused[name] = [(p, t.out_features) for p, t in zip(parts, theirs)]
+    return fused
 
 
 @torch.no_grad()
@@ -114,10 +161,11 @@ def compare_layers(
     reference = reference_model if reference_model is not None else load_torch_model(settings)
     reference_names = {n for n, _ in reference.named_modules()}
     names = _candidate_names(network, reference_names)
+    fused = _fused_parts(network, reference)
 
     ours_out: dict[str, torch.Tensor] = {}
     order: list[str] = []
-    handles = _record(network, names, ours_out, order)
+    handles = _record(network, names, ours_out, order, fused)
     try:
         # Logits of every row, so the final norm sees the whole sequence as in the reference.
         prompt_logits(engine, prompt_ids)
@@ -126,7 +174,8 @@ def compare_layers(
             h.remove()
 
     ref_out: dict[str, torch.Tensor] = {}
-    handles = _record(reference, [f"model.{n}" for n in names], ref_out)
+    parts = [p for split in fused.values() for p, _ in split]
+    handles = _record(reference, [f"model.{n}" for n in [*names, *parts]], ref_out)
     device = next(reference.parameters()).device
     try:
         reference(torch.tensor([prompt_ids], device=device))

@@ -37,7 +37,7 @@ class Outcome:
     detail: str = ""
 
 
-def verify_one(spec: str, device: str, num_steps: int) -> Outcome:
+def verify_one(spec: str, device: str, num_steps: int, kernels: str = "auto") -> Outcome:
     """Runs one `Name-encoding` pipeline; never raises."""
     start = time.perf_counter()
     pipeline, encoding = parse_pipeline_and_encoding(spec)
@@ -49,6 +49,7 @@ def verify_one(spec: str, device: str, num_steps: int) -> Outcome:
             encoding=encoding,
             num_steps=num_steps,
             max_length=pipeline.max_length,
+            kernels=kernels,
         )
         reference = run_framework("torch", settings, DEFAULT_PROMPTS)
         target = run_framework("max", settings, DEFAULT_PROMPTS, reference)
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--devices", default="cpu", help="cpu, gpu or gpu:N")
     parser.add_argument("--num-steps", type=int, default=10)
+    parser.add_argument(
+        "--kernels",
+        choices=["auto", "torch"],
+        default="auto",
+        help="'torch': run ours on the torch reference ops instead of the GPU kernels (for comparison)",
+    )
     parser.add_argument("--report", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     specs = args.pipeline or [f"{p.display_name}-float32" for p in NAMED_PIPELINES]
@@ -103,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for spec in specs:
         print(f"verifying {spec} on {args.devices}...", file=sys.stderr)
-        outcomes.append(verify_one(spec, args.devices, args.num_steps))
-    table = format_table(outcomes, args.devices)
+        outcomes.append(verify_one(spec, args.devices, args.num_steps, args.kernels))
+    table = format_table(outcomes, f"{args.devices} (kernels: {args.kernels})")
     print(table)
     if args.report:
         Path(args.report).write_text(table + "\n")

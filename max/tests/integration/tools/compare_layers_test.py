@@ -21,11 +21,11 @@ def setup():
     return settings, ids, load_torch_model(settings)
 
 
-def _break(name: str):
+def _break(name: str, rows: slice = slice(None)):
     def modify(network):
         with torch.no_grad():
             weight = dict(network.named_parameters())[name]
-            weight.mul_(1.5)
+            weight[rows].mul_(1.5)
 
     return modify
 
@@ -38,17 +38,20 @@ def test_untouched_model_agrees(setup):
 
 
 @pytest.mark.parametrize(
-    "weight,expected",
+    "weight,rows,expected",
     [
-        ("layers.1.mlp.down_proj.weight", "layers.1.mlp.down_proj"),
-        ("layers.2.input_layernorm.weight", "layers.2.input_layernorm"),
-        ("layers.0.self_attn.k_proj.weight", "layers.0.self_attn.k_proj"),
-        ("layers.2.self_attn.o_proj.weight", "layers.2.self_attn.o_proj"),
+        ("layers.1.mlp.down_proj.weight", slice(None), "layers.1.mlp.down_proj"),
+        ("layers.2.input_layernorm.weight", slice(None), "layers.2.input_layernorm"),
+        # The k rows of the fused q/k/v projection (q: 4 heads x 16, then k: 2 x 16).
+        ("layers.0.self_attn.qkv_proj.weight", slice(64, 96), "layers.0.self_attn.k_proj"),
+        # The up half of the fused gate/up projection.
+        ("layers.1.mlp.gate_up_proj.weight", slice(128, 256), "layers.1.mlp.up_proj"),
+        ("layers.2.self_attn.o_proj.weight", slice(None), "layers.2.self_attn.o_proj"),
     ],
 )
-def test_broken_weight_is_found(setup, weight, expected):
+def test_broken_weight_is_found(setup, weight, rows, expected):
     settings, ids, reference = setup
-    report = compare_layers(settings, ids, modify_ours=_break(weight), reference_model=reference)
+    report = compare_layers(settings, ids, modify_ours=_break(weight, rows), reference_model=reference)
     first = report.first_divergence
     assert first is not None and first.name == expected, report.format()
     layer = expected.split(".")[1]

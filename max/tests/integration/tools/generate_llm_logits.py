@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--custom-architectures", action="append", default=[])
+    parser.add_argument(
+        "--kernels", choices=["auto", "torch"], default="auto", help="'torch': torch reference ops, even on a GPU"
+    )
     args = parser.parse_args(argv)
     if args.num_steps < 1:
         parser.error("--num-steps must be at least 1")
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         max_length=args.max_length or (pipeline.max_length if pipeline else None),
         trust_remote_code=args.trust_remote_code,
         custom_architectures=args.custom_architectures,
+        kernels=args.kernels,
     )
     prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
     reference = read_logits(args.reference) if args.reference else None

@@ -22,6 +22,7 @@ from max.pipelines.lib.pipeline_builder import (
     build_engine,
     load_tokenizer,
     resolve_model,
+    tokenizer_source,
 )
 from max.pipelines.lib.pipeline_model import ModelInputs, ModelOutputs, PipelineModel
 from max.pipelines.lib.registry import (
@@ -78,4 +79,5 @@ __all__ = [
     "resolve_model",
     "resolve_model_source",
     "rope_parameters",
+    "tokenizer_source",
 ]

@@ -14,6 +14,8 @@ FLOAT_ENCODINGS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float1
 QUANTIZED_ENCODINGS = ("q4_0", "q4_1", "q5_0", "q4_k", "q5_k", "q6_k", "q8_0")
 ENCODINGS = (*FLOAT_ENCODINGS, *QUANTIZED_ENCODINGS)
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+# `auto`: Triton kernels on the GPU, torch references elsewhere; `torch`: references only.
+KERNEL_BACKENDS = ("auto", "torch")
 
 
 def parse_device(spec: str) -> torch.device:
@@ -65,7 +67,14 @@ class PipelineConfig:
     trust_remote_code: bool = False
     custom_architectures: list[str] = field(default_factory=list)
     load_format: str = "auto"
+    enforce_eager: bool = False
+    async_scheduling: bool = True
+    kernels: str = "auto"
     seed: int = 0
+    # Another model's tokenizer (path or repo id), e.g. for a config-only folder.
+    tokenizer: str | None = None
+    # No tokenizer at all: prompts and outputs are token ids.
+    skip_tokenizer_init: bool = False
 
     def validate(self) -> None:
         """Raises MaxError naming the first setting out of range."""
@@ -73,8 +82,12 @@ class PipelineConfig:
             raise MaxError(
                 f"unknown encoding {self.quantization_encoding!r} (choose from {', '.join(ENCODINGS)})"
             )
+        if self.kernels not in KERNEL_BACKENDS:
+            raise MaxError(f"unknown kernel backend {self.kernels!r} ({', '.join(KERNEL_BACKENDS)})")
         if self.load_format not in LOAD_FORMATS:
             raise MaxError(f"unknown load format {self.load_format!r} ({', '.join(LOAD_FORMATS)})")
+        if self.tokenizer is not None and self.skip_tokenizer_init:
+            raise MaxError("--tokenizer and --skip-tokenizer-init exclude each other")
         for name in ("max_batch_size", "kv_cache_page_size"):
             if getattr(self, name) < 1:
                 raise MaxError(f"{name} must be at least 1 (got {getattr(self, name)})")

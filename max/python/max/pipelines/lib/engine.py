@@ -1,25 +1,35 @@
 """The engine: continuous batching over a paged KV cache, token ids in, token ids out.
 
-`LLMEngine.step()` asks the scheduler for a batch, prepares the step's ragged inputs
-once, runs the model, samples one token for each request whose tokens are all computed,
-and reports what each request produced. Requests join (`add_request`) and leave
-(`abort`, or finishing) between steps; a finished or aborted request's pages are freed
-at once.
+`LLMEngine.step()` asks the scheduler for a batch, prepares the step's ragged inputs,
+runs the model (through the `ModelRunner`, which replays CUDA graphs for decode batches),
+samples one token for each request whose tokens are all computed, and reports what each
+request produced. Requests join (`add_request`) and leave (`abort`, or finishing) between
+steps; a finished or aborted request's pages are freed at once.
+
+With asynchronous scheduling (on by default on a GPU, as in vLLM v1 and SGLang) a step is
+launched before the previous one's tokens have reached the host: each request that drew a
+token gets a placeholder (-1) that the next step's inputs take from the device, and
+`step()` then reads and reports the previous step's tokens while the GPU computes the new
+one. The host's scheduling, bookkeeping and messaging thus overlap the GPU's work. A
+request that stopped (EOS, stop token) is computed one step too many, and that step's
+result is dropped. Steps that need sampled tokens on the host before the next one can be
+prepared (penalties, prompt logprobs) are read at once.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from max.errors import MaxError
 from max.kv_cache import PagedKVCache
-from max.pipelines.lib.pipeline_model import ModelInputs, PipelineModel
+from max.pipelines.lib.model_runner import ModelRunner
+from max.pipelines.lib.pipeline_model import ModelInputs, PendingTokens, PipelineModel
 from max.pipelines.lib.request import Request, RequestOutput, TokenLogprob
-from max.pipelines.lib.sampler import SamplingBatch, sample
+from max.pipelines.lib.sampler import SampledTokens, SamplingBatch, sample_on_device
 from max.pipelines.lib.sampling_params import SamplingParams
 from max.pipelines.lib.scheduler import ScheduledChunk, Scheduler
 
@@ -34,6 +44,23 @@ class EngineStats:
     kv_pages_total: int
     kv_pages_cached: int
     num_preemptions: int
+
+
+@dataclass
+class _LaunchedStep:
+    """A step whose work is queued on the device and whose tokens are not read yet."""
+
+    step_id: int
+    chunks: list[ScheduledChunk]
+    drawing: list[int]  # indices of the chunks that drew a token, in sampler row order
+    completes: list[bool]  # per chunk: it computed the request's last known token
+    sampled: SampledTokens | None
+    inputs: ModelInputs
+    logits: torch.Tensor | None = None  # kept only for prompt logprobs
+    all_logits: list[bool] | None = None
+    # The next step needs this one's tokens on the host (penalties, prompt logprobs).
+    needs_host: bool = False
+    request_ids: list[str] = field(default_factory=list)
 
 
 def _as_seed(seed: int | None) -> int:
@@ -54,16 +81,22 @@ class LLMEngine:
         eos_token_ids: set[int],
         vocab_size: int,
         enable_prefix_caching: bool = True,
+        runner: ModelRunner | None = None,
+        async_scheduling: bool = False,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
+        self.runner = runner or ModelRunner(model, kv_cache, max_batch_size, use_cuda_graphs=False)
+        self.async_scheduling = async_scheduling
         self.scheduler = Scheduler(kv_cache, max_batch_size, max_num_batched_tokens, enable_prefix_caching)
         self.eos_token_ids = set(eos_token_ids)
         self.vocab_size = vocab_size
         self.max_seq_len = model.max_seq_len
         self._requests: dict[str, Request] = {}
         self._arrivals = itertools.count()
-        # The last step, kept for the decode fast path (`prepare_next_token_inputs`).
+        self._step_ids = itertools.count()
+        self._inflight: _LaunchedStep | None = None
+        # The last launched step, kept for the decode fast path (`prepare_next_token_inputs`).
         self._last_inputs: ModelInputs | None = None
         self._last_tokens: torch.Tensor | None = None
         self._last_page_counts: list[int] = []
@@ -118,8 +151,8 @@ class LLMEngine:
         return list(self._requests)
 
     def has_unfinished(self) -> bool:
-        """Any request is waiting or running."""
-        return self.scheduler.has_work()
+        """Any request is waiting or running, or a step's results are still to be read."""
+        return self.scheduler.has_work() or self._inflight is not None
 
     def stats(self) -> EngineStats:
         """Current load."""
@@ -134,6 +167,25 @@ class LLMEngine:
         )
 
     # -- stepping ------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Runs one batch; returns what the requests produced (with asynchronous scheduling,
+        the tokens of the step launched by the previous call)."""
+        previous = self._inflight
+        self._inflight = None
+        outputs: list[RequestOutput] = []
+        if previous is not None and (previous.needs_host or not self.async_scheduling):
+            outputs = self._finalize(previous)
+            previous = None
+        launched = self._launch()
+        if previous is not None:
+            outputs = self._finalize(previous)
+        if launched is not None:
+            if self.async_scheduling:
+                self._inflight = launched
+            else:
+                outputs = self._finalize(launched)
+        return outputs
+
     def _inputs(self, chunks: list[ScheduledChunk], all_logits: list[bool] | None) -> ModelInputs:
         """Step inputs, derived on device from the last step when it is a plain repeat."""
         ids = [c.request.request_id for c in chunks]
@@ -141,34 +193,36 @@ class LLMEngine:
         last = self._last_inputs
         if (
             last is not None
+            and self._last_tokens is not None
             and all_logits is None
             and last.request_ids == ids
             and page_counts == self._last_page_counts
             and all(c.num_tokens == 1 for c in chunks)
-            and last.layout.num_decode == len(ids)
         ):
             inputs = self.model.prepare_next_token_inputs(self._last_tokens, last)
         else:
-            inputs = self.model.prepare_initial_token_inputs(chunks, self.kv_cache, all_logits)
+            pending = None
+            launched = self._inflight_source
+            if launched is not None and launched.sampled is not None:
+                rows = {launched.chunks[b].request.request_id: i for i, b in enumerate(launched.drawing)}
+                pending = PendingTokens(launched.sampled.tokens, rows)
+            inputs = self.model.prepare_initial_token_inputs(chunks, self.kv_cache, all_logits, pending)
         self._last_page_counts = page_counts
         return inputs
 
-    def step(self) -> list[RequestOutput]:
-        """Runs one batch; returns what each scheduled request produced."""
+    def _launch(self) -> _LaunchedStep | None:
+        """Schedules a batch and queues its work on the device; reads nothing back."""
         plan = self.scheduler.schedule()
+        for victim in plan.preempted:
+            self._drop_pending(victim)
         chunks = plan.chunks
         if not chunks:
-            self._last_inputs = None
-            return []
+            self._last_inputs = self._last_tokens = None
+            return None
         wants_all = [c.request.wants_prompt_logprobs for c in chunks]
         all_logits = wants_all if any(wants_all) else None
         inputs = self._inputs(chunks, all_logits)
-        logits = self.model.execute(inputs).logits
-
-        outputs: dict[str, RequestOutput] = {}
-        for b, chunk in enumerate(chunks):
-            if all_logits is not None and all_logits[b]:
-                self._record_prompt_logprobs(chunk, logits[inputs.logits_rows[b]])
+        logits = self.runner.execute(inputs)
 
         # A request draws a token once all its tokens are computed, unless it is at its limit
         # already (max_new_tokens == 0: the caller only wanted the prompt processed).
@@ -177,55 +231,114 @@ class LLMEngine:
             for b, c in enumerate(chunks)
             if c.completes and len(c.request.tokens) < c.request.max_total_tokens
         ]
-        token_tensor = None
+        sampled = None
+        step_id = next(self._step_ids)
         if drawing:
-            rows = torch.tensor([inputs.logits_rows[b].stop - 1 for b in drawing], device=logits.device)
             reqs = [chunks[b].request for b in drawing]
-            result = sample(
-                logits[rows],
+            if len(drawing) == logits.shape[0]:
+                rows = logits  # the usual case: every row draws, in order
+            else:
+                last_rows = [inputs.logits_rows[b].stop - 1 for b in drawing]
+                rows = logits[torch.tensor(last_rows, device=logits.device)]
+            params = [r.params for r in reqs]
+            # Token histories only matter to penalties; copying them every step is not free.
+            penalized = any(p.has_penalties for p in params)
+            sampled = sample_on_device(
+                rows,
                 SamplingBatch(
-                    params=[r.params for r in reqs],
+                    params=params,
                     seeds=[r.seed for r in reqs],
                     steps=[r.num_output_tokens for r in reqs],
-                    prompt_tokens=[r.tokens[: r.num_prompt_tokens] for r in reqs],
-                    output_tokens=[r.output_tokens for r in reqs],
+                    prompt_tokens=[r.tokens[: r.num_prompt_tokens] for r in reqs] if penalized else (),
+                    output_tokens=[r.output_tokens for r in reqs] if penalized else (),
                 ),
             )
-            token_tensor = result.token_tensor
-            for i, b in enumerate(drawing):
-                request = chunks[b].request
-                out = outputs.setdefault(request.request_id, self._output(request))
-                out.new_token_ids.append(result.tokens[i])
-                if request.params.logprobs is not None:
-                    top = []
-                    if request.params.logprobs > 0:
-                        k = request.params.logprobs
-                        top = list(zip(result.top_ids[i][:k], result.top_logprobs[i][:k]))
-                    out.logprobs = [TokenLogprob(result.tokens[i], result.logprobs[i], top)]
+            sampled.start_copy()
+        completes = [c.completes for c in chunks]
+        step = _LaunchedStep(step_id, chunks, drawing, completes, sampled, inputs, all_logits=all_logits)
+        step.request_ids = [c.request.request_id for c in chunks]
+        if all_logits is not None:
+            step.logits = logits
+        step.needs_host = all_logits is not None or any(c.request.params.has_penalties for c in chunks)
 
+        # Book the step as done: the device will have computed these tokens before anything
+        # launched later reads them.
+        drew = set(drawing)
         for b, chunk in enumerate(chunks):
-            request = chunk.request
-            request.num_computed += chunk.num_tokens
-            self.kv_cache.commit(request.request_id, request.tokens, request.num_computed)
+            chunk.request.num_computed += chunk.num_tokens
+            if completes[b] and b not in drew:
+                self.scheduler.remove(chunk.request)  # prompt only: finished once read
+        for row, b in enumerate(drawing):
+            request = chunks[b].request
+            request.pending.append((step_id, row, len(request.tokens)))
+            request.tokens.append(-1)
+            if len(request.tokens) >= request.max_total_tokens:
+                # Its last token: nothing more to schedule; the step's result is read later.
+                self.scheduler.remove(request)
+        # Keep this step for the decode fast path only if everyone drew.
+        everyone = len(drawing) == len(chunks)
+        self._last_inputs = inputs if everyone else None
+        self._last_tokens = sampled.tokens if everyone and sampled is not None else None
+        self._inflight_source = step
+        return step
+
+    _inflight_source: _LaunchedStep | None = None
+
+    def _drop_pending(self, request: Request) -> None:
+        """A preempted request forgets the token it is still drawing; recomputing it later
+        draws the same one again (the noise is a function of seed and position)."""
+        if request.pending:
+            del request.tokens[request.pending[0][2] :]
+            request.pending.clear()
+
+    def _finalize(self, step: _LaunchedStep) -> list[RequestOutput]:
+        """Reads a launched step's tokens and reports them (waits for the device)."""
+        host = step.sampled.to_host() if step.sampled is not None else None
+        if self._inflight_source is step:
+            self._inflight_source = None
+        outputs: dict[str, RequestOutput] = {}
+        live = [
+            (b, c.request)
+            for b, c in enumerate(step.chunks)
+            if self._requests.get(c.request.request_id) is c.request
+        ]
+        for b, _ in live:
+            if step.all_logits is not None and step.all_logits[b]:
+                self._record_prompt_logprobs(step.chunks[b], step.logits[step.inputs.logits_rows[b]])
+        for row, b in enumerate(step.drawing):
+            request = step.chunks[b].request
+            entry = next((p for p in request.pending if p[0] == step.step_id), None)
+            if entry is None or self._requests.get(request.request_id) is not request:
+                continue  # preempted, aborted or finished since the launch
+            request.pending.remove(entry)
+            index = entry[2]
+            token = host.tokens[row]
+            request.tokens[index] = token
             out = outputs.setdefault(request.request_id, self._output(request))
-            if chunk.completes and request.prompt_logprobs and request.num_output_tokens == 0:
+            out.new_token_ids.append(token)
+            if request.params.logprobs is not None:
+                top = []
+                if request.params.logprobs > 0:
+                    k = request.params.logprobs
+                    top = list(zip(host.top_ids[row][:k], host.top_logprobs[row][:k]))
+                out.logprobs = [TokenLogprob(token, host.logprobs[row], top)]
+            self._check_finished(request, token, index + 1)
+
+        drew = set(step.drawing)
+        for b, request in live:
+            known = request.pending[0][2] if request.pending else len(request.tokens)
+            self.kv_cache.commit(request.request_id, request.tokens, min(request.num_computed, known))
+            out = outputs.setdefault(request.request_id, self._output(request))
+            if step.completes[b] and request.prompt_logprobs and request.num_output_tokens <= 1:
                 out.prompt_logprobs = [None, *request.prompt_logprobs]
-            if b in drawing:
-                request.tokens.append(out.new_token_ids[-1])
-                self._check_finished(request, out.new_token_ids[-1])
-            elif chunk.completes:
+            if b not in drew and step.completes[b]:
                 request.finish_reason = "length"  # max_new_tokens == 0: prompt only
             if request.finish_reason is not None:
                 out.finished = True
                 out.finish_reason = request.finish_reason
                 self.scheduler.remove(request)
                 self._requests.pop(request.request_id, None)
-
-        # Keep this step for the fast path only if it was a pure decode of everyone.
-        all_drew = len(drawing) == len(chunks) and not any(r.finished for r in outputs.values())
-        self._last_inputs = inputs if all_drew else None
-        self._last_tokens = token_tensor if all_drew else None
-        return [outputs[c.request.request_id] for c in chunks if c.request.request_id in outputs]
+        return [outputs[rid] for rid in step.request_ids if rid in outputs]
 
     def _output(self, request: Request) -> RequestOutput:
         return RequestOutput(
@@ -235,11 +348,12 @@ class LLMEngine:
             num_cached_tokens=request.num_cached_prompt_tokens,
         )
 
-    def _check_finished(self, request: Request, token: int) -> None:
+    def _check_finished(self, request: Request, token: int, length: int) -> None:
+        """Sets the finish reason once the token at position `length` - 1 ends the request."""
         params = request.params
         if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
             request.finish_reason = "stop"
-        elif len(request.tokens) >= request.max_total_tokens:
+        elif length >= request.max_total_tokens:
             request.finish_reason = "length"
 
     def _record_prompt_logprobs(self, chunk: ScheduledChunk, logits: torch.Tensor) -> None:

@@ -19,7 +19,13 @@ from max.kv_cache import PagedKVCache
 from max.pipelines.lib.config import FLOAT_ENCODINGS, PipelineConfig
 from max.pipelines.lib.engine import LLMEngine
 from max.pipelines.lib.hf_config import architecture_name, eos_token_ids, load_hf_config
-from max.pipelines.lib.model_source import ModelSource, resolve_model_source
+from max.pipelines.lib.model_runner import ModelRunner
+from max.pipelines.lib.model_source import (
+    ModelSource,
+    has_tokenizer_files,
+    resolve_model_source,
+    resolve_tokenizer_source,
+)
 from max.pipelines.lib.registry import (
     PIPELINE_REGISTRY,
     PipelineRegistry,
@@ -28,6 +34,7 @@ from max.pipelines.lib.registry import (
 from max.pipelines.lib.supported_architecture import SupportedArchitecture
 from max.pipelines.lib.tokenizer import TextTokenizer
 from max.pipelines.lib.weights import GGUFFile, WeightsFormat, open_gguf, open_safetensors
+from max_kernels import set_backend as set_kernel_backend
 
 logger = logging.getLogger("max.pipelines")
 
@@ -74,7 +81,7 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
     """Locates the model, reads its config and finds its architecture."""
     config.validate()
     register_custom_architectures(config.custom_architectures, registry)
-    source = resolve_model_source(config.model_path, config.weight_path)
+    source = resolve_model_source(config.model_path, config.weight_path, config.load_format)
     gguf = GGUFFile(source.gguf_file) if source.gguf_file is not None else None
     arch = registry.retrieve(architecture_name(source, gguf))
     if source.weights_format not in arch.weight_adapters:
@@ -92,14 +99,34 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
     return ResolvedModel(config, source, arch, hf_config, gguf)
 
 
-def load_tokenizer(resolved: ResolvedModel) -> TextTokenizer:
-    """The model's tokenizer."""
+def tokenizer_source(resolved: ResolvedModel) -> ModelSource:
+    """Where the tokenizer comes from: `--tokenizer`, else the model's own files.
+
+    Cheap (no tokenizer is built), so callers can fail before loading any weights.
+    """
+    config = resolved.config
+    if config.tokenizer is not None:
+        return resolve_tokenizer_source(config.tokenizer)
+    source = resolved.source
+    if source.gguf_file is None and not has_tokenizer_files(source.directory):
+        raise MaxError(
+            f"{source.directory} holds no tokenizer: pass --tokenizer PATH_OR_REPO to use "
+            "another model's tokenizer, or --skip-tokenizer-init to run without one "
+            "(prompts and outputs as token ids)"
+        )
+    return source
+
+
+def load_tokenizer(resolved: ResolvedModel) -> TextTokenizer | None:
+    """The tokenizer (None with `skip_tokenizer_init`: prompts and outputs are token ids)."""
+    if resolved.config.skip_tokenizer_init:
+        return None
     return resolved.architecture.tokenizer.from_source(
-        resolved.source, resolved.hf_config, resolved.config.trust_remote_code
+        tokenizer_source(resolved), resolved.hf_config, resolved.config.trust_remote_code
     )
 
 
-def _kv_budget(resolved: ResolvedModel, device: torch.device, needed: int) -> int:
+def _kv_budget(resolved: ResolvedModel, device: torch.device, needed: int, activations: int) -> int:
     config = resolved.config
     if config.kv_cache_memory is not None:
         return config.kv_cache_memory
@@ -110,7 +137,8 @@ def _kv_budget(resolved: ResolvedModel, device: torch.device, needed: int) -> in
         free, total = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         reserve = (1.0 - config.device_memory_utilization) * total
-        available = max(int(free - reserve), 0)
+        # The steps' activations and the CUDA graphs' pool are taken after the KV cache.
+        available = max(int(free - reserve - activations), 0)
     else:
         available = _CPU_KV_DEFAULT
     # Never more than a full batch of full-length requests can use.
@@ -123,6 +151,7 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
     arch = resolved.architecture
     device = config.device
     dtype = resolved.dtype
+    set_kernel_backend(config.kernels)
     if config.load_format == "dummy":
         checkpoint = None
     elif resolved.source.weights_format == WeightsFormat.gguf:
@@ -133,7 +162,8 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
     model = arch.pipeline_model(config, resolved.hf_config, checkpoint, adapter, dtype, device)
     params = model.get_kv_params(resolved.hf_config, config, dtype)
     needed = model.estimate_kv_cache_size(config, resolved.hf_config, dtype)
-    budget = _kv_budget(resolved, device, needed)
+    activations = model.estimate_activation_memory(max(config.token_budget(), config.max_batch_size), config.max_batch_size)
+    budget = _kv_budget(resolved, device, needed, activations)
     num_pages = params.pages_for_budget(budget, model.max_seq_len)
     kv_cache = PagedKVCache(params, num_pages, device, config.enable_prefix_caching)
     logger.info(
@@ -143,6 +173,9 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
         num_pages * params.bytes_per_page / 2**20,
         device,
     )
+    # Graphs replay the Triton kernels only; the torch reference ops are shaped on the host.
+    use_graphs = device.type == "cuda" and not config.enforce_eager and config.kernels == "auto"
+    runner = ModelRunner(model, kv_cache, config.max_batch_size, use_cuda_graphs=use_graphs)
     vocab = int(resolved.hf_config.vocab_size)
     return LLMEngine(
         model,
@@ -152,4 +185,6 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
         resolved.eos_token_ids(),
         vocab,
         config.enable_prefix_caching,
+        runner=runner,
+        async_scheduling=device.type == "cuda" and config.async_scheduling,
     )

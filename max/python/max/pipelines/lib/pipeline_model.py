@@ -25,9 +25,11 @@ from max.errors import MaxError
 from max.kv_cache import KVCacheParams, PagedKVCache
 from max.nn import DecoderConfig, Transformer, step_context
 from max.pipelines.lib.config import PipelineConfig
+from max.pipelines.lib.device_transfer import upload
 from max.pipelines.lib.scheduler import ScheduledChunk
 from max.pipelines.lib.weights import Checkpoint, fill_dummy_weights, load_checkpoint_into
 from max_kernels import RaggedLayout
+from max_kernels.decode_attention import default_num_splits
 
 _INIT_FUNCTIONS = (
     "uniform_",
@@ -80,6 +82,23 @@ class ModelOutputs:
     """Float32 logits [N, vocab], one row per entry of `ModelInputs.logits_indices`."""
 
     logits: torch.Tensor
+
+
+@dataclass
+class PendingTokens:
+    """Tokens sampled by the previous step, still on the device (asynchronous scheduling):
+    `tokens[rows[request_id]]` is the token that request drew."""
+
+    tokens: torch.Tensor
+    rows: dict[str, int]
+
+    def fill(self, tokens: torch.Tensor, request_ids: Sequence[str], where: np.ndarray) -> torch.Tensor:
+        """`tokens` with the placeholder rows (`where`) replaced by the requests' draws."""
+        src = np.full(len(where), -1, dtype=np.int64)
+        src[where] = [self.rows[r] for r in request_ids]
+        src_t = upload(src, tokens.device)
+        drawn = self.tokens[src_t.clamp(min=0)]
+        return torch.where(src_t >= 0, drawn, tokens)
 
 
 class PipelineModel:
@@ -151,6 +170,19 @@ class PipelineModel:
         pages = params.pages_for_tokens(max_len) * pipeline_config.max_batch_size
         return pages * params.bytes_per_page
 
+    def estimate_activation_memory(self, max_batch_tokens: int, max_batch_size: int) -> int:
+        """Bytes one step's activations may take at most (a rough upper bound), which the KV
+        cache must leave free: the widest intermediate tensors of a layer for every token of
+        the step, and the float32 logits of a full batch (a graph's output buffer, an eager
+        step's, and a sampler's copy)."""
+        c = self.model_config
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        inter = c.intermediate_size
+        if c.moe is not None:
+            inter = max(inter, c.moe.moe_intermediate_size * c.moe.num_experts_per_tok)
+        width = 6 * c.hidden_size + 3 * inter + 3 * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        return max_batch_tokens * width * elem + 3 * max_batch_size * c.vocab_size * 4
+
     # -- building ------------------------------------------------------------------------
     def build_network(self) -> nn.Module:
         """The network for `self.model_config`; architectures with their own blocks override."""
@@ -176,32 +208,83 @@ class PipelineModel:
         return network.eval()
 
     # -- steps ---------------------------------------------------------------------------
+    def decode_splits(self, batch_size: int, max_context: int) -> int:
+        """How many parts the GPU decode-attention kernel cuts each context into (split-K)."""
+        if self.device.type != "cuda":
+            return 1
+        return default_num_splits(batch_size, self.model_config.num_kv_heads, max_context)
+
     def prepare_initial_token_inputs(
         self,
         batch: Sequence[ScheduledChunk],
         kv_cache: PagedKVCache,
         all_logits: Sequence[bool] | None = None,
+        pending: PendingTokens | None = None,
     ) -> ModelInputs:
         """Flat inputs for a step that runs `batch` (one-token chunks must come first).
 
         For each chunk, logits are computed for its last token when the chunk completes the
         request's tokens, and for every token when `all_logits[b]` (prompt logprobs).
+        A token id of -1 is one sampled in the previous step that has not reached the host
+        yet; `pending` says where it is on the device.
         """
-        q_lens = np.array([c.num_tokens for c in batch], dtype=np.int64)
-        starts = np.array([c.start for c in batch], dtype=np.int64)
+        q_lens = np.fromiter((c.num_tokens for c in batch), dtype=np.int64, count=len(batch))
+        starts = np.fromiter((c.start for c in batch), dtype=np.int64, count=len(batch))
         # Leading one-token chunks form the decode group of the attention kernels.
         num_decode = int(np.argmax(q_lens != 1)) if (q_lens != 1).any() else len(batch)
         cu = np.zeros(len(batch) + 1, dtype=np.int64)
         np.cumsum(q_lens, out=cu[1:])
         total = int(cu[-1])
-        tokens = np.fromiter((t for c in batch for t in c.token_ids), dtype=np.int64, count=total)
+        if num_decode == len(batch):
+            tokens = np.fromiter((c.request.tokens[c.start] for c in batch), dtype=np.int64, count=total)
+        else:
+            tokens = np.fromiter((t for c in batch for t in c.token_ids), dtype=np.int64, count=total)
         req_index = np.repeat(np.arange(len(batch)), q_lens)
         positions = np.repeat(starts, q_lens) + (np.arange(total) - np.repeat(cu[:-1], q_lens))
         request_ids = [c.request.request_id for c in batch]
-        page_table = kv_cache.page_table(request_ids)
+        page_table = kv_cache.page_table_array(request_ids)
         ps = kv_cache.page_size
-        slots = page_table.numpy()[req_index, positions // ps].astype(np.int64) * ps + positions % ps
+        slots = page_table[req_index, positions // ps].astype(np.int64) * ps + positions % ps
         context_lens = starts + q_lens
+        if all_logits is None and num_decode == len(batch):
+            rows = np.arange(len(batch))
+            logits_rows = [slice(b, b + 1) for b in range(len(batch))]
+        else:
+            rows, logits_rows = self._logits_rows(batch, cu, all_logits)
+        device = self.device
+        # Two uploads: one int64 block (tokens, positions, slots, logits rows) and one int32.
+        longs = upload(np.concatenate([tokens, positions, slots, rows]), device)
+        ints = upload(np.concatenate([cu, context_lens, page_table.ravel()]).astype(np.int32), device)
+        b = len(batch)
+        tokens_t = longs[:total]
+        if pending is not None and (tokens < 0).any():
+            tokens_t = pending.fill(tokens_t, [request_ids[i] for i in req_index[tokens < 0]], tokens < 0)
+        layout = RaggedLayout(
+            query_start=ints[: b + 1],
+            context_lens=ints[b + 1 : 2 * b + 1],
+            page_table=ints[2 * b + 1 :].view(page_table.shape),
+            slot_mapping=longs[2 * total : 3 * total],
+            page_size=ps,
+            num_decode=num_decode,
+            query_lens=q_lens.tolist(),
+            context_lens_host=context_lens.tolist(),
+            num_splits=self.decode_splits(num_decode, int(context_lens[:num_decode].max(initial=1))),
+        )
+        return ModelInputs(
+            tokens=tokens_t,
+            positions=longs[total : 2 * total],
+            layout=layout,
+            logits_indices=longs[3 * total :],
+            logits_rows=logits_rows,
+            request_ids=request_ids,
+            kv_cache=kv_cache,
+        )
+
+    @staticmethod
+    def _logits_rows(
+        batch: Sequence[ScheduledChunk], cu: np.ndarray, all_logits: Sequence[bool] | None
+    ) -> tuple[np.ndarray, list[slice]]:
+        """Token rows whose logits are computed, and each request's slice of them."""
         rows: list[int] = []
         logits_rows: list[slice] = []
         for b, chunk in enumerate(batch):
@@ -211,26 +294,7 @@ class PipelineModel:
             elif chunk.completes:
                 rows.append(int(cu[b + 1]) - 1)
             logits_rows.append(slice(first, len(rows)))
-        device = self.device
-        layout = RaggedLayout(
-            query_start=torch.from_numpy(cu.astype(np.int32)).to(device),
-            context_lens=torch.from_numpy(context_lens.astype(np.int32)).to(device),
-            page_table=page_table.to(device),
-            slot_mapping=torch.from_numpy(slots).to(device),
-            page_size=ps,
-            num_decode=num_decode,
-            query_lens=q_lens.tolist(),
-            context_lens_host=context_lens.tolist(),
-        )
-        return ModelInputs(
-            tokens=torch.from_numpy(tokens).to(device),
-            positions=torch.from_numpy(positions).to(device),
-            layout=layout,
-            logits_indices=torch.tensor(rows, dtype=torch.int64, device=device),
-            logits_rows=logits_rows,
-            request_ids=request_ids,
-            kv_cache=kv_cache,
-        )
+        return np.array(rows, dtype=np.int64), logits_rows
 
     def prepare_next_token_inputs(
         self, next_tokens: torch.Tensor, prev_inputs: ModelInputs
@@ -257,6 +321,7 @@ class PipelineModel:
             num_decode=b,
             query_lens=[1] * b,
             context_lens_host=context_host,
+            num_splits=self.decode_splits(b, max(context_host, default=1)),
         )
         return ModelInputs(
             tokens=next_tokens.to(torch.int64),

@@ -16,7 +16,7 @@ class RequestStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # a request is its own identity (and lists of them are searched)
 class Request:
     """Engine-side state of one request.
 
@@ -37,6 +37,9 @@ class Request:
     num_cached_prompt_tokens: int = 0
     finish_reason: str | None = None
     prompt_logprobs: list = field(default_factory=list)
+    # Asynchronous scheduling: placeholders (-1) in `tokens` for tokens drawn by launched
+    # steps and not read yet, as (step id, row of the step's sampler output, index in tokens).
+    pending: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def output_tokens(self) -> list[int]:

@@ -104,7 +104,7 @@ class Scheduler:
         for request in list(self.running):
             if budget == 0:
                 break
-            if request not in self.running:
+            if request.status is not RequestStatus.RUNNING:
                 continue  # preempted below while making room for an earlier request
             n = min(request.num_uncomputed, budget)
             while not self.kv_cache.reserve(request.request_id, request.num_computed + n):

@@ -21,6 +21,8 @@ from .model_config import Gemma3Config
 class Gemma3DecoderLayer(nn.Module):
     """Attention and MLP, each normalized before and after, each with a residual."""
 
+    returns_residual_pair = True
+
     def __init__(self, config: Gemma3Config, index: int, rotary: RotaryEmbedding) -> None:
         super().__init__()
         d, eps = config.hidden_size, config.norm_eps
@@ -43,9 +45,17 @@ class Gemma3DecoderLayer(nn.Module):
         self.mlp = GatedMLP(d, config.intermediate_size, config.hidden_act)
         self.post_feedforward_layernorm = GemmaRMSNorm(d, eps)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), positions))
-        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `DecoderLayer.forward`: the hidden state travels as (output, residual)."""
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.post_attention_layernorm(self.self_attn(x, positions))
+        x, residual = self.pre_feedforward_layernorm(x, residual)
+        return self.post_feedforward_layernorm(self.mlp(x)), residual
 
 
 class Gemma3Transformer(Transformer):

@@ -1,0 +1,151 @@
+"""Running a pipeline model's steps on its device; on CUDA, decode steps replay CUDA graphs.
+
+A decode step of a small batch is hundreds of short kernels: launched one by one from
+Python, the GPU waits for the host most of the time. At start-up the runner captures the
+model's decode forward once per batch-size bucket into a CUDA graph over persistent input
+buffers (token ids, positions, context lengths, slots, page table); a step then copies its
+inputs into those buffers (a batch padded up to the next bucket: padding rows have no
+keys and write no KV) and replays the graph, a single launch. Other steps (prefill,
+mixed, larger batches) run eagerly on the same kernels. This is vLLM's GPU model runner's
+part, kept out of both the engine and the architecture's `PipelineModel`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from max.kv_cache import PagedKVCache
+from max.nn import step_context
+from max.pipelines.lib.pipeline_model import ModelInputs, PipelineModel
+from max_kernels import RaggedLayout
+
+logger = logging.getLogger("max.pipelines")
+
+
+def graph_batch_sizes(max_batch_size: int) -> list[int]:
+    """The decode batch sizes that get a CUDA graph: 1, 2, 4, 8, then every 16."""
+    sizes = [s for s in (1, 2, 4, 8) if s < max_batch_size]
+    sizes += list(range(16, max_batch_size, 16))
+    return sorted({*sizes, max_batch_size})
+
+
+@dataclass
+class _Graph:
+    """One captured decode step of `batch_size` rows and its logits output buffer."""
+
+    batch_size: int
+    graph: torch.cuda.CUDAGraph
+    logits: torch.Tensor
+
+
+class ModelRunner:
+    """Runs steps for the engine: graph replay for decode batches, eager otherwise."""
+
+    def __init__(
+        self, model: PipelineModel, kv_cache: PagedKVCache, max_batch_size: int, use_cuda_graphs: bool
+    ) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self._graphs: dict[int, _Graph] = {}
+        self._sizes: list[int] = []
+        self.num_replays = 0
+        if use_cuda_graphs and model.device.type == "cuda":
+            self._capture(graph_batch_sizes(max_batch_size))
+
+    @property
+    def graph_batch_sizes(self) -> list[int]:
+        """Batch sizes with a captured decode graph (empty when running eagerly)."""
+        return list(self._sizes)
+
+    def execute(self, inputs: ModelInputs) -> torch.Tensor:
+        """Float32 logits [N, vocab] of the step, one row per `inputs.logits_indices` entry.
+
+        A graph step returns a view of the graph's output buffer: valid until the next step.
+        """
+        layout = inputs.layout
+        b = layout.num_requests
+        if self._sizes and layout.num_decode == b and b <= self._sizes[-1] and len(inputs.logits_rows) == b:
+            return self._replay(inputs)
+        return self.model.execute(inputs).logits
+
+    # -- capture -------------------------------------------------------------------------
+    def _capture(self, sizes: list[int]) -> None:
+        start = time.perf_counter()
+        model, device = self.model, self.model.device
+        largest = sizes[-1]
+        width = self.kv_cache.params.pages_for_tokens(model.max_seq_len)
+        self._tokens = torch.zeros(largest, dtype=torch.int64, device=device)
+        self._positions = torch.zeros(largest, dtype=torch.int64, device=device)
+        self._context_lens = torch.zeros(largest, dtype=torch.int32, device=device)
+        self._slots = torch.full((largest,), -1, dtype=torch.int64, device=device)
+        self._page_table = torch.zeros(largest, width, dtype=torch.int32, device=device)
+        self._query_start = torch.arange(largest + 1, dtype=torch.int32, device=device)
+        self._rows = torch.arange(largest, dtype=torch.int64, device=device)
+        # Every graph copies its logits into this one buffer: an output kept alive per graph
+        # would pin its memory in the shared pool (gigabytes over dozens of batch sizes).
+        self._logits = torch.empty(largest, model.model_config.vocab_size, dtype=torch.float32, device=device)
+        pool = torch.cuda.graph_pool_handle()
+        # Largest first: the smaller graphs then fit in the memory the first one took.
+        for size in reversed(sizes):
+            layout = self._layout(size)
+            args = (self._tokens[:size], self._positions[:size], self._rows[:size])
+            with torch.inference_mode(), step_context(layout, self.kv_cache):
+                # An eager run first compiles the Triton kernels and warms the allocator.
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    model.model(*args)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._logits[:size].copy_(model.model(*args))
+            self._graphs[size] = _Graph(size, graph, self._logits[:size])
+        torch.cuda.synchronize(device)
+        self._sizes = sorted(sizes)
+        logger.info(
+            "captured CUDA graphs for decode batch sizes %s in %.1f s",
+            _ranges(self._sizes),
+            time.perf_counter() - start,
+        )
+
+    def _layout(self, size: int) -> RaggedLayout:
+        """The step layout a graph of `size` rows reads, over the persistent buffers."""
+        return RaggedLayout(
+            query_start=self._query_start[: size + 1],
+            context_lens=self._context_lens[:size],
+            page_table=self._page_table[:size],
+            slot_mapping=self._slots[:size],
+            page_size=self.kv_cache.page_size,
+            num_decode=size,
+            query_lens=[1] * size,
+            context_lens_host=None,
+            num_splits=self.model.decode_splits(size, self.model.max_seq_len),
+        )
+
+    # -- replay --------------------------------------------------------------------------
+    def _replay(self, inputs: ModelInputs) -> torch.Tensor:
+        layout = inputs.layout
+        b = layout.num_requests
+        size = next(s for s in self._sizes if s >= b)
+        self._tokens[:b].copy_(inputs.tokens)
+        self._positions[:b].copy_(inputs.positions)
+        self._context_lens[:b].copy_(layout.context_lens)
+        self._slots[:b].copy_(layout.slot_mapping)
+        width = layout.page_table.shape[1]
+        self._page_table[:b, :width].copy_(layout.page_table)
+        if size > b:
+            # Padding rows: no keys to read, no KV to write.
+            self._context_lens[b:size].zero_()
+            self._slots[b:size].fill_(-1)
+        entry = self._graphs[size]
+        entry.graph.replay()
+        self.num_replays += 1
+        return entry.logits[:b]
+
+
+def _ranges(sizes: list[int]) -> str:
+    return ", ".join(str(s) for s in sizes) if len(sizes) <= 8 else f"{sizes[0]}..{sizes[-1]} ({len(sizes)} sizes)"

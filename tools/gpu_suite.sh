@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks, in stages, for a machine with a CUDA GPU and no Bazel
+# (the device tool's machines): each stage logs to $OUT/<stage>.log and a summary line.
+#
+#   OUT=/tmp/gpu tools/gpu_suite.sh info kernel-tests engine-tests smollm2-tests bench-kernels profile \
+#       throughput-b1 throughput-64 throughput-1000 serving verify verify-smollm2
+#
+# Commands run from the repository root with PYTHONPATH=max/python:max/kernels/python.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-/tmp/gpu_suite}"
+mkdir -p "$OUT"
+export PYTHONPATH="max/python:max/kernels/python${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export MAX_CACHE_DIR="${MAX_CACHE_DIR:-/tmp/max-cache}"
+CONFIGS=max/python/max/benchmark/configs
+PY=python3
+
+stage() {  # stage NAME TIMEOUT_S COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  echo "=== $name: $*" >>"$OUT/$name.log"
+  timeout "$limit" "$@" >>"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "[$name] rc=$rc $((SECONDS - start)) s: $*" | tee -a "$OUT/summary.txt"
+  return 0
+}
+
+throughput() {  # throughput LABEL MODEL ARGS...
+  local label=$1 model=$2
+  shift 2
+  stage "throughput-$label" 600 $PY -m max.benchmark.benchmark_throughput --model-path "$CONFIGS/$model" \
+    --load-format dummy --devices gpu --disable-tqdm --result-file "$OUT/throughput-$label.json" "$@"
+}
+
+for s in "$@"; do
+  case "$s" in
+    info)
+      stage info 60 nvidia-smi
+      stage info 120 $PY -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())"
+      ;;
+    kernel-tests)
+      stage kernel-tests "${KERNEL_TESTS_LIMIT:-270}" $PY -m pytest -q -n 8 -p no:cacheprovider max/kernels/python/max_kernels/attention_gpu_test.py \
+        max/kernels/python/max_kernels/fused_ops_gpu_test.py max/kernels/python/max_kernels/sampling_moe_gpu_test.py
+      ;;
+    engine-tests)
+      stage engine-tests "${ENGINE_TESTS_LIMIT:-150}" $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/lib/gpu_engine_test.py
+      ;;
+    smollm2-tests)
+      stage smollm2-tests 600 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/architectures/llama3/llama3_gpu_test.py
+      ;;
+    bench-kernels)
+      stage bench-kernels "${BENCH_LIMIT:-120}" $PY -m max_kernels.bench --json "$OUT/bench-kernels.json"
+      ;;
+    profile)
+      for model in SmolLM2-135M Llama-3.1-8B; do
+        for mode in "torch-eager-sync --kernels torch --enforce-eager --no-async-scheduling" \
+                    "triton-eager-sync --enforce-eager --no-async-scheduling" \
+                    "triton-graphs-sync --no-async-scheduling" \
+                    "triton-graphs-async"; do
+          set -- $mode
+          label=$1
+          shift
+          stage profile 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/$model" --load-format dummy \
+            --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 50 --label "$model $label" "$@"
+        done
+      done
+      ;;
+    throughput-b1)  # batch-1 decode, ours beside transformers
+      throughput llama8b-b1 Llama-3.1-8B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096 --backend both
+      throughput smollm2-b1 SmolLM2-135M --num-prompts 1 --random-input-len 200 --random-output-len 512 --max-length 4096 --backend both
+      ;;
+    throughput-64)
+      throughput llama8b-64 Llama-3.1-8B --num-prompts 64 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 64 --backend both
+      ;;
+    throughput-1000)  # 1000 requests at once; transformers runs 256 of them as one padded batch
+      throughput llama8b-1000 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 256
+      throughput llama8b-1000-b512 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 512
+      throughput llama8b-hf256 Llama-3.1-8B --num-prompts 256 --random-input-len 200 --random-output-len 180 --max-length 4096 --backend hf --hf-batch-size 256
+      ;;
+    throughput-large)  # 1000 requests with a larger batch and prefill budget
+      throughput llama8b-1000-b512-t16k Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 512 --max-num-batched-tokens 16384
+      throughput llama8b-1000-b1024-t16k Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 1024 --max-num-batched-tokens 16384
+      ;;
+    serving-256)
+      stage serving-256 600 $PY -m max.benchmark.benchmark_serving --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+        --devices gpu --max-length 4096 --max-batch-size 256 --max-num-batched-tokens 16384 --skip-tokenizer-init --dataset random \
+        --random-input-len 200 --random-output-len 180 --num-prompts 1000 --max-concurrency 256 --disable-tqdm \
+        --result-file "$OUT/serving-c256-t16k.json"
+      ;;
+    profile-8b)
+      for mode in "triton-graphs-sync --no-async-scheduling" "triton-graphs-async"; do
+        set -- $mode
+        label=$1
+        shift
+        stage profile-8b 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+          --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 100 --label "Llama-3.1-8B $label" "$@"
+      done
+      ;;
+    verify-carried)  # tiny checkpoints carried into $MAX_CACHE_DIR/tiny-random (no SmolLM2 GGUF there)
+      stage verify-carried 600 $PY max/tests/integration/accuracy/verify_pipelines.py --devices gpu \
+        --pipeline tiny-random-llama3-float32 --pipeline tiny-random-llama3-bfloat16 \
+        --pipeline tiny-random-qwen3-moe-float32 --pipeline tiny-random-qwen3-moe-bfloat16 \
+        --pipeline tiny-random-gemma3-float32 --pipeline tiny-random-gemma3-bfloat16 --report "$OUT/verify-carried.md"
+      ;;
+    serving)
+      for c in 1 64 256; do
+        n=$((c == 1 ? 32 : (c == 64 ? 256 : 1000)))
+        stage serving 600 $PY -m max.benchmark.benchmark_serving --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+          --devices gpu --max-length 4096 --max-batch-size 256 --skip-tokenizer-init --dataset random \
+          --random-input-len 200 --random-output-len 180 --num-prompts $n --max-concurrency $c --disable-tqdm \
+          --result-file "$OUT/serving-c$c.json"
+      done
+      ;;
+    verify)
+      for kernels in auto torch; do
+        stage verify 900 $PY max/tests/integration/accuracy/verify_pipelines.py --devices gpu --kernels $kernels \
+          --pipeline tiny-random-llama3-float32 --pipeline tiny-random-llama3-bfloat16 \
+          --pipeline tiny-random-qwen2-float32 --pipeline tiny-random-qwen3-float32 \
+          --pipeline tiny-random-qwen3-moe-float32 --pipeline tiny-random-qwen3-moe-bfloat16 \
+          --pipeline tiny-random-gemma3-float32 --pipeline tiny-random-gemma3-bfloat16 \
+          --report "$OUT/verify-$kernels.md"
+      done
+      ;;
+    verify-smollm2)
+      for kernels in auto torch; do
+        stage verify-smollm2 600 $PY max/tests/integration/accuracy/verify_pipelines.py --devices gpu --kernels $kernels \
+          --pipeline SmolLM2-135M-Instruct-float32 --pipeline SmolLM2-135M-Instruct-bfloat16 --report "$OUT/verify-smollm2-$kernels.md"
+      done
+      ;;
+    *) echo "unknown stage $s" | tee -a "$OUT/summary.txt" ;;
+  esac
+done
+cat "$OUT/summary.txt"
