@@ -45,6 +45,9 @@ for s in "$@"; do
       stage kernel-tests "${KERNEL_TESTS_LIMIT:-270}" $PY -m pytest -q -n 8 -p no:cacheprovider max/kernels/python/max_kernels/attention_gpu_test.py \
         max/kernels/python/max_kernels/fused_ops_gpu_test.py max/kernels/python/max_kernels/sampling_moe_gpu_test.py
       ;;
+    attention-tests)
+      stage attention-tests "${KERNEL_TESTS_LIMIT:-270}" $PY -m pytest -q -n 8 -p no:cacheprovider max/kernels/python/max_kernels/attention_gpu_test.py
+      ;;
     engine-tests)
       stage engine-tests "${ENGINE_TESTS_LIMIT:-150}" $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/lib/gpu_engine_test.py
       ;;
@@ -52,7 +55,7 @@ for s in "$@"; do
       stage smollm2-tests 600 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/architectures/llama3/llama3_gpu_test.py
       ;;
     bench-kernels)
-      stage bench-kernels "${BENCH_LIMIT:-120}" $PY -m max_kernels.bench --json "$OUT/bench-kernels.json"
+      stage bench-kernels "${BENCH_LIMIT:-120}" $PY -m max_kernels.bench ${BENCH_FILTER:+--filter $BENCH_FILTER} --json "$OUT/bench-kernels.json"
       ;;
     profile)
       for model in SmolLM2-135M Llama-3.1-8B; do
@@ -80,6 +83,9 @@ for s in "$@"; do
       throughput llama8b-1000-b512 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 512
       throughput llama8b-hf256 Llama-3.1-8B --num-prompts 256 --random-input-len 200 --random-output-len 180 --max-length 4096 --backend hf --hf-batch-size 256
       ;;
+    throughput-1024)  # 1000 requests, all in the running batch at once
+      throughput llama8b-1000-b1024 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 1024
+      ;;
     throughput-large)  # 1000 requests with a larger batch and prefill budget
       throughput llama8b-1000-b512-t16k Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 512 --max-num-batched-tokens 16384
       throughput llama8b-1000-b1024-t16k Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 1024 --max-num-batched-tokens 16384
@@ -104,6 +110,14 @@ for s in "$@"; do
         --pipeline tiny-random-llama3-float32 --pipeline tiny-random-llama3-bfloat16 \
         --pipeline tiny-random-qwen3-moe-float32 --pipeline tiny-random-qwen3-moe-bfloat16 \
         --pipeline tiny-random-gemma3-float32 --pipeline tiny-random-gemma3-bfloat16 --report "$OUT/verify-carried.md"
+      ;;
+    tp-tests)  # needs 2 GPUs
+      stage tp-tests 300 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/lib/tensor_parallel_gpu_test.py
+      ;;
+    tp-throughput)  # batch-1 decode with tensor parallelism over the GPUs the machine has
+      n=$(python3 -c "import torch; print(torch.cuda.device_count())")
+      throughput llama70b-tp$n-b1 Llama-3.1-70B --num-prompts 1 --random-input-len 200 --random-output-len 128 --max-length 4096 --tensor-parallel-size $n
+      throughput llama8b-tp$n-b1 Llama-3.1-8B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096 --tensor-parallel-size $n
       ;;
     serving)
       for c in 1 64 256; do

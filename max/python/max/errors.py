@@ -8,3 +8,8 @@ say what was wrong and, where it helps, which file, tensor or flag.
 
 class MaxError(Exception):
     """An error caused by input (a flag, a file, a request), reported without a traceback."""
+
+
+class EngineDeadError(MaxError):
+    """The engine cannot go on (a tensor-parallel rank died or stopped answering): requests
+    in flight fail and the engine stops, rather than failing every later step."""

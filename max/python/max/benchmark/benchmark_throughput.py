@@ -179,6 +179,7 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
     )
     if len(requests) == 1 and output_tokens > 1:
         result.decode_tokens_per_s = (output_tokens - 1) / (finished["0"] - first["0"])
+    engine.close()  # the other tensor-parallel ranks, if any
     return result
 
 

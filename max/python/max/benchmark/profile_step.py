@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = build_engine(resolve_model(config, register_all()))
     _decode_ready(engine, args.batch_size, args.prompt_len, engine.vocab_size)
     result = measure(engine, args.steps)
+    engine.close()
     result["label"] = args.label
     result["tokens_per_second"] = result["batch_size"] * 1000 / result["step_ms"]
     print(json.dumps(result))

@@ -22,7 +22,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--weight-path", action="append", default=[], help="weight file(s) to use (repeatable)")
     g.add_argument("--quantization-encoding", choices=ENCODINGS, help="weights/compute encoding")
-    g.add_argument("--devices", default="cpu", help="cpu, gpu or gpu:N (default: cpu)")
+    g.add_argument("--devices", default="cpu", help="cpu, gpu, gpu:N, or a list gpu:0,1,2,3 (default: cpu)")
     g.add_argument("--load-format", choices=LOAD_FORMATS, default="auto", help="'dummy': random weights")
     g.add_argument("--trust-remote-code", action="store_true", help="allow code from model repos")
     g.add_argument(
@@ -50,6 +50,22 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--kv-cache-page-size", type=int, default=128, help="tokens per KV cache page")
     e.add_argument("--kv-cache-memory", help="KV cache size, e.g. 2GiB (default: CPU 2GiB, GPU the rest)")
     e.add_argument("--device-memory-utilization", type=float, default=0.9, help="GPU memory fraction to use")
+    e.add_argument(
+        "--tensor-parallel-size",
+        "--tp",
+        dest="tensor_parallel_size",
+        type=int,
+        help="GPUs (or CPU processes) that share each layer; default: the GPUs --devices lists "
+        "(gpu:0,1,2,3 means 4), under torchrun its WORLD_SIZE",
+    )
+    e.add_argument(
+        "--data-parallel-size",
+        "--dp",
+        dest="data_parallel_size",
+        type=int,
+        default=1,
+        help="serve: engine replicas behind one endpoint, each on its own GPUs",
+    )
     e.add_argument(
         "--enforce-eager",
         action="store_true",
@@ -93,6 +109,8 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
         custom_architectures=list(args.custom_architectures),
         load_format=args.load_format,
         enforce_eager=args.enforce_eager,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
         async_scheduling=args.async_scheduling,
         kernels=args.kernels,
         tokenizer=args.tokenizer,

@@ -70,6 +70,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     config = pipeline_config_from_args(args)
     params = sampling_params_from_args(args)
+    if config.data_parallel_size > 1:
+        raise MaxError("--data-parallel-size is for serve (replicas behind one endpoint); generate runs one engine")
     if (args.prompt is None) == (args.prompt_token_ids is None):
         raise MaxError("give either --prompt TEXT or --prompt-token-ids ID [ID ...]")
     if config.skip_tokenizer_init:
@@ -97,9 +99,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise MaxError("--chat-template was asked for, but this model has no chat template")
             prompt_ids = generator.prompt_ids(args.prompt, chat=chat)
         pieces = generator.stream(prompt_ids, params)
-    for text in pieces:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    try:
+        for text in pieces:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    finally:
+        engine.close()
     sys.stdout.write("\n")
     elapsed = time.perf_counter() - start
     log.info("generated in %.2f s (prompt: %d tokens)", elapsed, len(prompt_ids))
@@ -187,12 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_as_other_rank(args: argparse.Namespace) -> int | None:
+    """Under torchrun (several hosts), the processes of RANK > 0 serve as tensor-parallel
+    ranks of the one engine that RANK 0 runs; returns their exit status, or None on rank 0."""
+    from max.pipelines.lib.config import torchrun_world
+
+    world = torchrun_world()
+    if world is None or world[0] == 0 or args.command not in ("generate", "serve"):
+        return None
+    from max.pipelines.lib.tensor_parallel import run_tensor_parallel_rank
+
+    _registry()
+    run_tensor_parallel_rank(pipeline_config_from_args(args))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _prepare_process()
     try:
+        other_rank = _run_as_other_rank(args)
+        if other_rank is not None:
+            return other_rank
         return int(args.func(args) or 0)
     except MaxError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,10 +6,16 @@ context, so layers never mention batching, pages or devices.
 """
 
 from max.nn.attention import Attention
-from max.nn.embedding import ScaledEmbedding
+from max.nn.embedding import ScaledEmbedding, VocabParallelEmbedding, VocabParallelLMHead
 from max.nn.mlp import GatedMLP, activation
 from max.nn.moe import MoEConfig, SparseMoE
 from max.nn.norm import GemmaRMSNorm, RMSNorm
+from max.nn.parallel import (
+    RowParallelLinear,
+    TensorParallel,
+    tensor_parallel,
+    tensor_parallel_context,
+)
 from max.nn.rotary_embedding import RotaryEmbedding, rope_frequencies
 from max.nn.step_context import StepContext, current_step, step_context
 from max.nn.transformer import DecoderConfig, DecoderLayer, Transformer
@@ -23,12 +29,18 @@ __all__ = [
     "MoEConfig",
     "RMSNorm",
     "RotaryEmbedding",
+    "RowParallelLinear",
     "ScaledEmbedding",
     "SparseMoE",
     "StepContext",
+    "TensorParallel",
     "Transformer",
+    "VocabParallelEmbedding",
+    "VocabParallelLMHead",
     "activation",
     "current_step",
     "rope_frequencies",
     "step_context",
+    "tensor_parallel",
+    "tensor_parallel_context",
 ]

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from max.nn.checkpoint_layout import Concat
+from max.nn.checkpoint_layout import Concat, whole_or_shard
+from max.nn.parallel import RowParallelLinear, tensor_parallel
 from max.nn.rotary_embedding import RotaryEmbedding
 from max.nn.step_context import current_step
 from max_kernels import paged_attention, rope_and_write_kv
@@ -20,6 +21,8 @@ class Attention(nn.Module):
     from the checkpoint's q_proj, k_proj and v_proj), optionally normalizes q and k per
     head (Qwen3, Gemma 3), rotates them by position while appending k and v to this
     layer's pages of the KV cache, and attends over each request's whole cached context.
+    Under tensor parallelism a rank holds a slice of the query heads and the KV heads they
+    read; `o_proj` sums the ranks' outputs.
     """
 
     def __init__(
@@ -39,14 +42,18 @@ class Attention(nn.Module):
         softcap: float | None = None,
     ) -> None:
         super().__init__()
+        tp = tensor_parallel()
         self.layer_index = layer_index
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
-        q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+        self.total_heads = (num_heads, num_kv_heads)
+        self.q_heads = tp.split(num_heads, "the number of attention heads")
+        self.kv_heads = tp.kv_heads(num_kv_heads)
+        self.num_heads = self.q_heads[1] - self.q_heads[0]  # on this rank
+        self.num_kv_heads = self.kv_heads[1] - self.kv_heads[0]
+        q_size, kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         self.split_sizes = (q_size, kv_size, kv_size)
         self.qkv_proj = nn.Linear(hidden_size, q_size + 2 * kv_size, bias=qkv_bias)
-        self.o_proj = nn.Linear(q_size, hidden_size, bias=o_bias)
+        self.o_proj = RowParallelLinear(q_size, hidden_size, o_bias, tp)
         self.q_norm = qk_norm(head_dim) if qk_norm else None
         self.k_norm = qk_norm(head_dim) if qk_norm else None
         self.rotary = rotary
@@ -55,11 +62,25 @@ class Attention(nn.Module):
         self.softcap = softcap
 
     def checkpoint_layout(self) -> dict:
-        """qkv_proj is q_proj, k_proj and v_proj, stacked."""
-        names = ("q_proj", "k_proj", "v_proj")
-        layout = {"qkv_proj.weight": Concat(tuple(f"{n}.weight" for n in names))}
+        """qkv_proj is this rank's rows of q_proj, k_proj and v_proj, stacked; o_proj its
+        columns of o_proj."""
+        d = self.head_dim
+        hq, hkv = self.total_heads
+        rows = {
+            "q_proj": ((self.q_heads[0] * d, self.q_heads[1] * d), hq * d),
+            "k_proj": ((self.kv_heads[0] * d, self.kv_heads[1] * d), hkv * d),
+            "v_proj": ((self.kv_heads[0] * d, self.kv_heads[1] * d), hkv * d),
+        }
+
+        def parts(kind: str) -> Concat:
+            return Concat(tuple(whole_or_shard(f"{n}.{kind}", 0, b, full) for n, (b, full) in rows.items()))
+
+        layout = {
+            "qkv_proj.weight": parts("weight"),
+            "o_proj.weight": whole_or_shard("o_proj.weight", 1, *rows["q_proj"]),
+        }
         if self.qkv_proj.bias is not None:
-            layout["qkv_proj.bias"] = Concat(tuple(f"{n}.bias" for n in names))
+            layout["qkv_proj.bias"] = parts("bias")
         return layout
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ of three. Checkpoints keep the parts apart (`q_proj.weight`, `experts.7.up_proj.
 A layer declares the correspondence with `checkpoint_layout()`, mapping each fused
 parameter to a `Concat` or `Stack` of checkpoint names (relative to the layer); the weight
 loader fills the fused parameter from those tensors and reports errors by their names.
+Under tensor parallelism a part is a `Shard`: the rank's rows or columns of the tensor,
+which the loader reads alone where the format allows (safetensors slices).
 """
 
 from __future__ import annotations
@@ -31,12 +33,34 @@ class Stack:
     parts: tuple[Source, ...]
 
 
-Source = str | Concat | Stack
+@dataclass(frozen=True)
+class Shard:
+    """Rows (dim 0) or columns (dim 1) [start, stop) of a checkpoint tensor whose full size
+    along `dim` is `full`: a tensor-parallel rank's slice. The slice is zero-padded to `size`
+    along `dim` (a vocabulary split into equal parts)."""
+
+    name: str
+    dim: int
+    start: int
+    stop: int
+    full: int
+    size: int
+
+    @classmethod
+    def of(cls, name: str, dim: int, bounds: tuple[int, int], full: int, size: int | None = None) -> Shard:
+        """The slice `bounds` of `name` along `dim`."""
+        start, stop = bounds
+        return cls(name, dim, start, stop, full, size if size is not None else stop - start)
+
+
+Source = str | Concat | Stack | Shard
 
 
 def _prefixed(source: Source, prefix: str) -> Source:
     if isinstance(source, str):
         return prefix + source
+    if isinstance(source, Shard):
+        return Shard(prefix + source.name, source.dim, source.start, source.stop, source.full, source.size)
     return type(source)(tuple(_prefixed(p, prefix) for p in source.parts))
 
 
@@ -44,9 +68,16 @@ def leaves(source: Source) -> Iterator[str]:
     """The checkpoint names a source reads, in order."""
     if isinstance(source, str):
         yield source
+    elif isinstance(source, Shard):
+        yield source.name
     else:
         for part in source.parts:
             yield from leaves(part)
+
+
+def whole_or_shard(name: str, dim: int, bounds: tuple[int, int], full: int) -> Source:
+    """`name` itself when `bounds` cover it all (a single process), else its slice."""
+    return name if bounds == (0, full) else Shard.of(name, dim, bounds, full)
 
 
 def parameter_sources(module: nn.Module) -> dict[str, Source]:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from max.errors import MaxError
-from max.nn.checkpoint_layout import Concat
+from max.nn.checkpoint_layout import Concat, whole_or_shard
+from max.nn.parallel import RowParallelLinear, tensor_parallel
 from max_kernels import gelu_tanh_and_mul, silu_and_mul
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -58,20 +59,30 @@ class GatedMLP(nn.Module):
     """down(act(gate(x)) * up(x)): the SwiGLU / GeGLU feed-forward of Llama-family models.
 
     gate and up are one fused projection (`gate_up_proj`), filled from the checkpoint's
-    separate `gate_proj` and `up_proj`.
+    separate `gate_proj` and `up_proj`. Under tensor parallelism a rank holds a slice of
+    the intermediate features; `down_proj` sums the ranks' outputs.
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str, bias: bool = False):
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        tp = tensor_parallel()
+        self.intermediate = (tp.split(intermediate_size, "the MLP's intermediate size"), intermediate_size)
+        local = self.intermediate[0][1] - self.intermediate[0][0]
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * local, bias=bias)
+        self.down_proj = RowParallelLinear(local, hidden_size, bias, tp)
         self.act_and_mul = gated_activation(act)
 
     def checkpoint_layout(self) -> dict:
-        """gate_up_proj is gate_proj and up_proj, stacked."""
-        layout = {"gate_up_proj.weight": Concat(("gate_proj.weight", "up_proj.weight"))}
+        """gate_up_proj is this rank's rows of gate_proj and up_proj, stacked; down_proj its
+        columns of down_proj."""
+        bounds, full = self.intermediate
+
+        def parts(kind: str) -> Concat:
+            return Concat(tuple(whole_or_shard(f"{n}.{kind}", 0, bounds, full) for n in ("gate_proj", "up_proj")))
+
+        layout = {"gate_up_proj.weight": parts("weight"), "down_proj.weight": whole_or_shard("down_proj.weight", 1, bounds, full)}
         if self.gate_up_proj.bias is not None:
-            layout["gate_up_proj.bias"] = Concat(("gate_proj.bias", "up_proj.bias"))
+            layout["gate_up_proj.bias"] = parts("bias")
         return layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from max.nn.attention import Attention
+from max.nn.embedding import VocabParallelEmbedding, VocabParallelLMHead, vocab_logits
 from max.nn.mlp import GatedMLP
 from max.nn.moe import MoEConfig, SparseMoE
 from max.nn.norm import RMSNorm
@@ -122,11 +122,11 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(self.layer(i) for i in range(config.num_layers))
         self.norm = self.final_norm()
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = VocabParallelLMHead(config.vocab_size, config.hidden_size)
 
     def embedding(self) -> nn.Module:
         """The token embedding."""
-        return nn.Embedding(self.config.vocab_size, self.config.hidden_size)
+        return VocabParallelEmbedding(self.config.vocab_size, self.config.hidden_size)
 
     def rotary_embedding(self) -> nn.Module:
         """The rotary tables; one serves every layer."""
@@ -155,8 +155,11 @@ class Transformer(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head (tied to the embedding when the config says so), in float32, soft-capped
         (cap * tanh(logits / cap)) when the config sets `final_logit_softcapping`."""
-        weight = self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        logits = F.linear(x, weight).float()
+        if self.config.tie_word_embeddings:
+            embed = self.embed_tokens
+            logits = vocab_logits(x, embed.weight, embed.num_embeddings, embed.tp).float()
+        else:
+            logits = self.lm_head(x).float()
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -71,6 +71,7 @@ class _Choice:
     stream: RequestTextStream
     logprobs: list[TokenLogprob] = field(default_factory=list)
     error: str | None = None
+    server_error: bool = False
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -175,6 +176,7 @@ class GenerationHandler:
         async for output in outputs:
             if output.error:
                 choice.error = output.error
+                choice.server_error = output.server_error
                 choice.stream.finished = True
                 if sink is not None:
                     await sink.put((choice, None))
@@ -199,9 +201,9 @@ class GenerationHandler:
                 metrics.request_latency.observe(time.monotonic() - start)
                 return
 
-    def _generation_error(self, message: str) -> ApiError:
+    def _generation_error(self, message: str, server_error: bool = False) -> ApiError:
         """The error of a request the engine refused (400) or could not run (engine down: 500)."""
-        if self.state.engine.failure:
+        if server_error or self.state.engine.failure:
             return ApiError(500, message, type="server_error")
         return ApiError(400, message)
 
@@ -259,7 +261,7 @@ class GenerationHandler:
             state.metrics.in_flight -= len(choices)
         failed = next((c for c in choices if c.error), None)
         if failed is not None:
-            raise self._generation_error(failed.error)
+            raise self._generation_error(failed.error, failed.server_error)
         tokenizer = state.tokenizer
         use = _usage(choices, prompt_ids)
         if chat:
@@ -330,7 +332,7 @@ class GenerationHandler:
             while remaining:
                 choice, delta = await sink.get()
                 if delta is None:  # the engine refused or failed this request
-                    yield _sse(self._generation_error(choice.error or "generation failed").body())
+                    yield _sse(self._generation_error(choice.error or "generation failed", choice.server_error).body())
                     remaining -= 1
                     continue
                 if (
@@ -438,6 +440,8 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         state.metrics.engine = state.engine.stats
+        state.metrics.replicas = getattr(state.engine, "replica_stats", None)
+        state.metrics.replica_requests = getattr(state.engine, "requests_routed", None)
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def api_error(request: Request, exc: ApiError) -> Response:

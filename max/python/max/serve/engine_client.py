@@ -13,7 +13,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from max.errors import MaxError
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
@@ -41,7 +41,9 @@ class EngineClient:
             target=run_engine_worker,
             args=(config, self._inbox, self._outbox),
             name="max-engine",
-            daemon=True,
+            # Not a daemon: it may start processes of its own (tensor-parallel ranks). It
+            # exits when told to, and on its own once the server is gone.
+            daemon=False,
         )
         self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -49,6 +51,8 @@ class EngineClient:
         self._stopping = False
         self.ready: EngineReady | None = None
         self.failure: str | None = None
+        # Called (in the event loop) once the engine has failed after starting.
+        self.on_failure: Callable[[str], None] | None = None
         self.stats: EngineStats | None = None
 
     # -- life cycle ----------------------------------------------------------------------
@@ -157,5 +161,7 @@ class EngineClient:
             logger.error("engine failure: %s", message.message)
             self.failure = message.message
             for request_id, stream in list(self._streams.items()):
-                stream.put_nowait(RequestOutput(request_id, [], True, "error", error=message.message))
+                stream.put_nowait(RequestOutput(request_id, [], True, "error", error=message.message, server_error=True))
             self._streams.clear()
+            if self.on_failure is not None:
+                self.on_failure(message.message)

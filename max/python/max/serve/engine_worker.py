@@ -15,7 +15,7 @@ import signal
 import traceback
 from multiprocessing.queues import Queue
 
-from max.errors import MaxError
+from max.errors import EngineDeadError, MaxError
 from max.pipelines.lib import PipelineConfig, RequestOutput
 from max.serve.engine_messages import (
     AbortRequest,
@@ -48,7 +48,17 @@ def run_engine_worker(config: PipelineConfig, inbox: Queue, outbox: Queue) -> No
         return
     stats = engine.stats()
     outbox.put(EngineReady(engine.max_seq_len, engine.vocab_size, stats.kv_pages_total))
+    try:
+        _serve(engine, inbox, outbox, parent)
+    except EngineDeadError as e:
+        traceback.print_exc()
+        outbox.put(EngineFailed(str(e)))
+    finally:
+        engine.close()
 
+
+def _serve(engine, inbox: Queue, outbox: Queue, parent: int) -> None:
+    """Steps the engine while there is work; applies the inbox between steps."""
     while True:
         produced: list[RequestOutput] = []
         handled = _drain_inbox(inbox, engine, produced, block=not engine.has_unfinished())
@@ -57,13 +67,19 @@ def run_engine_worker(config: PipelineConfig, inbox: Queue, outbox: Queue) -> No
         if engine.has_unfinished():
             try:
                 produced.extend(engine.step())
+            except EngineDeadError as e:
+                for request_id in engine.request_ids():
+                    engine.abort(request_id)
+                    produced.append(RequestOutput(request_id, [], True, "error", error=f"engine error: {e}", server_error=True))
+                outbox.put(StepOutputs(produced, engine.stats()))
+                raise
             except Exception as e:
                 # A failed step must not take the server down: fail the running requests.
                 traceback.print_exc()
                 for request_id in engine.request_ids():
                     engine.abort(request_id)
                     produced.append(
-                        RequestOutput(request_id, [], True, "error", error=f"engine error: {e}")
+                        RequestOutput(request_id, [], True, "error", error=f"engine error: {e}", server_error=True)
                     )
             handled = True
         if handled:

@@ -56,6 +56,9 @@ class ServerMetrics:
         self.inter_token_latency = Histogram()
         self.request_latency = Histogram()
         self.engine: EngineStats | None = None
+        # Data-parallel replicas' own stats (None with one engine): gauges get a replica label.
+        self.replicas: list[EngineStats | None] | None = None
+        self.replica_requests: list[int] | None = None  # requests each replica was given
         self.in_flight = 0
 
     def request_finished(self, status: int) -> None:
@@ -82,17 +85,28 @@ class ServerMetrics:
             ("request_latency_seconds", self.request_latency, "Time from request to its last token."),
         ):
             out += [f"# HELP {p}_{name} {help_text}", f"# TYPE {p}_{name} histogram", *hist.render(f"{p}_{name}")]
-        stats = self.engine
-        gauges = {
-            "num_requests_running": (stats.num_running if stats else 0, "Requests in the running batch."),
-            "num_requests_waiting": (stats.num_waiting if stats else 0, "Requests queued in the engine."),
-            "num_requests_in_flight": (self.in_flight, "Requests the HTTP server is working on."),
-            "kv_cache_pages_in_use": (stats.kv_pages_in_use if stats else 0, "KV cache pages held by requests."),
-            "kv_cache_pages_total": (stats.kv_pages_total if stats else 0, "KV cache pages in all."),
-            "kv_cache_pages_cached": (stats.kv_pages_cached if stats else 0, "Pages in the prefix cache."),
-            "num_preemptions_total": (stats.num_preemptions if stats else 0, "Requests preempted."),
+        out += [f"# HELP {p}_num_requests_in_flight Requests the HTTP server is working on."]
+        out += [f"# TYPE {p}_num_requests_in_flight gauge", f"{p}_num_requests_in_flight {self.in_flight}"]
+        engine_gauges = {
+            "num_requests_running": ("num_running", "Requests in the running batch."),
+            "num_requests_waiting": ("num_waiting", "Requests queued in the engine."),
+            "kv_cache_pages_in_use": ("kv_pages_in_use", "KV cache pages held by requests."),
+            "kv_cache_pages_total": ("kv_pages_total", "KV cache pages in all."),
+            "kv_cache_pages_cached": ("kv_pages_cached", "Pages in the prefix cache."),
+            "num_preemptions_total": ("num_preemptions", "Requests preempted."),
         }
-        for name, (value, help_text) in gauges.items():
+        # One series per data-parallel replica, or one unlabeled series for a single engine.
+        series = (
+            [(f'{{replica="{i}"}}', s) for i, s in enumerate(self.replicas)]
+            if self.replicas is not None
+            else [("", self.engine)]
+        )
+        for name, (field_name, help_text) in engine_gauges.items():
             kind = "counter" if name.endswith("_total") else "gauge"
-            out += [f"# HELP {p}_{name} {help_text}", f"# TYPE {p}_{name} {kind}", f"{p}_{name} {value}"]
+            out += [f"# HELP {p}_{name} {help_text}", f"# TYPE {p}_{name} {kind}"]
+            out += [f"{p}_{name}{label} {getattr(s, field_name) if s else 0}" for label, s in series]
+        if self.replica_requests is not None:
+            out += [f"# HELP {p}_replica_requests_total Requests routed to each data-parallel replica."]
+            out += [f"# TYPE {p}_replica_requests_total counter"]
+            out += [f'{p}_replica_requests_total{{replica="{i}"}} {n}' for i, n in enumerate(self.replica_requests)]
         return "\n".join(out) + "\n"

@@ -2,7 +2,10 @@
 
 SIGINT / SIGTERM: uvicorn stops accepting connections, lets in-flight requests finish (up
 to a grace period, after which they are cancelled and aborted in the engine), and the
-engine process is shut down; the exit status is 0.
+engine process is shut down; the exit status is 0. If the engine fails while serving (its
+process dies, a tensor-parallel rank dies or hangs), requests in flight get an error body,
+/health answers 503, and the server stops with exit status 1 so that a supervisor can
+restart it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from max.errors import MaxError
 from max.pipelines.lib import PipelineConfig, load_tokenizer, resolve_model, tokenizer_source
 from max.serve.api_server import ServerState, create_app
 from max.serve.engine_client import EngineClient
+from max.serve.engine_pool import EnginePool
 
 logger = logging.getLogger("max.serve")
 
@@ -53,7 +57,8 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
     resolved = resolve_model(config, register_all())  # fail fast, before any process starts
     if not config.skip_tokenizer_init:
         tokenizer_source(resolved)  # a missing tokenizer fails here too
-    engine = EngineClient(config)
+    dp = config.data_parallel_size
+    engine = EnginePool([config.replica(i) for i in range(dp)]) if dp > 1 else EngineClient(config)
     try:
         engine.start()  # the engine process loads the weights while we load the tokenizer
         tokenizer = load_tokenizer(resolved)
@@ -78,6 +83,7 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
             engine.shutdown()
 
         app = create_app(state, lifespan=lifespan)
+        failed: list[str] = []
         host = args.host
         url = f"http://{'[' + host + ']' if ':' in host else host}:{args.port}"
         server = _Server(
@@ -92,11 +98,18 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
             url,
             state.served_model_name,
         )
+
+        def stop_on_failure(message: str) -> None:
+            logger.error("the engine failed (%s): stopping the server", message)
+            failed.append(message)
+            server.should_exit = True
+
+        engine.on_failure = stop_on_failure
         try:
             server.run()
         except SystemExit as e:  # uvicorn exits this way when it cannot bind the port
             if e.code:
                 raise MaxError(f"the server could not start on {url} (see the message above)") from None
-        return 0
+        return 1 if failed else 0
     finally:
         engine.shutdown()

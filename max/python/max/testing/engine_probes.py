@@ -20,7 +20,7 @@ def prompt_logits(engine: LLMEngine, ids: Sequence[int]) -> torch.Tensor:
         inputs = engine.model.prepare_initial_token_inputs(
             [ScheduledChunk(request, 0, len(ids))], cache, all_logits=[True]
         )
-        return engine.model.execute(inputs).logits.cpu()
+        return engine.runner.execute(inputs).cpu()
     finally:
         cache.free("probe")
 

@@ -49,6 +49,7 @@ class FrameworkSettings:
     trust_remote_code: bool = False
     custom_architectures: Sequence[str] = ()
     kernels: str = "auto"  # "torch": this framework's torch reference ops, even on a GPU
+    tensor_parallel_size: int = 1
 
 
 def _torch_device(device: str) -> torch.device:
@@ -87,6 +88,7 @@ def build_max_engine(settings: FrameworkSettings):
         trust_remote_code=settings.trust_remote_code,
         custom_architectures=list(settings.custom_architectures),
         kernels=settings.kernels,
+        tensor_parallel_size=settings.tensor_parallel_size,
     )
     return build_engine(resolve_model(config, register_all()))
 
@@ -98,11 +100,18 @@ def run_max(
     forced: Sequence[list[int]] | None = None,
 ) -> list[PromptLogits]:
     """This framework's logits: prefill each prompt, then decode one token per step."""
+    engine = build_max_engine(settings)
+    try:
+        return _run_max_prompts(engine, settings, prompts, prompt_ids, forced)
+    finally:
+        engine.close()
+
+
+def _run_max_prompts(engine, settings, prompts, prompt_ids, forced) -> list[PromptLogits]:
     from max.pipelines.lib.request import Request
     from max.pipelines.lib.sampling_params import SamplingParams
     from max.pipelines.lib.scheduler import ScheduledChunk
 
-    engine = build_max_engine(settings)
     model, cache = engine.model, engine.kv_cache
     results = []
     for p, (text, ids) in enumerate(zip(prompts, prompt_ids)):
@@ -116,7 +125,7 @@ def run_max(
             for step in range(settings.num_steps):
                 chunk = ScheduledChunk(request, start, len(tokens) - start)
                 inputs = model.prepare_initial_token_inputs([chunk], cache)
-                logits = model.execute(inputs).logits[-1].float().cpu().numpy()
+                logits = engine.runner.execute(inputs)[-1].float().cpu().numpy()
                 token = _follow(step, logits, forced[p] if forced else None)
                 result.steps.append(StepLogits(token, logits))
                 start = len(tokens)

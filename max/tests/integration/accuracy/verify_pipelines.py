@@ -37,7 +37,7 @@ class Outcome:
     detail: str = ""
 
 
-def verify_one(spec: str, device: str, num_steps: int, kernels: str = "auto") -> Outcome:
+def verify_one(spec: str, device: str, num_steps: int, kernels: str = "auto", tensor_parallel_size: int = 1) -> Outcome:
     """Runs one `Name-encoding` pipeline; never raises."""
     start = time.perf_counter()
     pipeline, encoding = parse_pipeline_and_encoding(spec)
@@ -50,6 +50,7 @@ def verify_one(spec: str, device: str, num_steps: int, kernels: str = "auto") ->
             num_steps=num_steps,
             max_length=pipeline.max_length,
             kernels=kernels,
+            tensor_parallel_size=tensor_parallel_size,
         )
         reference = run_framework("torch", settings, DEFAULT_PROMPTS)
         target = run_framework("max", settings, DEFAULT_PROMPTS, reference)
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="'torch': run ours on the torch reference ops instead of the GPU kernels (for comparison)",
     )
+    parser.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="run ours on this many ranks (GPUs, or CPU processes)"
+    )
     parser.add_argument("--report", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     specs = args.pipeline or [f"{p.display_name}-float32" for p in NAMED_PIPELINES]
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for spec in specs:
         print(f"verifying {spec} on {args.devices}...", file=sys.stderr)
-        outcomes.append(verify_one(spec, args.devices, args.num_steps, args.kernels))
+        outcomes.append(verify_one(spec, args.devices, args.num_steps, args.kernels, args.tensor_parallel_size))
     table = format_table(outcomes, f"{args.devices} (kernels: {args.kernels})")
     print(table)
     if args.report:

@@ -29,3 +29,14 @@ def test_all_tiny_random_and_smollm2_float32(tmp_path):
 def test_unknown_pipeline_is_a_usage_error():
     result = run("--pipeline", "NoSuchModel-float32")
     assert result.returncode == 1 and "unknown pipeline" in result.stderr
+
+
+def test_tensor_parallel_pipelines_pass(tmp_path):
+    """Ours on 2 ranks (CPU processes over gloo) against transformers."""
+    report = tmp_path / "report.md"
+    specs = ["tiny-random-llama3-float32", "tiny-random-qwen3-moe-float32"]
+    args = [a for s in specs for a in ("--pipeline", s)]
+    result = run(*args, "--devices", "cpu", "--tensor-parallel-size", "2", "--report", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    table = report.read_text()
+    assert all(f"| {s} | OK |" in table for s in specs), table

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kernels", choices=["auto", "torch"], default="auto", help="'torch': torch reference ops, even on a GPU"
     )
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks of ours (GPUs, or CPU processes)")
     args = parser.parse_args(argv)
     if args.num_steps < 1:
         parser.error("--num-steps must be at least 1")
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         trust_remote_code=args.trust_remote_code,
         custom_architectures=args.custom_architectures,
         kernels=args.kernels,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
     prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
     reference = read_logits(args.reference) if args.reference else None

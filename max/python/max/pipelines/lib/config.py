@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -32,6 +34,27 @@ def parse_device(spec: str) -> torch.device:
     if index >= torch.cuda.device_count():
         raise MaxError(f"device {spec!r}: only {torch.cuda.device_count()} GPU(s) are present")
     return torch.device("cuda", index)
+
+
+def parse_devices(spec: str) -> list[torch.device]:
+    """`cpu`, `gpu`, `gpu:N` or MAX's list form `gpu:0,1,2,3` -> torch devices."""
+    text = spec.strip().lower()
+    m = re.fullmatch(r"(gpu|cuda):(\d+(?:,\d+)+)", text)
+    if not m:
+        return [parse_device(spec)]
+    indices = [int(i) for i in m.group(2).split(",")]
+    if len(set(indices)) != len(indices):
+        raise MaxError(f"device list {spec!r} names a GPU twice")
+    return [parse_device(f"gpu:{i}") for i in indices]
+
+
+def torchrun_world() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun (or the same environment
+    variables set by hand for several hosts), else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0") or 0)
 
 
 def parse_memory(text: str | int | None) -> int | None:
@@ -70,6 +93,8 @@ class PipelineConfig:
     enforce_eager: bool = False
     async_scheduling: bool = True
     kernels: str = "auto"
+    tensor_parallel_size: int | None = None  # None: the GPUs `devices` lists, else 1
+    data_parallel_size: int = 1
     seed: int = 0
     # Another model's tokenizer (path or repo id), e.g. for a config-only folder.
     tokenizer: str | None = None
@@ -97,12 +122,83 @@ class PipelineConfig:
                 raise MaxError(f"{name} must be at least 1 (got {value})")
         if not 0.0 < self.device_memory_utilization <= 1.0:
             raise MaxError("device_memory_utilization must be in (0, 1]")
-        parse_device(self.devices)
+        self._check_parallel_sizes()
+
+    @property
+    def device_list(self) -> list[torch.device]:
+        """Every device `devices` names (one unless it is a list like gpu:0,1)."""
+        return parse_devices(self.devices)
 
     @property
     def device(self) -> torch.device:
-        """The torch device the model runs on."""
-        return parse_device(self.devices)
+        """The device of this process's model (rank 0's with tensor parallelism; under
+        torchrun, the GPU of LOCAL_RANK)."""
+        world = torchrun_world()
+        devices = self.device_list
+        if world is not None and devices[0].type == "cuda":
+            return torch.device("cuda", world[2])
+        return devices[0]
+
+    @property
+    def tp_size(self) -> int:
+        """Ranks of the tensor-parallel group of one replica."""
+        world = torchrun_world()
+        if world is not None:
+            return world[1]
+        if self.tensor_parallel_size is not None:
+            return self.tensor_parallel_size
+        return max(1, len(self.device_list) // self.data_parallel_size)
+
+    def rank_devices(self) -> list[torch.device]:
+        """The device of each tensor-parallel rank of this replica (all `cpu` on the CPU)."""
+        devices = self.device_list
+        if devices[0].type == "cpu":
+            return devices * self.tp_size
+        if len(devices) == 1 and self.tp_size > 1:  # `gpu` with --tensor-parallel-size N
+            devices = [torch.device("cuda", devices[0].index + r) for r in range(self.tp_size)]
+        return devices[: self.tp_size]
+
+    def replica(self, index: int) -> PipelineConfig:
+        """The config of data-parallel replica `index`: its own slice of the GPUs."""
+        tp = self.tp_size
+        devices = self.device_list
+        if devices[0].type == "cuda":
+            first = devices[0].index if len(devices) == 1 else None
+            chosen = (
+                [first + index * tp + r for r in range(tp)]
+                if first is not None
+                else [d.index for d in devices[index * tp : (index + 1) * tp]]
+            )
+            spec = "gpu:" + ",".join(str(i) for i in chosen) if len(chosen) > 1 else f"gpu:{chosen[0]}"
+        else:
+            spec = self.devices
+        return dataclasses.replace(self, devices=spec, data_parallel_size=1, tensor_parallel_size=tp)
+
+    def for_rank(self, rank: int) -> PipelineConfig:
+        """The config a tensor-parallel rank builds its shard with (its own device)."""
+        device = self.rank_devices()[rank]
+        spec = "cpu" if device.type == "cpu" else f"gpu:{device.index}"
+        return dataclasses.replace(self, devices=spec, tensor_parallel_size=self.tp_size, data_parallel_size=1)
+
+    def _check_parallel_sizes(self) -> None:
+        tp, dp = self.tp_size, self.data_parallel_size
+        if tp < 1 or dp < 1:
+            raise MaxError("--tensor-parallel-size and --data-parallel-size must be at least 1")
+        devices = self.device_list
+        if devices[0].type != "cuda" or torchrun_world() is not None:
+            return
+        needed = tp * dp
+        if len(devices) > 1:
+            if len(devices) < needed:
+                raise MaxError(
+                    f"{needed} ranks ({tp} tensor-parallel x {dp} data-parallel) need {needed} GPUs; "
+                    f"--devices {self.devices} lists {len(devices)}"
+                )
+        elif devices[0].index + needed > torch.cuda.device_count():
+            raise MaxError(
+                f"{needed} ranks ({tp} tensor-parallel x {dp} data-parallel) need {needed} GPUs from "
+                f"gpu:{devices[0].index}; only {torch.cuda.device_count()} are present"
+            )
 
     def dtype(self, default_encoding: str | None = None) -> torch.dtype:
         """The float dtype weights and activations use.

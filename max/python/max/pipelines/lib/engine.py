@@ -146,6 +146,10 @@ class LLMEngine:
         request.finish_reason = "abort"
         return RequestOutput(request_id, [], True, "abort", num_prompt_tokens=request.num_prompt_tokens)
 
+    def close(self) -> None:
+        """Stops what the engine started (the other tensor-parallel ranks)."""
+        self.runner.close()
+
     def request_ids(self) -> list[str]:
         """Ids of the requests waiting or running."""
         return list(self._requests)

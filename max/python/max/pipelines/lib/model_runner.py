@@ -72,6 +72,10 @@ class ModelRunner:
             return self._replay(inputs)
         return self.model.execute(inputs).logits
 
+    def close(self) -> None:
+        """Releases nothing yet: graphs and buffers go with the runner (tensor-parallel
+        runners stop their other ranks here)."""
+
     # -- capture -------------------------------------------------------------------------
     def _capture(self, sizes: list[int]) -> None:
         start = time.perf_counter()

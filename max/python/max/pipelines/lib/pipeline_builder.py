@@ -16,6 +16,7 @@ import torch
 
 from max.errors import MaxError
 from max.kv_cache import PagedKVCache
+from max.nn import TensorParallel, tensor_parallel_context
 from max.pipelines.lib.config import FLOAT_ENCODINGS, PipelineConfig
 from max.pipelines.lib.engine import LLMEngine
 from max.pipelines.lib.hf_config import architecture_name, eos_token_ids, load_hf_config
@@ -32,6 +33,7 @@ from max.pipelines.lib.registry import (
     register_custom_architectures,
 )
 from max.pipelines.lib.supported_architecture import SupportedArchitecture
+from max.pipelines.lib.tensor_parallel import RankGroup, TensorParallelRunner, start_tensor_parallel
 from max.pipelines.lib.tokenizer import TextTokenizer
 from max.pipelines.lib.weights import GGUFFile, WeightsFormat, open_gguf, open_safetensors
 from max_kernels import set_backend as set_kernel_backend
@@ -145,8 +147,12 @@ def _kv_budget(resolved: ResolvedModel, device: torch.device, needed: int, activ
     return min(available, needed)
 
 
-def build_engine(resolved: ResolvedModel) -> LLMEngine:
-    """Loads the weights, sizes and allocates the KV cache, and returns a ready engine."""
+def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
+    """This process's model (its shard, under tensor parallelism), KV cache and runner.
+
+    Every rank of a tensor-parallel group calls it with the same config: the KV cache gets
+    the number of pages that fits on every rank's device.
+    """
     config = resolved.config
     arch = resolved.architecture
     device = config.device
@@ -159,12 +165,15 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
     else:
         checkpoint = open_safetensors(resolved.source.weight_files)
     adapter = arch.weight_adapters.get(resolved.source.weights_format)
-    model = arch.pipeline_model(config, resolved.hf_config, checkpoint, adapter, dtype, device)
+    with tensor_parallel_context(group.tp if group is not None else TensorParallel()):
+        model = arch.pipeline_model(config, resolved.hf_config, checkpoint, adapter, dtype, device)
     params = model.get_kv_params(resolved.hf_config, config, dtype)
     needed = model.estimate_kv_cache_size(config, resolved.hf_config, dtype)
     activations = model.estimate_activation_memory(max(config.token_budget(), config.max_batch_size), config.max_batch_size)
     budget = _kv_budget(resolved, device, needed, activations)
     num_pages = params.pages_for_budget(budget, model.max_seq_len)
+    if group is not None:
+        num_pages = group.agree_min(num_pages)
     kv_cache = PagedKVCache(params, num_pages, device, config.enable_prefix_caching)
     logger.info(
         "KV cache: %d pages of %d tokens (%.0f MiB) on %s",
@@ -176,6 +185,30 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
     # Graphs replay the Triton kernels only; the torch reference ops are shaped on the host.
     use_graphs = device.type == "cuda" and not config.enforce_eager and config.kernels == "auto"
     runner = ModelRunner(model, kv_cache, config.max_batch_size, use_cuda_graphs=use_graphs)
+    return model, kv_cache, runner
+
+
+def build_engine(resolved: ResolvedModel) -> LLMEngine:
+    """Loads the weights, sizes and allocates the KV cache, and returns a ready engine.
+
+    With tensor parallelism this process is rank 0: it starts (or, under torchrun, meets)
+    the other ranks, which build their shards alongside.
+    """
+    config = resolved.config
+    group = None
+    if config.tp_size > 1:
+        if not resolved.architecture.multi_gpu_supported:
+            raise MaxError(f"architecture {resolved.architecture.name} does not support tensor parallelism")
+        group = start_tensor_parallel(config, resolved.architecture)
+    try:
+        model, kv_cache, runner = build_rank(resolved, group)
+    except BaseException:
+        if group is not None:
+            group.close()
+        raise
+    if group is not None:
+        runner = TensorParallelRunner(runner, group)
+    device = config.device
     vocab = int(resolved.hf_config.vocab_size)
     return LLMEngine(
         model,

@@ -23,7 +23,7 @@ from torch import nn
 
 from max.errors import MaxError
 from max.kv_cache import KVCacheParams, PagedKVCache
-from max.nn import DecoderConfig, Transformer, step_context
+from max.nn import DecoderConfig, TensorParallel, Transformer, step_context
 from max.pipelines.lib.config import PipelineConfig
 from max.pipelines.lib.device_transfer import upload
 from max.pipelines.lib.scheduler import ScheduledChunk
@@ -152,9 +152,11 @@ class PipelineModel:
     ) -> KVCacheParams:
         """The KV cache geometry this model needs."""
         config = cls.config_class.from_huggingface(hf_config, 1)
+        # Under tensor parallelism every rank caches the KV heads its query heads read.
+        kv_start, kv_stop = TensorParallel(0, pipeline_config.tp_size).kv_heads(config.num_kv_heads)
         return KVCacheParams(
             num_layers=cls.get_num_layers(hf_config),
-            num_kv_heads=config.num_kv_heads,
+            num_kv_heads=kv_stop - kv_start,
             head_dim=config.head_dim,
             page_size=pipeline_config.kv_cache_page_size,
             dtype=dtype,
@@ -212,7 +214,8 @@ class PipelineModel:
         """How many parts the GPU decode-attention kernel cuts each context into (split-K)."""
         if self.device.type != "cuda":
             return 1
-        return default_num_splits(batch_size, self.model_config.num_kv_heads, max_context)
+        kv_start, kv_stop = TensorParallel(0, self.pipeline_config.tp_size).kv_heads(self.model_config.num_kv_heads)
+        return default_num_splits(batch_size, kv_stop - kv_start, max_context)
 
     def prepare_initial_token_inputs(
         self,

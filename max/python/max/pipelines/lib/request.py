@@ -84,3 +84,5 @@ class RequestOutput:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     error: str | None = None
+    # The error is the server's (a failed step), not a refusal of the request.
+    server_error: bool = False

@@ -22,4 +22,5 @@ llama3_arch = SupportedArchitecture(
         WeightsFormat.gguf: weight_adapters.convert_gguf_state_dict,
     },
     rope_type="normal",
+    multi_gpu_supported=True,
 )

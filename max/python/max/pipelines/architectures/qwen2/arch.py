@@ -18,4 +18,5 @@ qwen2_arch = SupportedArchitecture(
         WeightsFormat.gguf: weight_adapters.convert_gguf_state_dict,
     },
     rope_type="normal",
+    multi_gpu_supported=True,
 )

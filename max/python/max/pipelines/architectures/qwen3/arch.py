@@ -20,6 +20,7 @@ qwen3_arch = SupportedArchitecture(
     default_weights_format=WeightsFormat.safetensors,
     weight_adapters=_ADAPTERS,
     rope_type="normal",
+    multi_gpu_supported=True,
 )
 
 qwen3_moe_arch = SupportedArchitecture(
@@ -32,4 +33,5 @@ qwen3_moe_arch = SupportedArchitecture(
     default_weights_format=WeightsFormat.safetensors,
     weight_adapters=_ADAPTERS,
     rope_type="normal",
+    multi_gpu_supported=True,
 )

@@ -31,10 +31,19 @@ class CheckpointTensor:
     source: str  # the file it comes from, for error messages
     read: Callable[[torch.dtype], torch.Tensor]
     encoding: str = ""
+    # Reads only [start, stop) along a dimension, where the format allows (safetensors).
+    read_slice: Callable[[torch.dtype, int, int, int], torch.Tensor] | None = None
 
     def load(self, dtype: torch.dtype) -> torch.Tensor:
         """Reads (and, for quantized formats, decodes) the tensor into `dtype`."""
         return self.read(dtype)
+
+    def load_slice(self, dtype: torch.dtype, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Indices [start, stop) of the tensor along `dim` (a tensor-parallel shard), reading
+        only that slice where the format allows it."""
+        if self.read_slice is not None:
+            return self.read_slice(dtype, dim, start, stop)
+        return self.load(dtype).narrow(dim, start, stop - start)
 
     def transformed(
         self, fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...] | None = None

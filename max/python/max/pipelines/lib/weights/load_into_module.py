@@ -7,7 +7,7 @@ from torch import nn
 from tqdm import tqdm
 
 from max.errors import MaxError
-from max.nn.checkpoint_layout import Concat, Source, Stack, leaves, parameter_sources
+from max.nn.checkpoint_layout import Concat, Shard, Source, Stack, leaves, parameter_sources
 from max.pipelines.lib.weights.checkpoint import Checkpoint
 
 
@@ -56,6 +56,16 @@ def _source_shape(source: Source, state: Checkpoint) -> tuple[int, ...]:
     """The shape a source assembles, from the checkpoint's metadata (nothing is read)."""
     if isinstance(source, str):
         return tuple(state[source].shape)
+    if isinstance(source, Shard):
+        entry = state[source.name]
+        shape = list(entry.shape)
+        if source.dim >= len(shape) or shape[source.dim] != source.full:
+            raise MaxError(
+                f"{entry.source}: tensor {entry.name!r} has shape {tuple(shape)}, the model expects "
+                f"{source.full} along dimension {source.dim} (split across tensor-parallel ranks)"
+            )
+        shape[source.dim] = source.size
+        return tuple(shape)
     shapes = [_source_shape(p, state) for p in source.parts]
     if isinstance(source, Stack):
         return (len(shapes), *shapes[0]) if len(set(shapes)) == 1 else ()
@@ -76,6 +86,13 @@ def _fill(target: torch.Tensor, source: Source, state: Checkpoint, dtype: torch.
             rows = _source_shape(part, state)[0]
             _fill(target[offset : offset + rows], part, state, dtype)
             offset += rows
+        return
+    if isinstance(source, Shard):
+        value = state[source.name].load_slice(dtype, source.dim, source.start, source.stop)
+        rows = source.stop - source.start
+        target.narrow(source.dim, 0, rows).copy_(value.to(device=target.device, dtype=target.dtype))
+        if rows < source.size:
+            target.narrow(source.dim, rows, source.size - rows).zero_()  # padding of a split vocabulary
         return
     entry = state[source]
     value = entry.load(dtype)

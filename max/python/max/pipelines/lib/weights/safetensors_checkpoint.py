@@ -52,5 +52,14 @@ def open_safetensors(paths: list[Path]) -> Checkpoint:
                 except (SafetensorError, OSError, ValueError, RuntimeError) as e:
                     raise MaxError(f"cannot read tensor {name!r} from {file}: {e}") from None
 
-            tensors[name] = CheckpointTensor(name, shape, str(file), read)
+            def read_slice(
+                dtype: torch.dtype, dim: int, start: int, stop: int, handle=handle, name=name, file=file
+            ) -> torch.Tensor:
+                index = tuple(slice(start, stop) if d == dim else slice(None) for d in range(dim + 1))
+                try:
+                    return handle.get_slice(name)[index].to(dtype)
+                except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                    raise MaxError(f"cannot read tensor {name!r} from {file}: {e}") from None
+
+            tensors[name] = CheckpointTensor(name, shape, str(file), read, read_slice=read_slice)
     return tensors

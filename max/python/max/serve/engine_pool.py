@@ -1,0 +1,109 @@
+"""Data-parallel replicas behind one endpoint: several engines, each request sent to one.
+
+`--data-parallel-size M` starts M engine processes, each on its own slice of the GPUs (and
+with its own tensor-parallel group). A new request goes to the replica with the fewest
+tokens in flight (prompt and generated tokens of its unfinished requests). The pool
+answers the same calls as one `EngineClient`, so the HTTP server does not know the
+difference; `/metrics` shows each replica's gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
+from max.serve.engine_client import EngineClient
+from max.serve.engine_messages import EngineReady
+
+
+class EnginePool:
+    """M engine replicas with least-loaded routing; see the module docstring."""
+
+    def __init__(self, configs: list[PipelineConfig]) -> None:
+        self.replicas = [EngineClient(c) for c in configs]
+        self.tokens_in_flight = [0] * len(configs)
+        self.requests_routed = [0] * len(configs)
+        self._owner: dict[str, int] = {}
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts every replica's engine process (they load in parallel)."""
+        for replica in self.replicas:
+            replica.start()
+
+    def wait_ready(self, timeout: float = 1800.0) -> EngineReady:
+        """Waits until every replica has loaded; a failing one stops them all."""
+        try:
+            readies = [replica.wait_ready(timeout) for replica in self.replicas]
+        except BaseException:
+            self.shutdown()
+            raise
+        return readies[0]
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Routes every replica's outputs into `loop`."""
+        for replica in self.replicas:
+            replica.attach(loop)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stops every replica."""
+        for replica in self.replicas:
+            replica.shutdown(timeout)
+
+    @property
+    def on_failure(self) -> Callable[[str], None] | None:
+        return self.replicas[0].on_failure
+
+    @on_failure.setter
+    def on_failure(self, callback: Callable[[str], None] | None) -> None:
+        for replica in self.replicas:
+            replica.on_failure = callback
+
+    @property
+    def alive(self) -> bool:
+        """Every replica runs (one failed replica fails the server, as one engine would)."""
+        return all(replica.alive for replica in self.replicas)
+
+    @property
+    def failure(self) -> str | None:
+        """The first replica failure, if any."""
+        return next((f"replica {i}: {r.failure}" for i, r in enumerate(self.replicas) if r.failure), None)
+
+    @property
+    def stats(self) -> EngineStats | None:
+        """The replicas' loads added up."""
+        stats = [s for s in self.replica_stats if s is not None]
+        if not stats:
+            return None
+        return EngineStats(*(sum(getattr(s, f) for s in stats) for f in EngineStats.__dataclass_fields__))
+
+    @property
+    def replica_stats(self) -> list[EngineStats | None]:
+        """Each replica's load, for /metrics."""
+        return [replica.stats for replica in self.replicas]
+
+    # -- requests ------------------------------------------------------------------------
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """Runs the request on the replica with the fewest tokens in flight."""
+        index = min(range(len(self.replicas)), key=lambda i: self.tokens_in_flight[i])
+        self._owner[request_id] = index
+        self.requests_routed[index] += 1
+        held = len(prompt_ids)
+        self.tokens_in_flight[index] += held
+        try:
+            async for output in self.replicas[index].generate(request_id, prompt_ids, params):
+                self.tokens_in_flight[index] += len(output.new_token_ids)
+                held += len(output.new_token_ids)
+                yield output
+        finally:
+            self.tokens_in_flight[index] -= held
+            self._owner.pop(request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        """Stops a request on the replica that runs it."""
+        index = self._owner.get(request_id)
+        if index is not None:
+            self.replicas[index].abort(request_id)

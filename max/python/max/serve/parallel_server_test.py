@@ -1,0 +1,88 @@
+"""`serve` with several processes, on the CPU: two data-parallel replicas behind one
+endpoint give one replica's greedy outputs for 64 concurrent requests and share the load;
+a tensor-parallel server whose rank dies fails its requests and exits non-zero."""
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from max.testing.server_process import ServerProcess
+from max.testing.tiny_checkpoints import write_tiny_checkpoint
+from max.testing.tiny_configs import TINY_CONFIGS
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), TINY_CONFIGS["llama3"], seed=7)
+
+
+def _serve(path, *flags) -> ServerProcess:
+    return ServerProcess(
+        "--model-path", str(path), "--served-model-name", MODEL, "--skip-tokenizer-init",
+        "--max-length", "128", "--kv-cache-page-size", "8", *flags,
+    )  # fmt: skip
+
+
+async def _complete_all(url: str, prompts: list[list[int]]) -> list[list[int]]:
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+    async def one(prompt):
+        r = await client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
+        )
+        return r.choices[0].model_extra["token_ids"]
+
+    try:
+        return await asyncio.gather(*(one(p) for p in prompts))
+    finally:
+        await client.close()
+
+
+def test_two_replicas_answer_like_one(checkpoint):
+    prompts = [[1, 100 + i, 200 + 3 * i, 7 * i % 50 + 1] for i in range(64)]
+    with _serve(checkpoint) as one:
+        expected = asyncio.run(_complete_all(one.url, prompts))
+    with _serve(checkpoint, "--data-parallel-size", "2") as two:
+        got = asyncio.run(_complete_all(two.url, prompts))
+        metrics = httpx.get(f"{two.url}/metrics", timeout=10).text
+    assert got == expected and all(len(t) == 8 for t in got)
+    routed = [float(line.split()[1]) for line in metrics.splitlines() if line.startswith("max_serve_replica_requests_total{")]
+    assert len(routed) == 2 and sum(routed) == 64 and min(routed) >= 16, routed
+    assert 'max_serve_kv_cache_pages_total{replica="1"}' in metrics
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Child processes that multiprocessing spawned (not its resource tracker)."""
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_a_dead_tensor_parallel_rank_fails_requests_and_stops_the_server(checkpoint):
+    server = _serve(checkpoint, "--tensor-parallel-size", "2")
+    try:
+        assert asyncio.run(_complete_all(server.url, [[1, 2, 3]]))[0]
+        # The server's engine process started the other rank: the server's grandchild.
+        (engine,) = _spawned_children(server.process.pid)
+        (rank,) = _spawned_children(engine)
+        os.kill(rank, signal.SIGKILL)
+        r = httpx.post(
+            f"{server.url}/v1/completions",
+            json={"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 4},
+            timeout=60,
+        )
+        assert r.status_code >= 500 and "error" in r.json(), r.text
+        deadline = time.monotonic() + 60
+        while server.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.process.returncode == 1, server.log()
+        assert "tensor-parallel rank 1 exited" in server.log()
+    finally:
+        server.stop()
