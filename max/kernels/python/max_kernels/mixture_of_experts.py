@@ -4,6 +4,9 @@ For each token t and each of its k chosen experts e (with router weight w):
     out[t] += w * down_e(act(gate_e(x[t])) * up_e(x[t]))
 with the gate and up projections stacked in one weight per expert ([E, 2I, H]: rows [0, I)
 gate, [I, 2I) up, as nn.Linear stores [out, in]) and optional biases (gpt-oss has them).
+`act(gate) * up` is SwiGLU ("silu"), GeGLU ("gelu_tanh"), or gpt-oss's clamped SwiGLU
+("clamped_swiglu"): with the gate clamped above and up clamped on both sides at `limit`,
+    (up + 1) * gate * sigmoid(alpha * gate).
 
 The Triton path works as vLLM's and SGLang's fused MoE do, without host synchronisation:
 1. align: the T*k (token, slot) pairs are sorted by expert and each expert's group is padded
@@ -33,7 +36,12 @@ from max_kernels.backend import interpreting
 # Triton kernels name their sizes and compile-time constants in capitals.
 # ruff: noqa: N803
 
-_ACTIVATIONS = ("silu", "gelu_tanh")
+_ACTIVATIONS = ("silu", "gelu_tanh", "clamped_swiglu")
+# The kernels' compile-time code of each activation.
+_ACT_CODES = {"silu": 0, "gelu_tanh": 1, "clamped_swiglu": 2}
+# gpt-oss's constants (transformers' `swiglu_alpha`, `swiglu_limit` defaults).
+SWIGLU_ALPHA = 1.702
+SWIGLU_LIMIT = 7.0
 
 
 def fused_moe_reference(
@@ -46,6 +54,8 @@ def fused_moe_reference(
     activation: str = "silu",
     b_gate_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
+    alpha: float = SWIGLU_ALPHA,
+    limit: float = SWIGLU_LIMIT,
 ) -> torch.Tensor:
     """The routed experts' gated MLPs, summed by router weight, one expert at a time.
 
@@ -54,17 +64,19 @@ def fused_moe_reference(
         w_gate_up: [E, 2I, H]; rows [0, I) are the gate projection, [I, 2I) the up one.
         w_down: [E, H, I].
         topk_weights: float32 [T, k] router weights of the chosen experts.
-        topk_ids: int32 or int64 [T, k] chosen experts.
-        activation: "silu" (SwiGLU, Qwen3-MoE) or "gelu_tanh" (GeGLU).
+        topk_ids: int32 or int64 [T, k] chosen experts (distinct within a row, as topk gives).
+        activation: "silu" (SwiGLU, Qwen3-MoE), "gelu_tanh" (GeGLU) or "clamped_swiglu"
+            (gpt-oss; see the module docstring).
         b_gate_up: optional [E, 2I] bias of the gate and up projections.
         b_down: optional [E, H] bias of the down projection.
+        alpha, limit: the sigmoid gain and the clamp of "clamped_swiglu" (unused otherwise).
 
     Returns:
         [T, H] in x's dtype. Each expert's MLP is computed as `max.nn.mlp.GatedMLP` does
-        (F.linear in x's dtype) and weighted outputs are accumulated with index_add, as
-        `max.nn.moe.SparseMoE` does.
+        (F.linear in x's dtype) and weighted outputs are added to their tokens' rows expert
+        by expert (in x's dtype), as transformers' MoE layers do with index_add.
     """
-    act = _activation_fn(activation)
+    act = _activation_fn(activation, alpha, limit)
     num_experts = w_gate_up.shape[0]
     inter = w_gate_up.shape[1] // 2
     k = topk_ids.shape[1]
@@ -87,18 +99,31 @@ def fused_moe_reference(
                 bd = b_down[e]
             gate = F.linear(xe, w_gate_up[e, :inter], bg)
             up = F.linear(xe, w_gate_up[e, inter:], bu)
-            y = F.linear(act(gate) * up, w_down[e], bd)
-            out.index_add_(0, tokens, y * weights[rows, None])
+            y = F.linear(act(gate, up), w_down[e], bd)
+            # A token picks an expert once, so `tokens` has no repeats and this is exactly
+            # index_add_ (out[t] + y, in x's dtype), without index_add_'s thread pool,
+            # whose start-up costs ~1 ms per call on a busy CPU.
+            out[tokens] += y * weights[rows, None]
         start += count
     return out
 
 
-def _activation_fn(name: str):
+def _activation_fn(name: str, alpha: float, limit: float):
+    """(gate, up) -> the gated activation, in the inputs' dtype."""
     if name == "silu":
-        return F.silu
+        return lambda gate, up: F.silu(gate) * up
     if name == "gelu_tanh":
-        return lambda v: F.gelu(v, approximate="tanh")
+        return lambda gate, up: F.gelu(gate, approximate="tanh") * up
+    if name == "clamped_swiglu":
+        return lambda gate, up: clamped_swiglu(gate, up, alpha, limit)
     raise ValueError(f"unknown MoE activation {name!r} (choose from {', '.join(_ACTIVATIONS)})")
+
+
+def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """gpt-oss's gated activation, in the order transformers computes it (GptOssExperts)."""
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * (gate * torch.sigmoid(gate * alpha))
 
 
 # ----------------------------------------------------------------------------- Triton
@@ -184,8 +209,10 @@ def _gate_up_kernel(
     stride_wn,
     stride_be,
     stride_ht,
+    alpha,
+    limit,
     HAS_BIAS: tl.constexpr,
-    GELU: tl.constexpr,
+    ACT: tl.constexpr,
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -232,7 +259,15 @@ def _gate_up_kernel(
     # Round where the reference rounds: each projection, then the activation, to x's dtype.
     g = acc_g.to(dt).to(tl.float32)
     u = acc_u.to(dt).to(tl.float32)
-    if GELU:
+    if ACT == 2:
+        # Clamped SwiGLU: (up + 1) * glu, each factor rounded as the reference rounds it.
+        g = tl.minimum(g, limit)
+        u = tl.minimum(tl.maximum(u, -limit), limit)
+        ga = (g * alpha).to(dt).to(tl.float32)
+        sig = (1.0 / (1.0 + tl.exp(-ga))).to(dt).to(tl.float32)
+        act = g * sig
+        u = (u + 1.0).to(dt).to(tl.float32)
+    elif ACT == 1:
         inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)
         # tanh(y) = 1 - 2 / (exp(2y) + 1): saturates cleanly at both ends.
         act = 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0))
@@ -314,16 +349,30 @@ def fused_moe(
     activation: str = "silu",
     b_gate_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
+    alpha: float = SWIGLU_ALPHA,
+    limit: float = SWIGLU_LIMIT,
 ) -> torch.Tensor:
     """Triton `fused_moe_reference`: align, two grouped GEMMs, a sum over the k slots."""
     num_pairs = topk_ids.numel()
     blocks = _pick_blocks(num_pairs, w_gate_up.shape[0])
     return _fused_moe(
-        x, w_gate_up, w_down, topk_weights, topk_ids, activation, b_gate_up, b_down, blocks
+        x, w_gate_up, w_down, topk_weights, topk_ids, activation, b_gate_up, b_down, blocks, alpha, limit
     )
 
 
-def _fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids, activation, b_gate_up, b_down, blocks):
+def _fused_moe(
+    x,
+    w_gate_up,
+    w_down,
+    topk_weights,
+    topk_ids,
+    activation,
+    b_gate_up,
+    b_down,
+    blocks,
+    alpha=SWIGLU_ALPHA,
+    limit=SWIGLU_LIMIT,
+):
     if activation not in _ACTIVATIONS:
         raise ValueError(
             f"unknown MoE activation {activation!r} (choose from {', '.join(_ACTIVATIONS)})"
@@ -372,8 +421,10 @@ def _fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids, activation, b_gate_
         w_gate_up.stride(1),
         b_gate_up.stride(0) if b_gate_up is not None else 0,
         h.stride(0),
+        float(alpha),
+        float(limit),
         HAS_BIAS=b_gate_up is not None,
-        GELU=activation == "gelu_tanh",
+        ACT=_ACT_CODES[activation],
         DOT_F32=dot_f32,
         BLOCK_M=bm,
         BLOCK_N=bn1,

@@ -69,11 +69,23 @@ def fused_moe(
     activation: str = "silu",
     b_gate_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
+    alpha: float = _moe.SWIGLU_ALPHA,
+    limit: float = _moe.SWIGLU_LIMIT,
 ) -> torch.Tensor:
-    """The routed experts' gated MLPs, summed by router weight, for every token."""
+    """The routed experts' gated MLPs, summed by router weight, for every token (`alpha` and
+    `limit` are those of the "clamped_swiglu" activation)."""
     fn = _moe.fused_moe if use_triton(x) else _moe.fused_moe_reference
     return fn(
-        x, w_gate_up, w_down, topk_weights, topk_ids, activation=activation, b_gate_up=b_gate_up, b_down=b_down
+        x,
+        w_gate_up,
+        w_down,
+        topk_weights,
+        topk_ids,
+        activation=activation,
+        b_gate_up=b_gate_up,
+        b_down=b_down,
+        alpha=alpha,
+        limit=limit,
     )
 
 

@@ -10,7 +10,7 @@ reference computed on the CPU from the same logits (same seed, same token on any
 Penalties: bit-exact (IEEE division, no fused multiply-add, as torch computes them).
 
 MoE: Qwen3-30B-A3B (E=128, k=8, H=2048, I=768, SwiGLU) and gpt-oss-20b (E=32, k=4,
-H=2880, I=2880, with biases) at 1, 64 and 2048 tokens. bfloat16/float16: the reference
+H=2880, I=2880, with biases, clamped SwiGLU) at 1, 64 and 2048 tokens. bfloat16/float16: the reference
 rounds every intermediate and accumulates the k weighted outputs in the dtype (index_add),
 the kernel sums them in float32, so elementwise |diff| <= 2e-2 * max|ref| + 2e-2 * |ref| and
 the mean |diff| <= 5e-3 * mean|ref|; float32: 1e-4 relative to max|ref|.
@@ -49,7 +49,7 @@ ROW_KINDS = [
 MOE_SHAPES = {
     # name: (experts, k, hidden, intermediate, activation, bias)
     "qwen3-30b-a3b": (128, 8, 2048, 768, "silu", False),
-    "gpt-oss-20b": (32, 4, 2880, 2880, "silu", True),
+    "gpt-oss-20b": (32, 4, 2880, 2880, "clamped_swiglu", True),
 }
 
 

@@ -362,3 +362,47 @@ def test_fused_moe_default_blocks_many_tokens_per_expert():
     # 40 tokens x 4 slots over 4 experts: 40 rows per expert take the 32-row blocks.
     inputs = _moe_inputs(40, 32, 32, 4, 4, torch.float16, bias=True, seed=4)
     _check_moe(inputs, "silu", torch.float16)
+
+
+def _gpt_oss_experts(x, gate_up_proj, gate_up_bias, down_proj, down_bias, weights, ids, alpha, limit):
+    """transformers' GptOssExperts loop (interleaved gate/up, [E, H, 2I] and [E, I, H]
+    weights applied as x @ W), written out as the independent oracle."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for slot in range(ids.shape[1]):
+            e = int(ids[t, slot])
+            gate_up = x[t] @ gate_up_proj[e] + gate_up_bias[e]
+            gate, up = gate_up[::2].clamp(max=limit), gate_up[1::2].clamp(min=-limit, max=limit)
+            h = (up + 1) * (gate * torch.sigmoid(gate * alpha))
+            out[t] += (h @ down_proj[e] + down_bias[e]) * weights[t, slot]
+    return out
+
+
+def test_clamped_swiglu_reference_is_gpt_oss_experts():
+    x, w_gate_up, w_down, weights, ids, b_gate_up, b_down = _moe_inputs(7, 32, 16, 4, 2, torch.float32, True, seed=5)
+    x = x * 4  # so that both clamps bind
+    alpha, limit = 1.702, 3.0
+    expected = fused_moe_reference(
+        x, w_gate_up, w_down, weights, ids, activation="clamped_swiglu", b_gate_up=b_gate_up, b_down=b_down,
+        alpha=alpha, limit=limit,
+    )  # fmt: skip
+    # Our [gate | up] rows, interleaved back into transformers' [E, H, 2I] layout.
+    inter = w_gate_up.shape[1] // 2
+    interleaved = torch.stack((w_gate_up[:, :inter], w_gate_up[:, inter:]), dim=2).flatten(1, 2)
+    bias = torch.stack((b_gate_up[:, :inter], b_gate_up[:, inter:]), dim=2).flatten(1, 2)
+    oracle = _gpt_oss_experts(
+        x, interleaved.transpose(1, 2), bias, w_down.transpose(1, 2), b_down, weights, ids, alpha, limit
+    )
+    torch.testing.assert_close(expected, oracle, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_moe_clamped_swiglu(dtype):
+    x, *rest = _moe_inputs(9, 48, 32, 5, 2, dtype, bias=True, seed=6, skip_experts=(1,))
+    x = x * 3  # pushes gate and up past the clamp
+    kwargs = dict(activation="clamped_swiglu", b_gate_up=rest[4], b_down=rest[5], alpha=1.702, limit=2.5)
+    expected = fused_moe_reference(x, *rest[:4], **kwargs)
+    got = _fused_moe(x, *rest[:4], "clamped_swiglu", rest[4], rest[5], SMALL, 1.702, 2.5)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected, **MOE_TOL[dtype])
+    torch.testing.assert_close(fused_moe(x, *rest[:4], **kwargs), expected, **MOE_TOL[dtype])

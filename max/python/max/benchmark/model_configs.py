@@ -17,6 +17,7 @@ BENCHMARK_MODELS: dict[str, float] = {
     "Qwen3-8B": 8.2e9,
     "Qwen3-30B-A3B": 30.5e9,
     "Gemma-3-12B": 11.8e9,
+    "gpt-oss-20b": 20.9e9,
 }
 
 

@@ -55,3 +55,18 @@ def test_gemma3_layers_alternate_five_local_one_global():
     assert config.sliding_window == 1024
     assert config.local_rope_parameters["rope_theta"] == 10000.0
     assert config.rope_parameters["rope_type"] == "linear" and config.rope_parameters["factor"] == 8.0
+
+
+def test_gpt_oss_reads_yarn_sinks_windows_and_experts():
+    resolved = resolve_model(
+        PipelineConfig(model_path=str(config_dir("gpt-oss-20b")), load_format="dummy", max_length=4096), register_all()
+    )
+    config = resolved.architecture.pipeline_model.config_class.from_huggingface(resolved.hf_config, 4096)
+    assert config.layer_types == ["sliding_attention", "full_attention"] * 12 and config.sliding_window == 128
+    rope = config.rope_parameters
+    assert (rope["rope_type"], rope["factor"], rope["truncate"], rope["rope_theta"]) == ("yarn", 32.0, False, 150000)
+    assert config.attention_sinks and config.qkv_bias and config.o_bias
+    moe = config.moe
+    assert (moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size) == (32, 4, 2880)
+    assert (moe.routing, moe.activation, moe.swiglu_limit, moe.swiglu_alpha) == ("topk_softmax", "clamped_swiglu", 7.0, 1.702)
+    assert config.moe_layers == list(range(24))

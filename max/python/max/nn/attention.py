@@ -21,8 +21,10 @@ class Attention(nn.Module):
     from the checkpoint's q_proj, k_proj and v_proj), optionally normalizes q and k per
     head (Qwen3, Gemma 3), rotates them by position while appending k and v to this
     layer's pages of the KV cache, and attends over each request's whole cached context.
-    Under tensor parallelism a rank holds a slice of the query heads and the KV heads they
-    read; `o_proj` sums the ranks' outputs.
+    With `sinks` (gpt-oss) each head has a learned logit that joins its softmax's
+    denominator, so a head can attend to "nothing". Under tensor parallelism a rank holds a
+    slice of the query heads (and their sinks) and the KV heads they read; `o_proj` sums
+    the ranks' outputs.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         sliding_window: int | None = None,
         softcap: float | None = None,
+        sinks: bool = False,
     ) -> None:
         super().__init__()
         tp = tensor_parallel()
@@ -60,10 +63,11 @@ class Attention(nn.Module):
         self.scale = scale if scale is not None else head_dim**-0.5
         self.sliding_window = sliding_window
         self.softcap = softcap
+        self.sinks = nn.Parameter(torch.empty(self.num_heads)) if sinks else None
 
     def checkpoint_layout(self) -> dict:
         """qkv_proj is this rank's rows of q_proj, k_proj and v_proj, stacked; o_proj its
-        columns of o_proj."""
+        columns of o_proj; sinks its query heads' entries."""
         d = self.head_dim
         hq, hkv = self.total_heads
         rows = {
@@ -81,6 +85,8 @@ class Attention(nn.Module):
         }
         if self.qkv_proj.bias is not None:
             layout["qkv_proj.bias"] = parts("bias")
+        if self.sinks is not None:
+            layout["sinks"] = whole_or_shard("sinks", 0, self.q_heads, hq)
         return layout
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -98,6 +104,6 @@ class Attention(nn.Module):
             q, k, v, positions, self.rotary.cos, self.rotary.sin, k_cache, v_cache, step.layout.slot_mapping
         )
         out = paged_attention(
-            q, k_cache, v_cache, step.layout, self.scale, self.sliding_window, self.softcap
+            q, k_cache, v_cache, step.layout, self.scale, self.sliding_window, self.softcap, self.sinks
         )
         return self.o_proj(out.reshape(t, self.num_heads * d))

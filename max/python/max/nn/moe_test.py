@@ -46,3 +46,33 @@ def test_experts_are_read_from_per_expert_checkpoint_tensors():
     assert gate_up.parts[2] == Concat(("experts.2.gate_proj.weight", "experts.2.up_proj.weight"))
     assert list(leaves(sources["experts_down"]))[-1] == "experts.5.down_proj.weight"
     assert sources["gate.weight"] == "gate.weight"
+
+
+def test_gpt_oss_routing_biases_and_clamped_swiglu():
+    """Softmax over the top-k router logits (router bias included), biased experts, and the
+    clamped SwiGLU (up + 1) * gate * sigmoid(alpha * gate), against a dense loop."""
+    torch.manual_seed(1)
+    config = MoEConfig(
+        num_experts=5, num_experts_per_tok=3, moe_intermediate_size=8, routing="topk_softmax",
+        router_bias=True, expert_bias=True, activation="clamped_swiglu", swiglu_alpha=1.5, swiglu_limit=0.7,
+    )  # fmt: skip
+    moe = SparseMoE(16, config, "silu")
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(9, 16)
+    logits = x @ moe.gate.weight.T + moe.gate.bias
+    top, chosen = torch.topk(logits, 3, dim=-1)
+    weights = torch.softmax(top, dim=-1)
+    expected = torch.zeros_like(x)
+    for t in range(9):
+        for w, e in zip(weights[t], chosen[t].tolist()):
+            gate_up = moe.experts_gate_up[e] @ x[t] + moe.experts_gate_up_bias[e]
+            gate, up = gate_up[:8].clamp(max=0.7), gate_up[8:].clamp(-0.7, 0.7)
+            h = (up + 1) * gate * torch.sigmoid(1.5 * gate)
+            expected[t] += w * (moe.experts_down[e] @ h + moe.experts_down_bias[e])
+    torch.testing.assert_close(moe(x), expected, rtol=1e-5, atol=1e-5)
+    sources = parameter_sources(moe)
+    assert sources["experts_gate_up_bias"].parts[1] == Concat(("experts.1.gate_proj.bias", "experts.1.up_proj.bias"))
+    assert sources["experts_down_bias"].parts[4] == "experts.4.down_proj.bias"
+    assert sources["gate.bias"] == "gate.bias"

@@ -35,6 +35,16 @@ CASES = {
         "beta_slow": 1,
         "original_max_position_embeddings": 256,
     },
+    # gpt-oss's: no truncation of the correction range.
+    "yarn_untruncated": {
+        "rope_type": "yarn",
+        "rope_theta": 150000.0,
+        "factor": 32.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "truncate": False,
+        "original_max_position_embeddings": 4096,
+    },
 }
 
 

@@ -29,7 +29,8 @@ class DecoderConfig:
 
     `layer_types` marks each layer "full_attention" or "sliding_attention" (the latter
     attends only over the last `sliding_window` positions). `moe`, when set, replaces the
-    dense MLP of the layers that `moe_layers` lists with routed experts.
+    dense MLP of the layers that `moe_layers` lists with routed experts. `attention_sinks`
+    gives every attention head a learned sink logit (gpt-oss).
     """
 
     vocab_size: int
@@ -55,6 +56,7 @@ class DecoderConfig:
     moe: MoEConfig | None = None
     moe_layers: list[int] = field(default_factory=list)
     final_logit_softcapping: float | None = None
+    attention_sinks: bool = False
 
     def window(self, layer: int) -> int | None:
         """Sliding window of `layer`, or None for full attention."""
@@ -84,6 +86,7 @@ class DecoderLayer(nn.Module):
             qk_norm=(lambda d: RMSNorm(d, config.norm_eps)) if config.qk_norm else None,
             scale=config.attention_scale,
             sliding_window=config.window(index),
+            sinks=config.attention_sinks,
         )
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
         if config.moe is not None and index in config.moe_layers:

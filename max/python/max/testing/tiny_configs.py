@@ -91,4 +91,29 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "hidden_activation": "gelu_pytorch_tanh",
         "tie_word_embeddings": True,
     },
+    # Attention sinks; q/k/v/o biases; sliding (window 6) and full layers in turn; YaRN
+    # without truncation; 8 experts, 4 per token, softmax over the top logits, biased, with
+    # a clamp (0.25) low enough to bind on these small activations.
+    "gpt_oss": {
+        **_COMMON,
+        "architectures": ["GptOssForCausalLM"],
+        "model_type": "gpt_oss",
+        "num_hidden_layers": 4,
+        "intermediate_size": 32,
+        "head_dim": 16,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 4,
+        "sliding_window": 6,
+        "swiglu_limit": 0.25,
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 8.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": 64,
+        },
+        "tie_word_embeddings": False,
+    },
 }

@@ -117,6 +117,7 @@ NAMED_PIPELINES: list[NamedPipeline] = [
     _tiny("qwen3", "Qwen3ForCausalLM", tiny_configs.TINY_CONFIGS["qwen3"]),
     _tiny("qwen3-moe", "Qwen3MoeForCausalLM", tiny_configs.TINY_CONFIGS["qwen3_moe"]),
     _tiny("gemma3", "Gemma3ForCausalLM", tiny_configs.TINY_CONFIGS["gemma3"]),
+    _tiny("gpt-oss", "GptOssForCausalLM", tiny_configs.TINY_CONFIGS["gpt_oss"]),
 ]
 
 

@@ -4,7 +4,7 @@ To add one, copy a folder (or run `pipelines new-architecture`), then add it her
 this package's BUILD.bazel.
 """
 
-from max.pipelines.architectures import gemma3, llama3, qwen2, qwen3
+from max.pipelines.architectures import gemma3, gpt_oss, llama3, qwen2, qwen3
 from max.pipelines.lib import PIPELINE_REGISTRY, PipelineRegistry, SupportedArchitecture
 
 ARCHITECTURES: list[SupportedArchitecture] = [
@@ -12,6 +12,7 @@ ARCHITECTURES: list[SupportedArchitecture] = [
     *qwen2.ARCHITECTURES,
     *qwen3.ARCHITECTURES,
     *gemma3.ARCHITECTURES,
+    *gpt_oss.ARCHITECTURES,
 ]
 
 

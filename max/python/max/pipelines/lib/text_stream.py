@@ -25,6 +25,7 @@ class TextDelta:
     finished: bool
     finish_reason: str | None
     stopped_by_string: bool = False
+    reasoning_text: str = ""  # a reasoning model's thinking, apart from `text` (harmony)
 
 
 @dataclass

@@ -105,17 +105,23 @@ class TextTokenizer:
         """The text of one token on its own (for logprob listings)."""
         return self.hf.decode([token_id], skip_special_tokens=False)
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The prompt text the chat template makes of `messages`."""
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """The prompt text the chat template makes of `messages`; `template_kwargs` are
+        variables of the template (e.g. gpt-oss's `reasoning_effort`)."""
         if not self.has_chat_template:
             raise MaxError("this model has no chat template: use the completions API instead")
         try:
             return self.hf.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, **(template_kwargs or {})
             )
         except Exception as e:  # jinja2 raises TemplateError subclasses, and templates raise too
             raise MaxError(f"the chat template rejected the messages: {e}") from None
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any] | None = None) -> list[int]:
         """Token ids of the chat prompt; the template already holds any special tokens."""
-        return self.encode(self.render_chat(messages), add_special_tokens=False)
+        return self.encode(self.render_chat(messages, template_kwargs=template_kwargs), add_special_tokens=False)
