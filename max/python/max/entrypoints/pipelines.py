@@ -32,12 +32,16 @@ def _prepare_process() -> None:
     cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Online by default, as MAX and vLLM are: a Hub repo id is downloaded on first use
+    # (HF_HUB_OFFLINE=1 keeps to the local cache; the tests set it).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per Hub request otherwise
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hub_logging.disable_propagation()  # it prints its warnings itself; not twice
 
 
 def _registry():

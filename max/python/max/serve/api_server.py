@@ -6,7 +6,9 @@ and detokenizes; the engine process only sees token ids. Without a tokenizer
 (`--skip-tokenizer-init`) only /v1/completions with token-id prompts is served, and each
 choice carries its generated ids in `token_ids`. Every failure a client can cause
 is answered in OpenAI's error shape with a 4xx status; a client that disconnects has its
-requests aborted in the engine.
+requests aborted in the engine. What each request may cost (body size, JSON depth, prompt
+characters) is checked in request_limits.py; the API key, admission (429) and deadlines
+(408) in http_guard.py.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from max.errors import MaxError
-from max.pipelines.lib import RequestTextStream, TextTokenizer, TokenLogprob
+from max.pipelines.lib import RequestTextStream, TextDelta, TextTokenizer, TokenLogprob
+from max.pipelines.lib.harmony import HarmonyParser, HarmonyTokens
 from max.serve import openai_responses as responses
-from max.serve.engine_client import EngineClient
+from max.serve.engine_supervisor import SupervisedEngine
+from max.serve.error_redaction import redact
+from max.serve.http_guard import HttpGuard, queue_full
 from max.serve.metrics import ServerMetrics
 from max.serve.openai_protocol import (
     ApiError,
@@ -39,10 +45,9 @@ from max.serve.openai_protocol import (
     parse_chat_request,
     parse_completion_request,
 )
+from max.serve.request_limits import ServerLimits, check_prompt_chars, read_json
 
 logger = logging.getLogger("max.serve")
-
-MAX_BODY_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -50,14 +55,18 @@ class ServerState:
     """What the handlers share."""
 
     tokenizer: TextTokenizer | None  # None: --skip-tokenizer-init, token ids only
-    engine: EngineClient
+    engine: SupervisedEngine  # or an EnginePool of them (data-parallel replicas)
     served_model_name: str
     max_seq_len: int
     vocab_size: int
     api_key: str | None = None
-    max_queue_size: int = 1024
+    metrics_need_api_key: bool = False
+    limits: ServerLimits = field(default_factory=ServerLimits)
     log_requests: bool = False
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    draining: bool = False  # SIGTERM: finish what is in flight, take nothing new
+    active_requests: int = 0  # generation requests admitted and not yet answered
+    allowed_origins: list[str] = field(default_factory=list)  # CORS: none unless configured
 
 
 @dataclass
@@ -72,23 +81,11 @@ class _Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     error: str | None = None
     server_error: bool = False
+    harmony: HarmonyParser | None = None  # a harmony model's chat: splits final from analysis
 
 
 def _error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
-
-
-async def _read_json(request: Request) -> Any:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 class GenerationHandler:
@@ -96,6 +93,7 @@ class GenerationHandler:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self._harmony: tuple[TextTokenizer | None, HarmonyTokens | None] | None = None
 
     # -- preparing -----------------------------------------------------------------------
     async def _prompt_ids(self, gen: GenerationRequest) -> list[list[int]]:
@@ -104,7 +102,8 @@ class GenerationHandler:
             _check_tokenizer_free(gen)
         try:
             if gen.chat_messages is not None:
-                return [await asyncio.to_thread(tokenizer.encode_chat, gen.chat_messages)]
+                template_kwargs = {"reasoning_effort": gen.reasoning_effort} if gen.reasoning_effort else None
+                return [await asyncio.to_thread(tokenizer.encode_chat, gen.chat_messages, template_kwargs)]
             out = []
             for prompt in gen.prompts:
                 if isinstance(prompt, str):
@@ -117,6 +116,14 @@ class GenerationHandler:
             return out
         except MaxError as e:
             raise ApiError(400, str(e), param="messages" if gen.chat_messages else "prompt") from None
+
+    def _harmony_parser(self, prompt_ids: list[int]) -> HarmonyParser | None:
+        """A parser of the harmony channels, for a harmony model's chat choice (else None)."""
+        tokenizer = self.state.tokenizer
+        if self._harmony is None or self._harmony[0] is not tokenizer:
+            self._harmony = (tokenizer, HarmonyTokens.find(tokenizer))
+        tokens = self._harmony[1]
+        return HarmonyParser(tokenizer, tokens, prompt_ids) if tokens is not None else None
 
     def _choices(self, gen: GenerationRequest, prompt_ids: list[list[int]], base_id: str) -> list[_Choice]:
         limit = self.state.max_seq_len
@@ -154,7 +161,8 @@ class GenerationHandler:
                     stop=list(gen.params.stop),
                 )
                 stream = RequestTextStream(self.state.tokenizer, ids, params)
-                choices.append(_Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream))
+                harmony = self._harmony_parser(ids) if gen.chat_messages is not None else None
+                choices.append(_Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream, harmony=harmony))
         return choices
 
     # -- running -------------------------------------------------------------------------
@@ -165,6 +173,16 @@ class GenerationHandler:
         outputs = engine.generate(choice.request_id, choice.prompt_ids, choice.stream.params)
         try:
             await self._consume(choice, outputs, sink, start)
+        except Exception as e:  # the engine went down since the check, or a bug: end the choice
+            if isinstance(e, MaxError):
+                choice.error = str(e)
+            else:
+                logger.exception("request %s failed", choice.request_id)
+                choice.error = f"internal error: {type(e).__name__}"
+            choice.server_error = True
+            choice.stream.finished = True
+            if sink is not None:
+                await sink.put((choice, None))
         finally:
             # Closing the stream early (cancelled: client gone) aborts the engine request.
             await outputs.aclose()
@@ -191,6 +209,8 @@ class GenerationHandler:
                 last = now
                 metrics.generation_tokens += len(output.new_token_ids)
             delta = choice.stream.update(output)
+            if choice.harmony is not None:
+                delta = choice.harmony.split(delta)
             if delta.logprobs:
                 choice.logprobs.extend(delta.logprobs)
             if sink is not None:
@@ -203,14 +223,14 @@ class GenerationHandler:
 
     def _generation_error(self, message: str, server_error: bool = False) -> ApiError:
         """The error of a request the engine refused (400) or could not run (engine down: 500)."""
-        if server_error or self.state.engine.failure:
+        if server_error:
             return ApiError(500, message, type="server_error")
         return ApiError(400, message)
 
     # -- endpoints -----------------------------------------------------------------------
     async def handle(self, request: Request, chat: bool) -> Response:
         state = self.state
-        body = await _read_json(request)
+        body = await read_json(request, state.limits)
         gen = parse_chat_request(body) if chat else parse_completion_request(body)
         if gen.model != state.served_model_name:
             raise ApiError(
@@ -220,12 +240,16 @@ class GenerationHandler:
                 code="model_not_found",
             )
         if not state.engine.alive:
-            raise ApiError(503, "the engine is not running", type="server_error", code="engine_unavailable")
+            raise ApiError(
+                503, "the engine is not running; retry later", type="server_error", code="engine_unavailable",
+                headers={"Retry-After": str(state.limits.retry_after_seconds)},
+            )  # fmt: skip
+        check_prompt_chars(gen, state.limits.prompt_chars(state.max_seq_len))
         prompt_ids = await self._prompt_ids(gen)
         base_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         choices = self._choices(gen, prompt_ids, base_id)
-        if state.metrics.in_flight + len(choices) > state.max_queue_size:
-            raise ApiError(503, "the server is at its request limit; retry later", type="server_error", code="queue_full")
+        if state.metrics.in_flight + len(choices) > state.limits.max_queue_size:
+            raise queue_full(state.limits.max_queue_size, state.limits.retry_after_seconds)
         state.metrics.prompt_tokens += sum(len(ids) for ids in prompt_ids)
         if state.log_requests:
             logger.info("%s: %d prompt(s), %d choice(s), stream=%s", base_id, len(prompt_ids), len(choices), gen.stream)
@@ -268,7 +292,7 @@ class GenerationHandler:
             body = [
                 {
                     "index": c.index,
-                    "message": {"role": "assistant", "content": c.stream.text},
+                    "message": _chat_message(c),
                     "logprobs": responses.chat_logprobs(tokenizer, c.logprobs) if gen.logprobs is not None else None,
                     "finish_reason": c.stream.finish_reason,
                     **self._ids_fields(gen, c),
@@ -337,6 +361,7 @@ class GenerationHandler:
                     continue
                 if (
                     not delta.text
+                    and not delta.reasoning_text
                     and not delta.finished
                     and not (gen.logprobs is not None and delta.logprobs)
                     and not (want_ids and delta.token_ids)
@@ -347,7 +372,7 @@ class GenerationHandler:
                     logprobs = None
                     if gen.logprobs is not None and delta.logprobs:
                         logprobs = responses.chat_logprobs(tokenizer, delta.logprobs)
-                    item = {"index": choice.index, "delta": {"content": delta.text} if delta.text or not finish else {}, "logprobs": logprobs, "finish_reason": finish}
+                    item = {"index": choice.index, "delta": _chat_delta(delta, finish), "logprobs": logprobs, "finish_reason": finish}
                 else:
                     logprobs = None
                     if gen.logprobs is not None and delta.logprobs:
@@ -367,6 +392,24 @@ class GenerationHandler:
             for t in tasks:
                 t.cancel()
             state.metrics.in_flight -= len(choices)
+
+
+def _chat_message(choice: _Choice) -> dict[str, Any]:
+    """A chat choice's message; a harmony model's reasoning goes to `reasoning_content`."""
+    if choice.harmony is None:
+        return {"role": "assistant", "content": choice.stream.text}
+    return {"role": "assistant", "content": choice.harmony.content, "reasoning_content": choice.harmony.reasoning or None}
+
+
+def _chat_delta(delta: TextDelta, finish: str | None) -> dict[str, Any]:
+    """A streamed chat chunk's `delta`: new reasoning and/or content (an empty content
+    unless the chunk only finishes the choice)."""
+    body: dict[str, Any] = {}
+    if delta.reasoning_text:
+        body["reasoning_content"] = delta.reasoning_text
+    if delta.text or not (finish or body):
+        body["content"] = delta.text
+    return body
 
 
 def _check_tokenizer_free(gen: GenerationRequest) -> None:
@@ -395,8 +438,14 @@ def _usage(choices: list[_Choice], prompt_ids: list[list[int]]) -> dict[str, int
     return responses.usage(sum(len(ids) for ids in prompt_ids), sum(len(c.stream.token_ids) for c in choices))
 
 
+# Characters that str.splitlines() (and line readers built on it, like httpx's) take for
+# line ends, which JSON leaves raw: escaped, so that no event is cut in two.
+_LINE_BREAKS_JSON_KEEPS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+    text = json.dumps(payload, ensure_ascii=False).translate(_LINE_BREAKS_JSON_KEEPS)
+    return f"data: {text}\n\n"
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -434,25 +483,31 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
         )
 
     async def health(request: Request) -> Response:
-        if state.engine.alive:
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "engine unavailable", "detail": state.engine.failure}, status_code=503)
+        detail = redact(state.engine.failure) if state.engine.failure else None
+        if state.draining:
+            return JSONResponse({"status": "draining", "detail": "the server is shutting down"}, status_code=503)
+        if not state.engine.alive:
+            return JSONResponse({"status": "engine unavailable", "detail": detail}, status_code=503)
+        if detail:  # some data-parallel replicas are down, the others serve
+            return JSONResponse({"status": "degraded", "detail": detail})
+        return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
-        state.metrics.engine = state.engine.stats
-        state.metrics.replicas = getattr(state.engine, "replica_stats", None)
-        state.metrics.replica_requests = getattr(state.engine, "requests_routed", None)
+        state.metrics.read_engine(state.engine)
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def api_error(request: Request, exc: ApiError) -> Response:
+        state.metrics.error_answered(exc.code)
         return _error_response(exc)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        state.metrics.error_answered(kind)
         return _error_response(ApiError(exc.status_code, str(exc.detail), code=kind))
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         logger.exception("internal error on %s", request.url.path)
+        state.metrics.error_answered("internal_error")
         return _error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
 
     app = Starlette(
@@ -467,34 +522,12 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
-    app.add_middleware(_ApiMiddleware, state=state)
+    app.add_middleware(HttpGuard, state=state)
+    if state.allowed_origins:  # CORS is off unless origins are named (--allowed-origins)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=state.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app
-
-
-class _ApiMiddleware:
-    """Checks the API key on /v1 routes and counts answered requests by status."""
-
-    def __init__(self, app, state: ServerState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        key = self.state.api_key
-        if key is not None:
-            headers = dict(scope.get("headers") or [])
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            if auth != f"Bearer {key}":
-                error = ApiError(401, "invalid or missing API key", type="authentication_error", code="invalid_api_key")
-                self.state.metrics.request_finished(401)
-                await _error_response(error)(scope, receive, send)
-                return
-
-        async def counting_send(message) -> None:
-            if message["type"] == "http.response.start":
-                self.state.metrics.request_finished(message["status"])
-            await send(message)
-
-        await self.app(scope, receive, counting_send)

@@ -2,13 +2,14 @@
 
 `EngineClient` starts the engine worker, sends it requests and aborts, and routes each
 step's outputs to the asyncio queue of the request they belong to. A thread reads the
-engine's outbox so that the event loop never blocks on it.
+engine's outbox so that the event loop never blocks on it. One client is one engine
+process's life: when it fails, its requests end with an error and `on_failure` is called;
+`SupervisedEngine` (engine_supervisor.py) then starts a new client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import multiprocessing as mp
 import queue
 import threading
@@ -26,8 +27,6 @@ from max.serve.engine_messages import (
     StepOutputs,
 )
 from max.serve.engine_worker import run_engine_worker
-
-logger = logging.getLogger("max.serve")
 
 
 class EngineClient:
@@ -77,6 +76,8 @@ class EngineClient:
                 raise MaxError(message.message)
             if isinstance(message, EngineReady):
                 self.ready = message
+                # /metrics shows the cache's size before the first step reports it.
+                self.stats = EngineStats(0, 0, 0, message.kv_pages_total, 0, 0)
                 return message
         self.shutdown()
         raise MaxError(f"the engine did not load its model within {timeout:.0f} s")
@@ -90,12 +91,22 @@ class EngineClient:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stops the engine process (gently, then by force)."""
         self._stopping = True
-        if self._process.is_alive():
+        if self._process.pid is not None and self._process.is_alive():
             self._inbox.put(Shutdown())
             self._process.join(timeout)
             if self._process.is_alive():
                 self._process.terminate()
                 self._process.join(5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(5)
+        # Messages nobody will read must not keep this process from exiting.
+        self._inbox.cancel_join_thread()
+
+    @property
+    def pid(self) -> int | None:
+        """The engine process's id (None before it starts)."""
+        return self._process.pid
 
     @property
     def alive(self) -> bool:
@@ -158,7 +169,6 @@ class EngineClient:
                     del self._streams[output.request_id]
                 stream.put_nowait(output)
         elif isinstance(message, EngineFailed):
-            logger.error("engine failure: %s", message.message)
             self.failure = message.message
             for request_id, stream in list(self._streams.items()):
                 stream.put_nowait(RequestOutput(request_id, [], True, "error", error=message.message, server_error=True))

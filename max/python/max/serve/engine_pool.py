@@ -3,25 +3,31 @@
 `--data-parallel-size M` starts M engine processes, each on its own slice of the GPUs (and
 with its own tensor-parallel group). A new request goes to the replica with the fewest
 tokens in flight (prompt and generated tokens of its unfinished requests). The pool
-answers the same calls as one `EngineClient`, so the HTTP server does not know the
+answers the same calls as one `SupervisedEngine`, so the HTTP server does not know the
 difference; `/metrics` shows each replica's gauges.
+
+Each replica is supervised on its own: while a failed one restarts, the others take every
+request (the server stays healthy, /health says "degraded"); a replica that cannot be
+restarted stops the server, as a single engine would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
+from max.errors import MaxError
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
-from max.serve.engine_client import EngineClient
 from max.serve.engine_messages import EngineReady
+from max.serve.engine_supervisor import RestartPolicy, SupervisedEngine
 
 
 class EnginePool:
     """M engine replicas with least-loaded routing; see the module docstring."""
 
-    def __init__(self, configs: list[PipelineConfig]) -> None:
-        self.replicas = [EngineClient(c) for c in configs]
+    def __init__(self, configs: list[PipelineConfig], policy: RestartPolicy | None = None) -> None:
+        self.replicas = [SupervisedEngine(c, policy, name=f"replica {i}") for i, c in enumerate(configs)]
         self.tokens_in_flight = [0] * len(configs)
         self.requests_routed = [0] * len(configs)
         self._owner: dict[str, int] = {}
@@ -52,23 +58,29 @@ class EnginePool:
             replica.shutdown(timeout)
 
     @property
-    def on_failure(self) -> Callable[[str], None] | None:
-        return self.replicas[0].on_failure
+    def on_give_up(self) -> Callable[[str], None] | None:
+        return self.replicas[0].on_give_up
 
-    @on_failure.setter
-    def on_failure(self, callback: Callable[[str], None] | None) -> None:
-        for replica in self.replicas:
-            replica.on_failure = callback
+    @on_give_up.setter
+    def on_give_up(self, callback: Callable[[str], None] | None) -> None:
+        for i, replica in enumerate(self.replicas):
+            replica.on_give_up = None if callback is None else (lambda m, i=i: callback(f"replica {i}: {m}"))
 
     @property
     def alive(self) -> bool:
-        """Every replica runs (one failed replica fails the server, as one engine would)."""
-        return all(replica.alive for replica in self.replicas)
+        """Some replica takes requests."""
+        return any(replica.alive for replica in self.replicas)
 
     @property
     def failure(self) -> str | None:
-        """The first replica failure, if any."""
-        return next((f"replica {i}: {r.failure}" for i, r in enumerate(self.replicas) if r.failure), None)
+        """Why replicas are down (None when every one is up)."""
+        down = [f"replica {i}: {r.failure}" for i, r in enumerate(self.replicas) if r.failure]
+        return "; ".join(down) if down else None
+
+    @property
+    def restarts(self) -> int:
+        """Replica restarts in all."""
+        return sum(replica.restarts for replica in self.replicas)
 
     @property
     def stats(self) -> EngineStats | None:
@@ -87,17 +99,22 @@ class EnginePool:
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
-        """Runs the request on the replica with the fewest tokens in flight."""
-        index = min(range(len(self.replicas)), key=lambda i: self.tokens_in_flight[i])
+        """Runs the request on the running replica with the fewest tokens in flight."""
+        up = [i for i, replica in enumerate(self.replicas) if replica.alive]
+        if not up:
+            raise MaxError(self.failure or "no engine replica is running")
+        index = min(up, key=lambda i: self.tokens_in_flight[i])
         self._owner[request_id] = index
         self.requests_routed[index] += 1
         held = len(prompt_ids)
         self.tokens_in_flight[index] += held
         try:
-            async for output in self.replicas[index].generate(request_id, prompt_ids, params):
-                self.tokens_in_flight[index] += len(output.new_token_ids)
-                held += len(output.new_token_ids)
-                yield output
+            # Closed explicitly: a consumer that stops early aborts the request now.
+            async with contextlib.aclosing(self.replicas[index].generate(request_id, prompt_ids, params)) as outputs:
+                async for output in outputs:
+                    self.tokens_in_flight[index] += len(output.new_token_ids)
+                    held += len(output.new_token_ids)
+                    yield output
         finally:
             self.tokens_in_flight[index] -= held
             self._owner.pop(request_id, None)

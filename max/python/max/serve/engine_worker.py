@@ -4,6 +4,12 @@ It owns the model and the KV cache. Between steps it drains its inbox (new reque
 aborts) so requests join and leave the running batch at step boundaries; when idle it
 blocks on the inbox. It ignores SIGINT (the server decides when to stop) and exits if its
 parent process dies.
+
+A step that raises fails and drops every request in the engine (the engine cannot tell
+which one broke the step, and a request retried with the same inputs would break it
+again), then a one-token probe request checks that the engine still steps. If the probe
+fails too, or a tensor-parallel rank is gone, the worker reports `EngineFailed` and exits:
+the server's supervisor restarts the process.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import traceback
 from multiprocessing.queues import Queue
 
 from max.errors import EngineDeadError, MaxError
-from max.pipelines.lib import PipelineConfig, RequestOutput
+from max.pipelines.lib import PipelineConfig, RequestOutput, SamplingParams
 from max.serve.engine_messages import (
     AbortRequest,
     AddRequest,
@@ -27,6 +33,9 @@ from max.serve.engine_messages import (
 )
 
 logger = logging.getLogger("max.serve.engine")
+
+PROBE_REQUEST_ID = "max-engine-probe"
+PROBE_MAX_STEPS = 8  # a one-token request finishes in two steps (asynchronous scheduling)
 
 
 def run_engine_worker(config: PipelineConfig, inbox: Queue, outbox: Queue) -> None:
@@ -68,24 +77,60 @@ def _serve(engine, inbox: Queue, outbox: Queue, parent: int) -> None:
             try:
                 produced.extend(engine.step())
             except EngineDeadError as e:
-                for request_id in engine.request_ids():
-                    engine.abort(request_id)
-                    produced.append(RequestOutput(request_id, [], True, "error", error=f"engine error: {e}", server_error=True))
+                produced.extend(_fail_all(engine, f"engine error: {e}"))
                 outbox.put(StepOutputs(produced, engine.stats()))
                 raise
             except Exception as e:
-                # A failed step must not take the server down: fail the running requests.
-                traceback.print_exc()
-                for request_id in engine.request_ids():
-                    engine.abort(request_id)
-                    produced.append(
-                        RequestOutput(request_id, [], True, "error", error=f"engine error: {e}", server_error=True)
-                    )
+                produced.extend(_drop_failed_step(engine, e))
+                outbox.put(StepOutputs(produced, engine.stats()))
+                produced = []
+                _probe(engine, e)
             handled = True
         if handled:
             outbox.put(StepOutputs(produced, engine.stats()))
         elif os.getppid() != parent:
             return  # orphaned: the server is gone
+
+
+def _fail_all(engine, message: str) -> list[RequestOutput]:
+    """Aborts every request in the engine; returns their error outputs."""
+    failed = []
+    for request_id in engine.request_ids():
+        engine.abort(request_id)
+        failed.append(RequestOutput(request_id, [], True, "error", error=message, server_error=True))
+    return failed
+
+
+def _drop_failed_step(engine, error: Exception) -> list[RequestOutput]:
+    """After a step raised: fails and drops every request in the engine."""
+    request_ids = engine.request_ids()
+    logger.error(
+        "an engine step failed; failing and dropping its %d request(s) %s",
+        len(request_ids),
+        request_ids[:8],
+        exc_info=error,
+    )
+    # The client reads the kind of failure; the log keeps the details (paths, tracebacks).
+    message = f"the engine failed while running this request ({type(error).__name__}); the request was dropped"
+    return _fail_all(engine, message)
+
+
+def _probe(engine, cause: Exception) -> None:
+    """Runs a one-token request; raises EngineDeadError if the engine cannot (then the
+    engine, not a request, is broken)."""
+    try:
+        engine.add_request(PROBE_REQUEST_ID, [0], SamplingParams(max_new_tokens=1, temperature=0.0))
+        for _ in range(PROBE_MAX_STEPS):
+            if any(out.request_id == PROBE_REQUEST_ID and out.finished for out in engine.step()):
+                return
+        raise RuntimeError(f"the probe request did not finish in {PROBE_MAX_STEPS} steps")
+    except Exception as e:
+        engine.abort(PROBE_REQUEST_ID)
+        logger.error("the engine does not step any more after a failed step", exc_info=e)
+        raise EngineDeadError(
+            f"the engine does not run steps any more (a step failed with {type(cause).__name__}, "
+            f"then a probe request with {type(e).__name__})"
+        ) from e
 
 
 def _drain_inbox(inbox: Queue, engine, produced: list[RequestOutput], block: bool) -> bool | None:
@@ -106,6 +151,10 @@ def _drain_inbox(inbox: Queue, engine, produced: list[RequestOutput], block: boo
                 engine.add_request(message.request_id, message.prompt_ids, message.params)
             except MaxError as e:
                 produced.append(RequestOutput(message.request_id, [], True, "error", error=str(e)))
+            except Exception as e:  # a bug: fail this request, keep the engine
+                logger.error("adding request %s failed", message.request_id, exc_info=e)
+                error = f"the engine could not take this request ({type(e).__name__})"
+                produced.append(RequestOutput(message.request_id, [], True, "error", error=error, server_error=True))
         elif isinstance(message, AbortRequest):
             out = engine.abort(message.request_id)
             if out is not None:

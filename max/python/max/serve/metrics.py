@@ -2,7 +2,9 @@
 
 Counters and histograms are updated by the HTTP process as requests come and go and as
 tokens arrive; gauges of the engine (running and waiting requests, KV pages) come from the
-statistics the engine sends with every step.
+statistics the engine sends with every step (and, before the first step, from what it
+reported when it became ready). Engine restarts and whether each engine is up come from the
+supervisor; API errors are counted by their `code` (e.g. `queue_full`, `request_too_large`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,22 @@ class ServerMetrics:
         self.replicas: list[EngineStats | None] | None = None
         self.replica_requests: list[int] | None = None  # requests each replica was given
         self.in_flight = 0
+        self.errors_by_code: dict[str, int] = defaultdict(int)
+        self.engine_restarts: list[int] = [0]  # per replica (one entry for a single engine)
+        self.engine_up: list[bool] = [True]
+
+    def read_engine(self, engine) -> None:
+        """Takes the engine's (or the data-parallel pool's) current gauges and counters."""
+        self.engine = engine.stats
+        self.replicas = getattr(engine, "replica_stats", None)
+        self.replica_requests = getattr(engine, "requests_routed", None)
+        engines = getattr(engine, "replicas", None) or [engine]
+        self.engine_restarts = [getattr(e, "restarts", 0) for e in engines]
+        self.engine_up = [e.alive for e in engines]
+
+    def error_answered(self, code: str | None) -> None:
+        """Counts one error answer by its OpenAI error code."""
+        self.errors_by_code[code or "none"] += 1
 
     def request_finished(self, status: int) -> None:
         """Counts one answered API request by HTTP status."""
@@ -91,7 +109,7 @@ class ServerMetrics:
             "num_requests_running": ("num_running", "Requests in the running batch."),
             "num_requests_waiting": ("num_waiting", "Requests queued in the engine."),
             "kv_cache_pages_in_use": ("kv_pages_in_use", "KV cache pages held by requests."),
-            "kv_cache_pages_total": ("kv_pages_total", "KV cache pages in all."),
+            "kv_cache_pages_capacity": ("kv_pages_total", "KV cache pages in all."),
             "kv_cache_pages_cached": ("kv_pages_cached", "Pages in the prefix cache."),
             "num_preemptions_total": ("num_preemptions", "Requests preempted."),
         }
@@ -105,6 +123,15 @@ class ServerMetrics:
             kind = "counter" if name.endswith("_total") else "gauge"
             out += [f"# HELP {p}_{name} {help_text}", f"# TYPE {p}_{name} {kind}"]
             out += [f"{p}_{name}{label} {getattr(s, field_name) if s else 0}" for label, s in series]
+        labels = [label for label, _ in series] if len(series) == len(self.engine_up) else [""]
+        out += [f"# HELP {p}_engine_up Whether the engine process runs and takes requests (1) or not (0)."]
+        out += [f"# TYPE {p}_engine_up gauge"]
+        out += [f"{p}_engine_up{label} {int(up)}" for label, up in zip(labels, self.engine_up)]
+        out += [f"# HELP {p}_engine_restarts_total Times the engine process was restarted after a failure."]
+        out += [f"# TYPE {p}_engine_restarts_total counter"]
+        out += [f"{p}_engine_restarts_total{label} {n}" for label, n in zip(labels, self.engine_restarts)]
+        out += [f"# HELP {p}_errors_total API errors answered, by error code.", f"# TYPE {p}_errors_total counter"]
+        out += [f'{p}_errors_total{{code="{code}"}} {n}' for code, n in sorted(self.errors_by_code.items())]
         if self.replica_requests is not None:
             out += [f"# HELP {p}_replica_requests_total Requests routed to each data-parallel replica."]
             out += [f"# TYPE {p}_replica_requests_total counter"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from max.pipelines.lib import SamplingParams
+from max.serve.error_redaction import redact
 
 
 class ApiError(Exception):
@@ -23,6 +24,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,10 +32,12 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers  # e.g. Retry-After on 429 and 503
 
     def body(self) -> dict[str, Any]:
-        """The JSON body of the error response."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        """The JSON body of the error response (a server error's message without internals)."""
+        message = redact(self.message) if self.status >= 500 else self.message
+        return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def invalid(param: str, message: str) -> ApiError:
@@ -42,6 +46,17 @@ def invalid(param: str, message: str) -> ApiError:
 
 
 _MISSING = object()
+MAX_TOP_K = 2**31 - 1  # the sampler reads top_k as int32
+
+
+def _check_text(text: str, param: str) -> None:
+    """Refuses text that is not valid Unicode: JSON's \\ud800 escapes decode to unpaired
+    surrogates, which no tokenizer (and no UTF-8 output) can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        raise invalid(param, f"'{param}' holds an unpaired surrogate (\\u{ord(bad):04x}), which is not valid text") from None
 
 
 class _Fields:
@@ -99,6 +114,7 @@ class GenerationRequest:
     echo: bool
     logprobs: int | None  # alternatives per token (chat: top_logprobs), None: no logprobs
     return_token_ids: bool = False  # add the ids (prompt_token_ids, token_ids) to each choice
+    reasoning_effort: str | None = None  # chat: passed to the chat template (gpt-oss)
 
 
 def _sampling(f: _Fields) -> SamplingParams:
@@ -107,11 +123,13 @@ def _sampling(f: _Fields) -> SamplingParams:
         stop = [stop]
     if len(stop) > 16 or not all(isinstance(s, str) and s for s in stop):
         raise invalid("stop", "'stop' must be a non-empty string or a list of up to 16 such strings")
+    for s in stop:
+        _check_text(s, "stop")
     stop_ids = f.get("stop_token_ids", (list,), [])
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in stop_ids):
         raise invalid("stop_token_ids", "'stop_token_ids' must be a list of integers")
     seed = f.integer("seed", None, -(2**63), 2**64 - 1)
-    top_k = f.integer("top_k", 0, -1)
+    top_k = f.integer("top_k", 0, -1, MAX_TOP_K)
     return SamplingParams(
         temperature=f.number("temperature", 1.0, 0.0, 2.0),
         top_p=f.number("top_p", 1.0, 1e-9, 1.0),
@@ -150,6 +168,7 @@ def _message_content(message: dict[str, Any], index: int) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
+        _check_text(content, f"messages[{index}].content")
         return content
     if isinstance(content, list):
         texts = []
@@ -159,9 +178,14 @@ def _message_content(message: dict[str, Any], index: int) -> str:
                     f"messages[{index}].content",
                     "content parts must be objects {'type': 'text', 'text': ...} (only text is supported)",
                 )
+            _check_text(part["text"], f"messages[{index}].content")
             texts.append(part["text"])
         return "".join(texts)
     raise invalid(f"messages[{index}].content", "content must be a string or a list of text parts")
+
+
+# The efforts gpt-oss's chat template knows (OpenAI's reasoning models take the same names).
+REASONING_EFFORTS = ("low", "medium", "high")
 
 
 def parse_chat_request(body: Any) -> GenerationRequest:
@@ -186,7 +210,11 @@ def parse_chat_request(body: Any) -> GenerationRequest:
     top = f.integer("top_logprobs", None, 0, 20)
     if top is not None and not want_logprobs:
         raise invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    effort = f.get("reasoning_effort", (str,), None)
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise invalid("reasoning_effort", f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
     return GenerationRequest(
+        reasoning_effort=effort,
         chat_messages=parsed,
         prompts=[],
         params=_sampling(f),
@@ -202,10 +230,13 @@ def _prompts(value: Any) -> list[str | list[int]]:
         return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
     if isinstance(value, str):
+        _check_text(value, "prompt")
         return [value]
     if is_ids(value):
         return [value]
     if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        for p in value:
+            _check_text(p, "prompt")
         return list(value)
     if isinstance(value, list) and value and all(is_ids(p) for p in value):
         return list(value)

@@ -1,64 +1,104 @@
 """`serve`: load the model in an engine process, then run the HTTP API with uvicorn.
 
-SIGINT / SIGTERM: uvicorn stops accepting connections, lets in-flight requests finish (up
-to a grace period, after which they are cancelled and aborted in the engine), and the
-engine process is shut down; the exit status is 0. If the engine fails while serving (its
-process dies, a tensor-parallel rank dies or hangs), requests in flight get an error body,
-/health answers 503, and the server stops with exit status 1 so that a supervisor can
-restart it.
+Stopping (SIGTERM or SIGINT): the server drains. /health answers 503 ("draining"), new
+generation requests get 503, and those in flight get `--shutdown-grace-period` seconds to
+finish; then the server stops (requests still running are cancelled and aborted in the
+engine), the engine process is shut down, and the exit status is 0. A second signal stops
+at once.
+
+Engine failures (its process dies, a tensor-parallel rank dies or hangs, its steps fail even
+for a probe request) are supervised (engine_supervisor.py): requests in flight get an error
+body, /health answers 503 with the reason, and the engine is restarted with backoff; after
+`--engine-max-restarts` attempts in a row the server exits with status 1, so that whatever
+runs it can take over.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import signal
+import time
 
 import uvicorn
 
 from max.errors import MaxError
 from max.pipelines.lib import PipelineConfig, load_tokenizer, resolve_model, tokenizer_source
+from max.pipelines.lib.config import torchrun_world
 from max.serve.api_server import ServerState, create_app
-from max.serve.engine_client import EngineClient
 from max.serve.engine_pool import EnginePool
+from max.serve.engine_supervisor import SupervisedEngine
+from max.serve.server_args import restart_policy_from_args, server_limits_from_args
 
 logger = logging.getLogger("max.serve")
 
-GRACEFUL_SHUTDOWN_SECONDS = 30
+# After the drain, what uvicorn still gives open responses to be written out.
+CLOSE_CONNECTIONS_SECONDS = 5
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, announcing the URL once it really listens."""
+    """uvicorn's server, announcing the URL once it listens and draining on a signal."""
 
-    def __init__(self, config: uvicorn.Config, url: str, model: str) -> None:
+    def __init__(self, config: uvicorn.Config, url: str, state: ServerState, grace: float) -> None:
         super().__init__(config)
         self.url = url
-        self.model = model
+        self.state = state
+        self.grace = grace
+        self.drain_deadline: float | None = None
 
     def handle_exit(self, sig: int, frame) -> None:
-        # A requested stop is the normal end of a server: shut down gracefully and exit 0
-        # (uvicorn would re-raise the signal afterwards, ending with a signal status).
-        logger.info("received %s: finishing in-flight requests, then exiting", signal.Signals(sig).name)
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True  # a second Ctrl-C stops at once
-        self.should_exit = True
+        # A requested stop is the normal end of a server: drain and exit 0 (uvicorn would
+        # re-raise the signal afterwards, ending with a signal status).
+        name = signal.Signals(sig).name
+        if self.drain_deadline is not None:
+            logger.info("received %s again: stopping now", name)
+            self.should_exit = self.force_exit = True
+            return
+        logger.info(
+            "received %s: draining (no new requests; %d in flight get up to %g s)",
+            name, self.state.active_requests, self.grace,
+        )  # fmt: skip
+        self.state.draining = True
+        self.drain_deadline = time.monotonic() + self.grace
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_deadline is not None and not self.should_exit:
+            if self.state.active_requests == 0:
+                logger.info("drained: every request was answered")
+                self.should_exit = True
+            elif time.monotonic() >= self.drain_deadline:
+                logger.warning("grace period over: cancelling %d request(s)", self.state.active_requests)
+                self.should_exit = True
+        return await super().on_tick(counter)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.started:
-            logger.info("Server ready on %s (model: %s)", self.url, self.model)
+            logger.info("Server ready on %s (model: %s)", self.url, self.state.served_model_name)
 
 
 def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
     """Runs the server until it is told to stop; returns the exit status."""
     from max.pipelines.architectures import register_all
 
+    limits = server_limits_from_args(args)
+    policy = restart_policy_from_args(args)
+    if not args.shutdown_grace_period >= 0:
+        raise MaxError(f"--shutdown-grace-period must be 0 or more seconds (got {args.shutdown_grace_period})")
+    if torchrun_world() is not None and policy.max_restarts:
+        # Ranks on other hosts cannot be restarted from here: let torchrun decide.
+        logger.info("under torchrun: a failed engine stops the server (no restarts)")
+        policy = dataclasses.replace(policy, max_restarts=0)
     resolved = resolve_model(config, register_all())  # fail fast, before any process starts
     if not config.skip_tokenizer_init:
         tokenizer_source(resolved)  # a missing tokenizer fails here too
     dp = config.data_parallel_size
-    engine = EnginePool([config.replica(i) for i in range(dp)]) if dp > 1 else EngineClient(config)
+    if dp > 1:
+        engine = EnginePool([config.replica(i) for i in range(dp)], policy)
+    else:
+        engine = SupervisedEngine(config, policy)
     try:
         engine.start()  # the engine process loads the weights while we load the tokenizer
         tokenizer = load_tokenizer(resolved)
@@ -69,8 +109,10 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
             served_model_name=args.served_model_name or resolved.source.name,
             max_seq_len=ready.max_seq_len,
             vocab_size=ready.vocab_size,
-            api_key=args.api_key,
-            max_queue_size=args.max_queue_size,
+            api_key=args.api_key or None,
+            metrics_need_api_key=args.require_api_key_for_metrics,
+            allowed_origins=list(args.allowed_origins),
+            limits=limits,
             log_requests=args.log_requests,
         )
 
@@ -92,19 +134,20 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
                 host=host,
                 port=args.port,
                 log_level="info",
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                timeout_graceful_shutdown=CLOSE_CONNECTIONS_SECONDS,
                 access_log=False,
             ),
             url,
-            state.served_model_name,
+            state,
+            args.shutdown_grace_period,
         )
 
-        def stop_on_failure(message: str) -> None:
-            logger.error("the engine failed (%s): stopping the server", message)
+        def stop_on_give_up(message: str) -> None:
+            logger.error("the engine cannot be restarted (%s): stopping the server", message)
             failed.append(message)
             server.should_exit = True
 
-        engine.on_failure = stop_on_failure
+        engine.on_give_up = stop_on_give_up
         try:
             server.run()
         except SystemExit as e:  # uvicorn exits this way when it cannot bind the port

@@ -14,6 +14,22 @@ from pathlib import Path
 import httpx
 
 
+def spawned_children(pid: int) -> list[int]:
+    """Child processes of `pid` that multiprocessing spawned (not its resource tracker)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    spawned = []
+    for child in children:
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                spawned.append(child)
+        except OSError:
+            pass  # it just exited
+    return spawned
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
@@ -51,6 +67,10 @@ class ServerProcess:
     def log(self) -> str:
         """Everything the server printed so far."""
         return Path(self._log.name).read_text(errors="replace")
+
+    def engine_pids(self) -> list[int]:
+        """The server's engine processes (one per data-parallel replica; Linux only)."""
+        return spawned_children(self.process.pid)
 
     def metric(self, name: str) -> float:
         """The value of an unlabelled metric from /metrics."""

@@ -77,6 +77,8 @@ class PipelineConfig:
     """
 
     model_path: str | None = None
+    # Branch, tag or commit of a Hub repo `model_path` (None: its default branch).
+    revision: str | None = None
     weight_path: list[str] = field(default_factory=list)
     quantization_encoding: str | None = None
     devices: str = "cpu"

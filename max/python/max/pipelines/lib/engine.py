@@ -96,6 +96,8 @@ class LLMEngine:
         self._arrivals = itertools.count()
         self._step_ids = itertools.count()
         self._inflight: _LaunchedStep | None = None
+        # The last launched step whose draws are not read yet: its placeholders' source.
+        self._inflight_source: _LaunchedStep | None = None
         # The last launched step, kept for the decode fast path (`prepare_next_token_inputs`).
         self._last_inputs: ModelInputs | None = None
         self._last_tokens: torch.Tensor | None = None
@@ -285,8 +287,6 @@ class LLMEngine:
         self._last_tokens = sampled.tokens if everyone and sampled is not None else None
         self._inflight_source = step
         return step
-
-    _inflight_source: _LaunchedStep | None = None
 
     def _drop_pending(self, request: Request) -> None:
         """A preempted request forgets the token it is still drawing; recomputing it later

@@ -83,7 +83,13 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
     """Locates the model, reads its config and finds its architecture."""
     config.validate()
     register_custom_architectures(config.custom_architectures, registry)
-    source = resolve_model_source(config.model_path, config.weight_path, config.load_format)
+    source = resolve_model_source(
+        config.model_path, config.weight_path, config.load_format, config.revision, config.quantization_encoding
+    )
+    if source.commit is not None:
+        # Pinned, so that the processes started from this config (engine, ranks, replicas)
+        # load the same commit from the cache without asking the Hub again.
+        config.revision = source.commit
     gguf = GGUFFile(source.gguf_file) if source.gguf_file is not None else None
     arch = registry.retrieve(architecture_name(source, gguf))
     if source.weights_format not in arch.weight_adapters:

@@ -61,6 +61,8 @@ class SamplingParams:
             raise bad("temperature", "between 0 and 100")
         if self.top_k < 0 and self.top_k != -1:
             raise bad("top_k", ">= 0 (0 or -1 disable it)")
+        if self.top_k > 2**31 - 1:  # the sampler reads it as int32
+            raise bad("top_k", "at most 2**31 - 1")
         if not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", "in (0, 1]")
         if not 0.0 <= self.min_p <= 1.0:

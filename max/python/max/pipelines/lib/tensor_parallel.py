@@ -68,14 +68,18 @@ class RankGroup:
 
     def close(self) -> None:
         """Tells the other ranks to stop (rank 0), then leaves the group."""
+        told = False
         if self.rank == 0 and dist.is_initialized():
             try:
                 self.check_workers()
                 dist.broadcast_object_list([{"op": "stop"}], src=0, group=self.header_group)
+                told = True
             except Exception:  # a rank already gone: nothing to tell it
                 pass
         for proc in self.workers:
-            proc.join(timeout=30)
+            # Ranks that were not told to stop wait for a step forever: end them now, so
+            # that a restarted engine finds their devices free.
+            proc.join(timeout=30 if told else 0)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)

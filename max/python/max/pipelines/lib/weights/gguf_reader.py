@@ -11,6 +11,7 @@ then the tensor data, aligned to `general.alignment` (32 by default).
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ _NUMPY_SCALARS = {
 }
 _STRING = 8
 _ARRAY = 9
+_MAX_ARRAY_DEPTH = 8  # real files nest none; a corrupt one must not exhaust the stack
 
 # GGML tensor types: name, elements per block, bytes per block.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -108,7 +110,8 @@ class GGUFFile:
         self._pos = 0
         try:
             self._parse()
-        except (struct.error, IndexError, UnicodeDecodeError, ValueError) as e:
+        except (struct.error, IndexError, UnicodeDecodeError, ValueError, OverflowError, TypeError) as e:
+            # Counts and lengths are read from the file: a corrupt one overflows or runs off the end.
             raise MaxError(f"{self.path} is not a valid GGUF file (truncated or corrupt: {e})") from None
 
     # -- parsing -----------------------------------------------------------------------
@@ -126,7 +129,7 @@ class GGUFFile:
         self._pos = end
         return s
 
-    def _value(self, vtype: int) -> Any:
+    def _value(self, vtype: int, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self._read(*_SCALARS[vtype])
         if vtype == _STRING:
@@ -144,7 +147,9 @@ class GGUFFile:
                 return arr
             if etype == _STRING:
                 return self._string_array(count)
-            return [self._value(etype) for _ in range(count)]
+            if depth >= _MAX_ARRAY_DEPTH:
+                raise ValueError(f"metadata arrays nested over {_MAX_ARRAY_DEPTH} deep")
+            return [self._value(etype, depth + 1) for _ in range(count)]
         raise ValueError(f"unknown metadata value type {vtype}")
 
     def _string_array(self, count: int) -> list[str]:
@@ -184,13 +189,20 @@ class GGUFFile:
             offset = self._read("<Q", 8)
             raw.append((name, dims, ggml_type, offset))
         alignment = int(self.metadata.get("general.alignment", 32))
+        if alignment < 1:
+            raise ValueError(f"general.alignment is {alignment}")
         data_start = -(-self._pos // alignment) * alignment
         self.tensors: dict[str, GGUFTensorInfo] = {}
         for name, dims, ggml_type, offset in raw:
             if ggml_type not in GGML_TYPES:
                 raise MaxError(f"{self.path}: tensor {name!r} has unknown GGML type {ggml_type}")
             _, block, block_bytes = GGML_TYPES[ggml_type]
-            count = int(np.prod(dims)) if dims else 1
+            count = math.prod(dims)  # exact: a corrupt dimension must not wrap around
+            if count % block:
+                raise MaxError(
+                    f"{self.path}: tensor {name!r} has {count} elements, not a whole number of "
+                    f"{GGML_TYPES[ggml_type][0]} blocks of {block}"
+                )
             nbytes = count // block * block_bytes
             start = data_start + offset
             if start + nbytes > len(self._buf):

@@ -18,9 +18,13 @@ def _shards(paths: list[Path]) -> list[Path]:
         if path.name.endswith(".index.json"):
             try:
                 weight_map = json.loads(path.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise MaxError(f"cannot read safetensors index {path}: {e}") from None
-            for shard in sorted(set(weight_map.values())):
+                shards = sorted(set(weight_map.values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise MaxError(f"cannot read safetensors index {path}: {e!r}") from None
+            for shard in shards:
+                # Shards live beside the index: no absolute paths, no way out of the folder.
+                if not isinstance(shard, str) or Path(shard).is_absolute() or ".." in Path(shard).parts:
+                    raise MaxError(f"safetensors index {path} names a shard outside its folder: {shard!r}")
                 files.append(path.parent / shard)
         else:
             files.append(path)
