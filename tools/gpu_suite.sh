@@ -83,6 +83,10 @@ for s in "$@"; do
       throughput llama8b-1000-b512 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 512
       throughput llama8b-hf256 Llama-3.1-8B --num-prompts 256 --random-input-len 200 --random-output-len 180 --max-length 4096 --backend hf --hf-batch-size 256
       ;;
+    gpt-oss)  # gpt-oss-20b shape: batch-1 decode and the 1000-request workload
+      throughput gptoss-b1 gpt-oss-20b --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096
+      throughput gptoss-1000 gpt-oss-20b --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 256
+      ;;
     throughput-1024)  # 1000 requests, all in the running batch at once
       throughput llama8b-1000-b1024 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 1024
       ;;
@@ -105,6 +109,13 @@ for s in "$@"; do
           --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 100 --label "Llama-3.1-8B $label" "$@"
       done
       ;;
+    profile-top)  # batch-1 decode of the 8B and SmolLM2: the kernels taking the GPU's time, and a trace
+      for model in Llama-3.1-8B SmolLM2-135M; do
+        stage profile-top 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/$model" \
+          --load-format dummy --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 200 \
+          --top-kernels 16 --trace "$OUT/trace-$model.json" --label "$model"
+      done
+      ;;
     verify-carried)  # tiny checkpoints carried into $MAX_CACHE_DIR/tiny-random (no SmolLM2 GGUF there)
       stage verify-carried 600 $PY max/tests/integration/accuracy/verify_pipelines.py --devices gpu \
         --pipeline tiny-random-llama3-float32 --pipeline tiny-random-llama3-bfloat16 \
@@ -120,7 +131,7 @@ for s in "$@"; do
       throughput llama8b-tp$n-b1 Llama-3.1-8B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096 --tensor-parallel-size $n
       ;;
     serving)
-      for c in 1 64 256; do
+      for c in ${SERVING_CONCURRENCY:-1 64 256}; do
         n=$((c == 1 ? 32 : (c == 64 ? 256 : 1000)))
         stage serving 600 $PY -m max.benchmark.benchmark_serving --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
           --devices gpu --max-length 4096 --max-batch-size 256 --skip-tokenizer-init --dataset random \

@@ -45,7 +45,7 @@ def _decode_ready(engine, batch_size: int, prompt_len: int, vocab: int) -> None:
         engine.step()
 
 
-def measure(engine, steps: int) -> dict:
+def measure(engine, steps: int, top_kernels: int = 0, trace: str | None = None) -> dict:
     """Host ms, launches and kernels per decode step (the engine is in steady decode)."""
     device = engine.model.device
 
@@ -69,14 +69,26 @@ def measure(engine, steps: int) -> dict:
         for _ in range(steps):
             engine.step()
         sync()
+    if trace:  # a few steps only: a trace of many steps is tens of megabytes
+        with profile(activities=activities) as short:
+            for _ in range(5):
+                engine.step()
+            sync()
+        short.export_chrome_trace(trace)
     launches = kernels = 0
     gpu_us = 0.0
+    by_kernel: dict[str, list[float]] = {}
     for e in prof.events():
         if e.name in _LAUNCH_CALLS:
             launches += 1
         elif e.device_type == torch.autograd.DeviceType.CUDA:
             kernels += 1
             gpu_us += e.device_time
+            entry = by_kernel.setdefault(e.name[:80], [0, 0.0])
+            entry[0] += 1
+            entry[1] += e.device_time
+    # Where the GPU time goes: the kernels taking most of it, per step.
+    top = sorted(by_kernel.items(), key=lambda kv: -kv[1][1])[:top_kernels]
     return {
         "step_ms": 1000 * wall,
         "host_ms_median": 1000 * statistics.median(times),
@@ -86,6 +98,9 @@ def measure(engine, steps: int) -> dict:
         "kernels_per_step": kernels / steps,
         "gpu_ms_per_step": gpu_us / 1000 / steps,
         "batch_size": engine.stats().num_running,
+        "top_kernels": [
+            {"kernel": name, "per_step": n / steps, "us_per_step": us / steps} for name, (n, us) in top
+        ],
     }
 
 
@@ -97,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=200)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--label", default="")
+    parser.add_argument("--top-kernels", type=int, default=0, help="also list the N kernels taking the most GPU time")
+    parser.add_argument("--trace", help="write a Chrome trace of five more steps here")
     args = parser.parse_args(argv)
     if args.max_batch_size < args.batch_size:
         args.max_batch_size = args.batch_size
@@ -106,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     config = pipeline_config_from_args(args)
     engine = build_engine(resolve_model(config, register_all()))
     _decode_ready(engine, args.batch_size, args.prompt_len, engine.vocab_size)
-    result = measure(engine, args.steps)
+    result = measure(engine, args.steps, args.top_kernels, args.trace)
     engine.close()
     result["label"] = args.label
     result["tokens_per_second"] = result["batch_size"] * 1000 / result["step_ms"]

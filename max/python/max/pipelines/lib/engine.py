@@ -18,6 +18,7 @@ prepared (penalties, prompt logprobs) are read at once.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ class LLMEngine:
         self.model = model
         self.kv_cache = kv_cache
         self.runner = runner or ModelRunner(model, kv_cache, max_batch_size, use_cuda_graphs=False)
+        # Set by `build_engine` when it froze the start-up objects (`gc.freeze`).
+        self.froze_startup_objects = False
         self.async_scheduling = async_scheduling
         self.scheduler = Scheduler(kv_cache, max_batch_size, max_num_batched_tokens, enable_prefix_caching)
         self.eos_token_ids = set(eos_token_ids)
@@ -149,8 +152,12 @@ class LLMEngine:
         return RequestOutput(request_id, [], True, "abort", num_prompt_tokens=request.num_prompt_tokens)
 
     def close(self) -> None:
-        """Stops what the engine started (the other tensor-parallel ranks)."""
+        """Stops what the engine started (the other tensor-parallel ranks), and returns the
+        objects frozen at start-up to the garbage collector."""
         self.runner.close()
+        if self.froze_startup_objects:
+            gc.unfreeze()
+            self.froze_startup_objects = False
 
     def request_ids(self) -> list[str]:
         """Ids of the requests waiting or running."""

@@ -38,6 +38,17 @@ def test_graphs_and_overlap_match_eager_and_cpu_in_float32(checkpoint):
     assert fast.runner.num_replays > 0
 
 
+def test_single_request_prefill_graphs_match_the_cpu(checkpoint):
+    """Lone requests prefill through the padded prefill graphs (lengths across buckets, and
+    a prefix-cache hit that leaves a shorter chunk) and decode the CPU's greedy tokens."""
+    prompts = [[1, 50, 60, 70], [1] + list(range(700, 739)), [1] + list(range(100, 199)), [1] + list(range(100, 150))]
+    cpu_engine, fast = _engine(checkpoint, "cpu"), _engine(checkpoint, "gpu")
+    assert fast.runner.prefill_graph_sizes[-1] == 256  # capped by max_length
+    for prompt in prompts:  # one at a time: the fourth shares 50 tokens with the third
+        assert greedy_tokens(fast, [prompt], 12) == greedy_tokens(cpu_engine, [prompt], 12)
+    assert fast.runner.num_prefill_replays >= len(prompts)
+
+
 def test_seeded_sampling_gives_the_cpu_tokens(checkpoint):
     params = SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.9, top_k=40, seed=11, ignore_eos=True)
 

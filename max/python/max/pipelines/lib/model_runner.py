@@ -5,9 +5,13 @@ Python, the GPU waits for the host most of the time. At start-up the runner capt
 model's decode forward once per batch-size bucket into a CUDA graph over persistent input
 buffers (token ids, positions, context lengths, slots, page table); a step then copies its
 inputs into those buffers (a batch padded up to the next bucket: padding rows have no
-keys and write no KV) and replays the graph, a single launch. Other steps (prefill,
-mixed, larger batches) run eagerly on the same kernels. This is vLLM's GPU model runner's
-part, kept out of both the engine and the architecture's `PipelineModel`.
+keys and write no KV) and replays the graph, a single launch. A step that prefills one
+request (the first token of a lone request: time to first token) replays a graph too, one
+per bucket of prompt-chunk lengths up to `MAX_PREFILL_GRAPH_TOKENS`: padding rows run
+through the products but write no KV, and the prefill kernel reads the real length from
+the device. Other steps (mixed, several prefills, larger batches) run eagerly on the same
+kernels. This is vLLM's GPU model runner's part, kept out of both the engine and the
+architecture's `PipelineModel`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,21 @@ from max.pipelines.lib.pipeline_model import ModelInputs, PipelineModel
 from max_kernels import RaggedLayout
 
 logger = logging.getLogger("max.pipelines")
+
+
+# The longest prompt chunk a single-request prefill graph takes; longer ones run eagerly
+# (there the GPU's work, not the launches, dominates).
+MAX_PREFILL_GRAPH_TOKENS = 512
+
+
+def prefill_graph_sizes(max_tokens: int) -> list[int]:
+    """Prompt-chunk lengths that get a prefill graph: 16, then every 32 to 256 and every 64
+    to `MAX_PREFILL_GRAPH_TOKENS` (a chunk is padded by fewer than 32 tokens up to 256, 64
+    beyond; below ~256 tokens the products' time is the weights' read, not the rows),
+    capped at the step's token budget."""
+    sizes = [16, *range(32, 257, 32), *range(320, MAX_PREFILL_GRAPH_TOKENS + 1, 64)]
+    cap = min(max_tokens, MAX_PREFILL_GRAPH_TOKENS)
+    return [s for s in sizes if s < cap] + ([cap] if cap > 0 else [])
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
@@ -43,23 +62,39 @@ class _Graph:
 
 
 class ModelRunner:
-    """Runs steps for the engine: graph replay for decode batches, eager otherwise."""
+    """Runs steps for the engine: graph replay for decode batches and single-request
+    prefills, eager otherwise."""
 
     def __init__(
-        self, model: PipelineModel, kv_cache: PagedKVCache, max_batch_size: int, use_cuda_graphs: bool
+        self,
+        model: PipelineModel,
+        kv_cache: PagedKVCache,
+        max_batch_size: int,
+        use_cuda_graphs: bool,
+        max_prefill_tokens: int = 0,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self._graphs: dict[int, _Graph] = {}
         self._sizes: list[int] = []
+        self._prefill_graphs: dict[int, _Graph] = {}
+        self._prefill_sizes: list[int] = []
         self.num_replays = 0
+        self.num_prefill_replays = 0
         if use_cuda_graphs and model.device.type == "cuda":
             self._capture(graph_batch_sizes(max_batch_size))
+            if max_prefill_tokens > 0:
+                self._capture_prefill(prefill_graph_sizes(min(max_prefill_tokens, model.max_seq_len)))
 
     @property
     def graph_batch_sizes(self) -> list[int]:
         """Batch sizes with a captured decode graph (empty when running eagerly)."""
         return list(self._sizes)
+
+    @property
+    def prefill_graph_sizes(self) -> list[int]:
+        """Prompt-chunk lengths with a captured single-request prefill graph."""
+        return list(self._prefill_sizes)
 
     def execute(self, inputs: ModelInputs) -> torch.Tensor:
         """Float32 logits [N, vocab] of the step, one row per `inputs.logits_indices` entry.
@@ -70,6 +105,14 @@ class ModelRunner:
         b = layout.num_requests
         if self._sizes and layout.num_decode == b and b <= self._sizes[-1] and len(inputs.logits_rows) == b:
             return self._replay(inputs)
+        if (
+            self._prefill_sizes
+            and b == 1
+            and layout.num_decode == 0
+            and layout.query_lens[0] <= self._prefill_sizes[-1]
+            and inputs.logits_indices.shape[0] == 1
+        ):
+            return self._replay_prefill(inputs)
         return self.model.execute(inputs).logits
 
     def close(self) -> None:
@@ -116,6 +159,67 @@ class ModelRunner:
             time.perf_counter() - start,
         )
 
+    def _capture_prefill(self, sizes: list[int]) -> None:
+        """One graph per chunk length: one request's tokens, its last token's logits."""
+        start = time.perf_counter()
+        model, device = self.model, self.model.device
+        largest = sizes[-1]
+        width = self.kv_cache.params.pages_for_tokens(model.max_seq_len)
+        self._p_tokens = torch.zeros(largest, dtype=torch.int64, device=device)
+        self._p_positions = torch.arange(largest, dtype=torch.int64, device=device)
+        self._p_slots = torch.full((largest,), -1, dtype=torch.int64, device=device)
+        self._p_query_start = torch.tensor([0, largest], dtype=torch.int32, device=device)
+        self._p_context_lens = torch.tensor([largest], dtype=torch.int32, device=device)
+        self._p_page_table = torch.zeros(1, width, dtype=torch.int32, device=device)
+        self._p_logits_index = torch.tensor([largest - 1], dtype=torch.int64, device=device)
+        self._p_logits = torch.empty(1, model.model_config.vocab_size, dtype=torch.float32, device=device)
+        pool = torch.cuda.graph_pool_handle()
+        try:
+            for size in reversed(sizes):
+
+                def layout(size: int = size) -> RaggedLayout:
+                    # A fresh layout for the capture: one that ran eagerly has cached its
+                    # derived tensors outside the graph, and replays would read stale ones.
+                    return RaggedLayout(
+                        query_start=self._p_query_start,
+                        context_lens=self._p_context_lens,
+                        page_table=self._p_page_table,
+                        slot_mapping=self._p_slots[:size],
+                        page_size=self.kv_cache.page_size,
+                        num_decode=0,
+                        # The grid covers `size` rows; the kernel reads the real length.
+                        query_lens=[size],
+                        context_lens_host=None,
+                    )
+
+                # Capture-time inputs: one request of `size` tokens, its last row's logits.
+                self._p_query_start[1] = size
+                self._p_context_lens.fill_(size)
+                self._p_logits_index.fill_(size - 1)
+                args = (self._p_tokens[:size], self._p_positions[:size], self._p_logits_index)
+                with torch.inference_mode():
+                    stream = torch.cuda.Stream()
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream), step_context(layout(), self.kv_cache):
+                        model.model(*args)
+                    torch.cuda.current_stream().wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool), step_context(layout(), self.kv_cache):
+                        self._p_logits.copy_(model.model(*args))
+                self._prefill_graphs[size] = _Graph(size, graph, self._p_logits)
+        except Exception as e:  # an architecture whose prefill cannot be captured runs it eagerly
+            logger.warning("prefill steps run eagerly: capturing them failed (%s: %s)", type(e).__name__, e)
+            self._prefill_graphs.clear()
+            torch.cuda.synchronize(device)
+            return
+        torch.cuda.synchronize(device)
+        self._prefill_sizes = sorted(sizes)
+        logger.info(
+            "captured CUDA graphs for single-request prefills of %s tokens in %.1f s",
+            _ranges(self._prefill_sizes),
+            time.perf_counter() - start,
+        )
+
     def _layout(self, size: int) -> RaggedLayout:
         """The step layout a graph of `size` rows reads, over the persistent buffers."""
         return RaggedLayout(
@@ -149,6 +253,25 @@ class ModelRunner:
         entry.graph.replay()
         self.num_replays += 1
         return entry.logits[:b]
+
+    def _replay_prefill(self, inputs: ModelInputs) -> torch.Tensor:
+        layout = inputs.layout
+        n = layout.query_lens[0]
+        size = next(s for s in self._prefill_sizes if s >= n)
+        # Padding rows keep earlier (valid) token ids and positions; they must write no KV.
+        self._p_tokens[:n].copy_(inputs.tokens)
+        self._p_positions[:n].copy_(inputs.positions)
+        self._p_slots[:n].copy_(layout.slot_mapping)
+        if size > n:
+            self._p_slots[n:size].fill_(-1)
+        self._p_query_start.copy_(layout.query_start)
+        self._p_context_lens.copy_(layout.context_lens)
+        width = layout.page_table.shape[1]
+        self._p_page_table[:, :width].copy_(layout.page_table)
+        self._p_logits_index.copy_(inputs.logits_indices)
+        self._prefill_graphs[size].graph.replay()
+        self.num_prefill_replays += 1
+        return self._p_logits
 
 
 def _ranges(sizes: list[int]) -> str:

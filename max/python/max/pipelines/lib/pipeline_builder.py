@@ -7,6 +7,7 @@ needs the tokenizer, not the weights); `build_engine` does the heavy part.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from dataclasses import dataclass
@@ -190,7 +191,9 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
     )
     # Graphs replay the Triton kernels only; the torch reference ops are shaped on the host.
     use_graphs = device.type == "cuda" and not config.enforce_eager and config.kernels == "auto"
-    runner = ModelRunner(model, kv_cache, config.max_batch_size, use_cuda_graphs=use_graphs)
+    runner = ModelRunner(
+        model, kv_cache, config.max_batch_size, use_cuda_graphs=use_graphs, max_prefill_tokens=config.token_budget()
+    )
     return model, kv_cache, runner
 
 
@@ -216,7 +219,7 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
         runner = TensorParallelRunner(runner, group)
     device = config.device
     vocab = int(resolved.hf_config.vocab_size)
-    return LLMEngine(
+    engine = LLMEngine(
         model,
         kv_cache,
         config.max_batch_size,
@@ -227,3 +230,12 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
         runner=runner,
         async_scheduling=device.type == "cuda" and config.async_scheduling,
     )
+    if device.type == "cuda":
+        # The start-up objects (modules, graphs, the KV cache's tables) live as long as the
+        # engine. Frozen, they are left out of Python's full collections, which otherwise
+        # walk them all and stall a decode step for tens of milliseconds now and then.
+        # vLLM and SGLang do the same after start-up; `LLMEngine.close` unfreezes.
+        gc.collect()
+        gc.freeze()
+        engine.froze_startup_objects = True
+    return engine
