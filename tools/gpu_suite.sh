@@ -149,7 +149,8 @@ for s in "$@"; do
           --report "$OUT/verify-$kernels.md"
       done
       ;;
-    verify-smollm2)
+    verify-smollm2)  # needs the GGUF in $MAX_CACHE_DIR/models (98 MB: carry it in two halves,
+      # in two calls close enough that the machine stays warm, and join them there)
       for kernels in auto torch; do
         stage verify-smollm2 600 $PY max/tests/integration/accuracy/verify_pipelines.py --devices gpu --kernels $kernels \
           --pipeline SmolLM2-135M-Instruct-float32 --pipeline SmolLM2-135M-Instruct-bfloat16 --report "$OUT/verify-smollm2-$kernels.md"
