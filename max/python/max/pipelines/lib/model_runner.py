@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -138,18 +139,8 @@ class ModelRunner:
         pool = torch.cuda.graph_pool_handle()
         # Largest first: the smaller graphs then fit in the memory the first one took.
         for size in reversed(sizes):
-            layout = self._layout(size)
             args = (self._tokens[:size], self._positions[:size], self._rows[:size])
-            with torch.inference_mode(), step_context(layout, self.kv_cache):
-                # An eager run first compiles the Triton kernels and warms the allocator.
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    model.model(*args)
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._logits[:size].copy_(model.model(*args))
+            graph = self._record(pool, lambda size=size: self._layout(size), args, self._logits[:size])
             self._graphs[size] = _Graph(size, graph, self._logits[:size])
         torch.cuda.synchronize(device)
         self._sizes = sorted(sizes)
@@ -178,8 +169,6 @@ class ModelRunner:
             for size in reversed(sizes):
 
                 def layout(size: int = size) -> RaggedLayout:
-                    # A fresh layout for the capture: one that ran eagerly has cached its
-                    # derived tensors outside the graph, and replays would read stale ones.
                     return RaggedLayout(
                         query_start=self._p_query_start,
                         context_lens=self._p_context_lens,
@@ -197,15 +186,7 @@ class ModelRunner:
                 self._p_context_lens.fill_(size)
                 self._p_logits_index.fill_(size - 1)
                 args = (self._p_tokens[:size], self._p_positions[:size], self._p_logits_index)
-                with torch.inference_mode():
-                    stream = torch.cuda.Stream()
-                    stream.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(stream), step_context(layout(), self.kv_cache):
-                        model.model(*args)
-                    torch.cuda.current_stream().wait_stream(stream)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool), step_context(layout(), self.kv_cache):
-                        self._p_logits.copy_(model.model(*args))
+                graph = self._record(pool, layout, args, self._p_logits)
                 self._prefill_graphs[size] = _Graph(size, graph, self._p_logits)
         except Exception as e:  # an architecture whose prefill cannot be captured runs it eagerly
             logger.warning("prefill steps run eagerly: capturing them failed (%s: %s)", type(e).__name__, e)
@@ -219,6 +200,25 @@ class ModelRunner:
             _ranges(self._prefill_sizes),
             time.perf_counter() - start,
         )
+
+    def _record(
+        self, pool, layout: Callable[[], RaggedLayout], args: tuple, out: torch.Tensor
+    ) -> torch.cuda.CUDAGraph:
+        """Runs the network once eagerly (compiling the Triton kernels and warming the
+        allocator), then captures it writing its logits into `out`. Each run gets a fresh
+        layout: one that ran eagerly has cached derived tensors outside the graph, which
+        replays would then read stale."""
+        model = self.model.model
+        with torch.inference_mode():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), step_context(layout(), self.kv_cache):
+                model(*args)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool), step_context(layout(), self.kv_cache):
+                out.copy_(model(*args))
+        return graph
 
     def _layout(self, size: int) -> RaggedLayout:
         """The step layout a graph of `size` rows reads, over the persistent buffers."""
