@@ -21,6 +21,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -60,9 +61,13 @@ class RankGroup:
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.header_group)
         return int(t.item())
 
-    def check_workers(self) -> None:
-        """Raises EngineDeadError if a local rank has died."""
+    def check_workers(self, grace: float = 0.0) -> None:
+        """Raises EngineDeadError if a local rank has died. With `grace`, first gives a rank
+        that is still exiting that many seconds to be reaped (after a failed collective,
+        the peer's socket can close before its process is gone)."""
+        deadline = time.monotonic() + grace
         for rank, proc in enumerate(self.workers, start=1):
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if not proc.is_alive():
                 raise EngineDeadError(f"tensor-parallel rank {rank} exited (exit code {proc.exitcode})")
 
@@ -262,7 +267,7 @@ class TensorParallelRunner:
             return self._execute(inputs)
         except (RuntimeError, dist.DistBackendError) as e:
             # A rank that died mid-step, or a collective that timed out (a hung rank).
-            self.group.check_workers()
+            self.group.check_workers(grace=2.0)
             raise EngineDeadError(f"the tensor-parallel group failed during a step: {e}") from e
 
     def _execute(self, inputs: ModelInputs) -> torch.Tensor:
