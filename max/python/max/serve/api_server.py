@@ -33,6 +33,7 @@ from starlette.routing import Route
 from max.errors import MaxError
 from max.pipelines.lib import RequestTextStream, TextDelta, TextTokenizer, TokenLogprob
 from max.pipelines.lib.harmony import HarmonyParser, HarmonyTokens
+from max.pipelines.lib.structured_output import grammar_for
 from max.serve import openai_responses as responses
 from max.serve.engine_supervisor import SupervisedEngine
 from max.serve.error_redaction import redact
@@ -116,6 +117,18 @@ class GenerationHandler:
             return out
         except MaxError as e:
             raise ApiError(400, str(e), param="messages" if gen.chat_messages else "prompt") from None
+
+    async def _check_constraint(self, gen: GenerationRequest) -> None:
+        """Compiles the request's output constraint (cached), so that a bad schema or an
+        unsupported feature is a 400 naming it, before the engine sees the request."""
+        param = gen.constraint_param
+        if self.state.tokenizer is None:
+            raise ApiError(400, "structured outputs need a tokenizer (this server runs with --skip-tokenizer-init)",
+                           param=param, code="tokenizer_required")  # fmt: skip
+        try:
+            await asyncio.to_thread(grammar_for, gen.params.structured_output)
+        except MaxError as e:
+            raise ApiError(400, str(e), param=param, code="unsupported_constraint") from None
 
     def _harmony_parser(self, prompt_ids: list[int]) -> HarmonyParser | None:
         """A parser of the harmony channels, for a harmony model's chat choice (else None)."""
@@ -245,6 +258,8 @@ class GenerationHandler:
                 headers={"Retry-After": str(state.limits.retry_after_seconds)},
             )  # fmt: skip
         check_prompt_chars(gen, state.limits.prompt_chars(state.max_seq_len))
+        if gen.params.structured_output is not None:
+            await self._check_constraint(gen)
         prompt_ids = await self._prompt_ids(gen)
         base_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         choices = self._choices(gen, prompt_ids, base_id)
