@@ -33,7 +33,16 @@ from starlette.routing import Route
 from max.errors import MaxError
 from max.pipelines.lib import RequestTextStream, TextDelta, TextTokenizer, TokenLogprob
 from max.pipelines.lib.harmony import HarmonyParser, HarmonyTokens
-from max.pipelines.lib.structured_output import grammar_for
+from max.pipelines.lib.structured_output import StructuredOutput, grammar_for
+from max.pipelines.lib.tool_calls import (
+    HERMES,
+    TAGS,
+    ToolCallParser,
+    detect_format,
+    messages_without_tool_fields,
+    template_knows_tools,
+    tool_call_grammar,
+)
 from max.serve import openai_responses as responses
 from max.serve.engine_supervisor import SupervisedEngine
 from max.serve.error_redaction import redact
@@ -83,6 +92,16 @@ class _Choice:
     error: str | None = None
     server_error: bool = False
     harmony: HarmonyParser | None = None  # a harmony model's chat: splits final from analysis
+    tools: ToolCallParser | None = None  # a chat with tools: splits calls from content
+    tool_calls_sent: int = 0  # streaming: calls sent so far (their `index`)
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The stream's, or `tool_calls` when the answer ended with calls."""
+        reason = self.stream.finish_reason
+        if reason == "stop" and self.tools is not None and self.tools.calls:
+            return "tool_calls"
+        return reason
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -103,8 +122,15 @@ class GenerationHandler:
             _check_tokenizer_free(gen)
         try:
             if gen.chat_messages is not None:
-                template_kwargs = {"reasoning_effort": gen.reasoning_effort} if gen.reasoning_effort else None
-                return [await asyncio.to_thread(tokenizer.encode_chat, gen.chat_messages, template_kwargs)]
+                template_kwargs = {"reasoning_effort": gen.reasoning_effort} if gen.reasoning_effort else {}
+                messages = gen.chat_messages
+                tools = gen.tools if gen.tool_choice != "none" else None
+                if template_knows_tools(tokenizer.hf.chat_template):
+                    if tools:
+                        template_kwargs["tools"] = tools
+                elif tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+                    messages = messages_without_tool_fields(messages, tools)
+                return [await asyncio.to_thread(tokenizer.encode_chat, messages, template_kwargs or None)]
             out = []
             for prompt in gen.prompts:
                 if isinstance(prompt, str):
@@ -117,6 +143,25 @@ class GenerationHandler:
             return out
         except MaxError as e:
             raise ApiError(400, str(e), param="messages" if gen.chat_messages else "prompt") from None
+
+    def _tool_format(self) -> str:
+        """The tool-call format of the served model (hermes for templates without tools)."""
+        template = self.state.tokenizer.hf.chat_template
+        return detect_format(template) if template_knows_tools(template) else HERMES
+
+    def _force_tool_calls(self, gen: GenerationRequest) -> None:
+        """tool_choice required or named: a grammar lets the model write only calls."""
+        if gen.params.structured_output is not None:
+            raise invalid(gen.constraint_param, f"'tool_choice': {gen.tool_choice!r} cannot be combined with an output constraint")
+        tools = gen.tools
+        if isinstance(gen.tool_choice, dict):
+            tools = [t for t in tools if t["function"]["name"] == gen.tool_choice["function"]["name"]]
+        tokenizer = self.state.tokenizer
+        tags = [tokenizer.encode(tag, add_special_tokens=False) for tag in TAGS]
+        tag_ids = (tags[0][0], tags[1][0]) if all(len(ids) == 1 for ids in tags) else None
+        grammar = tool_call_grammar(tools, self._tool_format(), gen.parallel_tool_calls, tag_ids)
+        gen.params.structured_output = StructuredOutput("lark", grammar)
+        gen.constraint_param = "tools"
 
     async def _check_constraint(self, gen: GenerationRequest) -> None:
         """Compiles the request's output constraint (cached), so that a bad schema or an
@@ -175,7 +220,8 @@ class GenerationHandler:
                 )
                 stream = RequestTextStream(self.state.tokenizer, ids, params)
                 harmony = self._harmony_parser(ids) if gen.chat_messages is not None else None
-                choices.append(_Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream, harmony=harmony))
+                tools = ToolCallParser(self._tool_format()) if gen.tools and gen.tool_choice != "none" else None
+                choices.append(_Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream, harmony=harmony, tools=tools))
         return choices
 
     # -- running -------------------------------------------------------------------------
@@ -224,6 +270,8 @@ class GenerationHandler:
             delta = choice.stream.update(output)
             if choice.harmony is not None:
                 delta = choice.harmony.split(delta)
+            if choice.tools is not None:
+                delta = _split_tool_calls(choice.tools, delta)
             if delta.logprobs:
                 choice.logprobs.extend(delta.logprobs)
             if sink is not None:
@@ -258,6 +306,8 @@ class GenerationHandler:
                 headers={"Retry-After": str(state.limits.retry_after_seconds)},
             )  # fmt: skip
         check_prompt_chars(gen, state.limits.prompt_chars(state.max_seq_len))
+        if gen.tools and state.tokenizer is not None and (gen.tool_choice == "required" or isinstance(gen.tool_choice, dict)):
+            self._force_tool_calls(gen)
         if gen.params.structured_output is not None:
             await self._check_constraint(gen)
         prompt_ids = await self._prompt_ids(gen)
@@ -309,7 +359,7 @@ class GenerationHandler:
                     "index": c.index,
                     "message": _chat_message(c),
                     "logprobs": responses.chat_logprobs(tokenizer, c.logprobs) if gen.logprobs is not None else None,
-                    "finish_reason": c.stream.finish_reason,
+                    "finish_reason": c.finish_reason,
                     **self._ids_fields(gen, c),
                 }
                 for c in choices
@@ -380,14 +430,15 @@ class GenerationHandler:
                     and not delta.finished
                     and not (gen.logprobs is not None and delta.logprobs)
                     and not (want_ids and delta.token_ids)
+                    and not delta.tool_calls
                 ):
                     continue
-                finish = delta.finish_reason if delta.finished else None
+                finish = choice.finish_reason if delta.finished else None
                 if chat:
                     logprobs = None
                     if gen.logprobs is not None and delta.logprobs:
                         logprobs = responses.chat_logprobs(tokenizer, delta.logprobs)
-                    item = {"index": choice.index, "delta": _chat_delta(delta, finish), "logprobs": logprobs, "finish_reason": finish}
+                    item = {"index": choice.index, "delta": _chat_delta(delta, finish, choice), "logprobs": logprobs, "finish_reason": finish}
                 else:
                     logprobs = None
                     if gen.logprobs is not None and delta.logprobs:
@@ -410,18 +461,43 @@ class GenerationHandler:
 
 
 def _chat_message(choice: _Choice) -> dict[str, Any]:
-    """A chat choice's message; a harmony model's reasoning goes to `reasoning_content`."""
+    """A chat choice's message; a harmony model's reasoning goes to `reasoning_content`,
+    tool calls to `tool_calls` (the content is then what is left, or null)."""
     if choice.harmony is None:
-        return {"role": "assistant", "content": choice.stream.text}
-    return {"role": "assistant", "content": choice.harmony.content, "reasoning_content": choice.harmony.reasoning or None}
+        message = {"role": "assistant", "content": choice.stream.text}
+    else:
+        message = {"role": "assistant", "content": choice.harmony.content, "reasoning_content": choice.harmony.reasoning or None}
+    if choice.tools is not None:
+        message["content"] = choice.tools.content.strip() or None
+        if choice.tools.calls:
+            message["tool_calls"] = [_tool_call(call) for call in choice.tools.calls]
+    return message
 
 
-def _chat_delta(delta: TextDelta, finish: str | None) -> dict[str, Any]:
-    """A streamed chat chunk's `delta`: new reasoning and/or content (an empty content
-    unless the chunk only finishes the choice)."""
+def _tool_call(call, index: int | None = None) -> dict[str, Any]:
+    body = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return body if index is None else {"index": index, **body}
+
+
+def _split_tool_calls(parser: ToolCallParser, delta: TextDelta) -> TextDelta:
+    """`delta` with the text of tool calls taken out of its content and the calls it
+    completes in `tool_calls`."""
+    content, calls = parser.feed(delta.text)
+    if delta.finished:
+        rest, more = parser.finish()
+        content, calls = content + rest, calls + more
+    return dataclasses.replace(delta, text=content, tool_calls=calls)
+
+
+def _chat_delta(delta: TextDelta, finish: str | None, choice: _Choice) -> dict[str, Any]:
+    """A streamed chat chunk's `delta`: new reasoning, content and/or tool calls (an empty
+    content unless the chunk only finishes the choice or carries calls)."""
     body: dict[str, Any] = {}
     if delta.reasoning_text:
         body["reasoning_content"] = delta.reasoning_text
+    if delta.tool_calls:
+        body["tool_calls"] = [_tool_call(call, choice.tool_calls_sent + i) for i, call in enumerate(delta.tool_calls)]
+        choice.tool_calls_sent += len(delta.tool_calls)
     if delta.text or not (finish or body):
         body["content"] = delta.text
     return body

@@ -8,6 +8,7 @@ anything malformed raises `ApiError`, which the server turns into
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,9 @@ class GenerationRequest:
     return_token_ids: bool = False  # add the ids (prompt_token_ids, token_ids) to each choice
     reasoning_effort: str | None = None  # chat: passed to the chat template (gpt-oss)
     constraint_param: str | None = None  # the field that set params.structured_output
+    tools: list[dict[str, Any]] | None = None  # chat: OpenAI function tools
+    tool_choice: str | dict[str, Any] = "none"  # "none", "auto", "required" or a named function
+    parallel_tool_calls: bool = True
 
 
 def _sampling(f: _Fields) -> SamplingParams:
@@ -290,7 +294,15 @@ def parse_chat_request(body: Any) -> GenerationRequest:
         role = message.get("role")
         if role not in ("system", "user", "assistant", "developer", "tool"):
             raise invalid(f"messages[{i}].role", f"unknown role {role!r}")
-        parsed.append({"role": "system" if role == "developer" else role, "content": _message_content(message, i)})
+        entry = {"role": "system" if role == "developer" else role, "content": _message_content(message, i)}
+        if role == "assistant" and message.get("tool_calls"):
+            entry["tool_calls"] = _message_tool_calls(message["tool_calls"], i)
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise invalid(f"messages[{i}].tool_call_id", "a tool message needs its 'tool_call_id' (a string)")
+            entry["tool_call_id"] = call_id
+        parsed.append(entry)
     max_tokens = f.integer("max_completion_tokens", None, 1)
     if max_tokens is None:
         max_tokens = f.integer("max_tokens", None, 1)
@@ -301,7 +313,11 @@ def parse_chat_request(body: Any) -> GenerationRequest:
     effort = f.get("reasoning_effort", (str,), None)
     if effort is not None and effort not in REASONING_EFFORTS:
         raise invalid("reasoning_effort", f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
+    tools, tool_choice, parallel = _tools(f)
     gen = GenerationRequest(
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
         reasoning_effort=effort,
         chat_messages=parsed,
         prompts=[],
@@ -312,6 +328,70 @@ def parse_chat_request(body: Any) -> GenerationRequest:
         **common,
     )
     return _constrained(f, gen)
+
+
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _tools(f: _Fields) -> tuple[list[dict[str, Any]] | None, str | dict[str, Any], bool]:
+    """`tools`, `tool_choice` (default: auto with tools, none without) and
+    `parallel_tool_calls`, validated."""
+    tools = f.get("tools", (list,), None)
+    if tools is not None:
+        for i, tool in enumerate(tools):
+            path = f"tools[{i}]"
+            if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+                raise invalid(path, f"'{path}' must be an object with 'type': 'function'")
+            function = tool.get("function")
+            if not isinstance(function, dict):
+                raise invalid(f"{path}.function", f"'{path}.function' must be an object")
+            name = function.get("name")
+            if not isinstance(name, str) or not _TOOL_NAME.match(name):
+                raise invalid(f"{path}.function.name", "a function name is 1 to 64 letters, digits, '_' or '-'")
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise invalid(f"{path}.function.parameters", "'parameters' must be a JSON schema (an object)")
+            description = function.get("description")
+            if description is not None and not isinstance(description, str):
+                raise invalid(f"{path}.function.description", "'description' must be a string")
+        tools = [{"type": "function", "function": t["function"]} for t in tools] or None
+    choice = f.body.get("tool_choice")
+    if choice is None:
+        choice = "auto" if tools else "none"
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise invalid("tool_choice", "a named 'tool_choice' is {'type': 'function', 'function': {'name': ...}}")
+        if not any(t["function"]["name"] == name for t in tools or []):
+            raise invalid("tool_choice", f"'tool_choice' names {name!r}, which is not in 'tools'")
+        choice = {"type": "function", "function": {"name": name}}
+    elif choice not in ("none", "auto", "required"):
+        raise invalid("tool_choice", "'tool_choice' must be none, auto, required or a named function")
+    elif choice != "none" and not tools:
+        raise invalid("tool_choice", f"'tool_choice': {choice!r} needs 'tools'")
+    parallel = f.get("parallel_tool_calls", (bool,), True)
+    return tools, choice, parallel
+
+
+def _message_tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+    """An assistant message's `tool_calls`, their arguments parsed (chat templates want
+    objects)."""
+    path = f"messages[{index}].tool_calls"
+    if not isinstance(calls, list):
+        raise invalid(path, f"'{path}' must be an array")
+    out = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise invalid(f"{path}[{j}]", "a tool call is {'id', 'type': 'function', 'function': {'name', 'arguments'}}")
+        args = function.get("arguments", "{}")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                raise invalid(f"{path}[{j}].function.arguments", "'arguments' must be JSON text") from None
+        out.append({"id": call.get("id"), "type": "function", "function": {"name": function["name"], "arguments": args}})
+    return out
 
 
 def _prompts(value: Any) -> list[str | list[int]]:

@@ -196,3 +196,27 @@ def test_bad_constraints_are_400_naming_them(server, extra, status, words):
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert words in error["message"] or words == error["param"], error
+
+
+def test_named_tool_on_a_template_without_tools(client):
+    # SmolLM2's chat template knows no tools: they go to the system prompt (hermes format)
+    # and the grammar makes the named call.
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"word": {"type": "string", "maxLength": 12}}, "required": ["word"]},
+        },
+    }
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Look up the word 'cat'."}],
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "lookup"}},
+        parallel_tool_calls=False,
+        max_tokens=40,
+        temperature=0,
+    ).choices[0]
+    assert reply.finish_reason == "tool_calls", reply
+    (call,) = reply.message.tool_calls
+    assert call.function.name == "lookup" and set(json.loads(call.function.arguments)) == {"word"}
