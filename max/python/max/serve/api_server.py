@@ -122,15 +122,8 @@ class GenerationHandler:
             _check_tokenizer_free(gen)
         try:
             if gen.chat_messages is not None:
-                template_kwargs = {"reasoning_effort": gen.reasoning_effort} if gen.reasoning_effort else {}
-                messages = gen.chat_messages
-                tools = gen.tools if gen.tool_choice != "none" else None
-                if template_knows_tools(tokenizer.hf.chat_template):
-                    if tools:
-                        template_kwargs["tools"] = tools
-                elif tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
-                    messages = messages_without_tool_fields(messages, tools)
-                return [await asyncio.to_thread(tokenizer.encode_chat, messages, template_kwargs or None)]
+                messages, template_kwargs = self._chat_inputs(gen)
+                return [await asyncio.to_thread(tokenizer.encode_chat, messages, template_kwargs)]
             out = []
             for prompt in gen.prompts:
                 if isinstance(prompt, str):
@@ -143,6 +136,19 @@ class GenerationHandler:
             return out
         except MaxError as e:
             raise ApiError(400, str(e), param="messages" if gen.chat_messages else "prompt") from None
+
+    def _chat_inputs(self, gen: GenerationRequest) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The messages and template variables the chat template renders: the tools (unless
+        tool_choice is none) for a template that knows them, else the hermes fallback."""
+        template_kwargs = {"reasoning_effort": gen.reasoning_effort} if gen.reasoning_effort else {}
+        messages = gen.chat_messages
+        tools = gen.tools if gen.tool_choice != "none" else None
+        if template_knows_tools(self.state.tokenizer.hf.chat_template):
+            if tools:
+                template_kwargs["tools"] = tools
+        elif tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            messages = messages_without_tool_fields(messages, tools)
+        return messages, template_kwargs or None
 
     def _tool_format(self) -> str:
         """The tool-call format of the served model (hermes for templates without tools)."""
@@ -289,6 +295,63 @@ class GenerationHandler:
         return ApiError(400, message)
 
     # -- endpoints -----------------------------------------------------------------------
+    def _text_tokenizer(self, body: dict[str, Any]) -> TextTokenizer:
+        """The tokenizer, for /tokenize and /detokenize (checks the body's model)."""
+        if body.get("model") is not None and body["model"] != self.state.served_model_name:
+            raise ApiError(400, f"model {body['model']!r} is not served here", param="model", code="model_not_found")
+        if self.state.tokenizer is None:
+            raise ApiError(400, "this server runs without a tokenizer (--skip-tokenizer-init)", code="tokenizer_required")
+        return self.state.tokenizer
+
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's /tokenize: `prompt` (with `add_special_tokens`) or chat `messages` (with
+        `add_generation_prompt`, `tools`) to token ids; `return_token_strs` adds each token's text."""
+        body = await read_json(request, self.state.limits)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        tokenizer = self._text_tokenizer(body)
+        limit = self.state.limits.prompt_chars(self.state.max_seq_len)
+        try:
+            if "messages" in body:
+                gen = parse_chat_request({**body, "model": self.state.served_model_name})
+                check_prompt_chars(gen, limit)
+                add_generation = body.get("add_generation_prompt", True)
+                if not isinstance(add_generation, bool):
+                    raise invalid("add_generation_prompt", "'add_generation_prompt' must be a boolean")
+                messages, kwargs = self._chat_inputs(gen)
+                text = await asyncio.to_thread(tokenizer.render_chat, messages, add_generation, kwargs)
+                ids = await asyncio.to_thread(tokenizer.encode, text, False)
+            else:
+                prompt = body.get("prompt")
+                if not isinstance(prompt, str):
+                    raise invalid("prompt", "'prompt' (a string) or 'messages' is required")
+                if len(prompt) > limit:
+                    raise invalid("prompt", f"the prompt has {len(prompt)} characters, more than the limit of {limit}")
+                special = body.get("add_special_tokens", True)
+                if not isinstance(special, bool):
+                    raise invalid("add_special_tokens", "'add_special_tokens' must be a boolean")
+                ids = await asyncio.to_thread(tokenizer.encode, prompt, special)
+        except MaxError as e:
+            raise ApiError(400, str(e), param="messages" if "messages" in body else "prompt") from None
+        out: dict[str, Any] = {"count": len(ids), "max_model_len": self.state.max_seq_len, "tokens": ids}
+        if body.get("return_token_strs"):
+            out["token_strs"] = [tokenizer.token_text(t) for t in ids]
+        return JSONResponse(out)
+
+    async def detokenize(self, request: Request) -> Response:
+        """vLLM's /detokenize: `tokens` (ids) to the `prompt` text."""
+        body = await read_json(request, self.state.limits)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        tokenizer = self._text_tokenizer(body)
+        ids = body.get("tokens")
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise invalid("tokens", "'tokens' must be a list of token ids")
+        bad = next((t for t in ids if not 0 <= t < self.state.vocab_size), None)
+        if bad is not None:
+            raise invalid("tokens", f"token id {bad} is outside the vocabulary (size {self.state.vocab_size})")
+        return JSONResponse({"prompt": await asyncio.to_thread(tokenizer.decode, ids, False)})
+
     async def handle(self, request: Request, chat: bool) -> Response:
         state = self.state
         body = await read_json(request, state.limits)
@@ -557,6 +620,12 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
     async def completions(request: Request) -> Response:
         return await handler.handle(request, chat=False)
 
+    async def tokenize(request: Request) -> Response:
+        return await handler.tokenize(request)
+
+    async def detokenize(request: Request) -> Response:
+        return await handler.detokenize(request)
+
     async def models(request: Request) -> Response:
         return JSONResponse(
             {
@@ -606,6 +675,8 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/detokenize", detokenize, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -275,3 +275,38 @@ def test_api_key_and_sigterm(tmp_path):
         assert httpx.get(f"{srv.url}/health").status_code == 200  # health needs no key
         assert srv.stop(signal.SIGTERM) == 0
         assert "Server ready on" in srv.log()
+
+
+def test_tokenize_and_detokenize(server):
+    post = lambda path, body: httpx.post(server.url + path, json=body, timeout=30)  # noqa: E731
+    r = post("/tokenize", {"model": MODEL, "prompt": "Hello there"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == len(body["tokens"]) > 0 and body["max_model_len"] == 256
+    back = post("/detokenize", {"model": MODEL, "tokens": body["tokens"]}).json()
+    assert back["prompt"].endswith("Hello there")
+    chat = post("/tokenize", {"messages": [{"role": "user", "content": "Hi"}], "return_token_strs": True}).json()
+    assert len(chat["token_strs"]) == chat["count"]
+    rendered = post("/detokenize", {"tokens": chat["tokens"]}).json()["prompt"]
+    assert "Hi" in rendered and rendered.endswith("assistant\n")  # the generation prompt
+    # The chat endpoint prompts exactly these tokens.
+    reply = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "return_token_ids": True},
+        timeout=30,
+    ).json()
+    assert reply["choices"][0]["prompt_token_ids"] == chat["tokens"]
+    assert post("/detokenize", {"tokens": [10**9]}).status_code == 400
+    assert post("/tokenize", {"model": MODEL}).json()["error"]["param"] == "prompt"
+
+
+def test_max_completion_tokens_is_max_tokens(client):
+    for create in (client.completions.create, None):
+        if create is None:
+            reply = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=3,
+                temperature=0, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+        else:
+            reply = create(model=MODEL, prompt="Hi", temperature=0, extra_body={"max_completion_tokens": 3, "ignore_eos": True})
+        assert reply.usage.completion_tokens == 3
