@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API (starlette).
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health
-(and /v1/health), GET /metrics. The HTTP process parses, tokenizes, applies chat templates
+(and /v1/health), GET /metrics, POST /tokenize, POST /detokenize, GET /openapi.json
+(the bodies' pydantic models are in openai_models.py). The HTTP process parses, tokenizes, applies chat templates
 and detokenizes; the engine process only sees token ids. Without a tokenizer
 (`--skip-tokenizer-init`) only /v1/completions with token-id prompts is served, and each
 choice carries its generated ids in `token_ids`. Every failure a client can cause
@@ -48,6 +49,14 @@ from max.serve.engine_supervisor import SupervisedEngine
 from max.serve.error_redaction import redact
 from max.serve.http_guard import HttpGuard, queue_full
 from max.serve.metrics import ServerMetrics
+from max.serve.openai_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    openapi_document,
+    validate_body,
+)
 from max.serve.openai_protocol import (
     ApiError,
     GenerationRequest,
@@ -309,6 +318,7 @@ class GenerationHandler:
         body = await read_json(request, self.state.limits)
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        validate_body(TokenizeRequest, body)
         tokenizer = self._text_tokenizer(body)
         limit = self.state.limits.prompt_chars(self.state.max_seq_len)
         try:
@@ -343,6 +353,7 @@ class GenerationHandler:
         body = await read_json(request, self.state.limits)
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        validate_body(DetokenizeRequest, body)
         tokenizer = self._text_tokenizer(body)
         ids = body.get("tokens")
         if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
@@ -355,6 +366,7 @@ class GenerationHandler:
     async def handle(self, request: Request, chat: bool) -> Response:
         state = self.state
         body = await read_json(request, state.limits)
+        validate_body(ChatCompletionRequest if chat else CompletionRequest, body)
         gen = parse_chat_request(body) if chat else parse_completion_request(body)
         if gen.model != state.served_model_name:
             raise ApiError(
@@ -626,6 +638,11 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
     async def detokenize(request: Request) -> Response:
         return await handler.detokenize(request)
 
+    openapi = openapi_document()
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
     async def models(request: Request) -> Response:
         return JSONResponse(
             {
@@ -676,6 +693,7 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/detokenize", detokenize, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),

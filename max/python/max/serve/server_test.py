@@ -310,3 +310,21 @@ def test_max_completion_tokens_is_max_tokens(client):
         else:
             reply = create(model=MODEL, prompt="Hi", temperature=0, extra_body={"max_completion_tokens": 3, "ignore_eos": True})
         assert reply.usage.completion_tokens == 3
+
+
+def test_openapi_json_is_valid_openapi_3_and_lists_every_route(server):
+    from openapi_spec_validator import validate
+
+    document = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    validate(document)
+    assert document["openapi"].startswith("3.")
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize"):
+        assert path in document["paths"], path
+
+
+def test_typed_bodies_name_the_path_and_ignore_unknown_fields(server):
+    post = lambda body: httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)  # noqa: E731
+    ok = post({"model": MODEL, "messages": [{"role": "user", "content": "x", "extra": 1}], "max_tokens": 1, "x_unknown": {"a": 1}})
+    assert ok.status_code == 200, ok.text
+    bad = post({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages[0].content[0].text", bad.text
