@@ -65,10 +65,14 @@ def checkpoint(tmp_path_factory):
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), llama_config(), seed=3, with_tokenizer=True)
 
 
-def _engine(path, asynchronous=False):
-    config = PipelineConfig(model_path=str(path), kv_cache_page_size=4, max_length=256, max_batch_size=8)
+def _engine(path, asynchronous=False, devices="cpu"):
+    config = PipelineConfig(
+        model_path=str(path), devices=devices, quantization_encoding="float32", kv_cache_page_size=4,
+        max_length=256, max_batch_size=8,
+    )  # fmt: skip
     engine = build_engine(resolve_model(config, register_all()))
-    engine.async_scheduling = asynchronous
+    if devices == "cpu":
+        engine.async_scheduling = asynchronous
     return engine
 
 
@@ -94,12 +98,20 @@ SCHEMA = {
 }
 
 
-@pytest.mark.parametrize("asynchronous", [False, True])
-def test_constrained_and_free_requests_in_one_batch(checkpoint, asynchronous):
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "asynchronous, devices",
+    # On the GPU: the Triton sampler, CUDA graphs and asynchronous scheduling (the default).
+    [(False, "cpu"), (True, "cpu"), pytest.param(True, "gpu", marks=GPU)],
+)
+def test_constrained_and_free_requests_in_one_batch(checkpoint, asynchronous, devices):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
-    engine = _engine(checkpoint, asynchronous)
+    engine = _engine(checkpoint, asynchronous, devices)
+    assert engine.async_scheduling == asynchronous
     free = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
     alone, _ = _run(engine, [("free", [1, 50, 60], free)])
     constraints = {
