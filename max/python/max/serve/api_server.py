@@ -277,11 +277,14 @@ class GenerationHandler:
                 now = time.monotonic()
                 if first:
                     metrics.time_to_first_token.observe(now - start)
+                    metrics.vllm.first_output(output.num_prompt_tokens, output.num_cached_tokens, now - start)
                     first = False
                 else:
                     metrics.inter_token_latency.observe(now - last)
+                    metrics.vllm.next_token(now - last)
                 last = now
                 metrics.generation_tokens += len(output.new_token_ids)
+                metrics.vllm.generation_tokens.labels(metrics.vllm.model_name).inc(len(output.new_token_ids))
             delta = choice.stream.update(output)
             if choice.harmony is not None:
                 delta = choice.harmony.split(delta)
@@ -294,7 +297,9 @@ class GenerationHandler:
             if choice.stream.finished:
                 if delta.stopped_by_string:
                     self.state.engine.abort(choice.request_id)
-                metrics.request_latency.observe(time.monotonic() - start)
+                latency = time.monotonic() - start
+                metrics.request_latency.observe(latency)
+                metrics.vllm.finished(choice.finish_reason, len(choice.prompt_ids), len(choice.stream.token_ids), latency)
                 return
 
     def _generation_error(self, message: str, server_error: bool = False) -> ApiError:
@@ -391,6 +396,7 @@ class GenerationHandler:
         if state.metrics.in_flight + len(choices) > state.limits.max_queue_size:
             raise queue_full(state.limits.max_queue_size, state.limits.retry_after_seconds)
         state.metrics.prompt_tokens += sum(len(ids) for ids in prompt_ids)
+        state.metrics.vllm.prompt_tokens.labels(state.served_model_name).inc(sum(len(ids) for ids in prompt_ids))
         if state.log_requests:
             logger.info("%s: %d prompt(s), %d choice(s), stream=%s", base_id, len(prompt_ids), len(choices), gen.stream)
         if gen.stream:
@@ -625,6 +631,7 @@ async def _wait_for_disconnect(request: Request) -> None:
 def create_app(state: ServerState, lifespan=None) -> Starlette:
     """The ASGI application (`lifespan`: starlette lifespan context, e.g. engine attach)."""
     handler = GenerationHandler(state)
+    state.metrics.vllm.model_name = state.served_model_name
 
     async def chat_completions(request: Request) -> Response:
         return await handler.handle(request, chat=True)

@@ -328,3 +328,21 @@ def test_typed_bodies_name_the_path_and_ignore_unknown_fields(server):
     assert ok.status_code == 200, ok.text
     bad = post({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages[0].content[0].text", bad.text
+
+
+def test_vllm_metric_names(server, client):
+    client.completions.create(model=MODEL, prompt="Hello there", max_tokens=3, temperature=0, extra_body={"ignore_eos": True})
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("vllm:") and f'model_name="{MODEL}"' in line:
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0]] = values.get(name.split("{")[0], 0) + float(value)
+    for name in (
+        "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
+        "vllm:time_to_first_token_seconds_count", "vllm:time_per_output_token_seconds_count",
+        "vllm:e2e_request_latency_seconds_count", "vllm:prefix_cache_queries_total",
+    ):  # fmt: skip
+        assert values.get(name, 0) > 0, (name, text)
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:prefix_cache_hits_total"):
+        assert name in values, name
