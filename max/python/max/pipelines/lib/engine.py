@@ -162,7 +162,12 @@ class LLMEngine:
         if self._grammar is None:
             if self._grammar_factory is None:
                 raise MaxError("structured outputs need the model's tokenizer (this engine runs without one)")
-            self._grammar = self._grammar_factory()
+            try:
+                self._grammar = self._grammar_factory()
+            except MaxError:
+                raise
+            except Exception as e:  # e.g. llguidance takes only fast (Rust) tokenizers
+                raise MaxError(f"structured outputs are not available with this tokenizer: {e}") from None
         return self._grammar.matcher(params.structured_output)
 
     def abort(self, request_id: str) -> RequestOutput | None:
