@@ -103,6 +103,7 @@ class _Choice:
     harmony: HarmonyParser | None = None  # a harmony model's chat: splits final from analysis
     tools: ToolCallParser | None = None  # a chat with tools: splits calls from content
     tool_calls_sent: int = 0  # streaming: calls sent so far (their `index`)
+    chat: bool = False
 
     @property
     def finish_reason(self) -> str | None:
@@ -236,7 +237,10 @@ class GenerationHandler:
                 stream = RequestTextStream(self.state.tokenizer, ids, params)
                 harmony = self._harmony_parser(ids) if gen.chat_messages is not None else None
                 tools = ToolCallParser(self._tool_format()) if gen.tools and gen.tool_choice != "none" else None
-                choices.append(_Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream, harmony=harmony, tools=tools))
+                choices.append(
+                    _Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream, harmony=harmony, tools=tools,
+                            chat=gen.chat_messages is not None)
+                )  # fmt: skip
         return choices
 
     # -- running -------------------------------------------------------------------------
@@ -290,6 +294,8 @@ class GenerationHandler:
                 delta = choice.harmony.split(delta)
             if choice.tools is not None:
                 delta = _split_tool_calls(choice.tools, delta)
+            if delta.logprobs and choice.chat and delta.finished:
+                delta = self._without_end_token(delta)
             if delta.logprobs:
                 choice.logprobs.extend(delta.logprobs)
             if sink is not None:
@@ -301,6 +307,14 @@ class GenerationHandler:
                 metrics.request_latency.observe(latency)
                 metrics.vllm.finished(choice.finish_reason, len(choice.prompt_ids), len(choice.stream.token_ids), latency)
                 return
+
+    def _without_end_token(self, delta: TextDelta) -> TextDelta:
+        """Chat logprobs cover the message's tokens: the end-of-turn token that finished
+        it (EOS, which adds no text) is left out, as OpenAI does."""
+        last = delta.logprobs[-1].token_id
+        if delta.stopped_by_string or last not in self.state.tokenizer.eos_token_ids:
+            return delta
+        return dataclasses.replace(delta, logprobs=delta.logprobs[:-1])
 
     def _generation_error(self, message: str, server_error: bool = False) -> ApiError:
         """The error of a request the engine refused (400) or could not run (engine down: 500)."""

@@ -220,3 +220,21 @@ def test_named_tool_on_a_template_without_tools(client):
     assert reply.finish_reason == "tool_calls", reply
     (call,) = reply.message.tool_calls
     assert call.function.name == "lookup" and set(json.loads(call.function.arguments)) == {"word"}
+
+
+def test_chat_logprobs_cover_exactly_the_content(client):
+    for stream in (False, True):
+        kwargs = dict(
+            model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=40, temperature=0, logprobs=True
+        )
+        if stream:
+            chunks = [c for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+            content = "".join(c.choices[0].delta.content or "" for c in chunks)
+            tokens = [t.token for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+            finish = chunks[-1].choices[0].finish_reason
+        else:
+            choice = client.chat.completions.create(**kwargs).choices[0]
+            content, finish = choice.message.content, choice.finish_reason
+            tokens = [t.token for t in choice.logprobs.content]
+        assert finish == "stop"  # ended by its EOS, which is not part of the content
+        assert "".join(tokens) == content
