@@ -44,6 +44,9 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+_U_MAX = 1.0 - 2.0**-24  # the largest float32 below 1
+
+
 def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Float32 in (0, 1) of shape [N, vocab]: a pure function of (seed, step, token)."""
     seeds = seeds.to(torch.int64)
@@ -51,7 +54,10 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> 
     row = hash32(row ^ hash32(steps.to(torch.int64) & _MASK32))
     vocab = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
     h = hash32(row[:, None] ^ hash32(vocab)[None, :])
-    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+    # The top bucket's midpoint (2**24 - 0.5) rounds to 2**24 in float32, which would make
+    # u == 1 and -log(-log(u)) = +inf: that token would win whatever its logit (NaN for a
+    # -inf one, which argmax takes too). Clamping changes only that value.
+    return torch.clamp(((h >> 8).float() + 0.5) * (1.0 / (1 << 24)), max=_U_MAX)
 
 
 # ----------------------------------------------------------------------------- references
@@ -314,7 +320,7 @@ def _sample_kernel(
         key = _ordered_key(s)
         keep = mask & (key >= k_cut) & (key >= p_cut) & (s >= min_p_cut)
         h = _hash32(row_hash ^ _hash32(idx.to(tl.uint32)))
-        u = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        u = tl.minimum(((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0), 0.99999994)  # _U_MAX
         score = tl.where(keep, s - tl.log(-tl.log(u)), float("-inf"))
         better = score > best_val
         best_val = tl.where(better, score, best_val)

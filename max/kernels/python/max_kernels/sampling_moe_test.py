@@ -108,6 +108,24 @@ def test_hash_and_noise_match_plain_integer_math():
             assert noise[r, v].item() == u.item()
 
 
+def test_noise_never_reaches_one_and_forbidden_tokens_never_win():
+    # (2**24 - 1 + 0.5) / 2**24 rounds to 1.0 in float32: u == 1 made -log(-log(u)) = +inf,
+    # so the token won whatever its logit, and a -inf (masked or filtered) one won as NaN.
+    # Find a (seed, token) whose top 24 hash bits are all ones, then race on it.
+    vocab = 1 << 16
+    seeds = torch.arange(400)
+    noise = uniform_noise(seeds, torch.zeros_like(seeds), vocab)
+    assert (noise < 1.0).all()
+    hits = (noise == noise.max()).nonzero()
+    row, token = hits[0].tolist()
+    assert noise[row, token].item() == 1.0 - 2.0**-24
+    logits = torch.zeros(1, vocab)
+    logits[0, token] = float("-inf")
+    args = _row_tensors([(1.0, 0, 1.0, 0.0)], [row], [0])
+    assert sample_tokens_reference(logits, *args).item() != token
+    assert _launch_sample(logits, *args, 4096, 1024).item() != token
+
+
 def test_race_on_flat_logits_follows_the_noise_bit_for_bit():
     # With equal logits the race is the argmax of the noise alone: the kernel's uint32 hash
     # must reproduce `uniform_noise` exactly for the winners to agree on every row.

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API (starlette).
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health
-(and /v1/health), GET /metrics. The HTTP process parses, tokenizes, applies chat templates
+(and /v1/health), GET /metrics, POST /tokenize, POST /detokenize, GET /openapi.json
+(the bodies' pydantic models are in openai_models.py). The HTTP process parses, tokenizes, applies chat templates
 and detokenizes; the engine process only sees token ids. Without a tokenizer
 (`--skip-tokenizer-init`) only /v1/completions with token-id prompts is served, and each
 choice carries its generated ids in `token_ids`. Every failure a client can cause
@@ -33,11 +34,29 @@ from starlette.routing import Route
 from max.errors import MaxError
 from max.pipelines.lib import RequestTextStream, TextDelta, TextTokenizer, TokenLogprob
 from max.pipelines.lib.harmony import HarmonyParser, HarmonyTokens
+from max.pipelines.lib.structured_output import StructuredOutput, grammar_for
+from max.pipelines.lib.tool_calls import (
+    HERMES,
+    TAGS,
+    ToolCallParser,
+    detect_format,
+    messages_without_tool_fields,
+    template_knows_tools,
+    tool_call_grammar,
+)
 from max.serve import openai_responses as responses
 from max.serve.engine_supervisor import SupervisedEngine
 from max.serve.error_redaction import redact
 from max.serve.http_guard import HttpGuard, queue_full
 from max.serve.metrics import ServerMetrics
+from max.serve.openai_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    openapi_document,
+    validate_body,
+)
 from max.serve.openai_protocol import (
     ApiError,
     GenerationRequest,
@@ -82,6 +101,17 @@ class _Choice:
     error: str | None = None
     server_error: bool = False
     harmony: HarmonyParser | None = None  # a harmony model's chat: splits final from analysis
+    tools: ToolCallParser | None = None  # a chat with tools: splits calls from content
+    tool_calls_sent: int = 0  # streaming: calls sent so far (their `index`)
+    chat: bool = False
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The stream's, or `tool_calls` when the answer ended with calls."""
+        reason = self.stream.finish_reason
+        if reason == "stop" and self.tools is not None and self.tools.calls:
+            return "tool_calls"
+        return reason
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -102,8 +132,8 @@ class GenerationHandler:
             _check_tokenizer_free(gen)
         try:
             if gen.chat_messages is not None:
-                template_kwargs = {"reasoning_effort": gen.reasoning_effort} if gen.reasoning_effort else None
-                return [await asyncio.to_thread(tokenizer.encode_chat, gen.chat_messages, template_kwargs)]
+                messages, template_kwargs = self._chat_inputs(gen)
+                return [await asyncio.to_thread(tokenizer.encode_chat, messages, template_kwargs)]
             out = []
             for prompt in gen.prompts:
                 if isinstance(prompt, str):
@@ -116,6 +146,50 @@ class GenerationHandler:
             return out
         except MaxError as e:
             raise ApiError(400, str(e), param="messages" if gen.chat_messages else "prompt") from None
+
+    def _chat_inputs(self, gen: GenerationRequest) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The messages and template variables the chat template renders: the tools (unless
+        tool_choice is none) for a template that knows them, else the hermes fallback."""
+        template_kwargs = {"reasoning_effort": gen.reasoning_effort} if gen.reasoning_effort else {}
+        messages = gen.chat_messages
+        tools = gen.tools if gen.tool_choice != "none" else None
+        if template_knows_tools(self.state.tokenizer.hf.chat_template):
+            if tools:
+                template_kwargs["tools"] = tools
+        elif tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            messages = messages_without_tool_fields(messages, tools)
+        return messages, template_kwargs or None
+
+    def _tool_format(self) -> str:
+        """The tool-call format of the served model (hermes for templates without tools)."""
+        template = self.state.tokenizer.hf.chat_template
+        return detect_format(template) if template_knows_tools(template) else HERMES
+
+    def _force_tool_calls(self, gen: GenerationRequest) -> None:
+        """tool_choice required or named: a grammar lets the model write only calls."""
+        if gen.params.structured_output is not None:
+            raise invalid(gen.constraint_param, f"'tool_choice': {gen.tool_choice!r} cannot be combined with an output constraint")
+        tools = gen.tools
+        if isinstance(gen.tool_choice, dict):
+            tools = [t for t in tools if t["function"]["name"] == gen.tool_choice["function"]["name"]]
+        tokenizer = self.state.tokenizer
+        tags = [tokenizer.encode(tag, add_special_tokens=False) for tag in TAGS]
+        tag_ids = (tags[0][0], tags[1][0]) if all(len(ids) == 1 for ids in tags) else None
+        grammar = tool_call_grammar(tools, self._tool_format(), gen.parallel_tool_calls, tag_ids)
+        gen.params.structured_output = StructuredOutput("lark", grammar)
+        gen.constraint_param = "tools"
+
+    async def _check_constraint(self, gen: GenerationRequest) -> None:
+        """Compiles the request's output constraint (cached), so that a bad schema or an
+        unsupported feature is a 400 naming it, before the engine sees the request."""
+        param = gen.constraint_param
+        if self.state.tokenizer is None:
+            raise ApiError(400, "structured outputs need a tokenizer (this server runs with --skip-tokenizer-init)",
+                           param=param, code="tokenizer_required")  # fmt: skip
+        try:
+            await asyncio.to_thread(grammar_for, gen.params.structured_output)
+        except MaxError as e:
+            raise ApiError(400, str(e), param=param, code="unsupported_constraint") from None
 
     def _harmony_parser(self, prompt_ids: list[int]) -> HarmonyParser | None:
         """A parser of the harmony channels, for a harmony model's chat choice (else None)."""
@@ -162,7 +236,11 @@ class GenerationHandler:
                 )
                 stream = RequestTextStream(self.state.tokenizer, ids, params)
                 harmony = self._harmony_parser(ids) if gen.chat_messages is not None else None
-                choices.append(_Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream, harmony=harmony))
+                tools = ToolCallParser(self._tool_format()) if gen.tools and gen.tool_choice != "none" else None
+                choices.append(
+                    _Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream, harmony=harmony, tools=tools,
+                            chat=gen.chat_messages is not None)
+                )  # fmt: skip
         return choices
 
     # -- running -------------------------------------------------------------------------
@@ -203,14 +281,21 @@ class GenerationHandler:
                 now = time.monotonic()
                 if first:
                     metrics.time_to_first_token.observe(now - start)
+                    metrics.vllm.first_output(output.num_prompt_tokens, output.num_cached_tokens, now - start)
                     first = False
                 else:
                     metrics.inter_token_latency.observe(now - last)
+                    metrics.vllm.next_token(now - last)
                 last = now
                 metrics.generation_tokens += len(output.new_token_ids)
+                metrics.vllm.generation_tokens.labels(metrics.vllm.model_name).inc(len(output.new_token_ids))
             delta = choice.stream.update(output)
             if choice.harmony is not None:
                 delta = choice.harmony.split(delta)
+            if choice.tools is not None:
+                delta = _split_tool_calls(choice.tools, delta)
+            if delta.logprobs and choice.chat and delta.finished:
+                delta = self._without_end_token(delta)
             if delta.logprobs:
                 choice.logprobs.extend(delta.logprobs)
             if sink is not None:
@@ -218,8 +303,18 @@ class GenerationHandler:
             if choice.stream.finished:
                 if delta.stopped_by_string:
                     self.state.engine.abort(choice.request_id)
-                metrics.request_latency.observe(time.monotonic() - start)
+                latency = time.monotonic() - start
+                metrics.request_latency.observe(latency)
+                metrics.vllm.finished(choice.finish_reason, len(choice.prompt_ids), len(choice.stream.token_ids), latency)
                 return
+
+    def _without_end_token(self, delta: TextDelta) -> TextDelta:
+        """Chat logprobs cover the message's tokens: the end-of-turn token that finished
+        it (EOS, which adds no text) is left out, as OpenAI does."""
+        last = delta.logprobs[-1].token_id
+        if delta.stopped_by_string or last not in self.state.tokenizer.eos_token_ids:
+            return delta
+        return dataclasses.replace(delta, logprobs=delta.logprobs[:-1])
 
     def _generation_error(self, message: str, server_error: bool = False) -> ApiError:
         """The error of a request the engine refused (400) or could not run (engine down: 500)."""
@@ -228,9 +323,69 @@ class GenerationHandler:
         return ApiError(400, message)
 
     # -- endpoints -----------------------------------------------------------------------
+    def _text_tokenizer(self, body: dict[str, Any]) -> TextTokenizer:
+        """The tokenizer, for /tokenize and /detokenize (checks the body's model)."""
+        if body.get("model") is not None and body["model"] != self.state.served_model_name:
+            raise ApiError(400, f"model {body['model']!r} is not served here", param="model", code="model_not_found")
+        if self.state.tokenizer is None:
+            raise ApiError(400, "this server runs without a tokenizer (--skip-tokenizer-init)", code="tokenizer_required")
+        return self.state.tokenizer
+
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's /tokenize: `prompt` (with `add_special_tokens`) or chat `messages` (with
+        `add_generation_prompt`, `tools`) to token ids; `return_token_strs` adds each token's text."""
+        body = await read_json(request, self.state.limits)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        validate_body(TokenizeRequest, body)
+        tokenizer = self._text_tokenizer(body)
+        limit = self.state.limits.prompt_chars(self.state.max_seq_len)
+        try:
+            if "messages" in body:
+                gen = parse_chat_request({**body, "model": self.state.served_model_name})
+                check_prompt_chars(gen, limit)
+                add_generation = body.get("add_generation_prompt", True)
+                if not isinstance(add_generation, bool):
+                    raise invalid("add_generation_prompt", "'add_generation_prompt' must be a boolean")
+                messages, kwargs = self._chat_inputs(gen)
+                text = await asyncio.to_thread(tokenizer.render_chat, messages, add_generation, kwargs)
+                ids = await asyncio.to_thread(tokenizer.encode, text, False)
+            else:
+                prompt = body.get("prompt")
+                if not isinstance(prompt, str):
+                    raise invalid("prompt", "'prompt' (a string) or 'messages' is required")
+                if len(prompt) > limit:
+                    raise invalid("prompt", f"the prompt has {len(prompt)} characters, more than the limit of {limit}")
+                special = body.get("add_special_tokens", True)
+                if not isinstance(special, bool):
+                    raise invalid("add_special_tokens", "'add_special_tokens' must be a boolean")
+                ids = await asyncio.to_thread(tokenizer.encode, prompt, special)
+        except MaxError as e:
+            raise ApiError(400, str(e), param="messages" if "messages" in body else "prompt") from None
+        out: dict[str, Any] = {"count": len(ids), "max_model_len": self.state.max_seq_len, "tokens": ids}
+        if body.get("return_token_strs"):
+            out["token_strs"] = [tokenizer.token_text(t) for t in ids]
+        return JSONResponse(out)
+
+    async def detokenize(self, request: Request) -> Response:
+        """vLLM's /detokenize: `tokens` (ids) to the `prompt` text."""
+        body = await read_json(request, self.state.limits)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        validate_body(DetokenizeRequest, body)
+        tokenizer = self._text_tokenizer(body)
+        ids = body.get("tokens")
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise invalid("tokens", "'tokens' must be a list of token ids")
+        bad = next((t for t in ids if not 0 <= t < self.state.vocab_size), None)
+        if bad is not None:
+            raise invalid("tokens", f"token id {bad} is outside the vocabulary (size {self.state.vocab_size})")
+        return JSONResponse({"prompt": await asyncio.to_thread(tokenizer.decode, ids, False)})
+
     async def handle(self, request: Request, chat: bool) -> Response:
         state = self.state
         body = await read_json(request, state.limits)
+        validate_body(ChatCompletionRequest if chat else CompletionRequest, body)
         gen = parse_chat_request(body) if chat else parse_completion_request(body)
         if gen.model != state.served_model_name:
             raise ApiError(
@@ -245,12 +400,17 @@ class GenerationHandler:
                 headers={"Retry-After": str(state.limits.retry_after_seconds)},
             )  # fmt: skip
         check_prompt_chars(gen, state.limits.prompt_chars(state.max_seq_len))
+        if gen.tools and state.tokenizer is not None and (gen.tool_choice == "required" or isinstance(gen.tool_choice, dict)):
+            self._force_tool_calls(gen)
+        if gen.params.structured_output is not None:
+            await self._check_constraint(gen)
         prompt_ids = await self._prompt_ids(gen)
         base_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         choices = self._choices(gen, prompt_ids, base_id)
         if state.metrics.in_flight + len(choices) > state.limits.max_queue_size:
             raise queue_full(state.limits.max_queue_size, state.limits.retry_after_seconds)
         state.metrics.prompt_tokens += sum(len(ids) for ids in prompt_ids)
+        state.metrics.vllm.prompt_tokens.labels(state.served_model_name).inc(sum(len(ids) for ids in prompt_ids))
         if state.log_requests:
             logger.info("%s: %d prompt(s), %d choice(s), stream=%s", base_id, len(prompt_ids), len(choices), gen.stream)
         if gen.stream:
@@ -294,7 +454,7 @@ class GenerationHandler:
                     "index": c.index,
                     "message": _chat_message(c),
                     "logprobs": responses.chat_logprobs(tokenizer, c.logprobs) if gen.logprobs is not None else None,
-                    "finish_reason": c.stream.finish_reason,
+                    "finish_reason": c.finish_reason,
                     **self._ids_fields(gen, c),
                 }
                 for c in choices
@@ -365,14 +525,15 @@ class GenerationHandler:
                     and not delta.finished
                     and not (gen.logprobs is not None and delta.logprobs)
                     and not (want_ids and delta.token_ids)
+                    and not delta.tool_calls
                 ):
                     continue
-                finish = delta.finish_reason if delta.finished else None
+                finish = choice.finish_reason if delta.finished else None
                 if chat:
                     logprobs = None
                     if gen.logprobs is not None and delta.logprobs:
                         logprobs = responses.chat_logprobs(tokenizer, delta.logprobs)
-                    item = {"index": choice.index, "delta": _chat_delta(delta, finish), "logprobs": logprobs, "finish_reason": finish}
+                    item = {"index": choice.index, "delta": _chat_delta(delta, finish, choice), "logprobs": logprobs, "finish_reason": finish}
                 else:
                     logprobs = None
                     if gen.logprobs is not None and delta.logprobs:
@@ -395,18 +556,43 @@ class GenerationHandler:
 
 
 def _chat_message(choice: _Choice) -> dict[str, Any]:
-    """A chat choice's message; a harmony model's reasoning goes to `reasoning_content`."""
+    """A chat choice's message; a harmony model's reasoning goes to `reasoning_content`,
+    tool calls to `tool_calls` (the content is then what is left, or null)."""
     if choice.harmony is None:
-        return {"role": "assistant", "content": choice.stream.text}
-    return {"role": "assistant", "content": choice.harmony.content, "reasoning_content": choice.harmony.reasoning or None}
+        message = {"role": "assistant", "content": choice.stream.text}
+    else:
+        message = {"role": "assistant", "content": choice.harmony.content, "reasoning_content": choice.harmony.reasoning or None}
+    if choice.tools is not None:
+        message["content"] = choice.tools.content.strip() or None
+        if choice.tools.calls:
+            message["tool_calls"] = [_tool_call(call) for call in choice.tools.calls]
+    return message
 
 
-def _chat_delta(delta: TextDelta, finish: str | None) -> dict[str, Any]:
-    """A streamed chat chunk's `delta`: new reasoning and/or content (an empty content
-    unless the chunk only finishes the choice)."""
+def _tool_call(call, index: int | None = None) -> dict[str, Any]:
+    body = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return body if index is None else {"index": index, **body}
+
+
+def _split_tool_calls(parser: ToolCallParser, delta: TextDelta) -> TextDelta:
+    """`delta` with the text of tool calls taken out of its content and the calls it
+    completes in `tool_calls`."""
+    content, calls = parser.feed(delta.text)
+    if delta.finished:
+        rest, more = parser.finish()
+        content, calls = content + rest, calls + more
+    return dataclasses.replace(delta, text=content, tool_calls=calls)
+
+
+def _chat_delta(delta: TextDelta, finish: str | None, choice: _Choice) -> dict[str, Any]:
+    """A streamed chat chunk's `delta`: new reasoning, content and/or tool calls (an empty
+    content unless the chunk only finishes the choice or carries calls)."""
     body: dict[str, Any] = {}
     if delta.reasoning_text:
         body["reasoning_content"] = delta.reasoning_text
+    if delta.tool_calls:
+        body["tool_calls"] = [_tool_call(call, choice.tool_calls_sent + i) for i, call in enumerate(delta.tool_calls)]
+        choice.tool_calls_sent += len(delta.tool_calls)
     if delta.text or not (finish or body):
         body["content"] = delta.text
     return body
@@ -459,12 +645,24 @@ async def _wait_for_disconnect(request: Request) -> None:
 def create_app(state: ServerState, lifespan=None) -> Starlette:
     """The ASGI application (`lifespan`: starlette lifespan context, e.g. engine attach)."""
     handler = GenerationHandler(state)
+    state.metrics.vllm.model_name = state.served_model_name
 
     async def chat_completions(request: Request) -> Response:
         return await handler.handle(request, chat=True)
 
     async def completions(request: Request) -> Response:
         return await handler.handle(request, chat=False)
+
+    async def tokenize(request: Request) -> Response:
+        return await handler.tokenize(request)
+
+    async def detokenize(request: Request) -> Response:
+        return await handler.detokenize(request)
+
+    openapi = openapi_document()
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
 
     async def models(request: Request) -> Response:
         return JSONResponse(
@@ -515,6 +713,9 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/detokenize", detokenize, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -5,6 +5,7 @@ tokens arrive; gauges of the engine (running and waiting requests, KV pages) com
 statistics the engine sends with every step (and, before the first step, from what it
 reported when it became ready). Engine restarts and whether each engine is up come from the
 supervisor; API errors are counted by their `code` (e.g. `queue_full`, `request_too_large`).
+The same page carries vLLM's metric names (`VllmMetrics`, through prometheus_client).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ServerMetrics:
         self.errors_by_code: dict[str, int] = defaultdict(int)
         self.engine_restarts: list[int] = [0]  # per replica (one entry for a single engine)
         self.engine_up: list[bool] = [True]
+        self.vllm = VllmMetrics()  # the same events under vLLM's names
 
     def read_engine(self, engine) -> None:
         """Takes the engine's (or the data-parallel pool's) current gauges and counters."""
@@ -136,4 +138,99 @@ class ServerMetrics:
             out += [f"# HELP {p}_replica_requests_total Requests routed to each data-parallel replica."]
             out += [f"# TYPE {p}_replica_requests_total counter"]
             out += [f'{p}_replica_requests_total{{replica="{i}"}} {n}' for i, n in enumerate(self.replica_requests)]
-        return "\n".join(out) + "\n"
+        return "\n".join(out) + "\n" + self.vllm.render(self.engine)
+
+
+class VllmMetrics:
+    """The metrics vLLM users scrape, under vLLM's names (`vllm:...`, label `model_name`),
+    through prometheus_client.
+
+    Every observation is made in the HTTP process (the engines report through it), so one
+    registry in that process sees all of them, with any number of engine processes or
+    data-parallel replicas; engine gauges are read from the latest engine statistics at
+    scrape time.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.model_name = ""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._engine: EngineStats | None = None
+        label = ["model_name"]
+
+        def counter(name: str, doc: str, labels=label):
+            return Counter(name, doc, labels, registry=self.registry)
+
+        def histogram(name: str, doc: str, buckets):
+            return Histogram(name, doc, label, buckets=buckets, registry=self.registry)
+
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
+        self.request_success = counter(
+            "vllm:request_success", "Count of successfully processed requests.", ["model_name", "finished_reason"]
+        )
+        self.prefix_cache_queries = counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.")
+        self.prefix_cache_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
+        self.ttft = histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", _LATENCY_BUCKETS)
+        self.tpot = histogram("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", _LATENCY_BUCKETS)
+        self.itl = histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", _LATENCY_BUCKETS)
+        self.e2e = histogram("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", _LATENCY_BUCKETS)
+        token_buckets = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+        self.request_prompt_tokens = histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets)
+        self.request_generation_tokens = histogram(
+            "vllm:request_generation_tokens", "Number of generation tokens processed.", token_buckets
+        )
+        self.registry.register(_EngineCollector(self))
+
+    def first_output(self, num_prompt_tokens: int, num_cached_tokens: int, ttft: float) -> None:
+        """A request's first tokens arrived."""
+        name = self.model_name
+        self.prefix_cache_queries.labels(name).inc(num_prompt_tokens)
+        self.prefix_cache_hits.labels(name).inc(num_cached_tokens)
+        self.ttft.labels(name).observe(ttft)
+
+    def next_token(self, gap: float) -> None:
+        """Time between two outputs of one request."""
+        self.tpot.labels(self.model_name).observe(gap)
+        self.itl.labels(self.model_name).observe(gap)
+
+    def finished(self, reason: str | None, prompt_tokens: int, generation_tokens: int, latency: float) -> None:
+        """A request ended (`reason`: stop, length, tool_calls, abort...)."""
+        name = self.model_name
+        self.request_success.labels(name, reason or "stop").inc()
+        self.request_prompt_tokens.labels(name).observe(prompt_tokens)
+        self.request_generation_tokens.labels(name).observe(generation_tokens)
+        self.e2e.labels(name).observe(latency)
+
+    def render(self, engine: EngineStats | None) -> str:
+        """The vllm: series, in the Prometheus text format."""
+        from prometheus_client import generate_latest
+
+        self._engine = engine
+        return generate_latest(self.registry).decode()
+
+
+class _EngineCollector:
+    """Engine gauges under vLLM's names, from the latest engine statistics."""
+
+    def __init__(self, metrics: VllmMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats, name = self.metrics._engine, self.metrics.model_name
+        usage = stats.kv_pages_in_use / stats.kv_pages_total if stats and stats.kv_pages_total else 0.0
+        for metric, doc, value in (
+            ("vllm:num_requests_running", "Number of requests in model execution batches.", stats.num_running if stats else 0),
+            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", stats.num_waiting if stats else 0),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage),
+            ("vllm:gpu_cache_usage_perc", "KV-cache usage (the older name). 1 means 100 percent usage.", usage),
+        ):
+            family = GaugeMetricFamily(metric, doc, labels=["model_name"])
+            family.add_metric([name], value)
+            yield family
+        family = CounterMetricFamily("vllm:num_preemptions", "Cumulative number of preemption from the engine.", labels=["model_name"])
+        family.add_metric([name], stats.num_preemptions if stats else 0)
+        yield family

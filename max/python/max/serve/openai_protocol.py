@@ -7,10 +7,13 @@ anything malformed raises `ApiError`, which the server turns into
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from max.pipelines.lib import SamplingParams
+from max.pipelines.lib.structured_output import StructuredOutput
 from max.serve.error_redaction import redact
 
 
@@ -115,6 +118,10 @@ class GenerationRequest:
     logprobs: int | None  # alternatives per token (chat: top_logprobs), None: no logprobs
     return_token_ids: bool = False  # add the ids (prompt_token_ids, token_ids) to each choice
     reasoning_effort: str | None = None  # chat: passed to the chat template (gpt-oss)
+    constraint_param: str | None = None  # the field that set params.structured_output
+    tools: list[dict[str, Any]] | None = None  # chat: OpenAI function tools
+    tool_choice: str | dict[str, Any] = "none"  # "none", "auto", "required" or a named function
+    parallel_tool_calls: bool = True
 
 
 def _sampling(f: _Fields) -> SamplingParams:
@@ -143,6 +150,91 @@ def _sampling(f: _Fields) -> SamplingParams:
         stop_token_ids=list(stop_ids),
         ignore_eos=f.get("ignore_eos", (bool,), False),
     )
+
+
+def _schema_text(value: Any, param: str) -> str:
+    """A JSON schema given as an object (or as its JSON text), as compact JSON text (the
+    grammar cache's key; key order is kept: properties are generated in it)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise invalid(param, f"'{param}' is not valid JSON") from None
+    if not isinstance(value, (dict, bool)):
+        raise invalid(param, f"'{param}' must be a JSON schema (an object)")
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _choice_text(value: Any, param: str) -> str:
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+        raise invalid(param, f"'{param}' must be a non-empty list of non-empty strings")
+    return json.dumps(value)
+
+
+def _regex_text(value: Any, param: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise invalid(param, f"'{param}' must be a non-empty string (a regular expression)")
+    return value
+
+
+def _response_format(value: Any) -> StructuredOutput | None:
+    """OpenAI's `response_format`: text, json_object, or json_schema {name, schema, strict}."""
+    if not isinstance(value, dict):
+        raise invalid("response_format", "'response_format' must be an object with a 'type'")
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutput("json_object")
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or "schema" not in spec:
+            raise invalid("response_format.json_schema", "'response_format.json_schema' must be an object with a 'schema'")
+        strict = spec.get("strict") or False
+        if not isinstance(strict, bool):
+            raise invalid("response_format.json_schema.strict", "'strict' must be a boolean")
+        return StructuredOutput("json_schema", _schema_text(spec["schema"], "response_format.json_schema.schema"), strict)
+    raise invalid("response_format.type", f"'response_format.type' must be text, json_object or json_schema, got {kind!r}")
+
+
+# vLLM's extras: `structured_outputs: {json|regex|choice|grammar|json_object}` and the older
+# top-level `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar`.
+_GUIDED = {
+    "json": lambda v, p: StructuredOutput("json_schema", _schema_text(v, p)),
+    "regex": lambda v, p: StructuredOutput("regex", _regex_text(v, p)),
+    "choice": lambda v, p: StructuredOutput("choice", _choice_text(v, p)),
+    "grammar": lambda v, p: StructuredOutput("lark", _regex_text(v, p)),
+}
+
+
+def _constrained(f: _Fields, gen: GenerationRequest) -> GenerationRequest:
+    """`gen` with the output constraint the request asks for, from whichever field it uses
+    (at most one)."""
+    found: list[tuple[str, StructuredOutput | None]] = []
+    if f.body.get("response_format") is not None:
+        found.append(("response_format", _response_format(f.body["response_format"])))
+    options = f.get("structured_outputs", (dict,), None)
+    if options is not None:
+        for key, value in options.items():
+            param = f"structured_outputs.{key}"
+            if value is None or value is False:
+                continue
+            if key == "json_object":
+                found.append((param, StructuredOutput("json_object")))
+            elif key in _GUIDED:
+                found.append((param, _GUIDED[key](value, param)))
+            else:
+                raise invalid(param, f"unknown structured output {key!r} (known: json, regex, choice, grammar, json_object)")
+    for key, make in _GUIDED.items():
+        value = f.body.get(f"guided_{key}")
+        if value is not None:
+            found.append((f"guided_{key}", make(value, f"guided_{key}")))
+    found = [(p, c) for p, c in found if c is not None]
+    if len(found) > 1:
+        raise invalid(found[1][0], f"only one output constraint per request ({', '.join(p for p, _ in found)} given)")
+    if found:
+        gen.constraint_param, gen.params.structured_output = found[0]
+    return gen
 
 
 def _common(f: _Fields) -> dict[str, Any]:
@@ -202,7 +294,15 @@ def parse_chat_request(body: Any) -> GenerationRequest:
         role = message.get("role")
         if role not in ("system", "user", "assistant", "developer", "tool"):
             raise invalid(f"messages[{i}].role", f"unknown role {role!r}")
-        parsed.append({"role": "system" if role == "developer" else role, "content": _message_content(message, i)})
+        entry = {"role": "system" if role == "developer" else role, "content": _message_content(message, i)}
+        if role == "assistant" and message.get("tool_calls"):
+            entry["tool_calls"] = _message_tool_calls(message["tool_calls"], i)
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise invalid(f"messages[{i}].tool_call_id", "a tool message needs its 'tool_call_id' (a string)")
+            entry["tool_call_id"] = call_id
+        parsed.append(entry)
     max_tokens = f.integer("max_completion_tokens", None, 1)
     if max_tokens is None:
         max_tokens = f.integer("max_tokens", None, 1)
@@ -213,7 +313,11 @@ def parse_chat_request(body: Any) -> GenerationRequest:
     effort = f.get("reasoning_effort", (str,), None)
     if effort is not None and effort not in REASONING_EFFORTS:
         raise invalid("reasoning_effort", f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
-    return GenerationRequest(
+    tools, tool_choice, parallel = _tools(f)
+    gen = GenerationRequest(
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
         reasoning_effort=effort,
         chat_messages=parsed,
         prompts=[],
@@ -223,6 +327,71 @@ def parse_chat_request(body: Any) -> GenerationRequest:
         logprobs=(top or 0) if want_logprobs else None,
         **common,
     )
+    return _constrained(f, gen)
+
+
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _tools(f: _Fields) -> tuple[list[dict[str, Any]] | None, str | dict[str, Any], bool]:
+    """`tools`, `tool_choice` (default: auto with tools, none without) and
+    `parallel_tool_calls`, validated."""
+    tools = f.get("tools", (list,), None)
+    if tools is not None:
+        for i, tool in enumerate(tools):
+            path = f"tools[{i}]"
+            if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+                raise invalid(path, f"'{path}' must be an object with 'type': 'function'")
+            function = tool.get("function")
+            if not isinstance(function, dict):
+                raise invalid(f"{path}.function", f"'{path}.function' must be an object")
+            name = function.get("name")
+            if not isinstance(name, str) or not _TOOL_NAME.match(name):
+                raise invalid(f"{path}.function.name", "a function name is 1 to 64 letters, digits, '_' or '-'")
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise invalid(f"{path}.function.parameters", "'parameters' must be a JSON schema (an object)")
+            description = function.get("description")
+            if description is not None and not isinstance(description, str):
+                raise invalid(f"{path}.function.description", "'description' must be a string")
+        tools = [{"type": "function", "function": t["function"]} for t in tools] or None
+    choice = f.body.get("tool_choice")
+    if choice is None:
+        choice = "auto" if tools else "none"
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise invalid("tool_choice", "a named 'tool_choice' is {'type': 'function', 'function': {'name': ...}}")
+        if not any(t["function"]["name"] == name for t in tools or []):
+            raise invalid("tool_choice", f"'tool_choice' names {name!r}, which is not in 'tools'")
+        choice = {"type": "function", "function": {"name": name}}
+    elif choice not in ("none", "auto", "required"):
+        raise invalid("tool_choice", "'tool_choice' must be none, auto, required or a named function")
+    elif choice != "none" and not tools:
+        raise invalid("tool_choice", f"'tool_choice': {choice!r} needs 'tools'")
+    parallel = f.get("parallel_tool_calls", (bool,), True)
+    return tools, choice, parallel
+
+
+def _message_tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+    """An assistant message's `tool_calls`, their arguments parsed (chat templates want
+    objects)."""
+    path = f"messages[{index}].tool_calls"
+    if not isinstance(calls, list):
+        raise invalid(path, f"'{path}' must be an array")
+    out = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise invalid(f"{path}[{j}]", "a tool call is {'id', 'type': 'function', 'function': {'name', 'arguments'}}")
+        args = function.get("arguments", "{}")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                raise invalid(f"{path}[{j}].function.arguments", "'arguments' must be JSON text") from None
+        out.append({"id": call.get("id"), "type": "function", "function": {"name": function["name"], "arguments": args}})
+    return out
 
 
 def _prompts(value: Any) -> list[str | list[int]]:
@@ -256,10 +425,12 @@ def parse_completion_request(body: Any) -> GenerationRequest:
     if len(prompts) > 256:
         raise invalid("prompt", "at most 256 prompts per request")
     echo = f.get("echo", (bool,), False)
-    max_tokens = f.integer("max_tokens", 16, 0)
+    max_tokens = f.integer("max_completion_tokens", None, 0)  # the newer name
+    if max_tokens is None:
+        max_tokens = f.integer("max_tokens", 16, 0)
     if max_tokens == 0 and not echo:
         raise invalid("max_tokens", "'max_tokens' may be 0 only with 'echo': true")
-    return GenerationRequest(
+    gen = GenerationRequest(
         chat_messages=None,
         prompts=prompts,
         params=_sampling(f),
@@ -268,3 +439,4 @@ def parse_completion_request(body: Any) -> GenerationRequest:
         logprobs=f.integer("logprobs", None, 0, 20),
         **common,
     )
+    return _constrained(f, gen)

@@ -275,3 +275,74 @@ def test_api_key_and_sigterm(tmp_path):
         assert httpx.get(f"{srv.url}/health").status_code == 200  # health needs no key
         assert srv.stop(signal.SIGTERM) == 0
         assert "Server ready on" in srv.log()
+
+
+def test_tokenize_and_detokenize(server):
+    post = lambda path, body: httpx.post(server.url + path, json=body, timeout=30)  # noqa: E731
+    r = post("/tokenize", {"model": MODEL, "prompt": "Hello there"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == len(body["tokens"]) > 0 and body["max_model_len"] == 256
+    back = post("/detokenize", {"model": MODEL, "tokens": body["tokens"]}).json()
+    assert back["prompt"].endswith("Hello there")
+    chat = post("/tokenize", {"messages": [{"role": "user", "content": "Hi"}], "return_token_strs": True}).json()
+    assert len(chat["token_strs"]) == chat["count"]
+    rendered = post("/detokenize", {"tokens": chat["tokens"]}).json()["prompt"]
+    assert "Hi" in rendered and rendered.endswith("assistant\n")  # the generation prompt
+    # The chat endpoint prompts exactly these tokens.
+    reply = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "return_token_ids": True},
+        timeout=30,
+    ).json()
+    assert reply["choices"][0]["prompt_token_ids"] == chat["tokens"]
+    assert post("/detokenize", {"tokens": [10**9]}).status_code == 400
+    assert post("/tokenize", {"model": MODEL}).json()["error"]["param"] == "prompt"
+
+
+def test_max_completion_tokens_is_max_tokens(client):
+    for create in (client.completions.create, None):
+        if create is None:
+            reply = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=3,
+                temperature=0, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+        else:
+            reply = create(model=MODEL, prompt="Hi", temperature=0, extra_body={"max_completion_tokens": 3, "ignore_eos": True})
+        assert reply.usage.completion_tokens == 3
+
+
+def test_openapi_json_is_valid_openapi_3_and_lists_every_route(server):
+    from openapi_spec_validator import validate
+
+    document = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    validate(document)
+    assert document["openapi"].startswith("3.")
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize"):
+        assert path in document["paths"], path
+
+
+def test_typed_bodies_name_the_path_and_ignore_unknown_fields(server):
+    post = lambda body: httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)  # noqa: E731
+    ok = post({"model": MODEL, "messages": [{"role": "user", "content": "x", "extra": 1}], "max_tokens": 1, "x_unknown": {"a": 1}})
+    assert ok.status_code == 200, ok.text
+    bad = post({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages[0].content[0].text", bad.text
+
+
+def test_vllm_metric_names(server, client):
+    client.completions.create(model=MODEL, prompt="Hello there", max_tokens=3, temperature=0, extra_body={"ignore_eos": True})
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("vllm:") and f'model_name="{MODEL}"' in line:
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0]] = values.get(name.split("{")[0], 0) + float(value)
+    for name in (
+        "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
+        "vllm:time_to_first_token_seconds_count", "vllm:time_per_output_token_seconds_count",
+        "vllm:e2e_request_latency_seconds_count", "vllm:prefix_cache_queries_total",
+    ):  # fmt: skip
+        assert values.get(name, 0) > 0, (name, text)
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:prefix_cache_hits_total"):
+        assert name in values, name

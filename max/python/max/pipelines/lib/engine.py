@@ -13,14 +13,22 @@ token gets a placeholder (-1) that the next step's inputs take from the device, 
 one. The host's scheduling, bookkeeping and messaging thus overlap the GPU's work. A
 request that stopped (EOS, stop token) is computed one step too many, and that step's
 result is dropped. Steps that need sampled tokens on the host before the next one can be
-prepared (penalties, prompt logprobs) are read at once.
+prepared (penalties, prompt logprobs, structured outputs) are read at once.
+
+Structured outputs: a constrained request's matcher must have consumed every token it drew
+before its next mask is built, so a step with a constrained request in it is read before
+the next one is launched (`needs_host`), as for penalties: batches with constrained requests
+run synchronously, the others keep the overlap. (The alternative, building the mask of step
+N+1 on the device from step N's tokens, would need the grammar on the device.)
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
+import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +41,9 @@ from max.pipelines.lib.request import Request, RequestOutput, TokenLogprob
 from max.pipelines.lib.sampler import SampledTokens, SamplingBatch, sample_on_device
 from max.pipelines.lib.sampling_params import SamplingParams
 from max.pipelines.lib.scheduler import ScheduledChunk, Scheduler
+from max.pipelines.lib.structured_output import GrammarBackend
+
+logger = logging.getLogger("max.pipelines.engine")
 
 
 @dataclass
@@ -84,6 +95,7 @@ class LLMEngine:
         enable_prefix_caching: bool = True,
         runner: ModelRunner | None = None,
         async_scheduling: bool = False,
+        grammar: Callable[[], GrammarBackend] | None = None,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
@@ -105,6 +117,10 @@ class LLMEngine:
         self._last_inputs: ModelInputs | None = None
         self._last_tokens: torch.Tensor | None = None
         self._last_page_counts: list[int] = []
+        # Structured outputs: builds the grammar backend on the first constrained request
+        # (None: no tokenizer, constraints are refused).
+        self._grammar_factory = grammar
+        self._grammar: GrammarBackend | None = None
 
     # -- requests ------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_tokens: list[int], params: SamplingParams) -> None:
@@ -130,6 +146,7 @@ class LLMEngine:
                 f"the model's maximum length of {limit} tokens"
             )
         total = limit if params.max_new_tokens is None else n + params.max_new_tokens
+        matcher = self._matcher(params) if params.structured_output is not None else None
         request = Request(
             request_id=request_id,
             tokens=list(prompt_tokens),
@@ -138,9 +155,23 @@ class LLMEngine:
             seed=_as_seed(params.seed),
             max_total_tokens=total,
             arrival=next(self._arrivals),
+            matcher=matcher,
         )
         self._requests[request_id] = request
         self.scheduler.add(request)
+
+    def _matcher(self, params: SamplingParams):
+        """A matcher of the request's grammar (raises MaxError if it cannot have one)."""
+        if self._grammar is None:
+            if self._grammar_factory is None:
+                raise MaxError("structured outputs need the model's tokenizer (this engine runs without one)")
+            try:
+                self._grammar = self._grammar_factory()
+            except MaxError:
+                raise
+            except Exception as e:  # e.g. llguidance takes only fast (Rust) tokenizers
+                raise MaxError(f"structured outputs are not available with this tokenizer: {e}") from None
+        return self._grammar.matcher(params.structured_output)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Cancels a request (no-op if unknown or finished); its pages are freed now."""
@@ -256,6 +287,8 @@ class LLMEngine:
             params = [r.params for r in reqs]
             # Token histories only matter to penalties; copying them every step is not free.
             penalized = any(p.has_penalties for p in params)
+            constrained = [row for row, r in enumerate(reqs) if r.matcher is not None]
+            bitmask = self._grammar.fill_bitmask([reqs[row].matcher for row in constrained]) if constrained else None
             sampled = sample_on_device(
                 rows,
                 SamplingBatch(
@@ -264,6 +297,8 @@ class LLMEngine:
                     steps=[r.num_output_tokens for r in reqs],
                     prompt_tokens=[r.tokens[: r.num_prompt_tokens] for r in reqs] if penalized else (),
                     output_tokens=[r.output_tokens for r in reqs] if penalized else (),
+                    token_bitmask=bitmask,
+                    bitmask_rows=constrained,
                 ),
             )
             sampled.start_copy()
@@ -272,7 +307,9 @@ class LLMEngine:
         step.request_ids = [c.request.request_id for c in chunks]
         if all_logits is not None:
             step.logits = logits
-        step.needs_host = all_logits is not None or any(c.request.params.has_penalties for c in chunks)
+        step.needs_host = all_logits is not None or any(
+            c.request.params.has_penalties or c.request.matcher is not None for c in chunks
+        )
 
         # Book the step as done: the device will have computed these tokens before anything
         # launched later reads them.
@@ -334,6 +371,8 @@ class LLMEngine:
                     top = list(zip(host.top_ids[row][:k], host.top_logprobs[row][:k]))
                 out.logprobs = [TokenLogprob(token, host.logprobs[row], top)]
             self._check_finished(request, token, index + 1)
+            if request.matcher is not None and request.finish_reason is None:
+                self._advance_matcher(request, token)
 
         drew = set(step.drawing)
         for b, request in live:
@@ -366,6 +405,17 @@ class LLMEngine:
             request.finish_reason = "stop"
         elif length >= request.max_total_tokens:
             request.finish_reason = "length"
+
+    def _advance_matcher(self, request: Request, token: int) -> None:
+        """Feeds the drawn token to the request's grammar; a finished grammar (nothing may
+        follow but EOS) ends the request."""
+        matcher = request.matcher
+        if not matcher.consume_token(token):
+            # Cannot happen while masks are applied; end the request rather than loop.
+            logger.warning("request %s: the grammar refused token %d: %s", request.request_id, token, matcher.get_error())
+            request.finish_reason = "stop"
+        elif matcher.is_stopped():
+            request.finish_reason = "stop"
 
     def _record_prompt_logprobs(self, chunk: ScheduledChunk, logits: torch.Tensor) -> None:
         """Log-probabilities of the prompt tokens that this chunk's logits predict.

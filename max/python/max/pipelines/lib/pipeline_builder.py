@@ -33,6 +33,7 @@ from max.pipelines.lib.registry import (
     PipelineRegistry,
     register_custom_architectures,
 )
+from max.pipelines.lib.structured_output import GrammarBackend
 from max.pipelines.lib.supported_architecture import SupportedArchitecture
 from max.pipelines.lib.tensor_parallel import RankGroup, TensorParallelRunner, start_tensor_parallel
 from max.pipelines.lib.tokenizer import TextTokenizer
@@ -219,16 +220,25 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
         runner = TensorParallelRunner(runner, group)
     device = config.device
     vocab = int(resolved.hf_config.vocab_size)
+    eos = resolved.eos_token_ids()
+
+    def grammar() -> GrammarBackend:
+        tokenizer = load_tokenizer(resolved)
+        if tokenizer is None:
+            raise MaxError("structured outputs need the model's tokenizer (--skip-tokenizer-init is set)")
+        return GrammarBackend(tokenizer.hf, vocab, eos | tokenizer.eos_token_ids)
+
     engine = LLMEngine(
         model,
         kv_cache,
         config.max_batch_size,
         max(config.token_budget(), 1),
-        resolved.eos_token_ids(),
+        eos,
         vocab,
         config.enable_prefix_caching,
         runner=runner,
         async_scheduling=device.type == "cuda" and config.async_scheduling,
+        grammar=grammar,
     )
     if device.type == "cuda":
         # The start-up objects (modules, graphs, the KV cache's tables) live as long as the

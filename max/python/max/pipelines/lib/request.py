@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from max.pipelines.lib.sampling_params import SamplingParams
 
@@ -40,6 +41,8 @@ class Request:
     # Asynchronous scheduling: placeholders (-1) in `tokens` for tokens drawn by launched
     # steps and not read yet, as (step id, row of the step's sampler output, index in tokens).
     pending: list[tuple[int, int, int]] = field(default_factory=list)
+    # Structured outputs: the llguidance matcher of the request's grammar (None: free text).
+    matcher: Any = None
 
     @property
     def output_tokens(self) -> list[int]:

@@ -6,7 +6,8 @@ queues the work and returns device tensors without synchronising the host, and
 `SampledTokens.to_host` reads them back. Randomness is counter-based: the noise for request r
 at output position t and token v is a hash of (r's seed, t, v), so a seeded request draws
 the same tokens whatever it is batched with, on any device, and no per-request generator
-state has to be kept.
+state has to be kept. Constrained rows (structured outputs) have their token bitmask applied
+first; the other rows' logits are used as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from max.pipelines.lib.device_transfer import HostCopy, upload
 from max.pipelines.lib.sampling_params import SamplingParams
+from max.pipelines.lib.structured_output import apply_token_bitmask
 from max_kernels import apply_penalties, sample_tokens
 from max_kernels.sampling import hash32, uniform_noise
 
@@ -34,6 +36,10 @@ class SamplingBatch:
     steps: Sequence[int]  # per request: index of the token being drawn in its output
     prompt_tokens: Sequence[Sequence[int]]
     output_tokens: Sequence[Sequence[int]]
+    # Constrained decoding: int32 [len(bitmask_rows), words] token masks (on the host) of
+    # the rows listed; the other rows are not touched.
+    token_bitmask: torch.Tensor | None = None
+    bitmask_rows: Sequence[int] = ()
 
 
 @dataclass
@@ -111,6 +117,8 @@ def sample_on_device(logits: torch.Tensor, batch: SamplingBatch) -> SampledToken
     device = logits.device
     want_logprobs = any(p.logprobs is not None for p in params)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+    if batch.token_bitmask is not None:  # logprobs stay the model's, as vLLM reports them
+        logits = apply_token_bitmask(logits, batch.token_bitmask, batch.bitmask_rows)
     if any(p.has_penalties for p in params):
         logits = _penalized(logits, batch)
     if all(p.greedy for p in params):

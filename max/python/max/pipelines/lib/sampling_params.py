@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from max.errors import MaxError
+from max.pipelines.lib.structured_output import StructuredOutput
 
 
 @dataclass
@@ -17,7 +18,8 @@ class SamplingParams:
     presence (OpenAI's, over the output). `stop` strings are matched on the text; `stop_token_ids`
     and EOS (unless `ignore_eos`) end generation at the token. `logprobs` asks for the
     sampled token's log-probability plus that many top alternatives; `prompt_logprobs`
-    the same for each prompt token.
+    the same for each prompt token. `structured_output` limits the output to a grammar's
+    language (a JSON schema, a regex, choices; see structured_output.py).
     """
 
     max_new_tokens: int | None = None
@@ -34,6 +36,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    structured_output: StructuredOutput | None = None
 
     @property
     def greedy(self) -> bool:

@@ -26,6 +26,7 @@ class TextDelta:
     finish_reason: str | None
     stopped_by_string: bool = False
     reasoning_text: str = ""  # a reasoning model's thinking, apart from `text` (harmony)
+    tool_calls: list = field(default_factory=list)  # calls this delta completes (ToolCall)
 
 
 @dataclass
