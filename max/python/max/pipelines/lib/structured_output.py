@@ -18,6 +18,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from copy import copy
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -117,6 +118,56 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: Seque
     return logits.index_put((index,), masked)
 
 
+def _byte_alphabet() -> frozenset[str]:
+    """The characters of GPT-2's byte-to-unicode map: byte-level BPE vocabularies spell each
+    byte as one of them ('Ġ' is the space, 'Ċ' the newline)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    shifted = [0x100 + i for i in range(256 - len(printable))]
+    return frozenset(map(chr, printable + shifted))
+
+
+_BYTE_ALPHABET = _byte_alphabet()
+_BYTE_LEVEL_DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+
+
+def _is_byte_level_vocab(model: Any) -> bool:
+    """Whether a tokenizer model (its JSON) is a byte-level BPE: it has the space token 'Ġ'
+    and (all but a few odd entries of) its vocabulary is spelt in the byte alphabet."""
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        return False
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or "\u0120" not in vocab:
+        return False
+    spelt = sum(1 for piece in vocab if _BYTE_ALPHABET.issuperset(piece))
+    return spelt >= 0.99 * len(vocab)
+
+
+def _byte_level_tokenizer_json(hf_tokenizer: Any) -> str | None:
+    """The tokenizer's JSON, with a plain ByteLevel decoder, when its vocabulary is byte-level
+    but its decoder is not ByteLevel itself; None when llguidance can read it as it is.
+
+    llguidance learns how tokens spell bytes from the decoder: a top-level ByteLevel means
+    byte-level, while a Sequence with ByteFallback is read as SentencePiece-like (pieces are
+    their UTF-8 text), a nested ByteLevel notwithstanding. Transformers 5.17 converts GPT-2 style GGUF tokenizers (SmolLM2) with the decoder
+    Sequence[ByteFallback, Fuse, Replace('▁', ' '), ByteLevel], which decodes right but made
+    llguidance take 'Ġ' as the bytes C4 A0 instead of a space.
+    """
+    from tokenizers import decoders
+
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None or isinstance(backend.decoder, decoders.ByteLevel):
+        return None
+    backend = copy(backend)
+    backend.no_padding()
+    backend.no_truncation()
+    spec = json.loads(backend.to_str())
+    if not _is_byte_level_vocab(spec.get("model")):
+        return None
+    logger.debug("byte-level vocabulary with decoder %s: llguidance gets a ByteLevel decoder", spec.get("decoder"))
+    spec["decoder"] = dict(_BYTE_LEVEL_DECODER)
+    return json.dumps(spec, ensure_ascii=False)
+
+
 class GrammarBackend:
     """llguidance over the model's tokenizer: makes matchers and fills their masks.
 
@@ -130,7 +181,13 @@ class GrammarBackend:
 
         self.vocab_size = max(vocab_size, len(hf_tokenizer))
         eos = sorted(eos_token_ids) or None
-        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=self.vocab_size, eos_token=eos)
+        fixed = _byte_level_tokenizer_json(hf_tokenizer)
+        if fixed is None:
+            self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=self.vocab_size, eos_token=eos)
+        else:
+            if eos is None:
+                eos = hf_tokenizer.eos_token_id
+            self.tokenizer = llguidance.LLTokenizer(fixed, n_vocab=self.vocab_size, eos_token=eos)
         self.executor = llguidance.LLExecutor(num_threads=2)
         self._fresh: OrderedDict[StructuredOutput, Any] = OrderedDict()
         self._max_cached = 256

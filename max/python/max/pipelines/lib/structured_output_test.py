@@ -12,7 +12,13 @@ from max.errors import MaxError
 from max.pipelines.architectures import register_all
 from max.pipelines.lib import PipelineConfig, SamplingParams, build_engine, resolve_model
 from max.pipelines.lib.sampler import SamplingBatch, sample
-from max.pipelines.lib.structured_output import StructuredOutput, apply_token_bitmask, grammar_for
+from max.pipelines.lib.structured_output import (
+    GrammarBackend,
+    StructuredOutput,
+    _is_byte_level_vocab,
+    apply_token_bitmask,
+    grammar_for,
+)
 from max.testing.tiny_checkpoints import llama_config, tokenizer_dir, write_tiny_checkpoint
 
 
@@ -58,6 +64,33 @@ def test_strict_closes_objects():
     assert strict.count('"additionalProperties":false') == 2
     loose = grammar_for(StructuredOutput("json_schema", json.dumps(schema)))
     assert "additionalProperties" not in loose
+
+
+@pytest.mark.parametrize("nested_decoder", [False, True])
+def test_byte_level_tokens_are_their_bytes(nested_decoder):
+    """'Ġ' is a space to llguidance, whether the decoder is ByteLevel or (as transformers 5.17
+    converts GGUF tokenizers) a Sequence[ByteFallback, Fuse, Replace, ByteLevel]."""
+    from tokenizers import decoders
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
+    if nested_decoder:
+        tok.backend_tokenizer.decoder = decoders.Sequence(
+            [decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("\u2581", " "), decoders.ByteLevel()]
+        )
+    backend = GrammarBackend(tok, len(tok), [tok.eos_token_id])
+    ids = tok.encode('{"a": "b c"}', add_special_tokens=False)
+    assert 'Ġ"' in tok.convert_ids_to_tokens(ids)
+    assert b"".join(backend.tokenizer.decode_bytes([i]) for i in ids) == b'{"a": "b c"}'
+    matcher = backend.matcher(StructuredOutput("json_object"))
+    assert matcher.try_consume_tokens(ids) == len(ids) and not matcher.is_error(), matcher.get_error()
+
+
+def test_sentencepiece_vocab_is_not_byte_level():
+    vocab = {"<unk>": 0, "<0x20>": 1, "\u2581a": 2, "\u2581b": 3, "a": 4, "\u0120": 5}
+    assert not _is_byte_level_vocab({"type": "BPE", "vocab": vocab})
+    assert _is_byte_level_vocab({"type": "BPE", "vocab": {"\u0120": 0, "a": 1, "\u0120a": 2, "\u010a": 3}})
+    assert not _is_byte_level_vocab({"type": "Unigram", "vocab": [["\u0120", 0.0]]})
 
 
 @pytest.fixture(scope="module")
