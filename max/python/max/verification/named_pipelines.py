@@ -77,6 +77,9 @@ def tiny_random_path(name: str, config: dict[str, Any], seed: int = 0) -> Path:
 _TINY_F32 = Thresholds(kl=1e-6, cos=1e-6)
 _REAL_F32 = Thresholds(kl=1e-5, cos=1e-5)
 _BF16 = Thresholds(kl=2e-2, cos=2e-2)
+# Weight-only quantized on the CPU (int8 / int4 weights, bfloat16 compute) against the
+# torch reference in bfloat16 on the same file's decoded weights: bfloat16's thresholds.
+_QUANTIZED = _BF16
 
 
 def _tiny(folder: str, architecture: str, config: dict[str, Any]) -> NamedPipeline:
@@ -85,7 +88,7 @@ def _tiny(folder: str, architecture: str, config: dict[str, Any]) -> NamedPipeli
         display_name=f"tiny-random-{folder}",
         architecture=architecture,
         locate=lambda: str(tiny_random_path(f"tiny-random-{folder}", config)),
-        thresholds={"float32": _TINY_F32, "bfloat16": _BF16},
+        thresholds={"float32": _TINY_F32, "bfloat16": _BF16, "q8_0": _QUANTIZED, "q4_0": _QUANTIZED},
         max_length=512,
     )
 
@@ -96,7 +99,7 @@ NAMED_PIPELINES: list[NamedPipeline] = [
         display_name="SmolLM2-135M-Instruct",
         architecture="LlamaForCausalLM",
         locate=_embedded("smollm2-135m"),
-        thresholds={"float32": _REAL_F32, "bfloat16": _BF16},
+        thresholds={"float32": _REAL_F32, "bfloat16": _BF16, "q8_0": _QUANTIZED, "q4_1": _QUANTIZED},
     ),
     NamedPipeline(
         name="gemma3-270m",
@@ -110,7 +113,7 @@ NAMED_PIPELINES: list[NamedPipeline] = [
         display_name="Qwen2.5-Coder-0.5B-Instruct",
         architecture="Qwen2ForCausalLM",
         locate=_embedded("qwen2.5-0.5b"),
-        thresholds={"float32": _REAL_F32, "bfloat16": _BF16},
+        thresholds={"float32": _REAL_F32, "bfloat16": _BF16, "q8_0": _QUANTIZED, "q4_k": _QUANTIZED},
     ),
     _tiny("llama3", "LlamaForCausalLM", tiny_configs.TINY_CONFIGS["llama3"]),
     _tiny("qwen2", "Qwen2ForCausalLM", tiny_configs.TINY_CONFIGS["qwen2"]),
