@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +158,21 @@ def describe_encoding(config: PipelineConfig, dtype: torch.dtype) -> str:
     return f"encoding {enc}: weights and compute {dt}, on {config.device}"
 
 
+def set_cpu_threads() -> int:
+    """Gives torch's intra-op pool one thread per core this process may run on (its CPU
+    affinity, which containers and `taskset` narrow; torch's own default counts the
+    machine's cores), unless OMP_NUM_THREADS or MAX_CPU_THREADS says otherwise."""
+    wanted = os.environ.get("MAX_CPU_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if wanted and wanted.isdigit() and int(wanted) > 0:
+        threads = int(wanted)
+    else:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    logger.info("CPU: %d torch threads", threads)
+    return threads
+
+
 def tokenizer_source(resolved: ResolvedModel) -> ModelSource:
     """Where the tokenizer comes from: `--tokenizer`, else the model's own files.
 
@@ -214,6 +230,8 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
     device = config.device
     dtype = resolved.dtype
     set_kernel_backend(config.kernels)
+    if device.type == "cpu":
+        set_cpu_threads()
     if config.load_format == "dummy":
         checkpoint = None
     elif resolved.source.weights_format == WeightsFormat.gguf:

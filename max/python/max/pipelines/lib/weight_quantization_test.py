@@ -1,5 +1,8 @@
-"""Quantized encodings on the CPU: weights kept as int8 / int4, bfloat16 compute, the
-`auto` choice, and the combinations that are refused; float32 stays the default."""
+"""The fast CPU path: quantized encodings keep weights as int8 / int4 and compute in
+bfloat16, `auto` chooses them, bad combinations are refused, float32 stays the default,
+and torch gets one thread per available core."""
+
+import os
 
 import pytest
 import torch
@@ -114,3 +117,17 @@ def test_bad_combinations_are_usage_errors(checkpoint):
             ),
             register_all(),
         )
+
+
+def test_cpu_threads_follow_the_affinity_unless_the_environment_says(monkeypatch):
+    from max.pipelines.lib.pipeline_builder import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("MAX_CPU_THREADS", "1")
+        assert set_cpu_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("MAX_CPU_THREADS")
+        assert set_cpu_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
