@@ -7,6 +7,7 @@ Measures, in one run on one machine, for the same model and dtype:
   the requests one after another, and as one padded batch).
 
     ./bazelw run //max/python/max/benchmark:benchmark_generate -- [--model-path X] [--devices gpu]
+        [--encodings float32,bfloat16,q8_0,q4_1 --hf-encodings float32,bfloat16 --llama-cpp]
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class _TimingStreamer:
 
 def bench_transformers(
     args, prompts_ids: list[list[int]], gguf_file: str | None, directory: str, encoding: str = "float32"
-) -> tuple[float, Result, Result, Result]:
+) -> tuple[float, Result, Result | None, Result]:
     from transformers import AutoModelForCausalLM
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[encoding]
@@ -143,9 +144,11 @@ def bench_transformers(
     one(prompts_ids[0])  # warm-up
     n, total, ttft = one(prompts_ids[0])
     single = Result(f"{label}, 1 request (decode)", n - 1, total - ttft, ttft)
-    t0 = time.perf_counter()
-    count = sum(one(ids)[0] for ids in prompts_ids[: args.concurrency])
-    sequential = Result(f"{label}, {args.concurrency} requests one by one", count, time.perf_counter() - t0)
+    sequential = None
+    if args.hf_sequential:
+        t0 = time.perf_counter()
+        count = sum(one(ids)[0] for ids in prompts_ids[: args.concurrency])
+        sequential = Result(f"{label}, {args.concurrency} requests one by one", count, time.perf_counter() - t0)
     batch = prompts_ids[: args.concurrency]
     width = max(len(p) for p in batch)
     pad = 0
@@ -218,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--page-size", type=int, default=128)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--no-hf-sequential",
+        dest="hf_sequential",
+        action="store_false",
+        help="skip transformers' N requests one after another (its padded batch still runs)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         gguf = source.gguf_file.name if source.gguf_file else None
         for enc in hf_encodings:
             hf_load, hf_single, hf_seq, hf_padded = bench_transformers(args, prompts_ids, gguf, str(source.directory), enc)
-            rows += [hf_single, hf_seq, hf_padded]
+            rows += [r for r in (hf_single, hf_seq, hf_padded) if r is not None]
             loads[f"transformers {enc}"] = hf_load
             singles[f"transformers {enc}"] = hf_single
     if args.llama_cpp and source.gguf_file is not None:
