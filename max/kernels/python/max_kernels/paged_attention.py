@@ -196,6 +196,15 @@ def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softc
         qp = q.new_zeros(index.batch, index.max_q, hq, d)
         qp[index.token_batch, index.token_slot] = q
     qp, k, v = qp.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if index.max_q == 1 and hq != hkv and softcap is None and sinks is None and _grouped_decode(q):
+        # One query token per request: the query heads that share a KV head become query
+        # rows of that head, [b, Hkv, Hq/Hkv, D], and SDPA runs without `enable_gqa`,
+        # which on the CPU is several times slower at decode shapes. Equal up to rounding
+        # (not bit for bit), so float32, the verification reference, keeps the path above.
+        o = F.scaled_dot_product_attention(
+            qp.reshape(index.batch, hkv, hq // hkv, d), k, v, attn_mask=mask, scale=scale
+        )
+        return o.reshape(index.batch, hq, d)
     if softcap is None and sinks is None:
         o = F.scaled_dot_product_attention(
             qp, k, v, attn_mask=mask, scale=scale, enable_gqa=hq != hkv
@@ -206,6 +215,11 @@ def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softc
     if index.max_q == 1:
         return o.reshape(index.batch, hq, d)
     return o[index.token_batch, index.token_slot]
+
+
+def _grouped_decode(q: torch.Tensor) -> bool:
+    """Whether decode attention groups query heads by KV head: on the CPU, below float32."""
+    return q.device.type == "cpu" and q.dtype != torch.float32
 
 
 def _explicit_attention(q, k, v, mask, scale, softcap, sinks):

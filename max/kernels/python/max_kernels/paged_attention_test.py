@@ -24,7 +24,7 @@ def _naive(q, k, v, q_pos, scale, window=None, softcap=None):
     return torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v)
 
 
-def _run(cached, new, page_size=4, hq=4, hkv=2, d=8, window=None, softcap=None, seed=0):
+def _run(cached, new, page_size=4, hq=4, hkv=2, d=8, window=None, softcap=None, seed=0, dtype=torch.float32):
     """cached[b] tokens already in cache, new[b] tokens this step (one-token requests first)."""
     g = torch.Generator().manual_seed(seed)
     num_pages = 64
@@ -62,8 +62,9 @@ def _run(cached, new, page_size=4, hq=4, hkv=2, d=8, window=None, softcap=None, 
     )
     new_k = torch.cat([k[c:] for k, c in zip(full_k, cached)])
     new_v = torch.cat([v[c:] for v, c in zip(full_v, cached)])
-    write_kv_cache(new_k, new_v, k_cache, v_cache, layout)
-    q = torch.cat(q_list)
+    k_cache, v_cache = k_cache.to(dtype), v_cache.to(dtype)
+    write_kv_cache(new_k.to(dtype), new_v.to(dtype), k_cache, v_cache, layout)
+    q = torch.cat(q_list).to(dtype)
     scale = d**-0.5
     out = paged_attention(q, k_cache, v_cache, layout, scale, window, softcap)
     expected = torch.cat(
@@ -90,6 +91,15 @@ def test_matches_naive_attention(cached, new):
 def test_sliding_window_and_softcap():
     out, expected = _run([10, 3], [1, 8], window=4, softcap=5.0)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hq,hkv,window", [(6, 2, None), (8, 1, 3), (4, 4, None)])
+def test_bfloat16_decode_with_grouped_query_heads(hq, hkv, window):
+    """Below float32 the CPU decode groups the query heads of a KV head as rows of one
+    attention (no `enable_gqa`); it must still match attention over the float values."""
+    out, expected = _run([5, 9, 2], [1, 1, 1], hq=hq, hkv=hkv, window=window, dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
 
 
 def test_index_tensors_are_built_once_per_step():

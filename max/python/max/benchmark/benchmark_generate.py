@@ -7,6 +7,7 @@ Measures, in one run on one machine, for the same model and dtype:
   the requests one after another, and as one padded batch).
 
     ./bazelw run //max/python/max/benchmark:benchmark_generate -- [--model-path X] [--devices gpu]
+        [--encodings float32,bfloat16,q8_0,q4_1 --hf-encodings float32,bfloat16 --llama-cpp]
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_ours(args, prompts_ids: list[list[int]]) -> tuple[float, Result, Result]:
+def bench_ours(args, prompts_ids: list[list[int]], encoding: str | None = None) -> tuple[float, Result, Result]:
     from max.pipelines.architectures import register_all
     from max.pipelines.lib import PipelineConfig, SamplingParams, build_engine, resolve_model
 
     config = PipelineConfig(
         model_path=args.model_path,
         devices=args.devices,
-        quantization_encoding=args.encoding,
+        quantization_encoding=encoding,
         max_length=args.max_length,
         max_batch_size=max(args.concurrency, 1),
         kv_cache_page_size=args.page_size,
@@ -76,6 +77,7 @@ def bench_ours(args, prompts_ids: list[list[int]]) -> tuple[float, Result, Resul
     engine = build_engine(resolve_model(config, register_all()))
     _sync(config.device)
     load = time.perf_counter() - start
+    label = f"ours {config.quantization_encoding or 'default'}"
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
 
     def run(batch: list[list[int]]) -> tuple[int, float, float]:
@@ -94,9 +96,9 @@ def bench_ours(args, prompts_ids: list[list[int]]) -> tuple[float, Result, Resul
 
     run([prompts_ids[0]])  # warm-up
     n, total, ttft = run([prompts_ids[0]])
-    single = Result("ours, 1 request (decode)", n - 1, total - ttft, ttft)
+    single = Result(f"{label}, 1 request (decode)", n - 1, total - ttft, ttft)
     n, total, _ = run(prompts_ids[: args.concurrency])
-    many = Result(f"ours, {args.concurrency} concurrent requests", n, total)
+    many = Result(f"{label}, {args.concurrency} concurrent requests", n, total)
     return load, single, many
 
 
@@ -117,10 +119,13 @@ class _TimingStreamer:
         pass
 
 
-def bench_transformers(args, prompts_ids: list[list[int]], gguf_file: str | None, directory: str) -> tuple[float, Result, Result, Result]:
+def bench_transformers(
+    args, prompts_ids: list[list[int]], gguf_file: str | None, directory: str, encoding: str = "float32"
+) -> tuple[float, Result, Result | None, Result]:
     from transformers import AutoModelForCausalLM
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.encoding or "float32"]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[encoding]
+    label = f"transformers {encoding}"
     device = torch.device("cuda" if args.devices.startswith("gpu") else "cpu")
     start = time.perf_counter()
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
@@ -138,10 +143,12 @@ def bench_transformers(args, prompts_ids: list[list[int]], gguf_file: str | None
 
     one(prompts_ids[0])  # warm-up
     n, total, ttft = one(prompts_ids[0])
-    single = Result("transformers, 1 request (decode)", n - 1, total - ttft, ttft)
-    t0 = time.perf_counter()
-    count = sum(one(ids)[0] for ids in prompts_ids[: args.concurrency])
-    sequential = Result(f"transformers, {args.concurrency} requests one by one", count, time.perf_counter() - t0)
+    single = Result(f"{label}, 1 request (decode)", n - 1, total - ttft, ttft)
+    sequential = None
+    if args.hf_sequential:
+        t0 = time.perf_counter()
+        count = sum(one(ids)[0] for ids in prompts_ids[: args.concurrency])
+        sequential = Result(f"{label}, {args.concurrency} requests one by one", count, time.perf_counter() - t0)
     batch = prompts_ids[: args.concurrency]
     width = max(len(p) for p in batch)
     pad = 0
@@ -152,11 +159,44 @@ def bench_transformers(args, prompts_ids: list[list[int]], gguf_file: str | None
         out = model.generate(input_ids, attention_mask=mask, pad_token_id=pad, **gen)
     _sync(device)
     padded = Result(
-        f"transformers, {args.concurrency} requests as one padded batch",
+        f"{label}, {args.concurrency} requests as one padded batch",
         (out.shape[1] - width) * len(batch),
         time.perf_counter() - t0,
     )
     return load, single, sequential, padded
+
+
+def bench_llama_cpp(args, prompts_ids: list[list[int]], gguf_path: str) -> tuple[float, Result] | None:
+    """llama.cpp (llama-cpp-python) on the same GGUF file, batch 1, greedy, EOS ignored; None
+    when the package is not installed (it is not a pinned requirement: see BENCHMARKS.md)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print(
+            "llama.cpp column skipped: llama-cpp-python is not installed "
+            "(pip install llama-cpp-python; it compiles llama.cpp)",
+            file=sys.stderr,
+        )
+        return None
+    start = time.perf_counter()
+    llm = Llama(model_path=gguf_path, n_ctx=args.max_length, n_threads=torch.get_num_threads(), verbose=False)
+    load = time.perf_counter() - start
+
+    def one(ids: list[int]) -> tuple[int, float, float]:
+        t0 = time.perf_counter()
+        first = None
+        count = 0
+        for _ in llm.generate(ids, temp=0.0, top_k=1, reset=True):  # never stops by itself
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+            if count >= args.new_tokens:
+                break
+        return count, time.perf_counter() - t0, first - t0
+
+    one(prompts_ids[0])  # warm-up
+    n, total, ttft = one(prompts_ids[0])
+    return load, Result("llama.cpp (same GGUF), 1 request (decode)", n - 1, total - ttft, ttft)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,12 +204,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", help="default: the embedded SmolLM2-135M-Instruct GGUF")
     parser.add_argument("--devices", default="cpu")
-    parser.add_argument("--encoding", default=None, help="float32 (default on CPU), bfloat16, float16")
+    parser.add_argument(
+        "--encoding",
+        default=None,
+        help="one encoding for both ours and transformers (default: ours float32, transformers float32)",
+    )
+    parser.add_argument(
+        "--encodings", help="ours in each of these, comma-separated (e.g. float32,bfloat16,q8_0,q4_1)"
+    )
+    parser.add_argument("--hf-encodings", help="transformers in each of these (e.g. float32,bfloat16)")
+    parser.add_argument(
+        "--llama-cpp", action="store_true", help="add llama.cpp (llama-cpp-python) on the same GGUF, batch 1"
+    )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--page-size", type=int, default=128)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--no-hf-sequential",
+        dest="hf_sequential",
+        action="store_false",
+        help="skip transformers' N requests one after another (its padded batch still runs)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
@@ -190,14 +247,28 @@ def main(argv: list[str] | None = None) -> int:
     while len(prompts_ids) < args.concurrency:
         prompts_ids += prompts_ids
     print(f"model: {source.name}; device: {args.devices}; torch threads: {torch.get_num_threads()}", file=sys.stderr)
-    load, single, many = bench_ours(args, prompts_ids)
-    rows = [single, many]
-    loads = {"ours": load}
+    ours_encodings = (args.encodings or args.encoding or "float32").split(",")
+    hf_encodings = (args.hf_encodings or args.encoding or "float32").split(",")
+    rows: list[Result] = []
+    loads: dict[str, float] = {}
+    singles: dict[str, Result] = {}
+    for enc in ours_encodings:
+        load, single, many = bench_ours(args, prompts_ids, enc)
+        rows += [single, many]
+        loads[f"ours {enc}"] = load
+        singles[f"ours {enc}"] = single
     if not args.skip_transformers:
         gguf = source.gguf_file.name if source.gguf_file else None
-        hf_load, hf_single, hf_seq, hf_padded = bench_transformers(args, prompts_ids, gguf, str(source.directory))
-        rows += [hf_single, hf_seq, hf_padded]
-        loads["transformers"] = hf_load
+        for enc in hf_encodings:
+            hf_load, hf_single, hf_seq, hf_padded = bench_transformers(args, prompts_ids, gguf, str(source.directory), enc)
+            rows += [r for r in (hf_single, hf_seq, hf_padded) if r is not None]
+            loads[f"transformers {enc}"] = hf_load
+            singles[f"transformers {enc}"] = hf_single
+    if args.llama_cpp and source.gguf_file is not None:
+        result = bench_llama_cpp(args, prompts_ids, str(source.gguf_file))
+        if result is not None:
+            loads["llama.cpp"], singles["llama.cpp"] = result
+            rows.append(result[1])
     print("| run | tokens | seconds | tokens/s | time to first token |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -206,10 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name, seconds in loads.items():
         print(f"load time, {name}: {seconds:.2f} s")
-    if not args.skip_transformers:
-        print(f"batch 1 decode speed, ours / transformers: {single.tokens_per_second / hf_single.tokens_per_second:.2f}x")
-        print(f"{args.concurrency} requests, ours / transformers one by one: {many.tokens_per_second / hf_seq.tokens_per_second:.2f}x")
-        print(f"{args.concurrency} requests, ours / transformers padded batch: {many.tokens_per_second / hf_padded.tokens_per_second:.2f}x")
+    print()
+    print("batch 1 decode, ms per token: " + ", ".join(f"{k} {1000 / r.tokens_per_second:.1f}" for k, r in singles.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": [asdict(r) | {"tokens_per_second": r.tokens_per_second} for r in rows], "load_seconds": loads}, f, indent=2)

@@ -7,7 +7,7 @@ import argparse
 
 from max.errors import MaxError
 from max.pipelines.lib import ENCODINGS, PipelineConfig, SamplingParams, parse_memory
-from max.pipelines.lib.config import KERNEL_BACKENDS, LOAD_FORMATS
+from max.pipelines.lib.config import AUTO_ENCODING, KERNEL_BACKENDS, LOAD_FORMATS
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="weight file(s) to use (repeatable): a local file, a file name in the model's repo, "
         "or ORG/NAME/FILE in another repo",
     )
-    g.add_argument("--quantization-encoding", choices=ENCODINGS, help="weights/compute encoding")
+    g.add_argument(
+        "--quantization-encoding",
+        choices=(AUTO_ENCODING, *ENCODINGS),
+        default=AUTO_ENCODING,
+        help="how weights are held and what the model computes in. auto (default): on a CPU "
+        "with native bfloat16 (AVX512-BF16/AMX), a quantized GGUF keeps its linear weights "
+        "quantized (q4_* -> int4, q8_0/q5_*/q6_k -> int8) and computes in bfloat16, a float "
+        "checkpoint computes in bfloat16; otherwise float32 on CPU, bfloat16 on GPU. "
+        "float32 is the exact verification reference; q8_0/q4_0 quantize a float checkpoint "
+        "on load",
+    )
     g.add_argument("--devices", default="cpu", help="cpu, gpu, gpu:N, or a list gpu:0,1,2,3 (default: cpu)")
     g.add_argument("--load-format", choices=LOAD_FORMATS, default="auto", help="'dummy': random weights")
     g.add_argument("--trust-remote-code", action="store_true", help="allow code from model repos")

@@ -63,6 +63,10 @@ class SparseMoE(nn.Module):
     are not split, are added once, after the sum.
     """
 
+    # The router stays float under weight-only quantization (max.nn.quantized_linear): its
+    # top-k choice flips on small changes of its logits, and it is tiny.
+    unquantized_children = ("gate",)
+
     def __init__(self, hidden_size: int, config: MoEConfig, act: str) -> None:
         super().__init__()
         self.config = config

@@ -17,6 +17,7 @@ import torch
 
 from max.errors import MaxError
 from max.pipelines.lib import FLOAT_ENCODINGS, PipelineConfig, TextTokenizer, resolve_model_source
+from max.pipelines.lib.config import WEIGHT_ONLY_SCHEMES
 from max.verification.logits_file import PromptLogits, StepLogits
 
 DEFAULT_PROMPTS = [
@@ -136,6 +137,17 @@ def _run_max_prompts(engine, settings, prompts, prompt_ids, forced) -> list[Prom
     return results
 
 
+def reference_encoding(encoding: str) -> str:
+    """The float encoding the torch reference runs for `encoding`: itself, or bfloat16 for a
+    quantized one (ours keeps its weights quantized and computes in bfloat16 on the CPU;
+    the reference decodes the same file's weights)."""
+    if encoding in FLOAT_ENCODINGS:
+        return encoding
+    if encoding in WEIGHT_ONLY_SCHEMES:
+        return "bfloat16"
+    raise MaxError(f"the torch reference has no counterpart of encoding {encoding!r}")
+
+
 def load_torch_model(settings: FrameworkSettings):
     """transformers' model for the same files, in the settings' dtype and device."""
     from transformers import AutoModelForCausalLM
@@ -143,12 +155,11 @@ def load_torch_model(settings: FrameworkSettings):
 
     hf_logging.set_verbosity_error()
     source = resolve_model_source(settings.model_path)
-    if settings.encoding not in FLOAT_ENCODINGS:
-        raise MaxError(f"the torch reference runs float encodings only, not {settings.encoding}")
+    encoding = reference_encoding(settings.encoding)
     kwargs = {"gguf_file": source.gguf_file.name} if source.gguf_file is not None else {}
     model = AutoModelForCausalLM.from_pretrained(
         str(source.directory),
-        dtype=FLOAT_ENCODINGS[settings.encoding],
+        dtype=FLOAT_ENCODINGS[encoding],
         trust_remote_code=settings.trust_remote_code,
         **kwargs,
     )

@@ -77,15 +77,22 @@ def tiny_random_path(name: str, config: dict[str, Any], seed: int = 0) -> Path:
 _TINY_F32 = Thresholds(kl=1e-6, cos=1e-6)
 _REAL_F32 = Thresholds(kl=1e-5, cos=1e-5)
 _BF16 = Thresholds(kl=2e-2, cos=2e-2)
+# Weight-only quantized on the CPU (int8 / int4 weights, bfloat16 compute) against the
+# torch reference in bfloat16 on the same file's decoded weights: bfloat16's thresholds.
+_QUANTIZED = _BF16
 
 
-def _tiny(folder: str, architecture: str, config: dict[str, Any]) -> NamedPipeline:
+def _tiny(folder: str, architecture: str, config: dict[str, Any], int8: bool = True) -> NamedPipeline:
+    # q8_0 quantizes the random float weights on load (int8 per channel). Not int4: random
+    # Gaussian weights lose ~10 % to 4 bits per layer, far from a trained 4-bit file's loss.
+    # Not Gemma 3's tiny model: its logits move past bfloat16's thresholds at int8 too.
+    quantized = {"q8_0": _QUANTIZED} if int8 else {}
     return NamedPipeline(
         name=f"tiny-random-{folder}",
         display_name=f"tiny-random-{folder}",
         architecture=architecture,
         locate=lambda: str(tiny_random_path(f"tiny-random-{folder}", config)),
-        thresholds={"float32": _TINY_F32, "bfloat16": _BF16},
+        thresholds={"float32": _TINY_F32, "bfloat16": _BF16, **quantized},
         max_length=512,
     )
 
@@ -96,7 +103,7 @@ NAMED_PIPELINES: list[NamedPipeline] = [
         display_name="SmolLM2-135M-Instruct",
         architecture="LlamaForCausalLM",
         locate=_embedded("smollm2-135m"),
-        thresholds={"float32": _REAL_F32, "bfloat16": _BF16},
+        thresholds={"float32": _REAL_F32, "bfloat16": _BF16, "q8_0": _QUANTIZED, "q4_1": _QUANTIZED},
     ),
     NamedPipeline(
         name="gemma3-270m",
@@ -110,13 +117,13 @@ NAMED_PIPELINES: list[NamedPipeline] = [
         display_name="Qwen2.5-Coder-0.5B-Instruct",
         architecture="Qwen2ForCausalLM",
         locate=_embedded("qwen2.5-0.5b"),
-        thresholds={"float32": _REAL_F32, "bfloat16": _BF16},
+        thresholds={"float32": _REAL_F32, "bfloat16": _BF16, "q8_0": _QUANTIZED, "q4_k": _QUANTIZED},
     ),
     _tiny("llama3", "LlamaForCausalLM", tiny_configs.TINY_CONFIGS["llama3"]),
     _tiny("qwen2", "Qwen2ForCausalLM", tiny_configs.TINY_CONFIGS["qwen2"]),
     _tiny("qwen3", "Qwen3ForCausalLM", tiny_configs.TINY_CONFIGS["qwen3"]),
     _tiny("qwen3-moe", "Qwen3MoeForCausalLM", tiny_configs.TINY_CONFIGS["qwen3_moe"]),
-    _tiny("gemma3", "Gemma3ForCausalLM", tiny_configs.TINY_CONFIGS["gemma3"]),
+    _tiny("gemma3", "Gemma3ForCausalLM", tiny_configs.TINY_CONFIGS["gemma3"], int8=False),
     _tiny("gpt-oss", "GptOssForCausalLM", tiny_configs.TINY_CONFIGS["gpt_oss"]),
 ]
 

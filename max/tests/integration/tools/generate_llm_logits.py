@@ -1,7 +1,7 @@
 """Greedy logits of a pipeline, step by step, from this framework or a PyTorch reference.
 
     generate_llm_logits --framework max|torch --pipeline NAME|PATH --output FILE
-        [--device cpu|gpu|gpu:N] [--encoding float32|bfloat16|float16] [--num-steps 10]
+        [--device cpu|gpu|gpu:N] [--encoding float32|bfloat16|float16|q8_0|q4_1|...] [--num-steps 10]
         [--prompts FILE] [--reference FILE]
 
 `--framework torch` runs Hugging Face transformers on the same weights as the
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from max.errors import MaxError
+from max.pipelines.lib.config import WEIGHT_ONLY_SCHEMES
 from max.verification.cli import UsageErrorParser, run_tool
 from max.verification.frameworks import DEFAULT_PROMPTS, FrameworkSettings, run_framework
 from max.verification.logits_file import read_logits, write_logits
@@ -44,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"a named pipeline ({', '.join(p.name for p in NAMED_PIPELINES)}) or a model path",
     )
     parser.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
-    parser.add_argument("--encoding", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--encoding",
+        default="float32",
+        choices=["float32", "bfloat16", "float16", *WEIGHT_ONLY_SCHEMES],
+        help="a quantized encoding (q8_0, q4_1, ...) keeps ours' weights quantized on the CPU; "
+        "the torch reference then runs bfloat16",
+    )
     parser.add_argument("--output", required=True)
     parser.add_argument("--reference", help="teacher-force along this logits file's tokens")
     parser.add_argument("--num-steps", type=int, default=10)

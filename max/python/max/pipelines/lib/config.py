@@ -15,6 +15,22 @@ FLOAT_ENCODINGS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float1
 # GGUF quantized encodings: weights are read in this encoding and decoded to a float dtype.
 QUANTIZED_ENCODINGS = ("q4_0", "q4_1", "q5_0", "q4_k", "q5_k", "q6_k", "q8_0")
 ENCODINGS = (*FLOAT_ENCODINGS, *QUANTIZED_ENCODINGS)
+# On the CPU a quantized encoding keeps the linear layers' weights quantized in memory
+# (max.nn.quantized_linear), at no fewer bits than the encoding's, and computes in bfloat16.
+# Elsewhere (GPU) quantized weights are decoded to the float dtype, as before.
+WEIGHT_ONLY_SCHEMES = {
+    "q8_0": "int8",
+    "q6_k": "int8",
+    "q5_0": "int8",
+    "q5_k": "int8",
+    "q4_0": "int4",
+    "q4_1": "int4",
+    "q4_k": "int4",
+}
+# `auto` (the CLI's default for generate and serve): the fastest encoding the CPU and the
+# checkpoint allow, chosen when the model is resolved (see `choose_cpu_encoding`). The
+# library's default (None) stays float32 on the CPU: the verification reference.
+AUTO_ENCODING = "auto"
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 # `auto`: Triton kernels on the GPU, torch references elsewhere; `torch`: references only.
 KERNEL_BACKENDS = ("auto", "torch")
@@ -105,10 +121,9 @@ class PipelineConfig:
 
     def validate(self) -> None:
         """Raises MaxError naming the first setting out of range."""
-        if self.quantization_encoding is not None and self.quantization_encoding not in ENCODINGS:
-            raise MaxError(
-                f"unknown encoding {self.quantization_encoding!r} (choose from {', '.join(ENCODINGS)})"
-            )
+        enc = self.quantization_encoding
+        if enc is not None and enc not in ENCODINGS and enc != AUTO_ENCODING:
+            raise MaxError(f"unknown encoding {enc!r} (choose from {AUTO_ENCODING}, {', '.join(ENCODINGS)})")
         if self.kernels not in KERNEL_BACKENDS:
             raise MaxError(f"unknown kernel backend {self.kernels!r} ({', '.join(KERNEL_BACKENDS)})")
         if self.load_format not in LOAD_FORMATS:
@@ -213,13 +228,50 @@ class PipelineConfig:
         if enc in FLOAT_ENCODINGS:
             return FLOAT_ENCODINGS[enc]
         if self.device.type == "cpu":
-            return torch.float32
+            # Weight-only quantized layers compute in bfloat16 (their float32 kernels are
+            # reference loops); anything else stays float32, the verification reference.
+            return torch.bfloat16 if self.weight_quantization() else torch.float32
         if default_encoding in FLOAT_ENCODINGS:
             return FLOAT_ENCODINGS[default_encoding]
         return torch.bfloat16
+
+    def weight_quantization(self) -> str | None:
+        """`int8` or `int4` when the linear layers keep quantized weights (a quantized
+        encoding on the CPU), else None."""
+        if self.device.type != "cpu":
+            return None
+        return WEIGHT_ONLY_SCHEMES.get(self.quantization_encoding or "")
 
     def token_budget(self) -> int:
         """Tokens per step (chunked-prefill budget)."""
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
         return 512 if self.device.type == "cpu" else 8192
+
+
+def cpu_supports_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so that bfloat16
+    compute is faster than float32 rather than emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def choose_cpu_encoding(checkpoint_encoding: str | None, bfloat16_native: bool | None = None) -> str:
+    """The encoding `auto` means on the CPU, for a checkpoint whose weights are mostly in
+    `checkpoint_encoding` (a GGUF type name such as `q4_1`, or None for float weights).
+
+    With native bfloat16: a quantized GGUF keeps its weights quantized (`q4_1` -> int4), a
+    float checkpoint computes in bfloat16. Without it: float32, as before."""
+    native = cpu_supports_bfloat16() if bfloat16_native is None else bfloat16_native
+    if not native:
+        return "float32"
+    if checkpoint_encoding in WEIGHT_ONLY_SCHEMES:
+        return checkpoint_encoding
+    return "bfloat16"

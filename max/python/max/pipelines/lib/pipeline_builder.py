@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,13 @@ import torch
 from max.errors import MaxError
 from max.kv_cache import PagedKVCache
 from max.nn import TensorParallel, tensor_parallel_context
-from max.pipelines.lib.config import FLOAT_ENCODINGS, PipelineConfig
+from max.pipelines.lib.config import (
+    AUTO_ENCODING,
+    FLOAT_ENCODINGS,
+    WEIGHT_ONLY_SCHEMES,
+    PipelineConfig,
+    choose_cpu_encoding,
+)
 from max.pipelines.lib.engine import LLMEngine
 from max.pipelines.lib.hf_config import architecture_name, eos_token_ids, load_hf_config
 from max.pipelines.lib.model_runner import ModelRunner
@@ -85,8 +92,10 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
     """Locates the model, reads its config and finds its architecture."""
     config.validate()
     register_custom_architectures(config.custom_architectures, registry)
+    auto = config.quantization_encoding == AUTO_ENCODING
     source = resolve_model_source(
-        config.model_path, config.weight_path, config.load_format, config.revision, config.quantization_encoding
+        config.model_path, config.weight_path, config.load_format, config.revision,
+        None if auto else config.quantization_encoding,
     )
     if source.commit is not None:
         # Pinned, so that the processes started from this config (engine, ranks, replicas)
@@ -99,7 +108,15 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
             f"architecture {arch.name} cannot read {source.weights_format.value} weights "
             f"(it reads: {', '.join(f.value for f in arch.weight_adapters)})"
         )
+    if auto:
+        # Pinned, so that every process built from this config computes the same way.
+        config.quantization_encoding = _auto_encoding(config, gguf, arch)
     enc = config.quantization_encoding
+    if enc in WEIGHT_ONLY_SCHEMES and config.device.type == "cpu" and config.tp_size > 1:
+        raise MaxError(
+            f"--quantization-encoding {enc} keeps weights quantized on the CPU, which runs in one "
+            "process: drop --tensor-parallel-size, or use float32 or bfloat16"
+        )
     if enc in FLOAT_ENCODINGS and enc not in arch.supported_encodings:
         raise MaxError(
             f"encoding {enc} is not supported by {arch.name} "
@@ -107,6 +124,55 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
         )
     hf_config = load_hf_config(source, config.trust_remote_code, gguf)
     return ResolvedModel(config, source, arch, hf_config, gguf)
+
+
+def gguf_weights_encoding(gguf: GGUFFile) -> str:
+    """The encoding (lower-case GGML type name, e.g. `q4_1`) that holds most of a GGUF
+    file's matrix elements."""
+    counts: dict[str, int] = {}
+    for info in gguf.tensors.values():
+        if len(info.shape) == 2:
+            name = info.type_name.lower()
+            counts[name] = counts.get(name, 0) + info.shape[0] * info.shape[1]
+    return max(counts, key=counts.get) if counts else "float32"
+
+
+def _auto_encoding(config: PipelineConfig, gguf: GGUFFile | None, arch: SupportedArchitecture) -> str | None:
+    """What `--quantization-encoding auto` means for this model: on the CPU the fastest
+    encoding it allows (`choose_cpu_encoding`); elsewhere the device's default (None)."""
+    if config.device.type != "cpu" or config.tp_size > 1:
+        return None
+    checkpoint = gguf_weights_encoding(gguf) if gguf is not None and config.load_format != "dummy" else None
+    enc = choose_cpu_encoding(checkpoint)
+    if enc in FLOAT_ENCODINGS and enc not in arch.supported_encodings:
+        return "float32"
+    return enc
+
+
+def describe_encoding(config: PipelineConfig, dtype: torch.dtype) -> str:
+    """One line saying how the weights are held and what the model computes in."""
+    enc = config.quantization_encoding or "default"
+    scheme = config.weight_quantization()
+    dt = str(dtype).removeprefix("torch.")
+    if scheme is not None:
+        held = "int8 per channel" if scheme == "int8" else "int4 in groups of 32 (int8 where the file has more bits)"
+        return f"encoding {enc}: linear weights kept as {held}, embeddings and LM head {dt}, compute {dt}, on {config.device}"
+    return f"encoding {enc}: weights and compute {dt}, on {config.device}"
+
+
+def set_cpu_threads() -> int:
+    """Gives torch's intra-op pool one thread per core this process may run on (its CPU
+    affinity, which containers and `taskset` narrow; torch's own default counts the
+    machine's cores), unless OMP_NUM_THREADS or MAX_CPU_THREADS says otherwise."""
+    wanted = os.environ.get("MAX_CPU_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if wanted and wanted.isdigit() and int(wanted) > 0:
+        threads = int(wanted)
+    else:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    logger.info("CPU: %d torch threads", threads)
+    return threads
 
 
 def tokenizer_source(resolved: ResolvedModel) -> ModelSource:
@@ -166,6 +232,8 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
     device = config.device
     dtype = resolved.dtype
     set_kernel_backend(config.kernels)
+    if device.type == "cpu":
+        set_cpu_threads()
     if config.load_format == "dummy":
         checkpoint = None
     elif resolved.source.weights_format == WeightsFormat.gguf:
@@ -175,6 +243,7 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
     adapter = arch.weight_adapters.get(resolved.source.weights_format)
     with tensor_parallel_context(group.tp if group is not None else TensorParallel()):
         model = arch.pipeline_model(config, resolved.hf_config, checkpoint, adapter, dtype, device)
+    logger.info(describe_encoding(config, dtype))
     params = model.get_kv_params(resolved.hf_config, config, dtype)
     needed = model.estimate_kv_cache_size(config, resolved.hf_config, dtype)
     activations = model.estimate_activation_memory(max(config.token_budget(), config.max_batch_size), config.max_batch_size)

@@ -24,6 +24,8 @@ from torch import nn
 from max.errors import MaxError
 from max.kv_cache import KVCacheParams, PagedKVCache
 from max.nn import DecoderConfig, TensorParallel, Transformer, step_context
+from max.nn.checkpoint_layout import leaves, parameter_sources
+from max.nn.quantized_linear import quantize_linears
 from max.pipelines.lib.config import PipelineConfig
 from max.pipelines.lib.device_transfer import upload
 from max.pipelines.lib.scheduler import ScheduledChunk
@@ -58,6 +60,21 @@ def skip_parameter_init() -> Iterator[None]:
     finally:
         for name, fn in saved.items():
             setattr(nn.init, name, fn)
+
+
+# GGUF encodings of more than four bits per weight: under int4 their layers stay int8
+# (a float checkpoint's layers are quantized as asked).
+_WIDE_GGUF = {"Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "Q8_K"}
+
+
+def _wide_layers(network: nn.Module, state: Any) -> set[str]:
+    """Module paths of the layers whose weight comes from a GGUF tensor stored with more
+    than four bits (kept int8 under int4 quantization)."""
+    wide = set()
+    for name, source in parameter_sources(network).items():
+        if name.endswith(".weight") and any(getattr(state[leaf], "encoding", "") in _WIDE_GGUF for leaf in leaves(source)):
+            wide.add(name.removesuffix(".weight"))
+    return wide
 
 
 @dataclass
@@ -193,11 +210,14 @@ class PipelineModel:
     def load_model(self, checkpoint: Checkpoint | None, weight_adapter: Any) -> nn.Module:
         """Builds the network without allocating, then fills it from the checkpoint.
 
-        With no checkpoint (`--load-format dummy`) the weights are random.
+        With no checkpoint (`--load-format dummy`) the weights are random. Under weight-only
+        quantization (a quantized encoding on the CPU) the weights are read in float32,
+        the linear layers quantized from those values, and the rest cast to `self.dtype`.
         """
+        scheme = self.pipeline_config.weight_quantization()
         with torch.device("meta"), skip_parameter_init():
             network = self.build_network()
-        network = network.to_empty(device=self.device).to(self.dtype)
+        network = network.to_empty(device=self.device).to(torch.float32 if scheme else self.dtype)
         for module in network.modules():
             init = getattr(module, "init_buffers", None)
             if init is not None:
@@ -206,7 +226,13 @@ class PipelineModel:
             fill_dummy_weights(network, self.pipeline_config.seed)
         else:
             state = weight_adapter(checkpoint, self.hf_config)
-            load_checkpoint_into(network, state, self.dtype, self.device)
+            load_checkpoint_into(network, state, torch.float32 if scheme else self.dtype, self.device)
+        if scheme:
+            keep_int8 = () if checkpoint is None else _wide_layers(network, state)
+            quantize_linears(network, scheme, self.dtype, keep_int8)
+            with torch.no_grad():
+                for param in network.parameters():
+                    param.data = param.data.to(self.dtype)
         return network.eval()
 
     # -- steps ---------------------------------------------------------------------------

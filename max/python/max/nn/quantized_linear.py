@@ -1,0 +1,176 @@
+"""Weight-only quantized linear layers for the CPU: int8 per channel and int4 in groups.
+
+A decode step on the CPU reads every weight once per token, so its speed is the weights'
+bytes over the memory bandwidth: float32 weights cost four bytes each, int8 one, int4 half.
+These layers keep the weights quantized in memory and multiply with torch's packed
+weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, the ops gpt-fast
+uses), which dequantize on the fly inside the matrix product. Activations, scales and
+outputs are in the network's compute dtype (bfloat16: the kernels' float32 variants are
+reference loops, tens of times slower).
+
+- int8: w[n, k] = scale[n] * q[n, k], q in [-127, 127], one scale per output channel.
+- int4: w[n, k] = scale[g, n] * (q[n, k] - 8) + zero[g, n], q in [0, 15], for the group
+  g = k // group_size of input features (asymmetric min/max, as GGUF's Q4_1 is). A GGUF
+  Q4_1 block is exactly such a group (32 values, scale d, minimum m: zero = m + 8d), so its
+  codes survive re-quantization; other encodings are re-quantized from their decoded values.
+
+`quantize_linears(network, scheme, dtype)` swaps a loaded network's linear layers for
+these, in place (the LM head stays float: see there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+import torch
+from torch import nn
+
+from max.errors import MaxError
+from max.nn.parallel import RowParallelLinear
+
+logger = logging.getLogger("max.nn")
+
+SCHEMES = ("int8", "int4")
+INT4_GROUP_SIZE = 32
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes [N, K], float32 scales [N]) of a float weight [N, K], symmetric per row."""
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    codes = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return codes, scales
+
+
+def quantize_int4(
+    weight: torch.Tensor, group_size: int = INT4_GROUP_SIZE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes int32 [N, K] in [0, 15], scales [K/G, N], zeros [K/G, N]) of a float weight,
+    asymmetric min/max per group of `group_size` input features; the value is
+    scale * (code - 8) + zero."""
+    n, k = weight.shape
+    w = weight.float().reshape(n, k // group_size, group_size)
+    lo, hi = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
+    scales = ((hi - lo) / 15.0).clamp(min=1e-12)
+    codes = torch.round((w - lo) / scales).clamp(0, 15).to(torch.int32).reshape(n, k)
+    zeros = lo + 8.0 * scales
+    return codes, scales.squeeze(-1).t().contiguous(), zeros.squeeze(-1).t().contiguous()
+
+
+def int4_supported(out_features: int, in_features: int, group_size: int = INT4_GROUP_SIZE) -> bool:
+    """Whether torch's CPU int4 packing takes this shape (N a multiple of 16, K of the group)."""
+    return out_features % 16 == 0 and in_features % group_size == 0
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """`y = x @ (scale * q).T + bias` with int8 codes q kept in memory."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        codes, scales = quantize_int8(weight)
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight_int8", codes)
+        self.register_buffer("scales", scales.to(dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(self.scales.dtype)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+
+
+class Int4WeightOnlyLinear(nn.Module):
+    """`y = x @ W.T + bias` with W kept as int4 codes in groups of input features, packed
+    for torch's CPU int4 kernel (two codes per byte)."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+        group_size: int = INT4_GROUP_SIZE,
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        if not int4_supported(self.out_features, self.in_features, group_size):
+            raise MaxError(
+                f"int4 weights need out_features % 16 == 0 and in_features % {group_size} == 0, "
+                f"got {tuple(weight.shape)}"
+            )
+        codes, scales, zeros = quantize_int4(weight, group_size)
+        self.group_size = group_size
+        self.register_buffer(
+            "weight_int4", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        )
+        self.register_buffer("scales_and_zeros", torch.stack((scales, zeros), dim=-1).to(dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2, self.weight_int4, self.group_size, self.scales_and_zeros
+        )
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"int4 in groups of {self.group_size}"
+        )
+
+
+def quantized_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, scheme: str, dtype: torch.dtype
+) -> nn.Module:
+    """A weight-only quantized layer for a float weight [N, K]: int4 where its shape allows
+    (else int8, the same layer at twice the bytes), or int8."""
+    if scheme not in SCHEMES:
+        raise MaxError(
+            f"unknown weight-only quantization {scheme!r} (choose from {', '.join(SCHEMES)})"
+        )
+    if scheme == "int4" and int4_supported(*weight.shape):
+        return Int4WeightOnlyLinear(weight, bias, dtype)
+    return Int8WeightOnlyLinear(weight, bias, dtype)
+
+
+def quantize_linears(
+    network: nn.Module, scheme: str, dtype: torch.dtype, keep_int8: Collection[str] = ()
+) -> int:
+    """Replaces, in place, every single-process `nn.Linear` of `network` (q/k/v, o, gate/up,
+    down; not a mixture's router, which a module lists in `unquantized_children`) by its
+    weight-only quantized version. Returns how many layers were quantized.
+
+    The LM head (an embedding-shaped layer, tied or not) is left to the caller's float
+    dtype: its logits decide every token, and int8 per output channel (the only grouping
+    torch's int8 kernel has) gives eight times bfloat16's error on an embedding with
+    outlying rows, which fails verification. Under int4 the layers named (by module path)
+    in `keep_int8` (those a GGUF file stores with more than four bits) are int8:
+    re-quantizing an 8-bit tensor to 4 bits loses what the file kept. Layers split across
+    tensor-parallel ranks are refused: the quantized path is for one CPU process.
+    """
+    counts = {"int8": 0, "int4": 0}
+    with torch.no_grad():
+        for path, parent in list(network.named_modules()):
+            keep = getattr(parent, "unquantized_children", ())
+            for name, child in list(parent.named_children()):
+                if name in keep or not isinstance(child, nn.Linear):
+                    continue
+                if isinstance(child, RowParallelLinear) and child.tp.size > 1:
+                    raise MaxError("weight-only quantization does not support tensor parallelism")
+                full = f"{path}.{name}" if path else name
+                chosen = "int8" if full in keep_int8 else scheme
+                layer = quantized_linear(child.weight, child.bias, chosen, dtype)
+                counts["int4" if isinstance(layer, Int4WeightOnlyLinear) else "int8"] += 1
+                setattr(parent, name, layer)
+    logger.info("weight-only %s: %d layers int4, %d int8", scheme, counts["int4"], counts["int8"])
+    return counts["int4"] + counts["int8"]

@@ -1,0 +1,133 @@
+"""The fast CPU path: quantized encodings keep weights as int8 / int4 and compute in
+bfloat16, `auto` chooses them, bad combinations are refused, float32 stays the default,
+and torch gets one thread per available core."""
+
+import os
+
+import pytest
+import torch
+
+from max.errors import MaxError
+from max.nn.quantized_linear import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+from max.pipelines.architectures import register_all
+from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
+from max.pipelines.lib.config import choose_cpu_encoding
+from max.pipelines.lib.pipeline_builder import gguf_weights_encoding
+from max.pipelines.lib.weights import GGUFFile
+from max.testing.engine_probes import greedy_tokens, prompt_logits
+from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
+from max.testing.tiny_gguf import write_llama_gguf
+
+PROMPTS = [[1, 50, 60, 70, 80], [1, 7, 9], [1, 300, 301, 302, 303, 304, 305]]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), llama_config(), seed=3)
+
+
+@pytest.fixture(scope="module")
+def q4_1_gguf(checkpoint, tmp_path_factory):
+    return write_llama_gguf(checkpoint, tmp_path_factory.mktemp("gguf") / "tiny-Q4_1.gguf", "Q4_1")
+
+
+def _engine(path, encoding, **overrides):
+    settings = dict(
+        model_path=str(path), quantization_encoding=encoding, kv_cache_page_size=4, max_length=128
+    )
+    settings.update(overrides)
+    return build_engine(resolve_model(PipelineConfig(**settings), register_all()))
+
+
+def _layers(engine, kind):
+    return [m for m in engine.model.model.modules() if isinstance(m, kind)]
+
+
+def _cos(a, b):
+    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
+def test_default_on_the_cpu_stays_float32_with_float_weights(checkpoint):
+    engine = _engine(checkpoint, None)
+    assert engine.model.dtype == torch.float32
+    assert not _layers(engine, (Int8WeightOnlyLinear, Int4WeightOnlyLinear))
+
+
+def test_q8_0_quantizes_safetensors_on_load_and_keeps_float32_s_greedy_tokens(checkpoint):
+    reference = _engine(checkpoint, "float32")
+    engine = _engine(checkpoint, "q8_0")
+    assert engine.model.dtype == torch.bfloat16
+    assert len(_layers(engine, Int8WeightOnlyLinear)) == 3 * 4  # qkv, o, gate_up, down per layer
+    assert _cos(prompt_logits(engine, PROMPTS[2]), prompt_logits(reference, PROMPTS[2])) > 0.999
+    assert greedy_tokens(engine, PROMPTS, 4) == greedy_tokens(reference, PROMPTS, 4)
+
+
+def test_q4_0_quantizes_safetensors_on_load_to_int4(checkpoint):
+    reference = _engine(checkpoint, "float32")
+    engine = _engine(checkpoint, "q4_0")
+    assert len(_layers(engine, Int4WeightOnlyLinear)) == 3 * 4
+    assert _cos(prompt_logits(engine, PROMPTS[2]), prompt_logits(reference, PROMPTS[2])) > 0.99
+
+
+def test_q4_1_gguf_is_kept_as_int4_and_follows_the_bfloat16_dequantized_model(q4_1_gguf):
+    assert gguf_weights_encoding(GGUFFile(q4_1_gguf)) == "q4_1"
+    dequantized = _engine(q4_1_gguf, "bfloat16")
+    engine = _engine(q4_1_gguf, "q4_1")
+    assert len(_layers(engine, Int4WeightOnlyLinear)) == 3 * 4
+    # The Q4_1 codes survive re-quantization; only the scales' bfloat16 rounding differs.
+    assert _cos(prompt_logits(engine, PROMPTS[0]), prompt_logits(dequantized, PROMPTS[0])) > 0.999
+    assert greedy_tokens(engine, PROMPTS, 4) == greedy_tokens(dequantized, PROMPTS, 4)
+
+
+def test_auto_picks_the_checkpoint_s_encoding_when_the_cpu_has_bfloat16():
+    assert choose_cpu_encoding("q4_1", bfloat16_native=True) == "q4_1"
+    assert choose_cpu_encoding("q4_k", bfloat16_native=True) == "q4_k"
+    assert choose_cpu_encoding("q8_0", bfloat16_native=True) == "q8_0"
+    assert choose_cpu_encoding("f16", bfloat16_native=True) == "bfloat16"
+    assert choose_cpu_encoding(None, bfloat16_native=True) == "bfloat16"
+    assert choose_cpu_encoding("q4_1", bfloat16_native=False) == "float32"
+    assert choose_cpu_encoding(None, bfloat16_native=False) == "float32"
+
+
+def test_auto_is_resolved_once_and_pinned_in_the_config(q4_1_gguf, monkeypatch):
+    monkeypatch.setattr("max.pipelines.lib.config.cpu_supports_bfloat16", lambda: True)
+    resolved = resolve_model(
+        PipelineConfig(model_path=str(q4_1_gguf), quantization_encoding="auto"), register_all()
+    )
+    assert resolved.config.quantization_encoding == "q4_1"
+    assert resolved.dtype == torch.bfloat16
+    monkeypatch.setattr("max.pipelines.lib.config.cpu_supports_bfloat16", lambda: False)
+    resolved = resolve_model(
+        PipelineConfig(model_path=str(q4_1_gguf), quantization_encoding="auto"), register_all()
+    )
+    assert resolved.config.quantization_encoding == "float32"
+
+
+def test_bad_combinations_are_usage_errors(checkpoint):
+    with pytest.raises(MaxError, match="unknown encoding 'int3'"):
+        resolve_model(
+            PipelineConfig(model_path=str(checkpoint), quantization_encoding="int3"), register_all()
+        )
+    with pytest.raises(
+        MaxError, match="keeps weights quantized on the CPU.*--tensor-parallel-size"
+    ):
+        resolve_model(
+            PipelineConfig(
+                model_path=str(checkpoint), quantization_encoding="q4_0", tensor_parallel_size=2
+            ),
+            register_all(),
+        )
+
+
+def test_cpu_threads_follow_the_affinity_unless_the_environment_says(monkeypatch):
+    from max.pipelines.lib.pipeline_builder import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("MAX_CPU_THREADS", "1")
+        assert set_cpu_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("MAX_CPU_THREADS")
+        assert set_cpu_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
