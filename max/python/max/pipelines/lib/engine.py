@@ -96,12 +96,11 @@ class LLMEngine:
         runner: ModelRunner | None = None,
         async_scheduling: bool = False,
         grammar: Callable[[], GrammarBackend] | None = None,
+        freeze_startup_objects: bool = False,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.runner = runner or ModelRunner(model, kv_cache, max_batch_size, use_cuda_graphs=False)
-        # Set by `build_engine` when it froze the start-up objects (`gc.freeze`).
-        self.froze_startup_objects = False
         self.async_scheduling = async_scheduling
         self.scheduler = Scheduler(kv_cache, max_batch_size, max_num_batched_tokens, enable_prefix_caching)
         self.eos_token_ids = set(eos_token_ids)
@@ -121,6 +120,14 @@ class LLMEngine:
         # (None: no tokenizer, constraints are refused).
         self._grammar_factory = grammar
         self._grammar: GrammarBackend | None = None
+        # The start-up objects (modules, graphs, the KV cache's tables) live as long as the
+        # engine. Frozen, they are left out of Python's full collections, which otherwise
+        # walk them all and stall a step for tens of milliseconds now and then (vLLM and
+        # SGLang do the same after start-up); `close` unfreezes them.
+        self._froze_startup_objects = freeze_startup_objects
+        if freeze_startup_objects:
+            gc.collect()
+            gc.freeze()
 
     # -- requests ------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_tokens: list[int], params: SamplingParams) -> None:
@@ -186,9 +193,9 @@ class LLMEngine:
         """Stops what the engine started (the other tensor-parallel ranks), and returns the
         objects frozen at start-up to the garbage collector."""
         self.runner.close()
-        if self.froze_startup_objects:
+        if self._froze_startup_objects:
             gc.unfreeze()
-            self.froze_startup_objects = False
+            self._froze_startup_objects = False
 
     def request_ids(self) -> list[str]:
         """Ids of the requests waiting or running."""

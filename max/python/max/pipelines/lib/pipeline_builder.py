@@ -7,7 +7,6 @@ needs the tokenizer, not the weights); `build_engine` does the heavy part.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -297,7 +296,7 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
             raise MaxError("structured outputs need the model's tokenizer (--skip-tokenizer-init is set)")
         return GrammarBackend(tokenizer.hf, vocab, eos | tokenizer.eos_token_ids)
 
-    engine = LLMEngine(
+    return LLMEngine(
         model,
         kv_cache,
         config.max_batch_size,
@@ -308,13 +307,6 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
         runner=runner,
         async_scheduling=device.type == "cuda" and config.async_scheduling,
         grammar=grammar,
+        # Where a step is short enough for a collection's pause to show (the GPU's).
+        freeze_startup_objects=device.type == "cuda",
     )
-    if device.type == "cuda":
-        # The start-up objects (modules, graphs, the KV cache's tables) live as long as the
-        # engine. Frozen, they are left out of Python's full collections, which otherwise
-        # walk them all and stall a decode step for tens of milliseconds now and then.
-        # vLLM and SGLang do the same after start-up; `LLMEngine.close` unfreezes.
-        gc.collect()
-        gc.freeze()
-        engine.froze_startup_objects = True
-    return engine
