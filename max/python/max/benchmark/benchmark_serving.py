@@ -35,6 +35,7 @@ import aiohttp
 import numpy as np
 
 from max.benchmark.benchmark_dataset import SampleRequest, add_dataset_args, build_requests
+from max.benchmark.command import run_command
 from max.benchmark.serving_metrics import RequestResult, compute_metrics, format_report
 from max.errors import MaxError
 
@@ -305,16 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; prints the report; returns 0 if any request succeeded."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if cwd:
-        os.chdir(cwd)
     # Online by default like `serve` (HF_HUB_OFFLINE=1 keeps to the local cache).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        return _run(args, extra)
-    except MaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command(_run, args, extra)
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from max.benchmark.benchmark_dataset import SampleRequest, add_dataset_args, build_requests
+from max.benchmark.command import run_command
 from max.errors import MaxError
 
 BACKENDS = ("ours", "hf", "both")
@@ -349,16 +350,9 @@ def format_results(results: list[ThroughputResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the chosen backends on the workload; prints the table (and writes JSON)."""
     args = build_parser().parse_args(argv)
-    cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if cwd:
-        os.chdir(cwd)
     # Online by default like `serve` (HF_HUB_OFFLINE=1 keeps to the local cache).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        return _run(args)
-    except MaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

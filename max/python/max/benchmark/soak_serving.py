@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from max.benchmark.command import run_command
 from max.errors import MaxError
 
 
@@ -364,14 +365,7 @@ def _format(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the soak; prints the report; returns 0 if nothing was lost or leaked."""
     args, extra = build_parser().parse_known_args(argv)
-    cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if cwd:
-        os.chdir(cwd)
-    try:
-        return _run(args, extra)
-    except MaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command(_run, args, extra)
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
