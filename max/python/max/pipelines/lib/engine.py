@@ -28,7 +28,7 @@ import gc
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +36,7 @@ import torch
 from max.errors import MaxError
 from max.kv_cache import PagedKVCache
 from max.pipelines.lib.model_runner import ModelRunner
+from max.pipelines.lib.multimodal import ImageInput, check_images
 from max.pipelines.lib.pipeline_model import ModelInputs, PendingTokens, PipelineModel
 from max.pipelines.lib.request import Request, RequestOutput, TokenLogprob
 from max.pipelines.lib.sampler import SampledTokens, SamplingBatch, sample_on_device
@@ -130,8 +131,15 @@ class LLMEngine:
             gc.freeze()
 
     # -- requests ------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt_tokens: list[int], params: SamplingParams) -> None:
-        """Queues a request; raises MaxError if it cannot be served."""
+    def add_request(
+        self,
+        request_id: str,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        images: Sequence[ImageInput] = (),
+    ) -> None:
+        """Queues a request; raises MaxError if it cannot be served. `images` are the
+        prompt's images, each on its run of image tokens (see `multimodal.ImageInput`)."""
         if request_id in self._requests:
             raise MaxError(f"request id {request_id!r} is already in use")
         if not prompt_tokens:
@@ -153,6 +161,9 @@ class LLMEngine:
                 f"the model's maximum length of {limit} tokens"
             )
         total = limit if params.max_new_tokens is None else n + params.max_new_tokens
+        images = tuple(images)
+        if images:
+            check_images(list(images), prompt_tokens, self.model.image_token_id)
         matcher = self._matcher(params) if params.structured_output is not None else None
         request = Request(
             request_id=request_id,
@@ -163,6 +174,7 @@ class LLMEngine:
             max_total_tokens=total,
             arrival=next(self._arrivals),
             matcher=matcher,
+            images=images,
         )
         self._requests[request_id] = request
         self.scheduler.add(request)

@@ -124,6 +124,9 @@ class PipelineModel:
     # The architecture's config class: a DecoderConfig (sub)class with a classmethod
     # `from_huggingface(hf_config, max_seq_len)`.
     config_class: ClassVar[type[DecoderConfig]]
+    # The token id that marks an image's positions in a prompt (None: the model takes no
+    # images; vision-language models set it from their config).
+    image_token_id: int | None = None
 
     def __init__(
         self,

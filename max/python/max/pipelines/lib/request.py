@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from max.pipelines.lib.multimodal import ImageInput
 from max.pipelines.lib.sampling_params import SamplingParams
 
 
@@ -43,6 +44,8 @@ class Request:
     pending: list[tuple[int, int, int]] = field(default_factory=list)
     # Structured outputs: the llguidance matcher of the request's grammar (None: free text).
     matcher: Any = None
+    # The prompt's images, in prompt order (see `multimodal.ImageInput`).
+    images: tuple[ImageInput, ...] = ()
 
     @property
     def output_tokens(self) -> list[int]:
