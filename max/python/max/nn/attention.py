@@ -100,9 +100,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         step = current_step()
         k_cache, v_cache = step.kv_cache.layer(self.layer_index)
-        q = rope_and_write_kv(
-            q, k, v, positions, self.rotary.cos, self.rotary.sin, k_cache, v_cache, step.layout.slot_mapping
-        )
+        rows, cos, sin = self.rotary.step_tables(positions)
+        q = rope_and_write_kv(q, k, v, rows, cos, sin, k_cache, v_cache, step.layout.slot_mapping)
         out = paged_attention(
             q, k_cache, v_cache, step.layout, self.scale, self.sliding_window, self.softcap, self.sinks
         )

@@ -143,15 +143,72 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", (emb.cos() * scaling).to(device), persistent=False)
         self.register_buffer("sin", (emb.sin() * scaling).to(device), persistent=False)
 
+    def step_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(indices, cos, sin) for a step whose tokens sit at `positions`: token i rotates by
+        row indices[i] of the cos and sin tables (the rope kernels take them so)."""
+        return positions, self.cos, self.sin
+
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotates q [T, Hq, D] and k [T, Hkv, D] by the positions [T] of their tokens."""
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        """Rotates q [T, Hq, D] and k [T, Hkv, D] by the positions of their tokens."""
+        positions, cos_table, sin_table = self.step_tables(positions)
+        cos = cos_table[positions].unsqueeze(1).to(q.dtype)
+        sin = sin_table[positions].unsqueeze(1).to(q.dtype)
         if self.rotary_dim == q.shape[-1]:
             return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         r = self.rotary_dim  # partial rotary: only the first r channels rotate
         q_rot = q[..., :r] * cos + rotate_half(q[..., :r]) * sin
         k_rot = k[..., :r] * cos + rotate_half(k[..., :r]) * sin
         return torch.cat((q_rot, q[..., r:]), -1), torch.cat((k_rot, k[..., r:]), -1)
+
+
+class MultimodalRotaryEmbedding(RotaryEmbedding):
+    """M-RoPE (Qwen2-VL, Qwen2.5-VL): a token has three positions (time, height, width), and
+    the rotary frequencies are cut into three consecutive sections (`mrope_section`, which
+    sums to rotary_dim / 2): section i turns with position i.
+
+    A text token's three positions are equal, which makes it plain RoPE at that position; so
+    a step of text tokens (every decode step) passes positions [T] and reads the shared
+    tables, and only a step that holds image tokens passes positions [3, T], for which
+    tables of its own tokens are computed (once per step: every layer reuses them).
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        rope_parameters: Mapping,
+        max_position_embeddings: int,
+        max_positions: int,
+        mrope_section: list[int],
+    ) -> None:
+        self.mrope_section = [int(s) for s in mrope_section]
+        self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        super().__init__(head_dim, rope_parameters, max_position_embeddings, max_positions)
+
+    def init_buffers(self, device: torch.device | str) -> None:
+        """The shared tables, plus the frequencies and each frequency's section."""
+        super().init_buffers(device)
+        inv_freq, self.scaling = rope_frequencies(self.rope_parameters, self.head_dim, self.max_position_embeddings)
+        if sum(self.mrope_section) != inv_freq.shape[0]:
+            raise MaxError(
+                f"mrope_section {self.mrope_section} must sum to half the rotary width ({inv_freq.shape[0]})"
+            )
+        section = torch.repeat_interleave(torch.arange(3, device=_CPU), torch.tensor(self.mrope_section, device=_CPU))
+        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+        self.register_buffer("section", section.to(device), persistent=False)
+
+    def step_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Positions [T]: the shared tables. Positions [3, T]: tables of these T tokens (row i
+        for token i), computed as the reference does: angle = position of the frequency's
+        section x frequency, in float32."""
+        if positions.dim() == 1:
+            return super().step_tables(positions)
+        if self._last is not None and self._last[0] is positions:
+            return self._last[1]
+        freqs = positions[self.section].t().float() * self.inv_freq  # [T, rotary_dim / 2]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        rows = torch.arange(positions.shape[1], device=positions.device)
+        tables = (rows, angles.cos() * self.scaling, angles.sin() * self.scaling)
+        self._last = (positions, tables)
+        return tables

@@ -145,10 +145,20 @@ class Transformer(nn.Module):
         return RMSNorm(self.config.hidden_size, self.config.norm_eps)
 
     def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, logits_indices: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        logits_indices: torch.Tensor,
+        embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Float32 logits [N, vocab] for the rows `logits_indices` of the step's tokens."""
+        """Float32 logits [N, vocab] for the rows `logits_indices` of the step's tokens.
+
+        `embeds` (rows [R], vectors [R, hidden]) replaces the token embeddings of those rows:
+        an image's placeholder tokens take its vision encoder's embeddings.
+        """
         x, residual = self.embed_tokens(tokens), None
+        if embeds is not None:
+            x = x.index_copy(0, embeds[0], embeds[1].to(x.dtype))
         for layer in self.layers:
             x, residual = layer(x, residual, positions)
         # The norm is per row, so only the rows that need logits are normalized.

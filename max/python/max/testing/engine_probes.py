@@ -7,13 +7,15 @@ from collections.abc import Sequence
 import torch
 
 from max.pipelines.lib import LLMEngine, SamplingParams
+from max.pipelines.lib.multimodal import ImageInput
 from max.pipelines.lib.request import Request
 from max.pipelines.lib.scheduler import ScheduledChunk
 
 
-def prompt_logits(engine: LLMEngine, ids: Sequence[int]) -> torch.Tensor:
+def prompt_logits(engine: LLMEngine, ids: Sequence[int], images: Sequence[ImageInput] = ()) -> torch.Tensor:
     """Float32 logits [len(ids), vocab] of every prompt position, in one prefill."""
-    request = Request("probe", list(ids), len(ids), SamplingParams(), 0, len(ids), 0)
+    request = Request("probe", list(ids), len(ids), SamplingParams(), 0, len(ids), 0, images=tuple(images))
+    engine.model.check_images(images, ids)
     cache = engine.kv_cache
     assert cache.reserve("probe", len(ids))
     try:
@@ -25,12 +27,18 @@ def prompt_logits(engine: LLMEngine, ids: Sequence[int]) -> torch.Tensor:
         cache.free("probe")
 
 
-def greedy_tokens(engine: LLMEngine, prompts: Sequence[Sequence[int]], steps: int) -> list[list[int]]:
-    """Greedy continuations (EOS ignored) of every prompt, run as one continuous batch."""
+def greedy_tokens(
+    engine: LLMEngine,
+    prompts: Sequence[Sequence[int]],
+    steps: int,
+    images: Sequence[Sequence[ImageInput]] | None = None,
+) -> list[list[int]]:
+    """Greedy continuations (EOS ignored) of every prompt (with its `images`), run as one
+    continuous batch."""
     params = SamplingParams(max_new_tokens=steps, temperature=0.0, ignore_eos=True)
     ids = [f"greedy-{i}" for i in range(len(prompts))]
-    for rid, prompt in zip(ids, prompts):
-        engine.add_request(rid, list(prompt), params)
+    for i, (rid, prompt) in enumerate(zip(ids, prompts)):
+        engine.add_request(rid, list(prompt), params, images=images[i] if images else ())
     out: dict[str, list[int]] = {rid: [] for rid in ids}
     while engine.has_unfinished():
         for o in engine.step():

@@ -38,15 +38,9 @@ def write_tiny_checkpoint(
     `config` holds config.json fields (model_type included). Norm weights are randomized
     too (scale_norms), so that a model that ignores a norm's weight cannot pass.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fields = dict(config)
-    model_type = fields.pop("model_type")
-    hf_config = AutoConfig.for_model(model_type, **fields)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    model = tiny_model(config, seed, dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if scale_norms and "norm" in name:
@@ -66,6 +60,29 @@ def write_tiny_checkpoint(
         for f in tokenizer_dir().iterdir():
             shutil.copy(f, directory / f.name)
     return directory
+
+
+def reference_class(architecture: str):
+    """transformers' class named `architecture` (vision-language ones are not causal LMs to
+    its Auto classes), or AutoModelForCausalLM for names it does not know."""
+    import transformers
+
+    cls = getattr(transformers, architecture, None)
+    return cls if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) else transformers.AutoModelForCausalLM
+
+
+def tiny_model(config: dict[str, Any], seed: int = 0, dtype: torch.dtype = torch.float32):
+    """transformers' model of `config` (config.json fields) with random weights from `seed`."""
+    from transformers import AutoConfig
+
+    fields = dict(config)
+    model_type = fields.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **fields)
+    torch.manual_seed(seed)
+    cls = reference_class(config["architectures"][0])
+    if hasattr(cls, "from_config"):
+        return cls.from_config(hf_config, dtype=dtype)
+    return cls._from_config(hf_config, dtype=dtype)
 
 
 def llama_config(**overrides: Any) -> dict[str, Any]:

@@ -11,6 +11,9 @@ from typing import Any
 
 from max.testing.tiny_checkpoints import TOKENIZER_VOCAB, llama_config
 
+# The SmolLM2 vocabulary plus the vision special tokens, padded (as real vocabularies are).
+TINY_VL_VOCAB = 49160
+
 _COMMON = {
     "vocab_size": TOKENIZER_VOCAB,
     "hidden_size": 64,
@@ -115,5 +118,35 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
             "original_max_position_embeddings": 64,
         },
         "tie_word_embeddings": False,
+    },
+    # M-RoPE in sections of 2/3/3 frequencies (head_dim 16); q/k/v biases. The vision tower:
+    # 4 blocks, windows of 2 x 2 merge blocks (56 px) with full attention in blocks 1 and 3.
+    # Image token ids follow the SmolLM2 vocabulary (see max.testing.tiny_vl_processor).
+    "qwen2_5_vl": {
+        **_COMMON,
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "vocab_size": TINY_VL_VOCAB,
+        "num_hidden_layers": 3,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "tie_word_embeddings": False,
+        "vision_start_token_id": 49152,
+        "vision_end_token_id": 49153,
+        "image_token_id": 49154,
+        "video_token_id": 49155,
+        "vision_config": {
+            "depth": 4,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": 14,
+            "temporal_patch_size": 2,
+            "spatial_merge_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1, 3],
+            "in_channels": 3,
+        },
     },
 }

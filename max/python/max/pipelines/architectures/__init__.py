@@ -4,7 +4,7 @@ To add one, copy a folder (or run `pipelines new-architecture`), then add it her
 this package's BUILD.bazel.
 """
 
-from max.pipelines.architectures import gemma3, gpt_oss, llama3, qwen2, qwen3
+from max.pipelines.architectures import gemma3, gpt_oss, llama3, qwen2, qwen2_5_vl, qwen3
 from max.pipelines.lib import PIPELINE_REGISTRY, PipelineRegistry, SupportedArchitecture
 
 ARCHITECTURES: list[SupportedArchitecture] = [
@@ -13,6 +13,7 @@ ARCHITECTURES: list[SupportedArchitecture] = [
     *qwen3.ARCHITECTURES,
     *gemma3.ARCHITECTURES,
     *gpt_oss.ARCHITECTURES,
+    *qwen2_5_vl.ARCHITECTURES,
 ]
 
 

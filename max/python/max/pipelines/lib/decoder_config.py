@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from max.nn import DecoderConfig
-from max.pipelines.lib.hf_config import head_dim, layer_types, rope_parameters
+from max.pipelines.lib.hf_config import head_dim, layer_types, rope_parameters, text_config
 
 C = TypeVar("C", bound=DecoderConfig)
 
 
 def decoder_config_from_hf(cls: type[C], hf_config: Any, max_seq_len: int, **special: Any) -> C:
-    """A `cls` (DecoderConfig subclass) from a Llama-family HF config plus `special` fields."""
+    """A `cls` (DecoderConfig subclass) from a Llama-family HF config (or the text part of a
+    vision-language one) plus `special` fields."""
+    hf_config = text_config(hf_config)
     num_heads = hf_config.num_attention_heads
     fields: dict[str, Any] = dict(
         vocab_size=hf_config.vocab_size,

@@ -36,7 +36,7 @@ import torch
 from max.errors import MaxError
 from max.kv_cache import PagedKVCache
 from max.pipelines.lib.model_runner import ModelRunner
-from max.pipelines.lib.multimodal import ImageInput, check_images
+from max.pipelines.lib.multimodal import ImageInput
 from max.pipelines.lib.pipeline_model import ModelInputs, PendingTokens, PipelineModel
 from max.pipelines.lib.request import Request, RequestOutput, TokenLogprob
 from max.pipelines.lib.sampler import SampledTokens, SamplingBatch, sample_on_device
@@ -163,7 +163,7 @@ class LLMEngine:
         total = limit if params.max_new_tokens is None else n + params.max_new_tokens
         images = tuple(images)
         if images:
-            check_images(list(images), prompt_tokens, self.model.image_token_id)
+            self.model.check_images(images, prompt_tokens)
         matcher = self._matcher(params) if params.structured_output is not None else None
         request = Request(
             request_id=request_id,
@@ -396,7 +396,7 @@ class LLMEngine:
         drew = set(step.drawing)
         for b, request in live:
             known = request.pending[0][2] if request.pending else len(request.tokens)
-            self.kv_cache.commit(request.request_id, request.tokens, min(request.num_computed, known))
+            self.kv_cache.commit(request.request_id, request.prefix_key_tokens, min(request.num_computed, known))
             out = outputs.setdefault(request.request_id, self._output(request))
             if step.completes[b] and request.prompt_logprobs and request.num_output_tokens <= 1:
                 out.prompt_logprobs = [None, *request.prompt_logprobs]

@@ -63,6 +63,13 @@ def load_hf_config(source: ModelSource, trust_remote_code: bool = False, gguf: G
         raise MaxError(f"transformers cannot read {path}: {e}") from None
 
 
+def text_config(hf_config: Any) -> Any:
+    """The language model's part of a config: `text_config` of a vision-language model's
+    config (transformers' `get_text_config`), the config itself otherwise."""
+    get = getattr(hf_config, "get_text_config", None)
+    return get() if callable(get) else hf_config
+
+
 def head_dim(hf_config) -> int:
     """Per-head width: `head_dim` if set (and not None), else hidden_size / heads."""
     value = getattr(hf_config, "head_dim", None)
@@ -109,8 +116,11 @@ def layer_types(hf_config) -> list[str]:
 
 
 def eos_token_ids(hf_config) -> set[int]:
-    """The config's end-of-sequence ids (an int or a list in config.json)."""
+    """The config's end-of-sequence ids (an int or a list in config.json; a vision-language
+    config keeps them in its text part)."""
     eos = getattr(hf_config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(text_config(hf_config), "eos_token_id", None)
     if eos is None:
         return set()
     return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}

@@ -10,6 +10,7 @@ placeholder rows, once per image during prefill.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,39 @@ class ImageInput:
     def end(self) -> int:
         """One past the index of the image's last placeholder token."""
         return self.offset + self.num_tokens
+
+    @property
+    def key_token(self) -> int:
+        """What the image's placeholder tokens stand as in prefix-cache keys: a negative
+        number (no token id is negative) drawn from the content hash."""
+        return -1 - int.from_bytes(self.content_hash[:7], "little")
+
+
+class ImageKeyedTokens(Sequence[int]):
+    """A prompt's tokens as the prefix cache keys them: each image's placeholder tokens
+    replaced by its `key_token`, so that pages holding different images never match."""
+
+    def __init__(self, tokens: Sequence[int], images: Sequence[ImageInput]) -> None:
+        self._tokens = tokens
+        self._images = images
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __getitem__(self, index):  # int or slice, as a list would answer
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self._tokens))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            out = list(self._tokens[start:stop])
+            for image in self._images:
+                lo, hi = max(image.offset, start), min(image.end, stop)
+                if lo < hi:
+                    out[lo - start : hi - start] = [image.key_token] * (hi - lo)
+            return out
+        i = range(len(self._tokens))[index]
+        image = next((im for im in self._images if im.offset <= i < im.end), None)
+        return self._tokens[i] if image is None else image.key_token
 
 
 def check_images(images: list[ImageInput], prompt_tokens: list[int], image_token_id: int | None) -> None:

@@ -26,7 +26,12 @@ from max.pipelines.lib.config import (
     choose_cpu_encoding,
 )
 from max.pipelines.lib.engine import LLMEngine
-from max.pipelines.lib.hf_config import architecture_name, eos_token_ids, load_hf_config
+from max.pipelines.lib.hf_config import (
+    architecture_name,
+    eos_token_ids,
+    load_hf_config,
+    text_config,
+)
 from max.pipelines.lib.model_runner import ModelRunner
 from max.pipelines.lib.model_source import (
     ModelSource,
@@ -287,7 +292,7 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
     if group is not None:
         runner = TensorParallelRunner(runner, group)
     device = config.device
-    vocab = int(resolved.hf_config.vocab_size)
+    vocab = int(text_config(resolved.hf_config).vocab_size)
     eos = resolved.eos_token_ids()
 
     def grammar() -> GrammarBackend:

@@ -28,6 +28,8 @@ from max.nn.checkpoint_layout import leaves, parameter_sources
 from max.nn.quantized_linear import quantize_linears
 from max.pipelines.lib.config import PipelineConfig
 from max.pipelines.lib.device_transfer import upload
+from max.pipelines.lib.hf_config import text_config
+from max.pipelines.lib.multimodal import ImageInput, check_images
 from max.pipelines.lib.scheduler import ScheduledChunk
 from max.pipelines.lib.weights import Checkpoint, fill_dummy_weights, load_checkpoint_into
 from max_kernels import RaggedLayout
@@ -81,8 +83,13 @@ def _wide_layers(network: nn.Module, state: Any) -> set[str]:
 class ModelInputs:
     """One step's inputs, on the model's device.
 
+    `positions` are the tokens' rotary positions (equal to their index in the request's
+    cache for text models; a vision-language model's positions after an image are offset).
     `logits_indices` lists the token rows whose logits are wanted, grouped by request in
     batch order; `logits_rows[b]` is the slice of those rows that belongs to request b.
+    A step holding image tokens also carries `rope_positions` (M-RoPE's [3, T] positions,
+    which the network then rotates by) and `embeds` (rows, vectors) that replace those
+    rows' token embeddings; such a step always runs eagerly.
     """
 
     tokens: torch.Tensor  # int64 [T]
@@ -92,6 +99,13 @@ class ModelInputs:
     logits_rows: list[slice]
     request_ids: list[str]
     kv_cache: PagedKVCache
+    rope_positions: torch.Tensor | None = None  # int64 [3, T]
+    embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # int64 [R], [R, hidden]
+
+    @property
+    def has_images(self) -> bool:
+        """The step carries image embeddings or multimodal positions (no graph replays it)."""
+        return self.embeds is not None or self.rope_positions is not None
 
 
 @dataclass
@@ -149,7 +163,7 @@ class PipelineModel:
     @classmethod
     def calculate_max_seq_len(cls, pipeline_config: PipelineConfig, hf_config: Any) -> int:
         """Longest sequence (prompt + output) the model serves."""
-        model_max = int(getattr(hf_config, "max_position_embeddings", 0) or 0)
+        model_max = int(getattr(text_config(hf_config), "max_position_embeddings", 0) or 0)
         wanted = pipeline_config.max_length
         if wanted is None:
             if not model_max:
@@ -164,7 +178,7 @@ class PipelineModel:
     @classmethod
     def get_num_layers(cls, hf_config: Any) -> int:
         """Decoder layers (each has its own KV cache)."""
-        return int(hf_config.num_hidden_layers)
+        return int(text_config(hf_config).num_hidden_layers)
 
     @classmethod
     def get_kv_params(
@@ -204,6 +218,11 @@ class PipelineModel:
             inter = max(inter, c.moe.moe_intermediate_size * c.moe.num_experts_per_tok)
         width = 6 * c.hidden_size + 3 * inter + 3 * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
         return max_batch_tokens * width * elem + 3 * max_batch_size * c.vocab_size * 4
+
+    def check_images(self, images: Sequence[ImageInput], prompt_tokens: Sequence[int]) -> None:
+        """Raises MaxError unless the model can take `images` for this prompt (a text model
+        takes none)."""
+        check_images(list(images), list(prompt_tokens), self.image_token_id)
 
     # -- building ------------------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -341,14 +360,17 @@ class PipelineModel:
         b = prev.num_requests
         last_rows = prev.query_start[1:].long() - 1
         positions = prev_inputs.positions[last_rows] + 1
+        # The new token's place in the cache is the count of tokens already there (not its
+        # rotary position, which multimodal prompts offset).
+        index = prev.context_lens.long()
         ps = prev.page_size
-        pages = prev.page_table.gather(1, (positions // ps)[:, None]).squeeze(1).long()
+        pages = prev.page_table.gather(1, (index // ps)[:, None]).squeeze(1).long()
         context_host = [n + 1 for n in prev.context_lens_host]
         layout = RaggedLayout(
             query_start=torch.arange(b + 1, dtype=torch.int32, device=self.device),
             context_lens=prev.context_lens + 1,
             page_table=prev.page_table,
-            slot_mapping=pages * ps + positions % ps,
+            slot_mapping=pages * ps + index % ps,
             page_size=ps,
             num_decode=b,
             query_lens=[1] * b,
@@ -368,6 +390,8 @@ class PipelineModel:
     @torch.inference_mode()
     def execute(self, inputs: ModelInputs) -> ModelOutputs:
         """Runs one step: writes the new tokens' keys and values, returns their logits."""
+        positions = inputs.positions if inputs.rope_positions is None else inputs.rope_positions
+        extra = () if inputs.embeds is None else (inputs.embeds,)
         with step_context(inputs.layout, inputs.kv_cache):
-            logits = self.model(inputs.tokens, inputs.positions, inputs.logits_indices)
+            logits = self.model(inputs.tokens, positions, inputs.logits_indices, *extra)
         return ModelOutputs(logits)

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.multimodal import ImageInput, ImageKeyedTokens
 from max.pipelines.lib.sampling_params import SamplingParams
 
 
@@ -46,6 +46,9 @@ class Request:
     matcher: Any = None
     # The prompt's images, in prompt order (see `multimodal.ImageInput`).
     images: tuple[ImageInput, ...] = ()
+    # What the model's encoders made of the prompt's inputs (a vision encoder's embeddings,
+    # by image index) while its prefill needs them; dropped with the request at the latest.
+    encoder_cache: dict[int, Any] = field(default_factory=dict)
 
     @property
     def output_tokens(self) -> list[int]:
@@ -56,6 +59,12 @@ class Request:
     def num_output_tokens(self) -> int:
         """How many tokens were generated."""
         return len(self.tokens) - self.num_prompt_tokens
+
+    @property
+    def prefix_key_tokens(self) -> list[int] | ImageKeyedTokens:
+        """The tokens that name this request's pages in the prefix cache (an image's
+        placeholder tokens stand for the image's content)."""
+        return ImageKeyedTokens(self.tokens, self.images) if self.images else self.tokens
 
     @property
     def num_uncomputed(self) -> int:

@@ -123,7 +123,7 @@ class Scheduler:
             request = self.waiting[0]
             if request.num_computed == 0:
                 use_cache = self.enable_prefix_caching and not request.wants_prompt_logprobs
-                cached = self.kv_cache.match_prefix(request.request_id, request.tokens) if use_cache else 0
+                cached = self.kv_cache.match_prefix(request.request_id, request.prefix_key_tokens) if use_cache else 0
                 request.num_computed = cached
                 if request.num_output_tokens == 0:
                     request.num_cached_prompt_tokens = cached

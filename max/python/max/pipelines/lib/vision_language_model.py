@@ -1,0 +1,142 @@
+"""`VisionLanguageModel`: a `PipelineModel` whose prompts may hold images (Qwen2-VL style).
+
+A prompt carries each image as a run of placeholder tokens and an `ImageInput` (see
+`multimodal`). During prefill the network's vision encoder (`network.visual`) turns the
+image's pixels into one embedding per placeholder; the step replaces those rows' token
+embeddings with them. The encoder runs once per image: its output is kept on the request
+until the chunk that holds the image's last placeholder has run, so a chunked prefill that
+cuts an image in parts does not recompute it.
+
+Positions follow M-RoPE: a text token has one position, repeated on the three axes; an
+image token has (time, row, column) positions counted from the image's start, and the
+image advances the text positions by its larger side (in merged tokens) rather than by its
+token count. Text tokens after an image thus rotate by their cache index plus an offset.
+Steps with image tokens carry the [3, T] positions (and run eagerly); every other step,
+decode included, carries 1-D positions, so CUDA graphs replay them as for text models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from max.errors import MaxError
+from max.kv_cache import PagedKVCache
+from max.pipelines.lib.device_transfer import upload
+from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.pipeline_model import ModelInputs, PendingTokens, PipelineModel
+from max.pipelines.lib.request import Request
+from max.pipelines.lib.scheduler import ScheduledChunk
+
+
+def mrope_positions(images: Sequence[ImageInput], merge: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rotary positions of prompt tokens start .. start + count - 1: 1-D [count] and M-RoPE
+    [3, count].
+
+    In the 1-D positions an image token stands at its index plus the offset that applies
+    after its image: the decode step that follows a prompt ending in an image derives the
+    next position from the last one.
+    """
+    index = np.arange(start, start + count, dtype=np.int64)
+    flat = index.copy()
+    three = np.repeat(index[None, :], 3, axis=0)
+    offset = 0
+    for image in images:
+        if image.offset >= start + count:
+            break
+        _, h, w = image.grid_thw
+        rows, cols = h // merge, w // merge
+        j = index - image.offset
+        inside = (j >= 0) & (j < image.num_tokens)
+        first = image.offset + offset  # the image's first rotary position
+        k = j[inside]
+        three[0, inside] = first + k // (rows * cols)
+        three[1, inside] = first + (k // cols) % rows
+        three[2, inside] = first + k % cols
+        offset += max(rows, cols) - image.num_tokens
+        later = j >= 0
+        flat[later] = index[later] + offset
+        after = j >= image.num_tokens
+        three[:, after] = index[after] + offset
+    return flat, three
+
+
+class VisionLanguageModel(PipelineModel):
+    """Base of the models that take images: see the module docstring. The network is a
+    `max.nn.Transformer` with M-RoPE rotary embeddings and a `visual` encoder
+    ((pixels, grids) -> embeddings); the config names `image_token_id` and `vision`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.image_token_id = int(self.model_config.image_token_id)
+        self.spatial_merge = int(self.model_config.vision.spatial_merge_size)
+
+    def check_images(self, images: Sequence[ImageInput], prompt_tokens: Sequence[int]) -> None:
+        """Also checks each image's pixels against its grid and the encoder's patch size."""
+        super().check_images(images, prompt_tokens)
+        vision = self.model_config.vision
+        width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        for i, image in enumerate(images):
+            t, h, w = image.grid_thw
+            if min(t, h, w) < 1 or h % self.spatial_merge or w % self.spatial_merge:
+                raise MaxError(f"image {i}: grid {image.grid_thw} is not whole merge blocks of {self.spatial_merge}")
+            if image.pixel_values.shape != (t * h * w, width):
+                raise MaxError(f"image {i}: pixel_values has shape {image.pixel_values.shape}, expected {(t * h * w, width)}")
+            if image.num_tokens != vision.num_tokens(image.grid_thw):
+                raise MaxError(f"image {i}: {image.num_tokens} placeholder tokens for a grid that makes {vision.num_tokens(image.grid_thw)}")
+
+    def prepare_initial_token_inputs(
+        self,
+        batch: Sequence[ScheduledChunk],
+        kv_cache: PagedKVCache,
+        all_logits: Sequence[bool] | None = None,
+        pending: PendingTokens | None = None,
+    ) -> ModelInputs:
+        """The text model's inputs, with image-offset positions for requests that hold
+        images and, where the step runs image tokens, their embeddings and 3-D positions."""
+        inputs = super().prepare_initial_token_inputs(batch, kv_cache, all_logits, pending)
+        if not any(c.request.images for c in batch):
+            return inputs
+        flats, threes, rows, vectors = [], [], [], []
+        first_row = 0
+        self._encode_missing(batch)
+        for chunk in batch:
+            request, start, count = chunk.request, chunk.start, chunk.num_tokens
+            flat, three = mrope_positions(request.images, self.spatial_merge, start, count)
+            flats.append(flat)
+            threes.append(three)
+            for i, image in enumerate(request.images):
+                lo, hi = max(image.offset, start), min(image.end, start + count)
+                if lo >= hi:
+                    continue
+                rows.append(np.arange(first_row + lo - start, first_row + hi - start))
+                vectors.append(request.encoder_cache[i][lo - image.offset : hi - image.offset])
+                if hi == image.end:
+                    del request.encoder_cache[i]  # no later chunk reads this image
+            first_row += count
+        inputs.positions = upload(np.concatenate(flats), self.device)
+        if rows:
+            inputs.rope_positions = upload(np.concatenate(threes, axis=1), self.device)
+            inputs.embeds = (upload(np.concatenate(rows), self.device), torch.cat(vectors))
+        return inputs
+
+    def _encode_missing(self, batch: Sequence[ScheduledChunk]) -> None:
+        """Runs the vision encoder, in one call, on every image this step reads that the
+        request has no embeddings of yet."""
+        todo: list[tuple[Request, int, ImageInput]] = []
+        for chunk in batch:
+            request, stop = chunk.request, chunk.start + chunk.num_tokens
+            for i, image in enumerate(request.images):
+                if image.offset < stop and image.end > chunk.start and i not in request.encoder_cache:
+                    todo.append((request, i, image))
+        if not todo:
+            return
+        pixels = torch.from_numpy(np.concatenate([image.pixel_values for _, _, image in todo]))
+        grids = [image.grid_thw for _, _, image in todo]
+        with torch.inference_mode():
+            embeddings = self.model.visual(pixels.to(self.device, self.dtype), grids)
+        parts = embeddings.split([image.num_tokens for _, _, image in todo])
+        for (request, i, _), part in zip(todo, parts):
+            request.encoder_cache[i] = part
