@@ -17,7 +17,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +54,7 @@ class SampleRequest:
     prompt: str | list[int]
     prompt_len: int
     output_len: int
+    images: list = field(default_factory=list)  # ImageInput of a vision-language prompt
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +41,16 @@ from max.benchmark.serving_metrics import RequestResult, compute_metrics, format
 from max.errors import MaxError
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
+
+
+def warmup_variant(request: SampleRequest) -> SampleRequest:
+    """A warm-up request of the same lengths whose prompt starts differently, so that the
+    server's prefix cache holds nothing the measured requests could reuse."""
+    if isinstance(request.prompt, str):
+        prompt: str | list[int] = "Warm-up. " + request.prompt
+    else:
+        prompt = request.prompt[::-1] if len(set(request.prompt)) > 1 else [0] * len(request.prompt)
+    return dataclasses.replace(request, prompt=prompt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +231,7 @@ async def run_benchmark(
                 return await send_request(session, url, body, headers, request, chat)
 
         if args.num_warmups > 0:
-            warmups = [requests[i % len(requests)] for i in range(args.num_warmups)]
+            warmups = [warmup_variant(requests[i % len(requests)]) for i in range(args.num_warmups)]
             results = await asyncio.gather(*(one(r) for r in warmups))
             failed = next((r for r in results if not r.success), None)
             if failed is not None:

@@ -66,3 +66,21 @@ def test_too_long_workload_is_a_clear_error(tmp_path, model_dir, capsys):
     ])
     assert code == 1
     assert "raise --max-length" in capsys.readouterr().err
+
+
+def test_random_images_for_a_vision_language_model(tmp_path):
+    """Each prompt gets an image (56 x 56 px: 4 x 4 patches, 4 image tokens); the encoder's
+    time is reported; a text-only model refuses images."""
+    from max.testing.tiny_configs import TINY_CONFIGS
+
+    vl_dir = str(write_config_only(tmp_path / "vl", TINY_CONFIGS["qwen2_5_vl"]))
+    result = _run(
+        tmp_path, vl_dir, "--num-prompts", "3", "--random-input-len", "10", "--random-output-len", "4",
+        "--random-images-per-prompt", "2", "--random-image-size", "56x56",
+    )
+    ours = result["results"]["ours"]
+    assert ours["prompt_tokens"] == 3 * (10 + 2 * (1 + 4 + 1))
+    assert ours["output_tokens"] == 12
+    assert ours["extra"]["images"] == 6 and 0 < ours["extra"]["vision_encoder_share"] < 1
+    text_only = str(write_config_only(tmp_path / "t", llama_config()))
+    assert benchmark_throughput.main(["--model-path", text_only, "--load-format", "dummy", "--random-images-per-prompt", "1"]) == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
-# Name -> the published parameter count (text model), for the configs' test.
+# Name -> the published parameter count, for the configs' test.
 BENCHMARK_MODELS: dict[str, float] = {
     "Llama-3.1-8B": 8.0e9,
     "Llama-3.1-70B": 70.6e9,
@@ -18,6 +18,7 @@ BENCHMARK_MODELS: dict[str, float] = {
     "Qwen3-30B-A3B": 30.5e9,
     "Gemma-3-12B": 11.8e9,
     "gpt-oss-20b": 20.9e9,
+    "Qwen2.5-VL-7B": 8.29e9,  # vision tower included
 }
 
 

@@ -89,6 +89,18 @@ class PagePool:
                 else:
                     self._free.append(page)
 
+    def reset_prefix_cache(self) -> int:
+        """Forgets the contents of every cached page no request holds (they become free);
+        returns how many. Benchmarks call it after their warm-up, whose prompts would
+        otherwise be prefix hits for the measured requests."""
+        for page in self._cached_free:
+            del self._hash_to_page[self._page_hash[page]]
+            self._page_hash[page] = None
+            self._free.append(page)
+        count = len(self._cached_free)
+        self._cached_free.clear()
+        return count
+
     def _take(self, page: int) -> None:
         if self._ref_counts[page] == 0:
             self._in_use += 1

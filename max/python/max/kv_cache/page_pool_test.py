@@ -48,3 +48,15 @@ def test_prefix_caching_off_never_matches():
     (p,) = pool.allocate(1)
     pool.register(p, b"P")
     assert pool.lookup(b"P") is None
+
+
+def test_reset_prefix_cache_forgets_unheld_pages_only():
+    pool = PagePool(3)
+    a, b = pool.allocate(2)
+    pool.register(a, b"A")
+    pool.register(b, b"B")
+    pool.release([a])  # a: cached, unheld; b: still held
+    assert pool.reset_prefix_cache() == 1
+    assert pool.lookup(b"A") is None and pool.lookup(b"B") == b
+    assert pool.num_available == 2 and pool.num_cached == 1
+    assert sorted(pool.allocate(2)) == sorted({0, 1, 2} - {b})

@@ -71,6 +71,16 @@ def reference_class(architecture: str):
     return cls if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) else transformers.AutoModelForCausalLM
 
 
+def reference_from_config(hf_config: Any, **kwargs: Any):
+    """transformers' model (random weights) for a config object, by its architecture name."""
+    import transformers
+
+    cls = reference_class(hf_config.architectures[0]) if getattr(hf_config, "architectures", None) else transformers.AutoModelForCausalLM
+    if issubclass(cls, transformers.PreTrainedModel):
+        return cls._from_config(hf_config, **kwargs)
+    return cls.from_config(hf_config, **kwargs)
+
+
 def tiny_model(config: dict[str, Any], seed: int = 0, dtype: torch.dtype = torch.float32):
     """transformers' model of `config` (config.json fields) with random weights from `seed`."""
     from transformers import AutoConfig
@@ -78,11 +88,9 @@ def tiny_model(config: dict[str, Any], seed: int = 0, dtype: torch.dtype = torch
     fields = dict(config)
     model_type = fields.pop("model_type")
     hf_config = AutoConfig.for_model(model_type, **fields)
+    hf_config.architectures = list(config["architectures"])
     torch.manual_seed(seed)
-    cls = reference_class(config["architectures"][0])
-    if hasattr(cls, "from_config"):
-        return cls.from_config(hf_config, dtype=dtype)
-    return cls._from_config(hf_config, dtype=dtype)
+    return reference_from_config(hf_config, dtype=dtype)
 
 
 def llama_config(**overrides: Any) -> dict[str, Any]:

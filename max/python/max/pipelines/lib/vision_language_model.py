@@ -17,7 +17,9 @@ decode included, carries 1-D positions, so CUDA graphs replay them as for text m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +65,39 @@ def mrope_positions(images: Sequence[ImageInput], merge: int, start: int, count:
     return flat, three
 
 
+class EncoderTimer:
+    """Time spent in the vision encoder, for benchmarks: CUDA events on a GPU (no sync on
+    the step's path; read once at the end), the host clock elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.images = 0
+        self._spans: list = []
+        self._host_s = 0.0
+
+    @contextlib.contextmanager
+    def measure(self, images: int) -> Iterator[None]:
+        """Times the enclosed encoder call over `images` images."""
+        self.images += images
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._spans.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self._host_s += time.perf_counter() - t0
+
+    @property
+    def seconds(self) -> float:
+        """Total encoder time so far (waits for the device)."""
+        if self._spans:
+            self._spans[-1][1].synchronize()
+        return self._host_s + sum(a.elapsed_time(b) for a, b in self._spans) / 1000.0
+
+
 class VisionLanguageModel(PipelineModel):
     """Base of the models that take images: see the module docstring. The network is a
     `max.nn.Transformer` with M-RoPE rotary embeddings and a `visual` encoder
@@ -72,6 +107,7 @@ class VisionLanguageModel(PipelineModel):
         super().__init__(*args, **kwargs)
         self.image_token_id = int(self.model_config.image_token_id)
         self.spatial_merge = int(self.model_config.vision.spatial_merge_size)
+        self.encoder_timer = EncoderTimer(self.device)
 
     def check_images(self, images: Sequence[ImageInput], prompt_tokens: Sequence[int]) -> None:
         """Also checks each image's pixels against its grid and the encoder's patch size."""
@@ -135,7 +171,7 @@ class VisionLanguageModel(PipelineModel):
             return
         pixels = torch.from_numpy(np.concatenate([image.pixel_values for _, _, image in todo]))
         grids = [image.grid_thw for _, _, image in todo]
-        with torch.inference_mode():
+        with torch.inference_mode(), self.encoder_timer.measure(len(todo)):
             embeddings = self.model.visual(pixels.to(self.device, self.dtype), grids)
         parts = embeddings.split([image.num_tokens for _, _, image in todo])
         for (request, i, _), part in zip(todo, parts):
