@@ -3,7 +3,7 @@
 # (the device tool's machines): each stage logs to $OUT/<stage>.log and a summary line.
 #
 #   OUT=/tmp/gpu tools/gpu_suite.sh info kernel-tests engine-tests smollm2-tests bench-kernels profile \
-#       throughput-b1 throughput-64 throughput-1000 serving verify verify-smollm2
+#       throughput-b1 throughput-64 throughput-1000 serving verify verify-smollm2 vl
 #
 # Commands run from the repository root with PYTHONPATH=max/python:max/kernels/python.
 set -uo pipefail
@@ -86,6 +86,14 @@ for s in "$@"; do
     gpt-oss)  # gpt-oss-20b shape: batch-1 decode and the 1000-request workload
       throughput gptoss-b1 gpt-oss-20b --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096
       throughput gptoss-1000 gpt-oss-20b --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 256
+      ;;
+    vl)  # Qwen2.5-VL: GPU parity with images (tiny checkpoint), then the 7B shape on 64 image+text requests
+      stage vl-tests 300 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/architectures/qwen2_5_vl/qwen2_5_vl_gpu_test.py \
+        max/python/max/pipelines/lib/gpu_engine_test.py -k qwen2_5_vl
+      throughput vl7b-64 Qwen2.5-VL-7B --num-prompts 64 --random-input-len 100 --random-output-len 100 \
+        --random-images-per-prompt 1 --random-image-size 448x448 --max-length 4096 --max-batch-size 64
+      throughput vl7b-64-text Qwen2.5-VL-7B --num-prompts 64 --random-input-len 358 --random-output-len 100 \
+        --max-length 4096 --max-batch-size 64
       ;;
     throughput-1024)  # 1000 requests, all in the running batch at once
       throughput llama8b-1000-b1024 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 1024

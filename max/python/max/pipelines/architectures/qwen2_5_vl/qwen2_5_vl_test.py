@@ -15,41 +15,9 @@ from max.testing.engine_probes import greedy_tokens, prompt_logits
 from max.testing.parity import PROMPTS, build_tiny_engine
 from max.testing.tiny_checkpoints import reference_class, write_tiny_checkpoint
 from max.testing.tiny_configs import TINY_CONFIGS
+from max.testing.vl_prompts import IMAGE, MULTIMODAL, ONE_IMAGE, prompt
 
 CONFIG = TINY_CONFIGS["qwen2_5_vl"]
-START, END, IMAGE = CONFIG["vision_start_token_id"], CONFIG["vision_end_token_id"], CONFIG["image_token_id"]
-PATCH_WIDTH = 3 * 2 * 14 * 14
-
-
-def pixels(grid: tuple[int, int, int], seed: int) -> np.ndarray:
-    """Random 'processor output' for an image of `grid` patches."""
-    t, h, w = grid
-    return np.random.default_rng(seed).standard_normal((t * h * w, PATCH_WIDTH), dtype=np.float32)
-
-
-def prompt(*parts) -> tuple[list[int], list[ImageInput]]:
-    """Token ids and images of a prompt made of token lists and (grid, seed) images, each
-    image wrapped in vision start/end tokens as the chat template writes it."""
-    ids: list[int] = []
-    images = []
-    for part in parts:
-        if isinstance(part, list):
-            ids += part
-            continue
-        grid, seed = part
-        n = grid[0] * grid[1] * grid[2] // 4
-        ids.append(START)
-        images.append(ImageInput.create(pixels(grid, seed), grid, len(ids), n))
-        ids += [IMAGE] * n
-        ids.append(END)
-    return ids, images
-
-
-ONE_IMAGE = prompt([1, 15, 300], ((1, 4, 6), 0), [7, 2048, 17])
-# Three images: 6 x 10 patches make 3 x 5 merge blocks, cut by windows of 2 x 2 unevenly.
-THREE_IMAGES = prompt([1, 9000], ((1, 6, 10), 1), [44, 5], ((1, 4, 4), 2), ((1, 8, 4), 3), [6, 7, 1200, 33])
-IMAGE_LAST = prompt([1, 4, 812], ((1, 4, 4), 4))
-MULTIMODAL = [ONE_IMAGE, THREE_IMAGES, IMAGE_LAST]
 
 
 @pytest.fixture(scope="module")
