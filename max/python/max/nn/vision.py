@@ -78,6 +78,16 @@ class PatchEmbedding(nn.Module):
         return F.linear(pixels.to(weight.dtype), weight.reshape(weight.shape[0], -1))
 
 
+@dataclass
+class ImageRun:
+    """Consecutive images of one grid, rows `rows` of the encoder's input: they attend as a
+    batch, each image within itself, under `mask` [patches, patches] (None: no mask)."""
+
+    rows: slice
+    count: int
+    mask: torch.Tensor | None
+
+
 class VisionAttention(nn.Module):
     """Bidirectional multi-head attention over the patches of each image (never across
     images), optionally masked (windows), with 2-D rotary embeddings applied in float32."""
@@ -89,25 +99,19 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        images: Sequence[slice],
-        masks: Sequence[torch.Tensor | None],
-    ) -> torch.Tensor:
-        """x [N, hidden] of several images (`images`: each one's rows); `masks[i]` says which
-        patches of image i see which (None: all see all)."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, runs: Sequence[ImageRun]) -> torch.Tensor:
+        """x [N, hidden] of several images; each run of same-sized images attends image by
+        image (one batched call per run), within its mask (None: all patches see all)."""
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, self.head_dim).unbind(1)
         q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
         k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
         out = torch.empty_like(q)
-        for rows, mask in zip(images, masks):
-            # [1, heads, n_i, head_dim] for SDPA; the output goes back to [n_i, heads, head_dim].
-            qi, ki, vi = (t[rows].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-            out[rows] = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask)[0].transpose(0, 1)
+        for run in runs:
+            # [images, heads, patches, head_dim] for SDPA, and back to rows.
+            qi, ki, vi = (t[run.rows].view(run.count, -1, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+            o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=run.mask)
+            out[run.rows] = o.transpose(1, 2).reshape(-1, self.num_heads, self.head_dim)
         return self.proj(out.reshape(n, -1))
 
 
@@ -121,8 +125,8 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(config)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, bias=True)
 
-    def forward(self, x, cos, sin, images, masks) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, images, masks)
+    def forward(self, x, cos, sin, runs) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, runs)
         return x + self.mlp(self.norm2(x))
 
 
@@ -176,14 +180,30 @@ def window_order(grids: Sequence[Grid], merge: int, window: int) -> tuple[torch.
     return torch.cat(order), torch.cat(window_ids)
 
 
-def _segment_masks(ids: torch.Tensor, images: Sequence[slice], device: torch.device) -> list[torch.Tensor | None]:
-    """Per image, which of its patches see which (same segment id); None where the image
-    is one segment."""
+def image_masks(grid: Grid, merge: int, window: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Which patches of an image of `grid` see which, in window order: in the windowed
+    blocks (same window), and in the full-attention blocks (same frame); None where every
+    patch sees every other."""
+    order, windows = window_order([grid], merge, window)
+    unit = merge * merge
+    patch_order = (order[:, None] * unit + torch.arange(unit)).flatten()
+    t, h, w = grid
+    frames = torch.arange(t).repeat_interleave(h * w)[patch_order]
     masks = []
-    for rows in images:
-        seg = ids[rows]
-        masks.append(None if bool((seg == seg[0]).all()) else (seg[:, None] == seg[None, :]).to(device))
-    return masks
+    for ids in (windows.repeat_interleave(unit), frames):
+        masks.append(None if bool((ids == ids[0]).all()) else ids[:, None] == ids[None, :])
+    return masks[0], masks[1]
+
+
+def _runs(grids: Sequence[Grid]) -> list[tuple[Grid, int]]:
+    """Consecutive equal grids, as (grid, how many)."""
+    runs: list[tuple[Grid, int]] = []
+    for grid in grids:
+        if runs and runs[-1][0] == tuple(grid):
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((tuple(grid), 1))
+    return runs
 
 
 class VisionTransformer(nn.Module):
@@ -195,6 +215,17 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbedding(config)
         self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
         self.merger = PatchMerger(config)
+        self._mask_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+
+    def _masks(self, grid: Grid, window: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`image_masks` of a grid on the device, kept for the next images of that size."""
+        key = (grid, window, device)
+        if key not in self._mask_cache:
+            if len(self._mask_cache) >= 64:
+                self._mask_cache.clear()
+            masks = image_masks(grid, self.config.spatial_merge_size, window)
+            self._mask_cache[key] = tuple(None if m is None else m.to(device) for m in masks)
+        return self._mask_cache[key]
 
     def rotary_tables(self, grids: Sequence[Grid], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 cos and sin [N, 1, head_dim] of every patch (processor order): the first
@@ -213,24 +244,23 @@ class VisionTransformer(nn.Module):
         c = self.config
         unit = c.spatial_merge_size**2
         device = pixels.device
-        order, windows = window_order(grids, c.spatial_merge_size, c.window_size // c.spatial_merge_size // c.patch_size)
-        patch_order = (order[:, None] * unit + torch.arange(unit)).flatten()
-        # Segment ids of the patches in window order: their window, and their frame (full
-        # attention spans a frame), both numbered across images.
-        window_ids = windows.repeat_interleave(unit)
-        frame_sizes = torch.tensor([h * w for t, h, w in grids for _ in range(t)])
-        frame_ids = torch.arange(len(frame_sizes)).repeat_interleave(frame_sizes)[patch_order]
-        bounds = torch.tensor([0] + [t * h * w for t, h, w in grids]).cumsum(0).tolist()
-        images = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        window_masks = _segment_masks(window_ids, images, device)
-        frame_masks = _segment_masks(frame_ids, images, device)
-        patch_order = patch_order.to(device)
+        window = c.window_size // c.spatial_merge_size // c.patch_size
+        order, _ = window_order(grids, c.spatial_merge_size, window)
+        patch_order = (order[:, None] * unit + torch.arange(unit)).flatten().to(device)
+        window_runs, frame_runs = [], []
+        first = 0
+        for grid, count in _runs(grids):
+            rows = slice(first, first + count * grid[0] * grid[1] * grid[2])
+            window_mask, frame_mask = self._masks(grid, window, device)
+            window_runs.append(ImageRun(rows, count, window_mask))
+            frame_runs.append(ImageRun(rows, count, frame_mask))
+            first = rows.stop
 
         x = self.patch_embed(pixels)[patch_order]
         cos, sin = self.rotary_tables(grids, device)
         cos, sin = cos[patch_order], sin[patch_order]
         full = set(c.fullatt_block_indexes)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, images, frame_masks if i in full else window_masks)
+            x = block(x, cos, sin, frame_runs if i in full else window_runs)
         merged = self.merger(x)
         return merged[torch.argsort(order.to(device))]

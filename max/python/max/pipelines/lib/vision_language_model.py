@@ -169,10 +169,11 @@ class VisionLanguageModel(PipelineModel):
                     todo.append((request, i, image))
         if not todo:
             return
-        pixels = torch.from_numpy(np.concatenate([image.pixel_values for _, _, image in todo]))
+        # Through pinned memory: a pageable copy would make the host wait for the GPU.
+        pixels = upload(np.concatenate([image.pixel_values for _, _, image in todo]), self.device)
         grids = [image.grid_thw for _, _, image in todo]
         with torch.inference_mode(), self.encoder_timer.measure(len(todo)):
-            embeddings = self.model.visual(pixels.to(self.device, self.dtype), grids)
+            embeddings = self.model.visual(pixels.to(self.dtype), grids)
         parts = embeddings.split([image.num_tokens for _, _, image in todo])
         for (request, i, _), part in zip(todo, parts):
             request.encoder_cache[i] = part
