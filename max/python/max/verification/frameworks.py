@@ -18,25 +18,11 @@ import torch
 from max.errors import MaxError
 from max.pipelines.lib import FLOAT_ENCODINGS, PipelineConfig, TextTokenizer, resolve_model_source
 from max.pipelines.lib.config import WEIGHT_ONLY_SCHEMES
+from max.pipelines.lib.multimodal import ImageInput
 from max.verification.logits_file import PromptLogits, StepLogits
+from max.verification.prompts import DEFAULT_PROMPTS, VerificationPrompt, as_prompt
 
-DEFAULT_PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "Translate to French: I would like a cup of coffee, please.",
-    "1, 1, 2, 3, 5, 8, 13,",
-    "日本の首都は東京です。大阪は",
-    (
-        "The history of the printing press begins in the fifteenth century, when Johannes "
-        "Gutenberg combined movable metal type, oil-based inks and a wooden press adapted from "
-        "those used to make wine. Within a few decades presses had spread to more than two "
-        "hundred cities across Europe, and the price of books fell sharply. Scholars argue about "
-        "how quickly the new technology changed reading habits, but most agree that it made "
-        "religious, scientific and political ideas travel faster than ever before. In the "
-        "centuries that followed,"
-    ),
-]
-
+__all__ = ["DEFAULT_PROMPTS", "FrameworkSettings", "run_framework"]
 
 @dataclass
 class FrameworkSettings:
@@ -59,11 +45,38 @@ def _torch_device(device: str) -> torch.device:
     return parse_device(device)
 
 
-def tokenize_prompts(settings: FrameworkSettings, prompts: Sequence[str]) -> list[list[int]]:
-    """The token ids of each prompt (the same ids feed both frameworks)."""
+@dataclass
+class EncodedPrompt:
+    """What both frameworks run for a prompt: token ids, and the images on its image tokens."""
+
+    ids: list[int]
+    images: list[ImageInput]
+
+
+def tokenize_prompts(settings: FrameworkSettings, prompts: Sequence[VerificationPrompt]) -> list[EncodedPrompt]:
+    """The token ids (and images) of each prompt: the same feed both frameworks. A prompt
+    with images is one user message through the chat template and the image processor."""
     source = resolve_model_source(settings.model_path)
-    tokenizer = TextTokenizer.from_source(source, trust_remote_code=settings.trust_remote_code)
-    return [tokenizer.encode(p) for p in prompts]
+    if not any(p.images for p in prompts):
+        tokenizer = TextTokenizer.from_source(source, trust_remote_code=settings.trust_remote_code)
+        return [EncodedPrompt(tokenizer.encode(p.text), []) for p in prompts]
+    from PIL import Image
+
+    from max.pipelines.lib.hf_config import load_hf_config
+    from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
+
+    hf_config = load_hf_config(source, settings.trust_remote_code)
+    tokenizer = VisionLanguageTokenizer.from_source(source, hf_config, settings.trust_remote_code)
+    encoded = []
+    for p in prompts:
+        if not p.images:
+            encoded.append(EncodedPrompt(tokenizer.encode(p.text), []))
+            continue
+        content = [*({"type": "image"} for _ in p.images), {"type": "text", "text": p.text}]
+        pictures = [Image.open(path).convert("RGB") for path in p.images]
+        ids, images = tokenizer.encode_chat_with_images([{"role": "user", "content": content}], pictures)
+        encoded.append(EncodedPrompt(ids, images))
+    return encoded
 
 
 def _follow(step: int, logits: np.ndarray, forced: list[int] | None) -> int:
@@ -96,31 +109,34 @@ def build_max_engine(settings: FrameworkSettings):
 
 def run_max(
     settings: FrameworkSettings,
-    prompts: Sequence[str],
-    prompt_ids: Sequence[list[int]],
+    prompts: Sequence[VerificationPrompt],
+    encoded: Sequence[EncodedPrompt],
     forced: Sequence[list[int]] | None = None,
 ) -> list[PromptLogits]:
     """This framework's logits: prefill each prompt, then decode one token per step."""
     engine = build_max_engine(settings)
     try:
-        return _run_max_prompts(engine, settings, prompts, prompt_ids, forced)
+        return _run_max_prompts(engine, settings, prompts, encoded, forced)
     finally:
         engine.close()
 
 
-def _run_max_prompts(engine, settings, prompts, prompt_ids, forced) -> list[PromptLogits]:
+def _run_max_prompts(engine, settings, prompts, encoded, forced) -> list[PromptLogits]:
     from max.pipelines.lib.request import Request
     from max.pipelines.lib.sampling_params import SamplingParams
     from max.pipelines.lib.scheduler import ScheduledChunk
 
     model, cache = engine.model, engine.kv_cache
     results = []
-    for p, (text, ids) in enumerate(zip(prompts, prompt_ids)):
-        tokens = list(ids)
-        request = Request("verify", tokens, len(tokens), SamplingParams(), 0, len(tokens) + settings.num_steps, 0)
+    for p, (prompt, enc) in enumerate(zip(prompts, encoded)):
+        tokens = list(enc.ids)
+        model.check_images(enc.images, tokens)
+        request = Request(
+            "verify", tokens, len(tokens), SamplingParams(), 0, len(tokens) + settings.num_steps, 0, images=tuple(enc.images)
+        )
         if not cache.reserve("verify", len(tokens) + settings.num_steps):
             raise MaxError("the KV cache is too small for this prompt")
-        result = PromptLogits(text)
+        result = PromptLogits(prompt.key)
         start = 0
         try:
             for step in range(settings.num_steps):
@@ -149,15 +165,20 @@ def reference_encoding(encoding: str) -> str:
 
 
 def load_torch_model(settings: FrameworkSettings):
-    """transformers' model for the same files, in the settings' dtype and device."""
+    """transformers' model for the same files, in the settings' dtype and device (the class
+    the config names; a causal LM of transformers' Auto classes for a GGUF file)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from max.pipelines.lib.hf_config import architecture_name
+    from max.testing.tiny_checkpoints import reference_class
 
     hf_logging.set_verbosity_error()
     source = resolve_model_source(settings.model_path)
     encoding = reference_encoding(settings.encoding)
     kwargs = {"gguf_file": source.gguf_file.name} if source.gguf_file is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(
+    cls = AutoModelForCausalLM if source.gguf_file is not None else reference_class(architecture_name(source))
+    model = cls.from_pretrained(
         str(source.directory),
         dtype=FLOAT_ENCODINGS[encoding],
         trust_remote_code=settings.trust_remote_code,
@@ -176,11 +197,28 @@ def _cache_kwargs(model, out) -> dict:
     return {name: cache}
 
 
+def _image_kwargs(model, ids: torch.Tensor, images: Sequence[ImageInput]) -> dict:
+    """A vision-language model's image inputs for its first forward call: pixels, grids and
+    which tokens are image tokens. Its remembered M-RoPE offset of the previous prompt is
+    cleared (transformers keeps it on the model between generate calls)."""
+    inner = getattr(model, "model", None)
+    if hasattr(inner, "rope_deltas"):
+        inner.rope_deltas = None
+    if not images:
+        return {}
+    token = model.config.image_token_id
+    return {
+        "pixel_values": torch.from_numpy(np.concatenate([im.pixel_values for im in images])).to(ids.device),
+        "image_grid_thw": torch.tensor([im.grid_thw for im in images], device=ids.device),
+        "mm_token_type_ids": (ids == token).int(),
+    }
+
+
 @torch.no_grad()
 def run_torch(
     settings: FrameworkSettings,
-    prompts: Sequence[str],
-    prompt_ids: Sequence[list[int]],
+    prompts: Sequence[VerificationPrompt],
+    encoded: Sequence[EncodedPrompt],
     forced: Sequence[list[int]] | None = None,
     model=None,
 ) -> list[PromptLogits]:
@@ -188,9 +226,10 @@ def run_torch(
     model = model if model is not None else load_torch_model(settings)
     device = next(model.parameters()).device
     results = []
-    for p, (text, ids) in enumerate(zip(prompts, prompt_ids)):
-        out = model(torch.tensor([ids], device=device), use_cache=True)
-        result = PromptLogits(text)
+    for p, (prompt, enc) in enumerate(zip(prompts, encoded)):
+        ids = torch.tensor([enc.ids], device=device)
+        out = model(ids, use_cache=True, **_image_kwargs(model, ids, enc.images))
+        result = PromptLogits(prompt.key)
         for step in range(settings.num_steps):
             logits = out.logits[0, -1].float().cpu().numpy()
             token = _follow(step, logits, forced[p] if forced else None)
@@ -204,20 +243,21 @@ def run_torch(
 def run_framework(
     framework: str,
     settings: FrameworkSettings,
-    prompts: Sequence[str],
+    prompts: Sequence[str | VerificationPrompt],
     reference: list[PromptLogits] | None = None,
 ) -> list[PromptLogits]:
     """Runs `framework` ("max" or "torch"), teacher-forced along `reference` if given."""
+    prompts = [as_prompt(p) for p in prompts]
     forced = None
     if reference is not None:
         by_prompt = {r.prompt: [s.next_token for s in r.steps] for r in reference}
-        missing = [p for p in prompts if p not in by_prompt]
+        missing = [p.key for p in prompts if p.key not in by_prompt]
         if missing:
             raise MaxError(f"the reference has no logits for prompt {missing[0]!r}")
-        forced = [by_prompt[p] for p in prompts]
-    prompt_ids = tokenize_prompts(settings, prompts)
+        forced = [by_prompt[p.key] for p in prompts]
+    encoded = tokenize_prompts(settings, prompts)
     if framework == "max":
-        return run_max(settings, prompts, prompt_ids, forced)
+        return run_max(settings, prompts, encoded, forced)
     if framework == "torch":
-        return run_torch(settings, prompts, prompt_ids, forced)
+        return run_torch(settings, prompts, encoded, forced)
     raise MaxError(f"unknown framework {framework!r} (max or torch)")

@@ -19,6 +19,7 @@ from typing import Any
 from max.errors import MaxError
 from max.pipelines.lib.embedded_models import cache_dir, find_embedded_model
 from max.testing import tiny_configs
+from max.verification.prompts import DEFAULT_PROMPTS, VerificationPrompt, default_image_prompts
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,15 @@ class NamedPipeline:
     locate: Callable[[], str]  # returns a --model-path
     thresholds: dict[str, Thresholds]
     max_length: int = 1024
+    takes_images: bool = False  # a vision-language model: its default prompts show images
 
     def model_path(self) -> str:
         """The model's path (tiny checkpoints are written on first use)."""
         return self.locate()
+
+    def prompts(self) -> list[VerificationPrompt]:
+        """The prompts verification runs by default."""
+        return default_image_prompts() if self.takes_images else [VerificationPrompt(p) for p in DEFAULT_PROMPTS]
 
 
 def _embedded(alias: str) -> Callable[[], str]:
@@ -54,15 +60,19 @@ def _embedded(alias: str) -> Callable[[], str]:
     return locate
 
 
-def tiny_random_path(name: str, config: dict[str, Any], seed: int = 0) -> Path:
-    """Writes (once) and returns the tiny random checkpoint of `config`."""
+def tiny_random_path(name: str, config: dict[str, Any], seed: int = 0, dtype: str = "float32") -> Path:
+    """Writes (once) and returns the random checkpoint of `config` (with a tokenizer, and
+    an image processor for a vision-language config)."""
+    import torch
+
     from max.testing.tiny_checkpoints import write_tiny_checkpoint
 
-    digest = hashlib.sha256(json.dumps([config, seed], sort_keys=True).encode()).hexdigest()[:12]
+    key = [config, seed] if dtype == "float32" else [config, seed, dtype]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir() / "tiny-random" / f"{name}-{digest}"
-    if not (target / "model.safetensors").is_file():
+    if not (target / "config.json").is_file():
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        write_tiny_checkpoint(tmp, config, seed=seed, with_tokenizer=True)
+        write_tiny_checkpoint(tmp, config, seed=seed, with_tokenizer=True, dtype=getattr(torch, dtype))
         try:
             tmp.rename(target)
         except OSError:  # written by another process meanwhile
@@ -82,7 +92,7 @@ _BF16 = Thresholds(kl=2e-2, cos=2e-2)
 _QUANTIZED = _BF16
 
 
-def _tiny(folder: str, architecture: str, config: dict[str, Any], int8: bool = True) -> NamedPipeline:
+def _tiny(folder: str, architecture: str, config: dict[str, Any], int8: bool = True, images: bool = False) -> NamedPipeline:
     # q8_0 quantizes the random float weights on load (int8 per channel). Not int4: random
     # Gaussian weights lose ~10 % to 4 bits per layer, far from a trained 4-bit file's loss.
     # Not Gemma 3's tiny model: its logits move past bfloat16's thresholds at int8 too.
@@ -94,6 +104,7 @@ def _tiny(folder: str, architecture: str, config: dict[str, Any], int8: bool = T
         locate=lambda: str(tiny_random_path(f"tiny-random-{folder}", config)),
         thresholds={"float32": _TINY_F32, "bfloat16": _BF16, **quantized},
         max_length=512,
+        takes_images=images,
     )
 
 
@@ -125,7 +136,26 @@ NAMED_PIPELINES: list[NamedPipeline] = [
     _tiny("qwen3-moe", "Qwen3MoeForCausalLM", tiny_configs.TINY_CONFIGS["qwen3_moe"]),
     _tiny("gemma3", "Gemma3ForCausalLM", tiny_configs.TINY_CONFIGS["gemma3"], int8=False),
     _tiny("gpt-oss", "GptOssForCausalLM", tiny_configs.TINY_CONFIGS["gpt_oss"]),
+    # Not int8: weight-only quantization would reach the vision tower's linears too.
+    _tiny("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", tiny_configs.TINY_CONFIGS["qwen2_5_vl"], int8=False, images=True),
+    # The real model's shape with random weights (written once, ~16 GB: for a GPU machine).
+    NamedPipeline(
+        name="qwen2.5-vl-7b",
+        display_name="Qwen2.5-VL-7B-random",
+        architecture="Qwen2_5_VLForConditionalGeneration",
+        locate=lambda: str(tiny_random_path("qwen2.5-vl-7b-random", _benchmark_config("Qwen2.5-VL-7B"), dtype="bfloat16")),
+        thresholds={"bfloat16": _BF16},
+        max_length=2048,
+        takes_images=True,
+    ),
 ]
+
+
+def _benchmark_config(name: str) -> dict[str, Any]:
+    """A benchmark model's published config.json (max.benchmark.configs), as a dict."""
+    from max.benchmark.model_configs import config_dir
+
+    return json.loads((config_dir(name) / "config.json").read_text())
 
 
 def find_pipeline(name: str) -> NamedPipeline | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from max.errors import MaxError
 from max.verification.cli import UsageErrorParser, run_tool
-from max.verification.frameworks import DEFAULT_PROMPTS, FrameworkSettings, run_framework
+from max.verification.frameworks import FrameworkSettings, run_framework
 from max.verification.logit_metrics import Criteria, compare
 from max.verification.named_pipelines import NAMED_PIPELINES, parse_pipeline_and_encoding
 
@@ -52,8 +52,9 @@ def verify_one(spec: str, device: str, num_steps: int, kernels: str = "auto", te
             kernels=kernels,
             tensor_parallel_size=tensor_parallel_size,
         )
-        reference = run_framework("torch", settings, DEFAULT_PROMPTS)
-        target = run_framework("max", settings, DEFAULT_PROMPTS, reference)
+        prompts = pipeline.prompts()
+        reference = run_framework("torch", settings, prompts)
+        target = run_framework("max", settings, prompts, reference)
         result = compare(target, reference, Criteria(metrics=("kl", "cos"), kl_threshold=limits.kl, cos_threshold=limits.cos))
         status = "OK" if result.passed else "INVALID"
         detail = "; ".join(result.failures)

@@ -17,6 +17,7 @@ from max.verification.cli import UsageErrorParser, run_tool
 from max.verification.frameworks import FrameworkSettings, tokenize_prompts
 from max.verification.layer_comparison import compare_layers
 from max.verification.named_pipelines import resolve_pipeline_path
+from max.verification.prompts import VerificationPrompt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         trust_remote_code=args.trust_remote_code,
         custom_architectures=args.custom_architectures,
     )
-    (ids,) = tokenize_prompts(settings, [args.prompt])
+    (encoded,) = tokenize_prompts(settings, [VerificationPrompt(args.prompt)])
+    ids = encoded.ids
     report = compare_layers(settings, ids, args.threshold)
     print(report.format())
     return 0 if report.first_divergence is None else 2

@@ -9,6 +9,7 @@ from max.testing.cli import run_script
 from max.verification.frameworks import FrameworkSettings, load_torch_model, tokenize_prompts
 from max.verification.layer_comparison import compare_layers
 from max.verification.named_pipelines import find_pipeline
+from max.verification.prompts import VerificationPrompt
 
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
@@ -17,7 +18,8 @@ PROMPT = "The capital of France is Paris, and the capital of Italy is"
 def setup():
     pipeline = find_pipeline("tiny-random-llama3")
     settings = FrameworkSettings(model_path=pipeline.model_path(), max_length=pipeline.max_length)
-    (ids,) = tokenize_prompts(settings, [PROMPT])
+    (encoded,) = tokenize_prompts(settings, [VerificationPrompt(PROMPT)])
+    ids = encoded.ids
     return settings, ids, load_torch_model(settings)
 
 

@@ -4,6 +4,9 @@
         [--device cpu|gpu|gpu:N] [--encoding float32|bfloat16|float16|q8_0|q4_1|...] [--num-steps 10]
         [--prompts FILE] [--reference FILE]
 
+`--prompts` is a JSON list (strings, or {"prompt": ..., "images": [file, ...]} for a
+vision-language model) or a text file with one prompt per line.
+
 `--framework torch` runs Hugging Face transformers on the same weights as the
 independent reference. With `--reference`, the framework is teacher-forced along the
 reference's tokens so both follow the same path. Output format: see
@@ -12,28 +15,15 @@ max.verification.logits_file.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 
-from max.errors import MaxError
 from max.pipelines.lib.config import WEIGHT_ONLY_SCHEMES
 from max.verification.cli import UsageErrorParser, run_tool
-from max.verification.frameworks import DEFAULT_PROMPTS, FrameworkSettings, run_framework
+from max.verification.frameworks import FrameworkSettings, run_framework
 from max.verification.logits_file import read_logits, write_logits
 from max.verification.named_pipelines import NAMED_PIPELINES, resolve_pipeline_path
-
-
-def read_prompts(path: str) -> list[str]:
-    """A JSON list of strings, or a text file with one prompt per line."""
-    text = Path(path).read_text()
-    if path.endswith(".json"):
-        prompts = json.loads(text)
-        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            raise MaxError(f"{path} must hold a JSON list of strings")
-        return prompts
-    return [line for line in text.splitlines() if line.strip()]
+from max.verification.prompts import DEFAULT_PROMPTS, read_prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--reference", help="teacher-force along this logits file's tokens")
     parser.add_argument("--num-steps", type=int, default=10)
-    parser.add_argument("--prompts", help="JSON list or one prompt per line (default: a fixed varied set)")
+    parser.add_argument(
+        "--prompts",
+        help="JSON list (entries: a string, or {'prompt': str, 'images': [file, ...]}) or one prompt per line "
+        "(default: a fixed varied set; with images for a vision-language pipeline)",
+    )
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--custom-architectures", action="append", default=[])
@@ -78,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         kernels=args.kernels,
         tensor_parallel_size=args.tensor_parallel_size,
     )
-    prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
+    prompts = read_prompts(args.prompts) if args.prompts else (pipeline.prompts() if pipeline else DEFAULT_PROMPTS)
     reference = read_logits(args.reference) if args.reference else None
     start = time.perf_counter()
     results = run_framework(args.framework, settings, prompts, reference)
