@@ -79,13 +79,15 @@ class VisionLanguageTokenizer(TextTokenizer):
         messages: list[dict[str, Any]],
         images: Sequence[Any],
         template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = True,
     ) -> tuple[list[int], list[ImageInput]]:
         """Token ids of the chat prompt, each image's placeholder expanded to its tokens,
         and one `ImageInput` per image. `images` are PIL images (RGB), in the order of the
         messages' `{"type": "image"}` parts. Raises MaxError."""
         if count_image_parts(messages) != len(images):
             raise MaxError(f"the messages hold {count_image_parts(messages)} image parts for {len(images)} images")
-        ids = self.encode(self.render_chat(messages, template_kwargs=template_kwargs), add_special_tokens=False)
+        text = self.render_chat(messages, add_generation_prompt, template_kwargs)
+        ids = self.encode(text, add_special_tokens=False)
         placeholders = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if len(placeholders) != len(images):
             # The text itself holds the image token (typed by the client), or the template
