@@ -10,6 +10,7 @@ error shape whose `param` names the image's field, e.g. `messages[0].content[1].
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,11 @@ from max.pipelines.lib.image_input import (
 from max.serve.openai_protocol import ApiError, ImagePart
 
 DEFAULT_MAX_IMAGES = 8  # per prompt, as --limit-mm-per-prompt '{"image": 8}'
+
+# Image loads wait on the network for up to the fetch timeout: they get threads of their own,
+# so that slow fetches never hold up the tokenization of other requests (asyncio's default
+# pool, a few threads on a small machine).
+_LOADERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="max-image-load")
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ async def load_request_images(parts: list[ImagePart], options: MediaOptions) -> 
             max_pixels=options.max_image_pixels,
         )
 
-    results = await asyncio.gather(*(asyncio.to_thread(load, part) for part in parts), return_exceptions=True)
+    loop = asyncio.get_running_loop()
+    results = await asyncio.gather(*(loop.run_in_executor(_LOADERS, load, part) for part in parts), return_exceptions=True)
     for part, result in zip(parts, results, strict=True):
         if isinstance(result, ImageLoadError):
             raise ApiError(400, str(result), param=part.param, code=result.code)
