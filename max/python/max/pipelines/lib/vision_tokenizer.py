@@ -12,6 +12,7 @@ which is what the engine takes. The result matches transformers' own processor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,8 @@ class VisionLanguageTokenizer(TextTokenizer):
     ) -> VisionLanguageTokenizer:
         """The tokenizer and image processor of a model folder."""
         hf = load_hf_tokenizer(source, trust_remote_code)
+        if not getattr(hf, "chat_template", None):
+            hf.chat_template = _processor_chat_template(source)
         processor = _load_image_processor(source, trust_remote_code)
         image_token_id = getattr(hf_config, "image_token_id", None) if hf_config is not None else None
         if image_token_id is None:
@@ -126,6 +129,17 @@ class VisionLanguageTokenizer(TextTokenizer):
         pixel_values = np.asarray(out["pixel_values"], dtype=np.float32)
         grids = [tuple(int(g) for g in row) for row in np.asarray(out["image_grid_thw"])]
         return pixel_values, grids
+
+
+def _processor_chat_template(source: ModelSource) -> str | None:
+    """The chat template some vision-language repos keep beside the processor
+    (chat_template.json) rather than in the tokenizer's files."""
+    path = source.directory / "chat_template.json"
+    try:
+        template = json.loads(path.read_text()).get("chat_template") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        raise MaxError(f"{path} is not a JSON object with a 'chat_template'") from None
+    return template if isinstance(template, str) else None
 
 
 def _load_image_processor(source: ModelSource, trust_remote_code: bool) -> Any:

@@ -133,3 +133,21 @@ def test_a_folder_without_an_image_processor_is_a_clear_error(folder, tmp_path):
     with pytest.raises(MaxError, match="preprocessor_config.json"):
         VisionLanguageTokenizer.from_source(ModelSource("x", tmp_path, WeightsFormat.safetensors), None)
     assert json.loads((folder / "preprocessor_config.json").read_text())["merge_size"] == 2
+
+
+def test_chat_template_from_chat_template_json(folder, tmp_path):
+    from max.testing.tiny_vl_processor import CHAT_TEMPLATE
+
+    for f in folder.iterdir():
+        if f.name != "chat_template.jinja":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    source = ModelSource("x", tmp_path, WeightsFormat.safetensors)
+    assert not TextTokenizer.from_source(source).has_chat_template
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    tokenizer = VisionLanguageTokenizer.from_source(source, None)
+    assert tokenizer.hf.chat_template == CHAT_TEMPLATE
+    ids, (image,) = tokenizer.encode_chat_with_images([{"role": "user", "content": [{"type": "image"}]}], [_picture(30, 30, 0)])
+    assert ids.count(IMAGE_TOKEN_ID) == image.num_tokens
