@@ -338,3 +338,35 @@ def test_openapi_document_describes_image_parts(server):
     document = server.get("/openapi.json").json()
     validate(document)
     assert "ImageUrl" in document["components"]["schemas"]
+
+
+def test_mangled_images_are_never_a_server_error(server, engine):
+    """Seeded: PNG, JPEG, GIF and WebP files bit-flipped, truncated, or with their header
+    kept and the rest random; each answer is a 200 or a 400, never a 5xx."""
+    import random
+
+    rng = random.Random(20261129)
+    sources = []
+    for fmt in ("PNG", "JPEG", "GIF", "WEBP"):
+        buf = io.BytesIO()
+        _picture(48, 40, 5).save(buf, format=fmt)
+        sources.append(buf.getvalue())
+    statuses = set()
+    for case in range(60):
+        data = bytearray(rng.choice(sources))
+        kind = case % 3
+        if kind == 0:
+            for _ in range(rng.randint(1, 20)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            data = data[: rng.randrange(1, len(data))]
+        else:
+            data = data[:16] + bytearray(rng.randbytes(rng.randint(0, 2000)))
+        url = "data:image/png;base64," + base64.b64encode(bytes(data)).decode()
+        reply = server.post("/v1/chat/completions", {"model": MODEL, "messages": _image_message(url), "max_tokens": 1})
+        assert reply.status_code in (200, 400), reply.text
+        if reply.status_code == 400:
+            assert reply.json()["error"]["param"] == "messages[0].content[1].image_url", reply.text
+        statuses.add(reply.status_code)
+    assert 400 in statuses
+    assert server.get("/health").json() == {"status": "ok"}
