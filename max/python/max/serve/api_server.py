@@ -3,7 +3,8 @@
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health
 (and /v1/health), GET /metrics, POST /tokenize, POST /detokenize, GET /openapi.json
 (the bodies' pydantic models are in openai_models.py). The HTTP process parses, tokenizes, applies chat templates
-and detokenizes; the engine process only sees token ids. Without a tokenizer
+and detokenizes; the engine process only sees token ids (and, for a vision-language model,
+the chat's images, loaded and processed here: chat_images.py). Without a tokenizer
 (`--skip-tokenizer-init`) only /v1/completions with token-id prompts is served, and each
 choice carries its generated ids in `token_ids`. Every failure a client can cause
 is answered in OpenAI's error shape with a 4xx status; a client that disconnects has its

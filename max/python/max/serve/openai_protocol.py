@@ -1,7 +1,8 @@
 """OpenAI request parsing and validation, and the error shape of the API.
 
-Both `/v1/chat/completions` and `/v1/completions` bodies become a `GenerationRequest`;
-anything malformed raises `ApiError`, which the server turns into
+Both `/v1/chat/completions` and `/v1/completions` bodies become a `GenerationRequest`
+(a chat's `image_url` parts become `{"type": "image"}` parts of its messages, their URLs
+`ImagePart`s in order); anything malformed raises `ApiError`, which the server turns into
 `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
 """
 
