@@ -61,7 +61,13 @@ def load_image(
     if not isinstance(url, str) or not url.strip():
         raise ImageLoadError("the image URL is empty", "invalid_image_url")
     url = url.strip()
-    scheme = urllib.parse.urlsplit(url).scheme.lower() if ":" in url else ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() in ("http", "https") and (not parts.hostname or parts.port == 0):
+            raise ValueError("no host")
+    except ValueError:  # a bad IPv6 literal, a port that is not a number or out of range...
+        raise ImageLoadError("the image URL is not a valid URL", "invalid_image_url") from None
+    scheme = parts.scheme.lower() if ":" in url else ""
     if scheme == "data":
         data = _data_url_bytes(url, max_bytes)
     elif scheme in ("http", "https"):
@@ -185,7 +191,7 @@ def _reason_text(reason: object) -> str:
 
 def _shown(url: str) -> str:
     """The URL as errors show it: without credentials or query, and not too long."""
-    parts = urllib.parse.urlsplit(url)
+    parts = urllib.parse.urlsplit(url)  # load_image checked that it parses
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"

@@ -77,6 +77,13 @@ def test_bad_data_urls_are_refused():
     _fails("invalid_image_url", "   ")
 
 
+def test_malformed_urls_are_refused():
+    for url in ("http://[::1", "http://example.com:99999/", "http://localhost:abc/", "http://", "http:///x", "https://:80/"):
+        assert "not a valid URL" in _fails("invalid_image_url", url)
+    _fails("image_fetch_failed", "https://a b/c.png")
+    _fails("image_fetch_failed", "http://\x00/")
+
+
 def test_other_schemes_are_refused():
     for url in ("ftp://example.com/cat.png", "javascript:alert(1)", "gopher://x/1", "s3://bucket/cat.png"):
         message = _fails("invalid_image_url", url)
@@ -217,6 +224,8 @@ def test_local_files_only_inside_the_allowed_directory(tmp_path):
     _fails("invalid_image_url", str(allowed / ".." / "secret.png"), allowed=allowed)
     _fails("invalid_image_url", "../secret.png", allowed=allowed)
     _fails("invalid_image_url", f"file://otherhost{inside}", allowed=allowed)
+    _fails("invalid_image_url", "sub/\x00cat.png", allowed=allowed)
+    _fails("invalid_image_url", "file:///%00", allowed=allowed)
     _fails("invalid_image_url", (allowed / "missing.png").as_uri(), allowed=allowed)
     # A symlink inside the directory that points out of it is refused.
     os.symlink(outside, allowed / "link.png")
@@ -232,3 +241,19 @@ def test_local_files_only_inside_the_allowed_directory(tmp_path):
     _fails("image_too_large", str(big), allowed=allowed, max_bytes=4000)
     (allowed / "notes.png").write_text("not an image")
     _fails("invalid_image", str(allowed / "notes.png"), allowed=allowed)
+
+
+def test_random_urls_only_ever_raise_image_load_errors(tmp_path):
+    """Seeded: strings built from URL syntax's awkward characters after each scheme's
+    prefix; load_image either loads or raises ImageLoadError, nothing else."""
+    import random
+
+    rng = random.Random(1129)
+    prefixes = ["http://127.0.0.1", "http://[", "https://", "file:", "file://", "data:image/png;base64,", "data:", "", "/", "ftp:"]
+    alphabet = ["[", "]", ":", "%", "%00", "\x00", "/", "@", "#", "?", "..", "1", "65536", "a", " ", "\n", "é", "\\", ";", ","]
+    for _ in range(300):
+        url = rng.choice(prefixes) + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        try:
+            _load(url, allowed=tmp_path, timeout_s=0.5)
+        except ImageLoadError:
+            pass
