@@ -30,6 +30,9 @@ DEFAULT_MAX_IMAGES = 8  # per prompt, as --limit-mm-per-prompt '{"image": 8}'
 # so that slow fetches never hold up the tokenization of other requests (asyncio's default
 # pool, a few threads on a small machine).
 _LOADERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="max-image-load")
+# A request waits for its images at most the fetch timeout plus this: the fetch's own
+# timeouts do not bound a DNS lookup that hangs, and decoding takes time too.
+LOAD_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,21 @@ async def load_request_images(parts: list[ImagePart], options: MediaOptions) -> 
         )
 
     loop = asyncio.get_running_loop()
-    results = await asyncio.gather(*(loop.run_in_executor(_LOADERS, load, part) for part in parts), return_exceptions=True)
-    for part, result in zip(parts, results, strict=True):
-        if isinstance(result, ImageLoadError):
-            raise ApiError(400, str(result), param=part.param, code=result.code)
-        if isinstance(result, BaseException):
-            raise result
-    return list(results)
+    loads = [loop.run_in_executor(_LOADERS, load, part) for part in parts]
+    budget = options.fetch_timeout_s + LOAD_GRACE_S
+    try:
+        _, pending = await asyncio.wait(loads, timeout=budget)
+    finally:
+        for future in loads:  # late or abandoned (client gone): the thread ends on its own
+            future.cancel()
+    images = []
+    for part, future in zip(parts, loads, strict=True):
+        if future in pending:
+            raise ApiError(400, f"loading the image took longer than {budget:g} s", param=part.param, code="image_fetch_failed")
+        error = future.exception()
+        if isinstance(error, ImageLoadError):
+            raise ApiError(400, str(error), param=part.param, code=error.code)
+        if error is not None:
+            raise error
+        images.append(future.result())
+    return images

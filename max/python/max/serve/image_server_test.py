@@ -312,6 +312,25 @@ def test_bad_images_get_a_400_naming_the_part(server, client, engine, tokenizer,
     assert server.get("/health").json() == {"status": "ok"}
 
 
+def test_an_image_load_that_hangs_is_cut_off(server, monkeypatch):
+    """A fetch's own timeouts do not cover a DNS lookup that hangs: the request still ends."""
+    import max.serve.chat_images as chat_images
+
+    real = chat_images.load_image
+
+    def hanging(url, **kwargs):
+        if url.endswith("/hang.png"):
+            time.sleep(4)
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(chat_images, "load_image", hanging)
+    monkeypatch.setattr(chat_images, "LOAD_GRACE_S", 0.5)
+    start = time.monotonic()
+    _refused(server, _image_message(_data_url(RED), "http://unresolvable.invalid/hang.png"), 400,
+             "image_fetch_failed", "messages[0].content[2].image_url", "longer than 1.5 s")  # fmt: skip
+    assert time.monotonic() - start < 3.5
+
+
 def test_local_files_are_refused_unless_a_directory_is_allowed(tokenizer, media):
     engine = FakeEngine()
     with AppServer(create_app(_state(tokenizer, engine, MediaOptions()))) as srv:
