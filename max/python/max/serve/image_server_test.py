@@ -32,7 +32,7 @@ from max.serve.api_server import ServerState, create_app
 from max.serve.chat_images import MediaOptions
 from max.testing.app_server import AppServer
 from max.testing.fake_engine import FakeEngine
-from max.testing.tiny_vl_processor import IMAGE_TOKEN_ID, write_vl_processor_files
+from max.testing.tiny_vl_processor import IMAGE_TOKEN_ID, VOCAB_SIZE, write_vl_processor_files
 
 MODEL = "tiny-vl"
 MAX_SEQ_LEN = 512
@@ -113,7 +113,7 @@ def tokenizer(folder):
 def _state(tokenizer, engine, media_options) -> ServerState:
     return ServerState(
         tokenizer=tokenizer, engine=engine, served_model_name=MODEL, max_seq_len=MAX_SEQ_LEN,
-        vocab_size=IMAGE_TOKEN_ID + 6, media=media_options,
+        vocab_size=VOCAB_SIZE, media=media_options,
     )  # fmt: skip
 
 

@@ -26,7 +26,7 @@ from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
 from max.pipelines.lib.weights import WeightsFormat
 from max.testing.server_process import ServerProcess
 from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
-from max.testing.tiny_vl_processor import IMAGE_TOKEN_ID, write_vl_processor_files
+from max.testing.tiny_vl_processor import IMAGE_TOKEN_ID, VOCAB_SIZE, write_vl_processor_files
 
 MODEL = "tiny-vl"
 
@@ -77,7 +77,7 @@ def _data_url(image) -> str:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("vl")
-    write_tiny_checkpoint(root / "ckpt", llama_config(vocab_size=IMAGE_TOKEN_ID + 6), seed=4)
+    write_tiny_checkpoint(root / "ckpt", llama_config(vocab_size=VOCAB_SIZE), seed=4)
     write_vl_processor_files(root / "ckpt")
     (root / "image_llama.py").write_text(IMAGE_RECORDING_LLAMA)
     (root / "media").mkdir()
