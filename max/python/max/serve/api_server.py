@@ -3,7 +3,8 @@
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health
 (and /v1/health), GET /metrics, POST /tokenize, POST /detokenize, GET /openapi.json
 (the bodies' pydantic models are in openai_models.py). The HTTP process parses, tokenizes, applies chat templates
-and detokenizes; the engine process only sees token ids. Without a tokenizer
+and detokenizes; the engine process only sees token ids (and, for a vision-language model,
+the chat's images, loaded and processed here: chat_images.py). Without a tokenizer
 (`--skip-tokenizer-init`) only /v1/completions with token-id prompts is served, and each
 choice carries its generated ids in `token_ids`. Every failure a client can cause
 is answered in OpenAI's error shape with a 4xx status; a client that disconnects has its
@@ -34,6 +35,7 @@ from starlette.routing import Route
 from max.errors import MaxError
 from max.pipelines.lib import RequestTextStream, TextDelta, TextTokenizer, TokenLogprob
 from max.pipelines.lib.harmony import HarmonyParser, HarmonyTokens
+from max.pipelines.lib.multimodal import ImageInput
 from max.pipelines.lib.structured_output import StructuredOutput, grammar_for
 from max.pipelines.lib.tool_calls import (
     HERMES,
@@ -45,6 +47,7 @@ from max.pipelines.lib.tool_calls import (
     tool_call_grammar,
 )
 from max.serve import openai_responses as responses
+from max.serve.chat_images import MediaOptions, images_not_supported, load_request_images
 from max.serve.engine_supervisor import SupervisedEngine
 from max.serve.error_redaction import redact
 from max.serve.http_guard import HttpGuard, queue_full
@@ -86,6 +89,7 @@ class ServerState:
     draining: bool = False  # SIGTERM: finish what is in flight, take nothing new
     active_requests: int = 0  # generation requests admitted and not yet answered
     allowed_origins: list[str] = field(default_factory=list)  # CORS: none unless configured
+    media: MediaOptions = field(default_factory=MediaOptions)  # which images chats may hold
 
 
 @dataclass
@@ -104,6 +108,7 @@ class _Choice:
     tools: ToolCallParser | None = None  # a chat with tools: splits calls from content
     tool_calls_sent: int = 0  # streaming: calls sent so far (their `index`)
     chat: bool = False
+    images: tuple[ImageInput, ...] = ()  # the prompt's images, on its image tokens
 
     @property
     def finish_reason(self) -> str | None:
@@ -126,14 +131,19 @@ class GenerationHandler:
         self._harmony: tuple[TextTokenizer | None, HarmonyTokens | None] | None = None
 
     # -- preparing -----------------------------------------------------------------------
-    async def _prompt_ids(self, gen: GenerationRequest) -> list[list[int]]:
+    async def _prompt_ids(self, gen: GenerationRequest) -> tuple[list[list[int]], tuple[ImageInput, ...]]:
+        """The token ids of each prompt, and the chat prompt's images (placed on its image
+        tokens, which count against the context length like any token)."""
         tokenizer = self.state.tokenizer
         if tokenizer is None:
             _check_tokenizer_free(gen)
         try:
             if gen.chat_messages is not None:
                 messages, template_kwargs = self._chat_inputs(gen)
-                return [await asyncio.to_thread(tokenizer.encode_chat, messages, template_kwargs)]
+                if gen.images:
+                    ids, images = await self._encode_with_images(gen, messages, template_kwargs)
+                    return [ids], images
+                return [await asyncio.to_thread(tokenizer.encode_chat, messages, template_kwargs)], ()
             out = []
             for prompt in gen.prompts:
                 if isinstance(prompt, str):
@@ -143,9 +153,26 @@ class GenerationHandler:
                     if bad is not None:
                         raise invalid("prompt", f"token id {bad} is outside the vocabulary (size {self.state.vocab_size})")
                     out.append(list(prompt))
-            return out
+            if tokenizer is not None and tokenizer.takes_images:
+                _refuse_image_tokens(out, tokenizer.image_token_id)
+            return out, ()
         except MaxError as e:
             raise ApiError(400, str(e), param="messages" if gen.chat_messages else "prompt") from None
+
+    async def _encode_with_images(
+        self, gen: GenerationRequest, messages: list[dict[str, Any]], template_kwargs: dict[str, Any] | None,
+        add_generation_prompt: bool = True,
+    ) -> tuple[list[int], tuple[ImageInput, ...]]:
+        """A chat with images: the images loaded (in threads), processed, and their
+        placeholders expanded; 400 naming the image that cannot be used."""
+        tokenizer = self.state.tokenizer
+        if not tokenizer.takes_images:
+            raise images_not_supported(gen.images)
+        pictures = await load_request_images(gen.images, self.state.media)
+        ids, images = await asyncio.to_thread(
+            tokenizer.encode_chat_with_images, messages, pictures, template_kwargs, add_generation_prompt
+        )
+        return ids, tuple(images)
 
     def _chat_inputs(self, gen: GenerationRequest) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """The messages and template variables the chat template renders: the tools (unless
@@ -199,7 +226,9 @@ class GenerationHandler:
         tokens = self._harmony[1]
         return HarmonyParser(tokenizer, tokens, prompt_ids) if tokens is not None else None
 
-    def _choices(self, gen: GenerationRequest, prompt_ids: list[list[int]], base_id: str) -> list[_Choice]:
+    def _choices(
+        self, gen: GenerationRequest, prompt_ids: list[list[int]], base_id: str, images: tuple[ImageInput, ...] = ()
+    ) -> list[_Choice]:
         limit = self.state.max_seq_len
         choices = []
         for p, ids in enumerate(prompt_ids):
@@ -239,7 +268,7 @@ class GenerationHandler:
                 tools = ToolCallParser(self._tool_format()) if gen.tools and gen.tool_choice != "none" else None
                 choices.append(
                     _Choice(len(choices), f"{base_id}-{p}-{i}", p, ids, stream, harmony=harmony, tools=tools,
-                            chat=gen.chat_messages is not None)
+                            chat=gen.chat_messages is not None, images=images)
                 )  # fmt: skip
         return choices
 
@@ -248,7 +277,7 @@ class GenerationHandler:
         """Drives one choice to its end; pushes (choice, delta) to `sink` when streaming."""
         engine = self.state.engine
         start = time.monotonic()
-        outputs = engine.generate(choice.request_id, choice.prompt_ids, choice.stream.params)
+        outputs = engine.generate(choice.request_id, choice.prompt_ids, choice.stream.params, images=choice.images)
         try:
             await self._consume(choice, outputs, sink, start)
         except Exception as e:  # the engine went down since the check, or a bug: end the choice
@@ -348,8 +377,11 @@ class GenerationHandler:
                 if not isinstance(add_generation, bool):
                     raise invalid("add_generation_prompt", "'add_generation_prompt' must be a boolean")
                 messages, kwargs = self._chat_inputs(gen)
-                text = await asyncio.to_thread(tokenizer.render_chat, messages, add_generation, kwargs)
-                ids = await asyncio.to_thread(tokenizer.encode, text, False)
+                if gen.images:  # the images' tokens are counted, so they are loaded
+                    ids, _ = await self._encode_with_images(gen, messages, kwargs, add_generation)
+                else:
+                    text = await asyncio.to_thread(tokenizer.render_chat, messages, add_generation, kwargs)
+                    ids = await asyncio.to_thread(tokenizer.encode, text, False)
             else:
                 prompt = body.get("prompt")
                 if not isinstance(prompt, str):
@@ -404,9 +436,9 @@ class GenerationHandler:
             self._force_tool_calls(gen)
         if gen.params.structured_output is not None:
             await self._check_constraint(gen)
-        prompt_ids = await self._prompt_ids(gen)
+        prompt_ids, images = await self._prompt_ids(gen)
         base_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        choices = self._choices(gen, prompt_ids, base_id)
+        choices = self._choices(gen, prompt_ids, base_id, images)
         if state.metrics.in_flight + len(choices) > state.limits.max_queue_size:
             raise queue_full(state.limits.max_queue_size, state.limits.retry_after_seconds)
         state.metrics.prompt_tokens += sum(len(ids) for ids in prompt_ids)
@@ -596,6 +628,15 @@ def _chat_delta(delta: TextDelta, finish: str | None, choice: _Choice) -> dict[s
     if delta.text or not (finish or body):
         body["content"] = delta.text
     return body
+
+
+def _refuse_image_tokens(prompts: list[list[int]], image_token_id: int) -> None:
+    """A completion prompt may not hold a vision model's image token: no image would fill it."""
+    if any(image_token_id in ids for ids in prompts):
+        raise MaxError(
+            f"the prompt holds the image token (id {image_token_id}); send images as image_url parts "
+            "of a chat message instead"
+        )
 
 
 def _check_tokenizer_free(gen: GenerationRequest) -> None:

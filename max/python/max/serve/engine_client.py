@@ -14,10 +14,11 @@ import multiprocessing as mp
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from max.errors import MaxError
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
+from max.pipelines.lib.multimodal import ImageInput
 from max.serve.engine_messages import (
     AbortRequest,
     AddRequest,
@@ -115,9 +116,13 @@ class EngineClient:
 
     # -- requests ------------------------------------------------------------------------
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[RequestOutput]:
-        """Submits a request and yields its outputs until it finishes.
+        """Submits a request (with its prompt's images) and yields its outputs until it finishes.
 
         If the consumer stops early (client gone), the request is aborted in the engine.
         """
@@ -125,7 +130,7 @@ class EngineClient:
             raise MaxError(self.failure or "the engine is not running")
         stream: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._streams[request_id] = stream
-        self._inbox.put(AddRequest(request_id, prompt_ids, params))
+        self._inbox.put(AddRequest(request_id, prompt_ids, params, tuple(images)))
         finished = False
         try:
             while not finished:

@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from max.pipelines.lib import EngineStats, RequestOutput, SamplingParams
+from max.pipelines.lib.multimodal import ImageInput
 
 
 @dataclass
 class AddRequest:
-    """Start generating for `prompt_ids`."""
+    """Start generating for `prompt_ids` (with the prompt's images, each on its run of
+    image tokens)."""
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass

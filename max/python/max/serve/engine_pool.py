@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from max.errors import MaxError
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
+from max.pipelines.lib.multimodal import ImageInput
 from max.serve.engine_messages import EngineReady
 from max.serve.engine_supervisor import RestartPolicy, SupervisedEngine
 
@@ -97,7 +98,11 @@ class EnginePool:
 
     # -- requests ------------------------------------------------------------------------
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[RequestOutput]:
         """Runs the request on the running replica with the fewest tokens in flight."""
         up = [i for i, replica in enumerate(self.replicas) if replica.alive]
@@ -110,7 +115,7 @@ class EnginePool:
         self.tokens_in_flight[index] += held
         try:
             # Closed explicitly: a consumer that stops early aborts the request now.
-            async with contextlib.aclosing(self.replicas[index].generate(request_id, prompt_ids, params)) as outputs:
+            async with contextlib.aclosing(self.replicas[index].generate(request_id, prompt_ids, params, images)) as outputs:
                 async for output in outputs:
                     self.tokens_in_flight[index] += len(output.new_token_ids)
                     held += len(output.new_token_ids)

@@ -20,10 +20,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
+from max.pipelines.lib.multimodal import ImageInput
 from max.serve.engine_client import EngineClient
 from max.serve.engine_messages import EngineReady
 
@@ -131,14 +132,18 @@ class SupervisedEngine:
 
     # -- requests ------------------------------------------------------------------------
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[RequestOutput]:
         """Runs a request on the current engine (see `EngineClient.generate`)."""
         client = self._client
         self._owner[request_id] = client
         try:
             # Closed explicitly: a consumer that stops early aborts the request now.
-            async with contextlib.aclosing(client.generate(request_id, prompt_ids, params)) as outputs:
+            async with contextlib.aclosing(client.generate(request_id, prompt_ids, params, images)) as outputs:
                 async for output in outputs:
                     yield output
         finally:

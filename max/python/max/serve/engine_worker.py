@@ -148,7 +148,7 @@ def _drain_inbox(inbox: Queue, engine, produced: list[RequestOutput], block: boo
             return None
         if isinstance(message, AddRequest):
             try:
-                engine.add_request(message.request_id, message.prompt_ids, message.params)
+                engine.add_request(message.request_id, message.prompt_ids, message.params, images=message.images)
             except MaxError as e:
                 produced.append(RequestOutput(message.request_id, [], True, "error", error=str(e)))
             except Exception as e:  # a bug: fail this request, keep the engine

@@ -22,9 +22,16 @@ class _Body(BaseModel):
 
 
 # -- requests ----------------------------------------------------------------------------
+class ImageUrl(_Body):
+    url: str = Field(description="a data URL (data:image/png;base64,...), an http(s) URL, or a file:// URL "
+                     "under the server's --allowed-local-media-path")
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class ContentPart(_Body):
-    type: str
+    type: str = Field(description="text or image_url")
     text: str | None = None
+    image_url: ImageUrl | str | None = None
 
 
 class FunctionCall(_Body):

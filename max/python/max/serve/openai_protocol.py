@@ -1,7 +1,8 @@
 """OpenAI request parsing and validation, and the error shape of the API.
 
-Both `/v1/chat/completions` and `/v1/completions` bodies become a `GenerationRequest`;
-anything malformed raises `ApiError`, which the server turns into
+Both `/v1/chat/completions` and `/v1/completions` bodies become a `GenerationRequest`
+(a chat's `image_url` parts become `{"type": "image"}` parts of its messages, their URLs
+`ImagePart`s in order); anything malformed raises `ApiError`, which the server turns into
 `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from max.pipelines.lib import SamplingParams
@@ -122,6 +123,7 @@ class GenerationRequest:
     tools: list[dict[str, Any]] | None = None  # chat: OpenAI function tools
     tool_choice: str | dict[str, Any] = "none"  # "none", "auto", "required" or a named function
     parallel_tool_calls: bool = True
+    images: list[ImagePart] = field(default_factory=list)  # chat: in the order of the image parts
 
 
 def _sampling(f: _Fields) -> SamplingParams:
@@ -255,25 +257,66 @@ def _common(f: _Fields) -> dict[str, Any]:
     )
 
 
-def _message_content(message: dict[str, Any], index: int) -> str:
+@dataclass(frozen=True)
+class ImagePart:
+    """An image a chat message names: its URL and the request field it came from."""
+
+    url: str
+    param: str  # e.g. messages[0].content[1].image_url, for error bodies
+
+
+IMAGE_DETAILS = ("auto", "low", "high")
+
+
+def _image_part(part: dict[str, Any], param: str) -> ImagePart:
+    """An `image_url` content part: `{"image_url": {"url": ..., "detail": ...}}`, or the
+    URL as a plain string (vLLM accepts that form too)."""
+    value = part.get("image_url")
+    if isinstance(value, dict):
+        url = value.get("url")
+        detail = value.get("detail")
+        if detail is not None and detail not in IMAGE_DETAILS:
+            raise invalid(f"{param}.image_url.detail", f"'detail' must be one of {', '.join(IMAGE_DETAILS)}, got {detail!r}")
+    else:
+        url = value
+    if not isinstance(url, str) or not url:
+        raise invalid(f"{param}.image_url", "an image_url part needs 'image_url': {'url': '...'} (a data URL or an http(s) URL)")
+    return ImagePart(url, f"{param}.image_url")
+
+
+def _message_content(message: dict[str, Any], index: int, images: list[ImagePart]) -> str | list[dict[str, Any]]:
+    """A message's content: a string, or (when it holds images) a list of text and
+    `{"type": "image"}` parts in order; the images' URLs are appended to `images`."""
     content = message.get("content")
+    param = f"messages[{index}].content"
     if content is None:
         return ""
     if isinstance(content, str):
-        _check_text(content, f"messages[{index}].content")
+        _check_text(content, param)
         return content
     if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+        parts: list[dict[str, Any]] = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                _check_text(part["text"], param)
+                parts.append({"type": "text", "text": part["text"]})
+            elif kind == "image_url":
+                if message.get("role") != "user":
+                    raise invalid(f"{param}[{j}]", "image parts are accepted in user messages only")
+                images.append(_image_part(part, f"{param}[{j}]"))
+                parts.append({"type": "image"})
+            else:
                 raise invalid(
-                    f"messages[{index}].content",
-                    "content parts must be objects {'type': 'text', 'text': ...} (only text is supported)",
+                    param,
+                    "content parts must be objects {'type': 'text', 'text': ...} or "
+                    "{'type': 'image_url', 'image_url': {'url': ...}}",
                 )
-            _check_text(part["text"], f"messages[{index}].content")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise invalid(f"messages[{index}].content", "content must be a string or a list of text parts")
+        if any(p["type"] == "image" for p in parts):
+            return parts
+        # Text only: one string, so that the chat template renders it as it always did.
+        return "".join(p["text"] for p in parts)
+    raise invalid(param, "content must be a string or a list of content parts")
 
 
 # The efforts gpt-oss's chat template knows (OpenAI's reasoning models take the same names).
@@ -288,13 +331,14 @@ def parse_chat_request(body: Any) -> GenerationRequest:
     if not messages:
         raise invalid("messages", "'messages' must be a non-empty array")
     parsed = []
+    images: list[ImagePart] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid(f"messages[{i}]", "each message must be an object")
         role = message.get("role")
         if role not in ("system", "user", "assistant", "developer", "tool"):
             raise invalid(f"messages[{i}].role", f"unknown role {role!r}")
-        entry = {"role": "system" if role == "developer" else role, "content": _message_content(message, i)}
+        entry = {"role": "system" if role == "developer" else role, "content": _message_content(message, i, images)}
         if role == "assistant" and message.get("tool_calls"):
             entry["tool_calls"] = _message_tool_calls(message["tool_calls"], i)
         if role == "tool":
@@ -320,6 +364,7 @@ def parse_chat_request(body: Any) -> GenerationRequest:
         parallel_tool_calls=parallel,
         reasoning_effort=effort,
         chat_messages=parsed,
+        images=images,
         prompts=[],
         params=_sampling(f),
         max_tokens=max_tokens,

@@ -120,10 +120,17 @@ async def read_json(request: Request, limits: ServerLimits) -> Any:
         raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
 
 
+def _text_length(content: str | list[dict[str, Any]]) -> int:
+    """Characters of a message's text (its image parts count in tokens, not here)."""
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(part.get("text", "")) for part in content)
+
+
 def check_prompt_chars(gen: GenerationRequest, limit: int) -> None:
     """Refuses (400) a request whose prompt text is longer than `limit` characters."""
     if gen.chat_messages is not None:
-        size = sum(len(m["content"]) for m in gen.chat_messages)
+        size = sum(_text_length(m["content"]) for m in gen.chat_messages)
         param = "messages"
     else:
         size = sum(len(p) for p in gen.prompts if isinstance(p, str))

@@ -30,7 +30,11 @@ from max.pipelines.lib.config import torchrun_world
 from max.serve.api_server import ServerState, create_app
 from max.serve.engine_pool import EnginePool
 from max.serve.engine_supervisor import SupervisedEngine
-from max.serve.server_args import restart_policy_from_args, server_limits_from_args
+from max.serve.server_args import (
+    media_options_from_args,
+    restart_policy_from_args,
+    server_limits_from_args,
+)
 
 logger = logging.getLogger("max.serve")
 
@@ -85,6 +89,7 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
 
     limits = server_limits_from_args(args)
     policy = restart_policy_from_args(args)
+    media = media_options_from_args(args)
     if not args.shutdown_grace_period >= 0:
         raise MaxError(f"--shutdown-grace-period must be 0 or more seconds (got {args.shutdown_grace_period})")
     if torchrun_world() is not None and policy.max_restarts:
@@ -113,6 +118,7 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
             metrics_need_api_key=args.require_api_key_for_metrics,
             allowed_origins=list(args.allowed_origins),
             limits=limits,
+            media=media,
             log_requests=args.log_requests,
         )
 

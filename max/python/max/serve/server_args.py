@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
 
 from max.errors import MaxError
 from max.pipelines.lib import parse_memory
+from max.serve.chat_images import DEFAULT_MAX_IMAGES, MediaOptions
 from max.serve.engine_supervisor import RestartPolicy
 from max.serve.request_limits import PROMPT_CHARS_PER_TOKEN, ServerLimits
 
@@ -64,6 +67,30 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         help="seconds a generation request may take, body and generation included; then 408 "
         "(default: no limit)",
     )
+    media = parser.add_argument_group("images (vision-language models)")
+    media.add_argument(
+        "--allowed-local-media-path",
+        metavar="DIR",
+        help="let requests name local image files (file:// URLs or paths) inside DIR; off by default",
+    )
+    media.add_argument(
+        "--limit-mm-per-prompt",
+        metavar="JSON",
+        default=json.dumps({"image": DEFAULT_MAX_IMAGES}),
+        help=f"most images per prompt, as vLLM writes it: '{{\"image\": N}}' (default {DEFAULT_MAX_IMAGES})",
+    )
+    media.add_argument(
+        "--media-fetch-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds an http(s) image may take to download (default 5)",
+    )
+    media.add_argument(
+        "--max-image-bytes",
+        default="20MiB",
+        help="largest image file (fetched, embedded in a data URL or read from disk), e.g. 5MiB (default 20MiB)",
+    )
     sup = parser.add_argument_group("supervision")
     sup.add_argument(
         "--engine-max-restarts",
@@ -114,3 +141,40 @@ def restart_policy_from_args(args: argparse.Namespace) -> RestartPolicy:
     if not args.engine_restart_backoff >= 0:
         raise MaxError(f"--engine-restart-backoff must be 0 or more seconds (got {args.engine_restart_backoff})")
     return RestartPolicy(max_restarts=args.engine_max_restarts, backoff_seconds=args.engine_restart_backoff)
+
+
+def media_options_from_args(args: argparse.Namespace) -> MediaOptions:
+    """Which images requests may hold, from the flags; MaxError naming a bad flag."""
+    allowed = None
+    if args.allowed_local_media_path:
+        allowed = Path(args.allowed_local_media_path).expanduser().resolve()
+        if not allowed.is_dir():
+            raise MaxError(f"--allowed-local-media-path: {args.allowed_local_media_path} is not a directory")
+    if not args.media_fetch_timeout > 0:
+        raise MaxError(f"--media-fetch-timeout must be a positive number of seconds (got {args.media_fetch_timeout})")
+    max_bytes = parse_memory(args.max_image_bytes)
+    if max_bytes is None or max_bytes < 1:
+        raise MaxError(f"--max-image-bytes must be at least 1 (got {args.max_image_bytes})")
+    return MediaOptions(
+        max_images=_image_limit(args.limit_mm_per_prompt),
+        allowed_local_media_path=allowed,
+        fetch_timeout_s=args.media_fetch_timeout,
+        max_image_bytes=max_bytes,
+    )
+
+
+def _image_limit(text: str) -> int:
+    """The image count of --limit-mm-per-prompt (a JSON object such as {"image": 4}); other
+    modalities may only be 0 (none is supported)."""
+    try:
+        limits = json.loads(text)
+    except ValueError:
+        limits = None
+    if not isinstance(limits, dict):
+        raise MaxError(f"--limit-mm-per-prompt must be a JSON object such as '{{\"image\": 4}}' (got {text!r})")
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MaxError(f"--limit-mm-per-prompt: {key!r} must be a count of 0 or more (got {value!r})")
+        if key != "image" and value:
+            raise MaxError(f"--limit-mm-per-prompt: only images are supported, not {key!r}")
+    return limits.get("image", DEFAULT_MAX_IMAGES)

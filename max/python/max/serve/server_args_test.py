@@ -50,3 +50,38 @@ def test_bad_values_name_their_flag(flags, needle):
     with pytest.raises(MaxError, match=needle):
         server_limits_from_args(args)
         restart_policy_from_args(args)
+
+
+def test_image_flags(tmp_path):
+    from max.serve.chat_images import MediaOptions
+    from max.serve.server_args import media_options_from_args
+
+    assert media_options_from_args(_serve_args()) == MediaOptions()  # 8 images, no local files, 5 s, 20 MiB
+    assert MediaOptions().max_images == 8 and MediaOptions().allowed_local_media_path is None
+    args = _serve_args(
+        "--allowed-local-media-path", str(tmp_path), "--limit-mm-per-prompt", '{"image": 2, "video": 0}',
+        "--media-fetch-timeout", "1.5", "--max-image-bytes", "1MiB",
+    )  # fmt: skip
+    assert media_options_from_args(args) == MediaOptions(2, tmp_path.resolve(), 1.5, 2**20)
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--allowed-local-media-path", "/no/such/dir"], "--allowed-local-media-path"),
+        (["--limit-mm-per-prompt", "4"], "--limit-mm-per-prompt"),
+        (["--limit-mm-per-prompt", "{image: 4}"], "--limit-mm-per-prompt"),
+        (["--limit-mm-per-prompt", '{"image": -1}'], "--limit-mm-per-prompt"),
+        (["--limit-mm-per-prompt", '{"image": "4"}'], "--limit-mm-per-prompt"),
+        (["--limit-mm-per-prompt", '{"video": 1}'], "only images"),
+        (["--media-fetch-timeout", "0"], "--media-fetch-timeout"),
+        (["--media-fetch-timeout", "nan"], "--media-fetch-timeout"),
+        (["--max-image-bytes", "0"], "--max-image-bytes"),
+        (["--max-image-bytes", "huge"], "huge"),
+    ],
+)
+def test_bad_image_flags_name_their_flag(flags, needle):
+    from max.serve.server_args import media_options_from_args
+
+    with pytest.raises(MaxError, match=needle):
+        media_options_from_args(_serve_args(*flags))

@@ -8,9 +8,10 @@ limits, deadlines, authentication and error bodies run in milliseconds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from max.pipelines.lib import EngineStats, RequestOutput, SamplingParams
+from max.pipelines.lib.multimodal import ImageInput
 
 
 class FakeEngine:
@@ -25,11 +26,18 @@ class FakeEngine:
         self.running: set[str] = set()
         self.aborted: list[str] = []
         self.error: str | None = None  # when set, every request fails with it (a server error)
+        # What each request brought: its prompt ids and images (for tests of the HTTP layer).
+        self.received: dict[str, tuple[list[int], tuple[ImageInput, ...]]] = {}
 
     async def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[RequestOutput]:
         """Yields one token per output until max_new_tokens (3 when unset)."""
+        self.received[request_id] = (list(prompt_ids), tuple(images))
         count = params.max_new_tokens if params.max_new_tokens is not None else 3
         self.running.add(request_id)
         finished = False

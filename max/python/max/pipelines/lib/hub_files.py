@@ -30,6 +30,7 @@ METADATA_FILES = (
     "vocab.txt",
     "chat_template.jinja",
     "chat_template.json",
+    "preprocessor_config.json",  # a vision-language model's image processor
 )
 INDEX_SUFFIX = ".safetensors.index.json"
 # What the first, small download asks for: the metadata and any safetensors index (read

@@ -46,6 +46,28 @@ def _gguf_tokenizer_dir(gguf_path: Path) -> Path:
     return target
 
 
+def load_hf_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    """The Hugging Face tokenizer of a model (its folder's files, or its GGUF metadata)."""
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    if source.gguf_file is not None:
+        directory = _gguf_tokenizer_dir(source.gguf_file)
+    else:
+        directory = source.directory
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code, local_files_only=True)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise MaxError(
+                f"the tokenizer in {directory} needs code from the model repository: pass "
+                "--trust-remote-code if you trust that code"
+            ) from None
+        raise MaxError(f"cannot load the tokenizer from {directory}: {e}") from None
+    except OSError as e:
+        raise MaxError(f"cannot load the tokenizer from {directory}: {e}") from None
+
+
 class TextTokenizer:
     """Encodes prompts, applies chat templates, decodes tokens; knows the model's EOS ids."""
 
@@ -60,28 +82,14 @@ class TextTokenizer:
         cls, source: ModelSource, hf_config: Any = None, trust_remote_code: bool = False
     ) -> TextTokenizer:
         """The tokenizer of a model (its folder's files, or its GGUF metadata)."""
-        _quiet_transformers()
-        from transformers import AutoTokenizer
-
-        if source.gguf_file is not None:
-            directory = _gguf_tokenizer_dir(source.gguf_file)
-        else:
-            directory = source.directory
-        try:
-            hf = AutoTokenizer.from_pretrained(
-                str(directory), trust_remote_code=trust_remote_code, local_files_only=True
-            )
-        except ValueError as e:
-            if "trust_remote_code" in str(e):
-                raise MaxError(
-                    f"the tokenizer in {directory} needs code from the model repository: pass "
-                    "--trust-remote-code if you trust that code"
-                ) from None
-            raise MaxError(f"cannot load the tokenizer from {directory}: {e}") from None
-        except OSError as e:
-            raise MaxError(f"cannot load the tokenizer from {directory}: {e}") from None
+        hf = load_hf_tokenizer(source, trust_remote_code)
         eos = eos_token_ids(hf_config) if hf_config is not None else set()
         return cls(hf, eos)
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether chat messages may hold images (a vision-language model's tokenizer)."""
+        return False
 
     @property
     def vocab_size(self) -> int:
