@@ -37,7 +37,12 @@ import torch
 
 from max.benchmark.benchmark_dataset import SampleRequest, add_dataset_args, build_requests
 from max.benchmark.command import run_command
-from max.benchmark.image_workload import add_image_args, add_random_images, parse_size
+from max.benchmark.image_workload import (
+    add_image_args,
+    add_random_images,
+    parse_size,
+    strip_image_tokens,
+)
 from max.errors import MaxError
 
 BACKENDS = ("ours", "hf", "both")
@@ -326,6 +331,7 @@ def _workload(resolved, args: argparse.Namespace) -> list[SampleRequest]:
         if isinstance(r.prompt, str):
             r.prompt = tokenizer.encode(r.prompt)
             r.prompt_len = len(r.prompt)
+    strip_image_tokens(requests, resolved.hf_config)
     if args.random_images_per_prompt:
         if args.dataset != "random" or args.backend != "ours":
             raise MaxError("--random-images-per-prompt goes with --dataset random and --backend ours")

@@ -37,6 +37,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def strip_image_tokens(requests: list[SampleRequest], hf_config: Any) -> None:
+    """Random token prompts for a vision-language model must not hold its image token
+    (which marks images only): such ids become 0."""
+    image_token = getattr(hf_config, "image_token_id", None)
+    if image_token is None:
+        return
+    for request in requests:
+        if isinstance(request.prompt, list):
+            request.prompt = [0 if t == image_token else t for t in request.prompt]
+
+
 def add_random_images(
     requests: list[SampleRequest], hf_config: Any, per_prompt: int, size: tuple[int, int], seed: int = 0
 ) -> None:
@@ -55,12 +66,12 @@ def add_random_images(
     num_tokens = grid[1] * grid[2] // merge**2
     columns = vision.in_channels * temporal * patch * patch
     start, end = hf_config.vision_start_token_id, hf_config.vision_end_token_id
+    strip_image_tokens(requests, hf_config)
     rng = np.random.default_rng(seed)
     for request in requests:
         if not isinstance(request.prompt, list):
             raise MaxError("random images go with token-id prompts (the random dataset)")
-        # Random text must not hold the image token: it marks images only.
-        ids = [0 if t == image_token else t for t in request.prompt]
+        ids = list(request.prompt)
         images = []
         for _ in range(per_prompt):
             pixels = rng.standard_normal((grid[0] * grid[1] * grid[2], columns), dtype=np.float32)

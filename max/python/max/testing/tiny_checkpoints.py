@@ -54,7 +54,11 @@ def write_tiny_checkpoint(
     saved = json.loads(cfg_path.read_text())
     saved["architectures"] = list(config["architectures"])
     cfg_path.write_text(json.dumps(saved, indent=2))
-    if with_tokenizer:
+    if with_tokenizer and "vision_config" in config:
+        from max.testing.tiny_vl_processor import write_vl_processor_files
+
+        write_vl_processor_files(directory)  # the tokenizer plus image tokens and processor
+    elif with_tokenizer:
         import shutil
 
         for f in tokenizer_dir().iterdir():

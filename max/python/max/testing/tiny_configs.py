@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from max.testing import tiny_vl_processor as vl
 from max.testing.tiny_checkpoints import TOKENIZER_VOCAB, llama_config
-
-# The SmolLM2 vocabulary plus the vision special tokens, padded (as real vocabularies are).
-TINY_VL_VOCAB = 49160
 
 _COMMON = {
     "vocab_size": TOKENIZER_VOCAB,
@@ -121,20 +119,20 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
     # M-RoPE in sections of 2/3/3 frequencies (head_dim 16); q/k/v biases. The vision tower:
     # 4 blocks, windows of 2 x 2 merge blocks (56 px) with full attention in blocks 1 and 3.
-    # Image token ids follow the SmolLM2 vocabulary (see max.testing.tiny_vl_processor).
+    # Image token ids follow the SmolLM2 vocabulary (max.testing.tiny_vl_processor's tokenizer).
     "qwen2_5_vl": {
         **_COMMON,
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
         "model_type": "qwen2_5_vl",
-        "vocab_size": TINY_VL_VOCAB,
+        "vocab_size": vl.VOCAB_SIZE,
         "num_hidden_layers": 3,
         "rope_theta": 1000000.0,
         "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
         "tie_word_embeddings": False,
-        "vision_start_token_id": 49152,
-        "vision_end_token_id": 49153,
-        "image_token_id": 49154,
-        "video_token_id": 49155,
+        "vision_start_token_id": vl.VISION_START_TOKEN_ID,
+        "vision_end_token_id": vl.VISION_END_TOKEN_ID,
+        "image_token_id": vl.IMAGE_TOKEN_ID,
+        "video_token_id": vl.VIDEO_TOKEN_ID,
         "vision_config": {
             "depth": 4,
             "hidden_size": 32,

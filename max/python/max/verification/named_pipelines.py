@@ -143,7 +143,7 @@ NAMED_PIPELINES: list[NamedPipeline] = [
         name="qwen2.5-vl-7b",
         display_name="Qwen2.5-VL-7B-random",
         architecture="Qwen2_5_VLForConditionalGeneration",
-        locate=lambda: str(tiny_random_path("qwen2.5-vl-7b-random", _benchmark_config("Qwen2.5-VL-7B"), dtype="bfloat16")),
+        locate=lambda: str(tiny_random_path("qwen2.5-vl-7b-random", _random_7b_vl_config(), dtype="bfloat16")),
         thresholds={"bfloat16": _BF16},
         max_length=2048,
         takes_images=True,
@@ -151,11 +151,20 @@ NAMED_PIPELINES: list[NamedPipeline] = [
 ]
 
 
-def _benchmark_config(name: str) -> dict[str, Any]:
-    """A benchmark model's published config.json (max.benchmark.configs), as a dict."""
+def _random_7b_vl_config() -> dict[str, Any]:
+    """Qwen2.5-VL-7B's published config (max.benchmark.configs), with the image token ids
+    of the tokenizer that random checkpoints get (max.testing.tiny_vl_processor)."""
     from max.benchmark.model_configs import config_dir
+    from max.testing import tiny_vl_processor as vl
 
-    return json.loads((config_dir(name) / "config.json").read_text())
+    config = json.loads((config_dir("Qwen2.5-VL-7B") / "config.json").read_text())
+    config.update(
+        vision_start_token_id=vl.VISION_START_TOKEN_ID,
+        vision_end_token_id=vl.VISION_END_TOKEN_ID,
+        image_token_id=vl.IMAGE_TOKEN_ID,
+        video_token_id=vl.VIDEO_TOKEN_ID,
+    )
+    return config
 
 
 def find_pipeline(name: str) -> NamedPipeline | None:

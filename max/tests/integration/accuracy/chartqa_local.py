@@ -16,7 +16,6 @@ lm-eval reads the JSONL through `datasets`' json loader and the images from disk
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys

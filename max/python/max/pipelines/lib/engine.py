@@ -162,8 +162,7 @@ class LLMEngine:
             )
         total = limit if params.max_new_tokens is None else n + params.max_new_tokens
         images = tuple(images)
-        if images:
-            self.model.check_images(images, prompt_tokens)
+        self.model.check_images(images, prompt_tokens)
         matcher = self._matcher(params) if params.structured_output is not None else None
         request = Request(
             request_id=request_id,

@@ -88,9 +88,18 @@ class ImageKeyedTokens(Sequence[int]):
 
 def check_images(images: list[ImageInput], prompt_tokens: list[int], image_token_id: int | None) -> None:
     """Raises MaxError unless the images sit, in order and without overlap, on runs of
-    `image_token_id` inside the prompt."""
-    if images and image_token_id is None:
-        raise MaxError("this model does not take images")
+    `image_token_id` inside the prompt, and the prompt holds no other image token (one
+    without an image would have nothing to show)."""
+    if image_token_id is None:
+        if images:
+            raise MaxError("this model does not take images")
+        return
+    expected = sum(image.num_tokens for image in images)
+    found = sum(1 for t in prompt_tokens if t == image_token_id)
+    if found != expected:
+        raise MaxError(
+            f"the prompt holds {found} image tokens (id {image_token_id}) where its {len(images)} image(s) take {expected}"
+        )
     end = 0
     for i, image in enumerate(images):
         if image.num_tokens <= 0 or image.offset < end or image.end > len(prompt_tokens):

@@ -1,6 +1,7 @@
 """Declaration of the Qwen2.5-VL architecture."""
 
-from max.pipelines.lib import SupportedArchitecture, TextTokenizer, WeightsFormat
+from max.pipelines.lib import SupportedArchitecture, WeightsFormat
+from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
 
 from . import weight_adapters
 from .model import Qwen25VLModel
@@ -11,7 +12,7 @@ qwen2_5_vl_arch = SupportedArchitecture(
     default_encoding="bfloat16",
     supported_encodings=["float32", "bfloat16", "float16"],
     pipeline_model=Qwen25VLModel,
-    tokenizer=TextTokenizer,
+    tokenizer=VisionLanguageTokenizer,
     default_weights_format=WeightsFormat.safetensors,
     weight_adapters={WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict},
     rope_type="normal",
