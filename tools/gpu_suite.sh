@@ -90,10 +90,11 @@ for s in "$@"; do
     vl)  # Qwen2.5-VL: GPU parity with images (tiny checkpoint), then the 7B shape on 64 image+text requests
       stage vl-tests 300 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/architectures/qwen2_5_vl/qwen2_5_vl_gpu_test.py \
         max/python/max/pipelines/lib/gpu_engine_test.py -k qwen2_5_vl
+      # 64 warm-up requests: the first batch of images compiles Triton kernels for new shapes.
       throughput vl7b-64 Qwen2.5-VL-7B --num-prompts 64 --random-input-len 100 --random-output-len 100 \
-        --random-images-per-prompt 1 --random-image-size 448x448 --max-length 4096 --max-batch-size 64
+        --random-images-per-prompt 1 --random-image-size 448x448 --max-length 4096 --max-batch-size 64 --num-warmups 64
       throughput vl7b-64-text Qwen2.5-VL-7B --num-prompts 64 --random-input-len 358 --random-output-len 100 \
-        --max-length 4096 --max-batch-size 64
+        --max-length 4096 --max-batch-size 64 --num-warmups 64
       ;;
     throughput-1024)  # 1000 requests, all in the running batch at once
       throughput llama8b-1000-b1024 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 1024

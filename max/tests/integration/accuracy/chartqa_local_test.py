@@ -19,7 +19,7 @@ from max.testing.tiny_checkpoints import write_tiny_checkpoint
 from max.testing.tiny_configs import TINY_CONFIGS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import chartqa_local  # noqa: E402
+import chartqa_local
 
 MODEL = "tiny-vl"
 MAX_TOKENS = 8
