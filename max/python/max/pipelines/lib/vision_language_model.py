@@ -109,6 +109,15 @@ class VisionLanguageModel(PipelineModel):
         self.spatial_merge = int(self.model_config.vision.spatial_merge_size)
         self.encoder_timer = EncoderTimer(self.device)
 
+    def estimate_activation_memory(self, max_batch_tokens: int, max_batch_size: int) -> int:
+        """The text model's bound plus the vision encoder's: a step may hold up to
+        `max_batch_tokens` image tokens, each `merge^2` patches wide through the encoder."""
+        v = self.model_config.vision
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        patches = max_batch_tokens * v.spatial_merge_size**2
+        width = 8 * v.hidden_size + 3 * v.intermediate_size + v.in_channels * v.temporal_patch_size * v.patch_size**2
+        return super().estimate_activation_memory(max_batch_tokens, max_batch_size) + patches * width * elem
+
     def check_images(self, images: Sequence[ImageInput], prompt_tokens: Sequence[int]) -> None:
         """Also checks each image's pixels against its grid and the encoder's patch size."""
         super().check_images(images, prompt_tokens)
