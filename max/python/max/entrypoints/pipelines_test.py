@@ -81,7 +81,8 @@ def test_unknown_architecture(tmp_path):
     assert_one_error_line(
         run_cli("generate", "--model-path", str(path), "--prompt", "x"),
         "architecture 'FooForCausalLM' is not supported; supported architectures: Gemma3ForCausalLM, "
-        "GptOssForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM",
+        "GptOssForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen3ForCausalLM, "
+            "Qwen3MoeForCausalLM",
     )
 
 
