@@ -66,3 +66,18 @@ def test_too_long_workload_is_a_clear_error(tmp_path, model_dir, capsys):
     ])
     assert code == 1
     assert "raise --max-length" in capsys.readouterr().err
+
+
+def test_step_stats_count_every_step(tmp_path, model_dir, capsys):
+    result = _run(
+        tmp_path, model_dir, "--num-prompts", "5", "--random-input-len", "10", "--random-output-len", "4",
+        "--max-batch-size", "4", "--step-stats", "--no-enable-prefix-caching",
+    )
+    stats = result["results"]["ours"]["extra"]["step_stats"]
+    kinds = stats["kinds"]
+    assert sum(k["steps"] for k in kinds.values()) == stats["steps"] > 0
+    # Every prompt token and every decode row went through some step.
+    assert sum(k["tokens"] for k in kinds.values()) == 5 * 10 + 5 * 3
+    assert set(kinds) <= {"graph_decode", "graph_prefill", "eager_decode", "eager_mixed", "eager_prefill"}
+    assert sum(run[1] for run in stats["timeline"]) == stats["steps"]
+    assert "| kind | steps |" in capsys.readouterr().out
