@@ -87,6 +87,21 @@ for s in "$@"; do
       throughput gptoss-b1 gpt-oss-20b --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096
       throughput gptoss-1000 gpt-oss-20b --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 256
       ;;
+    steps-1000)  # the 1000-request workload step by step (--step-stats), and its kernels (--profile-kernels)
+      for b in ${STEPS_BATCH:-512}; do
+        throughput "steps-b$b" Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 \
+          --max-batch-size "$b" --step-stats ${STEPS_ARGS:-}
+      done
+      ;;
+    kernels-1000)
+      throughput "kernels-b${KERNELS_BATCH:-512}" Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 \
+        --max-length 4096 --max-batch-size "${KERNELS_BATCH:-512}" --profile-kernels 25 ${STEPS_ARGS:-}
+      ;;
+    profile-b512)  # steady decode at batch 512: the kernels taking the step's GPU time
+      stage profile-b512 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+        --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 512 --max-batch-size 512 --steps 30 \
+        --top-kernels 20 --label "Llama-3.1-8B b512"
+      ;;
     throughput-1024)  # 1000 requests, all in the running batch at once
       throughput llama8b-1000-b1024 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 1024
       ;;
