@@ -46,6 +46,52 @@ class StepRecord:
     num_decode: int
     num_tokens: int
     event: Any  # torch.cuda.Event at the start of the step's GPU work (None on the CPU)
+    jit_ms: float = 0.0  # host ms spent in Triton JIT misses (compiles or disk loads)
+
+
+class TritonJitWatch:
+    """Counts the Triton kernel specializations a process compiles (or loads from the disk
+    cache) while installed, through triton.knobs' JIT hooks where this Triton has them."""
+
+    def __init__(self) -> None:
+        self.misses: dict[str, list[float]] = {}  # kernel -> [count, ms]
+        self.ms = 0.0
+        self._start: float | None = None
+        self._knobs = None
+        self._saved = (None, None)
+        try:
+            from triton import knobs
+
+            runtime = knobs.runtime
+            if hasattr(runtime, "jit_cache_hook") and hasattr(runtime, "jit_post_compile_hook"):
+                self._knobs = runtime
+        except Exception:  # no triton, or one without knobs
+            self._knobs = None
+
+    def install(self) -> None:
+        if self._knobs is None:
+            return
+        self._saved = (self._knobs.jit_cache_hook, self._knobs.jit_post_compile_hook)
+        self._knobs.jit_cache_hook = self._miss
+        self._knobs.jit_post_compile_hook = self._compiled
+
+    def remove(self) -> None:
+        if self._knobs is not None:
+            self._knobs.jit_cache_hook, self._knobs.jit_post_compile_hook = self._saved
+
+    def _miss(self, *args, **kwargs):
+        self._start = time.perf_counter()
+        return False  # compile as usual
+
+    def _compiled(self, *args, fn=None, **kwargs):
+        ms = 1000 * (time.perf_counter() - self._start) if self._start is not None else 0.0
+        self._start = None
+        self.ms += ms
+        name = getattr(fn, "name", str(fn))
+        entry = self.misses.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += ms
+        return False
 
 
 class StepRecorder:
@@ -60,6 +106,9 @@ class StepRecorder:
         self._step = engine.step  # the bound method, so that engine.step may be replaced by ours
         self._cuda = engine.model.device.type == "cuda"
         self.runner.execute = self._wrapped
+        self.jit = TritonJitWatch()
+        if self._cuda:
+            self.jit.install()
 
     def _wrapped(self, inputs):
         layout = inputs.layout
@@ -68,6 +117,7 @@ class StepRecorder:
         if self._cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
+        jit_before = self.jit.ms
         out = self._execute(inputs)
         b, nd = layout.num_requests, layout.num_decode
         if self.runner.num_replays != replays:
@@ -80,7 +130,7 @@ class StepRecorder:
             kind = "eager_mixed"
         else:
             kind = "eager_prefill"
-        self.records.append(StepRecord(kind, b, nd, int(inputs.tokens.shape[0]), event))
+        self.records.append(StepRecord(kind, b, nd, int(inputs.tokens.shape[0]), event, self.jit.ms - jit_before))
         return out
 
     def step(self):
@@ -92,6 +142,7 @@ class StepRecorder:
 
     def close(self) -> None:
         self.runner.execute = self._execute
+        self.jit.remove()
 
     def summarize(self, end_event=None) -> dict:
         """Per kind: steps, tokens, decode rows, host ms in the step() calls that launched
@@ -115,7 +166,8 @@ class StepRecorder:
         kinds: dict[str, dict[str, float]] = {}
         for i, r in enumerate(self.records):
             k = kinds.setdefault(
-                r.kind, {"steps": 0, "tokens": 0, "decode_rows": 0, "requests": 0, "host_ms": 0.0, "gpu_span_ms": 0.0}
+                r.kind,
+                {"steps": 0, "tokens": 0, "decode_rows": 0, "requests": 0, "host_ms": 0.0, "gpu_span_ms": 0.0, "jit_ms": 0.0},
             )
             k["steps"] += 1
             k["tokens"] += r.num_tokens
@@ -123,6 +175,7 @@ class StepRecorder:
             k["requests"] += r.num_requests
             k["host_ms"] += host_by_record.get(i, 0.0)
             k["gpu_span_ms"] += spans[i] or 0.0
+            k["jit_ms"] += r.jit_ms
         for k in kinds.values():
             n = max(1, k["steps"])
             k["mean_tokens"] = k["tokens"] / n
@@ -134,6 +187,8 @@ class StepRecorder:
             "host_ms_total": sum(ms for _, ms in self.host_ms),
             "gpu_span_ms_total": sum(s for s in spans if s is not None),
             "kinds": kinds,
+            # Triton specializations compiled (or loaded from disk) during the run.
+            "triton_jit": {"ms": self.jit.ms, "kernels": {k: [int(n), round(ms, 1)] for k, (n, ms) in self.jit.misses.items()}},
             # The step sequence, compressed: (kind, requests, tokens) runs.
             "timeline": _runs(self.records, spans),
         }
@@ -237,9 +292,11 @@ def format_stats(extra: dict) -> str:
     lines = []
     stats = extra.get("step_stats")
     if stats:
+        jit = stats.get("triton_jit", {})
         lines.append(
             f"steps: {stats['steps']}, host ms in step(): {stats['host_ms_total']:.0f}, "
-            f"GPU span ms: {stats['gpu_span_ms_total']:.0f}"
+            f"GPU span ms: {stats['gpu_span_ms_total']:.0f}, Triton JIT misses: "
+            f"{sum(n for n, _ in jit.get('kernels', {}).values())} ({jit.get('ms', 0.0):.0f} ms)"
         )
         lines.append("| kind | steps | mean requests | mean tokens | host ms/step | GPU span ms/step | GPU span ms total |")
         lines.append("|---|---|---|---|---|---|---|")
