@@ -37,9 +37,6 @@ NO_SCORE = tl.constexpr(-1.0e30)
 _TARGET_PROGRAMS = 4 * 132
 _MIN_KEYS_PER_SPLIT = 256
 _MAX_SPLITS = 128
-# One page id per key tile where pages hold whole tiles (see decode_attention); a switch
-# so that benchmarks can time the per-token lookup beside it.
-PAGE_TILES = True
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,8 +192,6 @@ def _decode_split_kernel(
     SINK_IN_LOOP: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
-    PAGE_TILES: tl.constexpr = False,
-    PAGE: tl.constexpr = 1,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -243,14 +238,8 @@ def _decode_split_kernel(
     for tile in range(start, end, BLOCK_N):
         tok = tile + offs_n
         n_mask = tok < end
-        if PAGE_TILES:
-            # Tiles start on multiples of BLOCK_N, which divides the page size (a
-            # compile-time power of two): the whole tile lies in one page.
-            page = tl.load(table_row + tile // PAGE).to(tl.int64)
-            slot = tile % PAGE + offs_n
-        else:
-            page = tl.load(table_row + tok // page_size, mask=n_mask, other=0).to(tl.int64)
-            slot = tok % page_size
+        page = tl.load(table_row + tok // page_size, mask=n_mask, other=0).to(tl.int64)
+        slot = tok % page_size
         kv_mask = d_mask[:, None] & n_mask[None, :]
         k_off = page * stride_kp + slot * stride_ks + h * stride_kh
         k = tl.load(k_ptr + k_off[None, :] + offs_d[:, None], mask=kv_mask, other=0.0)
@@ -427,12 +416,6 @@ def decode_attention(
     upcast = interpreting() and q.dtype == torch.bfloat16
     precision = "ieee" if upcast or q.dtype == torch.float32 else "tf32"
 
-    # One page id per key tile when every tile lies in one page: no window (tiles then start
-    # on multiples of BLOCK_N) and a power-of-two page size that BLOCK_N divides.
-    page_tiles = (
-        PAGE_TILES
-        and sliding_window is None and page_size % block_n == 0 and page_size & (page_size - 1) == 0
-    )
     if num_splits > 1:
         m = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
         denom = torch.empty_like(m)
@@ -481,8 +464,6 @@ def decode_attention(
         SINK_IN_LOOP=sinks is not None and num_splits == 1,
         UPCAST=upcast,
         PRECISION=precision,
-        PAGE_TILES=page_tiles,
-        PAGE=page_size if page_tiles else 1,
         num_warps=4,
         num_stages=2,
     )
