@@ -6,6 +6,10 @@
 #       throughput-b1 throughput-64 throughput-1000 serving verify verify-smollm2
 #
 # Commands run from the repository root with PYTHONPATH=max/python:max/kernels/python.
+# `serve` needs packages the device image lacks (starlette, uvicorn, pydantic 2.14.4 with
+# pydantic_core 2.50.5, annotated-types, typing-inspection, typing_extensions >= 4.16): carry
+# them as wheels and install them into a folder on PYTHONPATH first. STEP_STATS=1 makes the
+# serving stages record every engine step (tools/step_stats_hook) into $OUT/steps/.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-/tmp/gpu_suite}"
@@ -146,6 +150,10 @@ for s in "$@"; do
       throughput llama8b-tp$n-b1 Llama-3.1-8B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096 --tensor-parallel-size $n
       ;;
     serving)
+      if [ "${STEP_STATS:-0}" = 1 ]; then
+        mkdir -p "$OUT/steps"
+        export MAX_STEP_STATS_DIR="$OUT/steps" PYTHONPATH="tools/step_stats_hook:$PYTHONPATH"
+      fi
       for c in ${SERVING_CONCURRENCY:-1 64 256}; do
         n=$((c == 1 ? 32 : (c == 64 ? 256 : 1000)))
         stage serving 600 $PY -m max.benchmark.benchmark_serving --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
