@@ -102,6 +102,7 @@ class StepRecorder:
         self.runner = engine.runner
         self.records: list[StepRecord] = []
         self.host_ms: list[tuple[int, float]] = []  # (records launched so far, ms of step())
+        self.starts: list[float] = []  # when each step() call began
         self._execute = self.runner.execute
         self._step = engine.step  # the bound method, so that engine.step may be replaced by ours
         self._cuda = engine.model.device.type == "cuda"
@@ -136,6 +137,7 @@ class StepRecorder:
     def step(self):
         """`engine.step()`, timed."""
         t0 = time.perf_counter()
+        self.starts.append(t0)
         out = self._step()
         self.host_ms.append((len(self.records), 1000 * (time.perf_counter() - t0)))
         return out
@@ -157,23 +159,32 @@ class StepRecorder:
                     spans[i] = r.event.elapsed_time(nxt)
         # Host time of a step() call is charged to the step it launched (the last record
         # added during the call), if any.
+        # The loop's time from a step() call to the next (what a caller does between steps
+        # included) is charged the same way.
         host_by_record: dict[int, float] = {}
+        loop_by_record: dict[int, float] = {}
         prev = 0
-        for count, ms in self.host_ms:
+        for i, (count, ms) in enumerate(self.host_ms):
+            loop = 1000 * (self.starts[i + 1] - self.starts[i]) if i + 1 < len(self.starts) else ms
             if count > prev:
                 host_by_record[count - 1] = host_by_record.get(count - 1, 0.0) + ms
+                loop_by_record[count - 1] = loop_by_record.get(count - 1, 0.0) + loop
             prev = count
         kinds: dict[str, dict[str, float]] = {}
         for i, r in enumerate(self.records):
             k = kinds.setdefault(
                 r.kind,
-                {"steps": 0, "tokens": 0, "decode_rows": 0, "requests": 0, "host_ms": 0.0, "gpu_span_ms": 0.0, "jit_ms": 0.0},
+                {
+                    "steps": 0, "tokens": 0, "decode_rows": 0, "requests": 0, "host_ms": 0.0, "loop_ms": 0.0,
+                    "gpu_span_ms": 0.0, "jit_ms": 0.0,
+                },
             )
             k["steps"] += 1
             k["tokens"] += r.num_tokens
             k["decode_rows"] += r.num_decode
             k["requests"] += r.num_requests
             k["host_ms"] += host_by_record.get(i, 0.0)
+            k["loop_ms"] += loop_by_record.get(i, 0.0)
             k["gpu_span_ms"] += spans[i] or 0.0
             k["jit_ms"] += r.jit_ms
         for k in kinds.values():
@@ -181,6 +192,7 @@ class StepRecorder:
             k["mean_tokens"] = k["tokens"] / n
             k["mean_requests"] = k["requests"] / n
             k["host_ms_per_step"] = k["host_ms"] / n
+            k["loop_ms_per_step"] = k["loop_ms"] / n
             k["gpu_span_ms_per_step"] = k["gpu_span_ms"] / n
         return {
             "steps": len(self.records),
@@ -298,12 +310,15 @@ def format_stats(extra: dict) -> str:
             f"GPU span ms: {stats['gpu_span_ms_total']:.0f}, Triton JIT misses: "
             f"{sum(n for n, _ in jit.get('kernels', {}).values())} ({jit.get('ms', 0.0):.0f} ms)"
         )
-        lines.append("| kind | steps | mean requests | mean tokens | host ms/step | GPU span ms/step | GPU span ms total |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append(
+            "| kind | steps | mean requests | mean tokens | host ms/step in step() | loop ms/step | GPU span ms/step | GPU span ms total |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
         for kind, k in sorted(stats["kinds"].items(), key=lambda kv: -kv[1]["gpu_span_ms"]):
             lines.append(
                 f"| {kind} | {k['steps']} | {k['mean_requests']:.1f} | {k['mean_tokens']:.1f} | "
-                f"{k['host_ms_per_step']:.2f} | {k['gpu_span_ms_per_step']:.2f} | {k['gpu_span_ms']:.0f} |"
+                f"{k['host_ms_per_step']:.2f} | {k.get('loop_ms_per_step', 0.0):.2f} | {k['gpu_span_ms_per_step']:.2f} | "
+                f"{k['gpu_span_ms']:.0f} |"
             )
     prof = extra.get("kernel_profile")
     if prof:
