@@ -6,6 +6,10 @@
 #       throughput-b1 throughput-64 throughput-1000 serving verify verify-smollm2 vl
 #
 # Commands run from the repository root with PYTHONPATH=max/python:max/kernels/python.
+# `serve` needs packages the device image lacks (starlette, uvicorn, pydantic 2.14.4 with
+# pydantic_core 2.50.5, annotated-types, typing-inspection, typing_extensions >= 4.16): carry
+# them as wheels and install them into a folder on PYTHONPATH first. STEP_STATS=1 makes the
+# serving stages record every engine step (tools/step_stats_hook) into $OUT/steps/.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-/tmp/gpu_suite}"
@@ -96,6 +100,21 @@ for s in "$@"; do
       throughput vl7b-64-text Qwen2.5-VL-7B --num-prompts 64 --random-input-len 358 --random-output-len 100 \
         --max-length 4096 --max-batch-size 64 --num-warmups 64
       ;;
+    steps-1000)  # the 1000-request workload step by step (--step-stats), and its kernels (--profile-kernels)
+      for b in ${STEPS_BATCH:-512}; do
+        throughput "steps-b$b" Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 \
+          --max-batch-size "$b" --step-stats ${STEPS_ARGS:-}
+      done
+      ;;
+    kernels-1000)
+      throughput "kernels-b${KERNELS_BATCH:-512}" Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 \
+        --max-length 4096 --max-batch-size "${KERNELS_BATCH:-512}" --profile-kernels 25 ${STEPS_ARGS:-}
+      ;;
+    profile-b512)  # steady decode at batch 512: the kernels taking the step's GPU time
+      stage profile-b512 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+        --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 512 --max-batch-size 512 --steps 30 \
+        --top-kernels 20 --label "Llama-3.1-8B b512"
+      ;;
     throughput-1024)  # 1000 requests, all in the running batch at once
       throughput llama8b-1000-b1024 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 1024
       ;;
@@ -140,6 +159,10 @@ for s in "$@"; do
       throughput llama8b-tp$n-b1 Llama-3.1-8B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096 --tensor-parallel-size $n
       ;;
     serving)
+      if [ "${STEP_STATS:-0}" = 1 ]; then
+        mkdir -p "$OUT/steps"
+        export MAX_STEP_STATS_DIR="$OUT/steps" PYTHONPATH="tools/step_stats_hook:$PYTHONPATH"
+      fi
       for c in ${SERVING_CONCURRENCY:-1 64 256}; do
         n=$((c == 1 ? 32 : (c == 64 ? 256 : 1000)))
         stage serving 600 $PY -m max.benchmark.benchmark_serving --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \

@@ -237,6 +237,11 @@ DECODE_CASES = {
     "window_softcap_sinks": ([100, 7, 0], dict(hq=8, hkv=2), 1, "all"),
     "window_softcap_sinks_splits": ([100, 7, 0], dict(hq=8, hkv=2), 3, "all"),
     "sinks_splits": ([90, 0, 2], dict(hq=4, hkv=1), 3, "sinks"),
+    # Pages of a multiple of the key tile: one page id per tile (PAGE_TILES).
+    "page_tiles_page64": ([300, 0, 64, 129], dict(hq=8, hkv=2, page_size=64), 1, "plain"),
+    "page_tiles_page128_splits": ([300, 0, 5, 257], dict(hq=4, hkv=1, page_size=128), 3, "softcap"),
+    # A window starts mid-tile: the per-token page lookup again.
+    "window_page64_splits": ([100, 7, 0], dict(hq=8, hkv=2, page_size=64), 2, "all"),
 }
 
 

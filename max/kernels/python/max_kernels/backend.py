@@ -53,3 +53,28 @@ def interpreting() -> bool:
 def use_triton(t: torch.Tensor) -> bool:
     """Whether an op on `t` should run its Triton kernel."""
     return _backend == "triton" or (_backend == "auto" and t.is_cuda)
+
+
+def unspecialized(ints: tuple[str, ...] = (), pointers: tuple[str, ...] = ()) -> dict:
+    """`triton.jit` keyword arguments that keep Triton from compiling another variant of a
+    kernel for each class of these arguments' values: integers equal to 1 or divisible by
+    16, pointers aligned to 16 bytes or not.
+
+    Arguments whose values change from step to step in eager steps (a row count, a page
+    table's width, views at an offset into one upload) would otherwise make the first step
+    with a new class wait for the compiler mid-run (~0.5 s per variant of the prefill
+    kernel). Pass only arguments that the kernel reads as scalars or gathers, where the
+    specialization buys nothing. Triton before `do_not_specialize_on_alignment` treats
+    pointers listed in `do_not_specialize` the same way.
+    """
+    import inspect
+
+    import triton
+
+    try:
+        params = inspect.signature(triton.jit).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "do_not_specialize_on_alignment" in params:
+        return {"do_not_specialize": list(ints), "do_not_specialize_on_alignment": list(pointers)}
+    return {"do_not_specialize": [*ints, *pointers]}

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from max_kernels.backend import interpreting
+from max_kernels.backend import interpreting, unspecialized
 
 # Stands for "no score yet" in the running max: finite, so a tile whose keys are all
 # masked gives exp(-inf - NO_SCORE) = 0 instead of exp(-inf + inf) = NaN.
@@ -151,7 +151,7 @@ def fold_tile(s, v_ptrs, v_mask, m_i, l_i, acc, UPCAST: tl.constexpr, PRECISION:
     return m_new, l_i, acc
 
 
-@triton.jit
+@triton.jit(**unspecialized(ints=("stride_tb", "num_splits"), pointers=("table_ptr", "ctx_ptr")))
 def _decode_split_kernel(
     q_ptr,
     k_ptr,

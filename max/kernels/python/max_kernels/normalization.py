@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from max_kernels.backend import unspecialized
+
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803
 
@@ -137,7 +139,7 @@ def _rows_3d(t: torch.Tensor, allow_copy: bool = True) -> torch.Tensor:
     return t.view(-1, *t.shape[-2:])
 
 
-@triton.jit
+@triton.jit(**unspecialized(ints=("n_rows",)))
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr,
     n_rows, inner, D,

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from max_kernels.backend import interpreting
+from max_kernels.backend import interpreting, unspecialized
 from max_kernels.decode_attention import (
     NO_SCORE,
     attention_one_request,
@@ -73,7 +73,7 @@ def prefill_attention_reference(
     return out
 
 
-@triton.jit
+@triton.jit(**unspecialized(ints=("stride_tb",), pointers=("table_ptr", "qstart_ptr", "ctx_ptr")))
 def _prefill_kernel(
     q_ptr,
     k_ptr,

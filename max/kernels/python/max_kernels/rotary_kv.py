@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from max_kernels.backend import unspecialized
+
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803
 
@@ -123,7 +125,7 @@ def rope_and_write_kv(
     return q_out
 
 
-@triton.jit
+@triton.jit(**unspecialized(pointers=("pos_ptr", "slot_ptr")))
 def _rope_kv_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr, qo_ptr,
     Hq, Hkv, D, half, rotary_dim, page_size, num_q_blocks,

@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-warmups", type=int, default=1, help="short requests run before measuring (default 1)")
     g.add_argument("--result-file", help="write the results here as JSON")
     g.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--step-stats", action="store_true", help="ours: record every step's kind, tokens, host ms and GPU span (see step_stats)"
+    )
+    g.add_argument(
+        "--profile-kernels", type=int, default=0, metavar="N",
+        help="ours: run the workload under torch.profiler (CUDA kernels only) and report GPU busy/idle and the top N kernels",
+    )
     return parser
 
 
@@ -158,6 +165,18 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
     output_tokens = 0
     progress = tqdm(total=len(requests), disable=args.disable_tqdm, file=sys.stderr, desc="ours")
     next_index = 0
+    recorder = None
+    step = engine.step
+    if args.step_stats:
+        from max.benchmark.step_stats import StepRecorder
+
+        recorder = StepRecorder(engine)
+        step = recorder.step
+    kernel_profile = None
+    if args.profile_kernels and device.type == "cuda":
+        from max.benchmark.step_stats import KernelProfile
+
+        kernel_profile = KernelProfile(args.profile_kernels).__enter__()
     start = time.perf_counter()
     while next_index < len(requests) or engine.has_unfinished():
         now = time.perf_counter()
@@ -170,7 +189,7 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
         if not engine.has_unfinished():
             time.sleep(max(0.0, start + arrivals[next_index] - time.perf_counter()))
             continue
-        for out in engine.step():
+        for out in step():
             if out.error:
                 raise MaxError(f"request {out.request_id} failed: {out.error}")
             if out.new_token_ids:
@@ -179,9 +198,20 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
             if out.finished:
                 finished[out.request_id] = time.perf_counter()
                 progress.update(1)
+    end_event = None
+    if recorder is not None and device.type == "cuda":
+        end_event = torch.cuda.Event(enable_timing=True)
+        end_event.record()
     _sync(device)
     elapsed = time.perf_counter() - start
     progress.close()
+    extra: dict[str, Any] = {"num_preemptions": engine.stats().num_preemptions}
+    if kernel_profile is not None:
+        kernel_profile.__exit__(None, None, None)
+        extra["kernel_profile"] = kernel_profile.summary()
+    if recorder is not None:
+        extra["step_stats"] = recorder.summarize(end_event)
+        recorder.close()
     ttfts = [first[r] - added[r] for r in first]
     result = ThroughputResult(
         backend="ours",
@@ -191,7 +221,7 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
         elapsed_s=elapsed,
         load_s=load,
         ttft_ms=1000.0 * float(np.mean(ttfts)) if ttfts else None,
-        extra={"num_preemptions": engine.stats().num_preemptions},
+        extra=extra,
     )
     if timer is not None and timer.images > warm_images:
         encoder_s = timer.seconds - warm_encoder_s
@@ -405,6 +435,11 @@ def _run(args: argparse.Namespace) -> int:
         results.append(run_hf(resolved, requests, args))
         _free_device_memory(config.device)
     print(format_results(results))
+    for r in results:
+        if "step_stats" in r.extra or "kernel_profile" in r.extra:
+            from max.benchmark.step_stats import format_stats
+
+            print(format_stats(r.extra))
     if args.result_file:
         record: dict[str, Any] = {
             "date": datetime.now().isoformat(timespec="seconds"),

@@ -84,3 +84,18 @@ def test_random_images_for_a_vision_language_model(tmp_path):
     assert ours["extra"]["images"] == 6 and 0 < ours["extra"]["vision_encoder_share"] < 1
     text_only = str(write_config_only(tmp_path / "t", llama_config()))
     assert benchmark_throughput.main(["--model-path", text_only, "--load-format", "dummy", "--random-images-per-prompt", "1"]) == 1
+
+
+def test_step_stats_count_every_step(tmp_path, model_dir, capsys):
+    result = _run(
+        tmp_path, model_dir, "--num-prompts", "5", "--random-input-len", "10", "--random-output-len", "4",
+        "--max-batch-size", "4", "--step-stats", "--no-enable-prefix-caching",
+    )
+    stats = result["results"]["ours"]["extra"]["step_stats"]
+    kinds = stats["kinds"]
+    assert sum(k["steps"] for k in kinds.values()) == stats["steps"] > 0
+    # Every prompt token and every decode row went through some step.
+    assert sum(k["tokens"] for k in kinds.values()) == 5 * 10 + 5 * 3
+    assert set(kinds) <= {"graph_decode", "graph_prefill", "eager_decode", "eager_mixed", "eager_prefill"}
+    assert sum(run[1] for run in stats["timeline"]) == stats["steps"]
+    assert "| kind | steps |" in capsys.readouterr().out

@@ -79,3 +79,12 @@ def test_device_memory_does_not_grow_over_ten_thousand_steps():
     assert steps >= 10_000
     # After the first round every buffer exists; later rounds add nothing.
     assert set(marks[1:]) == {marks[1]}, marks
+
+
+def test_start_up_warm_up_writes_no_kv(checkpoint):
+    """The eager steps run at start-up (and the graph captures) leave the KV cache as it
+    was allocated: every slot they name is -1."""
+    engine = _engine(checkpoint, "gpu")
+    for layer in range(engine.kv_cache.params.num_layers):
+        k, v = engine.kv_cache.layer(layer)
+        assert not k.any() and not v.any()

@@ -266,7 +266,12 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
     # Graphs replay the Triton kernels only; the torch reference ops are shaped on the host.
     use_graphs = device.type == "cuda" and not config.enforce_eager and config.kernels == "auto"
     runner = ModelRunner(
-        model, kv_cache, config.max_batch_size, use_cuda_graphs=use_graphs, max_prefill_tokens=config.token_budget()
+        model,
+        kv_cache,
+        config.max_batch_size,
+        use_cuda_graphs=use_graphs,
+        max_prefill_tokens=config.token_budget(),
+        warm_eager=device.type == "cuda" and config.kernels == "auto",
     )
     return model, kv_cache, runner
 
