@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from PIL import Image
 
 from max.pipelines.lib.model_source import ModelSource
 from max.pipelines.lib.tokenizer import TextTokenizer
@@ -32,27 +31,15 @@ from max.serve.api_server import ServerState, create_app
 from max.serve.chat_images import MediaOptions
 from max.testing.app_server import AppServer
 from max.testing.fake_engine import FakeEngine
+from max.testing.images import png_bytes as _png
+from max.testing.images import png_data_url as _data_url
+from max.testing.images import random_picture as _picture
 from max.testing.tiny_vl_processor import IMAGE_TOKEN_ID, VOCAB_SIZE, write_vl_processor_files
 
 MODEL = "tiny-vl"
 MAX_SEQ_LEN = 512
 MAX_IMAGES = 3
 MAX_IMAGE_BYTES = 200_000
-
-
-def _picture(width, height, seed):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-
-
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _data_url(image) -> str:
-    return "data:image/png;base64," + base64.b64encode(_png(image)).decode()
 
 
 RED = _picture(100, 60, 0)

@@ -2,31 +2,19 @@
 client give transformers' own greedy tokens: one image, two images of different sizes,
 text only, and the same prompt with another image (prefix caching keyed by the image)."""
 
-import base64
-import io
 
-import numpy as np
 import openai
 import pytest
 import torch
 from PIL import Image
 
+from max.testing.images import png_data_url, random_picture
 from max.testing.server_process import ServerProcess
 from max.testing.tiny_checkpoints import reference_class, write_tiny_checkpoint
 from max.testing.tiny_configs import TINY_CONFIGS
 
 MODEL = "tiny-vl"
 STEPS = 8
-
-
-def picture(width: int, height: int, seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-
-
-def data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +45,17 @@ def transformers_tokens(checkpoint, images: list[Image.Image], text: str) -> tup
 
 def test_image_chats_give_transformers_tokens(checkpoint):
     cases = [
-        ([picture(100, 60, 0)], "What is this?"),
-        ([picture(64, 64, 1), picture(200, 50, 2)], "Compare them."),
+        ([random_picture(100, 60, 0)], "What is this?"),
+        ([random_picture(64, 64, 1), random_picture(200, 50, 2)], "Compare them."),
         ([], "Just text."),
-        ([picture(100, 60, 5)], "What is this?"),  # the first prompt, another image
+        ([random_picture(100, 60, 5)], "What is this?"),  # the first prompt, another image
     ]
     args = ("--model-path", str(checkpoint), "--served-model-name", MODEL, "--max-length", "512",
             "--kv-cache-page-size", "8", "--quantization-encoding", "float32")  # fmt: skip
     with ServerProcess(*args) as srv:
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
         for images, text in cases:
-            parts = [{"type": "image_url", "image_url": {"url": data_url(im)}} for im in images]
+            parts = [{"type": "image_url", "image_url": {"url": png_data_url(im)}} for im in images]
             reply = client.chat.completions.create(
                 model=MODEL,
                 messages=[{"role": "user", "content": [*parts, {"type": "text", "text": text}]}],

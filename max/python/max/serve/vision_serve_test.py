@@ -10,13 +10,10 @@ local directory, the per-prompt image limit, the fetch timeout; a text-only serv
 image parts.
 """
 
-import base64
-import io
 import json
 import os
 
 import httpx
-import numpy as np
 import openai
 import pytest
 from PIL import Image
@@ -24,6 +21,8 @@ from PIL import Image
 from max.pipelines.lib.model_source import ModelSource
 from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
 from max.pipelines.lib.weights import WeightsFormat
+from max.testing.images import png_data_url as _data_url
+from max.testing.images import random_picture as _picture
 from max.testing.server_process import ServerProcess
 from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
 from max.testing.tiny_vl_processor import IMAGE_TOKEN_ID, VOCAB_SIZE, write_vl_processor_files
@@ -57,21 +56,6 @@ class ImageRecordingLlama(Llama3Model):
 
 ARCHITECTURES = [dataclasses.replace(llama3_arch, pipeline_model=ImageRecordingLlama, tokenizer=VisionLanguageTokenizer)]
 '''
-
-
-def _picture(width, height, seed):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-
-
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _data_url(image) -> str:
-    return "data:image/png;base64," + base64.b64encode(_png(image)).decode()
 
 
 @pytest.fixture(scope="module")
