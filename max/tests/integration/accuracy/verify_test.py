@@ -79,3 +79,27 @@ def test_usage_errors_exit_1(logits, tmp_path):
     assert r.returncode == 1 and "cannot read" in r.stderr
     r = run_script(GENERATE, "--framework", "max", "--pipeline", str(tmp_path / "nope"), "--output", str(tmp_path / "o.json"))
     assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+def test_prompts_file_with_images(tmp_path):
+    """A prompts file naming image files: both frameworks see the same ids and pixels and
+    verify passes in float32; the logits file names each image prompt with its images."""
+    from max.testing.images import random_picture
+
+    random_picture(90, 60, 1).save(tmp_path / "a.png")
+    random_picture(40, 120, 2).save(tmp_path / "b.png")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["Plain text.", {"prompt": "Two pictures:", "images": ["a.png", "b.png"]}]))
+    common = ["--pipeline", "tiny-random-qwen2.5-vl", "--device", "cpu", "--encoding", "float32", "--num-steps", "3",
+              "--prompts", str(prompts)]  # fmt: skip
+    torch_file, max_file = tmp_path / "torch.json", tmp_path / "max.json"
+    r = run_script(GENERATE, "--framework", "torch", *common, "--output", str(torch_file))
+    assert r.returncode == 0, r.stderr
+    r = run_script(GENERATE, "--framework", "max", *common, "--output", str(max_file), "--reference", str(torch_file))
+    assert r.returncode == 0, r.stderr
+    assert [p["prompt"] for p in json.loads(max_file.read_text())] == ["Plain text.", "Two pictures: [images: a.png, b.png]"]
+    assert run_script(VERIFY, *STRICT, str(max_file), str(torch_file)).returncode == 0
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps([{"prompt": "x", "images": ["nope.png"]}]))
+    r = run_script(GENERATE, "--framework", "max", *common[:-1], str(missing), "--output", str(tmp_path / "m.json"))
+    assert r.returncode == 1 and "nope.png" in r.stderr
