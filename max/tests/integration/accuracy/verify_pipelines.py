@@ -2,7 +2,7 @@
 along it, then the pipeline's own KL and cosine thresholds.
 
     verify_pipelines --pipeline SmolLM2-135M-Instruct-float32 [--pipeline ...] --devices cpu
-                     [--report report.md]
+                     [--prompts prompts.json] [--report report.md]
 
 Prints a table of OK / INVALID / ERROR per pipeline; exits 0 only if all are OK (2 if some
 are INVALID, 1 if some could not run).
@@ -21,6 +21,7 @@ from max.verification.cli import UsageErrorParser, run_tool
 from max.verification.frameworks import FrameworkSettings, run_framework
 from max.verification.logit_metrics import Criteria, compare
 from max.verification.named_pipelines import NAMED_PIPELINES, parse_pipeline_and_encoding
+from max.verification.prompts import VerificationPrompt, read_prompts
 
 
 @dataclass
@@ -37,8 +38,15 @@ class Outcome:
     detail: str = ""
 
 
-def verify_one(spec: str, device: str, num_steps: int, kernels: str = "auto", tensor_parallel_size: int = 1) -> Outcome:
-    """Runs one `Name-encoding` pipeline; never raises."""
+def verify_one(
+    spec: str,
+    device: str,
+    num_steps: int,
+    kernels: str = "auto",
+    tensor_parallel_size: int = 1,
+    prompts: list[VerificationPrompt] | None = None,
+) -> Outcome:
+    """Runs one `Name-encoding` pipeline on `prompts` (default: the pipeline's own); never raises."""
     start = time.perf_counter()
     pipeline, encoding = parse_pipeline_and_encoding(spec)
     limits = pipeline.thresholds[encoding]
@@ -52,7 +60,7 @@ def verify_one(spec: str, device: str, num_steps: int, kernels: str = "auto", te
             kernels=kernels,
             tensor_parallel_size=tensor_parallel_size,
         )
-        prompts = pipeline.prompts()
+        prompts = prompts or pipeline.prompts()
         reference = run_framework("torch", settings, prompts)
         target = run_framework("max", settings, prompts, reference)
         result = compare(target, reference, Criteria(metrics=("kl", "cos"), kl_threshold=limits.kl, cos_threshold=limits.cos))
@@ -107,15 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tensor-parallel-size", type=int, default=1, help="run ours on this many ranks (GPUs, or CPU processes)"
     )
+    parser.add_argument(
+        "--prompts",
+        help="a prompts file for every pipeline (as generate_llm_logits --prompts: a JSON list of strings and "
+        "{'prompt': str, 'images': [file, ...]}); default: each pipeline's own prompts",
+    )
     parser.add_argument("--report", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
-    specs = args.pipeline or [f"{p.display_name}-float32" for p in NAMED_PIPELINES]
+    specs = args.pipeline or [f"{p.display_name}-float32" for p in NAMED_PIPELINES if "float32" in p.thresholds]
     for spec in specs:
         parse_pipeline_and_encoding(spec)  # unknown names are usage errors, before any run
+    prompts = read_prompts(args.prompts) if args.prompts else None
     outcomes = []
     for spec in specs:
         print(f"verifying {spec} on {args.devices}...", file=sys.stderr)
-        outcomes.append(verify_one(spec, args.devices, args.num_steps, args.kernels, args.tensor_parallel_size))
+        outcomes.append(verify_one(spec, args.devices, args.num_steps, args.kernels, args.tensor_parallel_size, prompts))
     table = format_table(outcomes, f"{args.devices} (kernels: {args.kernels})")
     print(table)
     if args.report:
