@@ -86,7 +86,7 @@ class ImageKeyedTokens(Sequence[int]):
         return self._tokens[i] if image is None else image.key_token
 
 
-def check_images(images: list[ImageInput], prompt_tokens: list[int], image_token_id: int | None) -> None:
+def check_images(images: Sequence[ImageInput], prompt_tokens: Sequence[int], image_token_id: int | None) -> None:
     """Raises MaxError unless the images sit, in order and without overlap, on runs of
     `image_token_id` inside the prompt, and the prompt holds no other image token (one
     without an image would have nothing to show)."""

@@ -222,7 +222,7 @@ class PipelineModel:
     def check_images(self, images: Sequence[ImageInput], prompt_tokens: Sequence[int]) -> None:
         """Raises MaxError unless the model can take `images` for this prompt (a text model
         takes none)."""
-        check_images(list(images), list(prompt_tokens), self.image_token_id)
+        check_images(images, prompt_tokens, self.image_token_id)
 
     # -- building ------------------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -291,11 +291,13 @@ class PipelineModel:
         else:
             tokens = np.fromiter((t for c in batch for t in c.token_ids), dtype=np.int64, count=total)
         req_index = np.repeat(np.arange(len(batch)), q_lens)
-        positions = np.repeat(starts, q_lens) + (np.arange(total) - np.repeat(cu[:-1], q_lens))
+        # Each token's index in its request's cache (where its keys go), and its rotary position.
+        cache_index = np.repeat(starts, q_lens) + (np.arange(total) - np.repeat(cu[:-1], q_lens))
+        positions = self.rotary_positions(batch, cache_index)
         request_ids = [c.request.request_id for c in batch]
         page_table = kv_cache.page_table_array(request_ids)
         ps = kv_cache.page_size
-        slots = page_table[req_index, positions // ps].astype(np.int64) * ps + positions % ps
+        slots = page_table[req_index, cache_index // ps].astype(np.int64) * ps + cache_index % ps
         context_lens = starts + q_lens
         if all_logits is None and num_decode == len(batch):
             rows = np.arange(len(batch))
@@ -330,6 +332,11 @@ class PipelineModel:
             request_ids=request_ids,
             kv_cache=kv_cache,
         )
+
+    def rotary_positions(self, batch: Sequence[ScheduledChunk], cache_index: np.ndarray) -> np.ndarray:
+        """The rotary positions of the step's tokens, given their cache indices: the same
+        for text models (vision-language models offset the text after an image)."""
+        return cache_index
 
     @staticmethod
     def _logits_rows(

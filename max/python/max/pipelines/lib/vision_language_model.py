@@ -132,6 +132,13 @@ class VisionLanguageModel(PipelineModel):
             if image.num_tokens != vision.num_tokens(image.grid_thw):
                 raise MaxError(f"image {i}: {image.num_tokens} placeholder tokens for a grid that makes {vision.num_tokens(image.grid_thw)}")
 
+    def rotary_positions(self, batch: Sequence[ScheduledChunk], cache_index: np.ndarray) -> np.ndarray:
+        """Cache indices for requests without images; M-RoPE's 1-D positions (the text
+        after an image offset) for those with."""
+        if not any(c.request.images for c in batch):
+            return cache_index
+        return np.concatenate([self._mrope(c)[0] for c in batch])
+
     def prepare_initial_token_inputs(
         self,
         batch: Sequence[ScheduledChunk],
@@ -139,19 +146,16 @@ class VisionLanguageModel(PipelineModel):
         all_logits: Sequence[bool] | None = None,
         pending: PendingTokens | None = None,
     ) -> ModelInputs:
-        """The text model's inputs, with image-offset positions for requests that hold
-        images and, where the step runs image tokens, their embeddings and 3-D positions."""
+        """The text model's inputs and, where the step runs image tokens, their embeddings
+        and 3-D positions."""
         inputs = super().prepare_initial_token_inputs(batch, kv_cache, all_logits, pending)
         if not any(c.request.images for c in batch):
             return inputs
-        flats, threes, rows, vectors = [], [], [], []
-        first_row = 0
         self._encode_missing(batch)
+        rows, vectors = [], []
+        first_row = 0
         for chunk in batch:
             request, start, count = chunk.request, chunk.start, chunk.num_tokens
-            flat, three = mrope_positions(request.images, self.spatial_merge, start, count)
-            flats.append(flat)
-            threes.append(three)
             for i, image in enumerate(request.images):
                 lo, hi = max(image.offset, start), min(image.end, start + count)
                 if lo >= hi:
@@ -161,11 +165,15 @@ class VisionLanguageModel(PipelineModel):
                 if hi == image.end:
                     del request.encoder_cache[i]  # no later chunk reads this image
             first_row += count
-        inputs.positions = upload(np.concatenate(flats), self.device)
         if rows:
+            threes = [self._mrope(c)[1] for c in batch]
             inputs.rope_positions = upload(np.concatenate(threes, axis=1), self.device)
             inputs.embeds = (upload(np.concatenate(rows), self.device), torch.cat(vectors))
         return inputs
+
+    def _mrope(self, chunk: ScheduledChunk) -> tuple[np.ndarray, np.ndarray]:
+        """`mrope_positions` of a chunk's tokens."""
+        return mrope_positions(chunk.request.images, self.spatial_merge, chunk.start, chunk.num_tokens)
 
     def _encode_missing(self, batch: Sequence[ScheduledChunk]) -> None:
         """Runs the vision encoder, in one call, on every image this step reads that the
