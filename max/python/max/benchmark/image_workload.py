@@ -52,7 +52,7 @@ def add_random_images(
     requests: list[SampleRequest], hf_config: Any, per_prompt: int, size: tuple[int, int], seed: int = 0
 ) -> None:
     """Appends `per_prompt` random images of `size` (width, height) to each request's token
-    prompt (in place)."""
+    prompt (in place). The prompts must hold no image token already (`strip_image_tokens`)."""
     vision = getattr(hf_config, "vision_config", None)
     image_token = getattr(hf_config, "image_token_id", None)
     if vision is None or image_token is None:
@@ -66,7 +66,6 @@ def add_random_images(
     num_tokens = grid[1] * grid[2] // merge**2
     columns = vision.in_channels * temporal * patch * patch
     start, end = hf_config.vision_start_token_id, hf_config.vision_end_token_id
-    strip_image_tokens(requests, hf_config)
     rng = np.random.default_rng(seed)
     for request in requests:
         if not isinstance(request.prompt, list):
