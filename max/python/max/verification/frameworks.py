@@ -57,26 +57,34 @@ def tokenize_prompts(settings: FrameworkSettings, prompts: Sequence[Verification
     """The token ids (and images) of each prompt: the same feed both frameworks. A prompt
     with images is one user message through the chat template and the image processor."""
     source = resolve_model_source(settings.model_path)
-    if not any(p.images for p in prompts):
+    if any(p.images for p in prompts):
+        from max.pipelines.lib.hf_config import load_hf_config
+        from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
+
+        hf_config = load_hf_config(source, settings.trust_remote_code)
+        tokenizer = VisionLanguageTokenizer.from_source(source, hf_config, settings.trust_remote_code)
+    else:
         tokenizer = TextTokenizer.from_source(source, trust_remote_code=settings.trust_remote_code)
-        return [EncodedPrompt(tokenizer.encode(p.text), []) for p in prompts]
-    from PIL import Image
-
-    from max.pipelines.lib.hf_config import load_hf_config
-    from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
-
-    hf_config = load_hf_config(source, settings.trust_remote_code)
-    tokenizer = VisionLanguageTokenizer.from_source(source, hf_config, settings.trust_remote_code)
     encoded = []
     for p in prompts:
         if not p.images:
             encoded.append(EncodedPrompt(tokenizer.encode(p.text), []))
             continue
         content = [*({"type": "image"} for _ in p.images), {"type": "text", "text": p.text}]
-        pictures = [Image.open(path).convert("RGB") for path in p.images]
-        ids, images = tokenizer.encode_chat_with_images([{"role": "user", "content": content}], pictures)
+        ids, images = tokenizer.encode_chat_with_images([{"role": "user", "content": content}], _open_images(p.images))
         encoded.append(EncodedPrompt(ids, images))
     return encoded
+
+
+def _open_images(paths: Sequence[str]) -> list:
+    """The image files as RGB pictures (the files closed again)."""
+    from PIL import Image
+
+    pictures = []
+    for path in paths:
+        with Image.open(path) as image:
+            pictures.append(image.convert("RGB"))
+    return pictures
 
 
 def _follow(step: int, logits: np.ndarray, forced: list[int] | None) -> int:
