@@ -17,6 +17,7 @@ decode included, carries 1-D positions, so CUDA graphs replay them as for text m
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
@@ -67,13 +68,14 @@ def mrope_positions(images: Sequence[ImageInput], merge: int, start: int, count:
 
 class EncoderTimer:
     """Time spent in the vision encoder, for benchmarks: CUDA events on a GPU (no sync on
-    the step's path; read once at the end), the host clock elsewhere."""
+    the step's path; spans are added up once they have completed, so a long-running server
+    keeps only the few still in flight), the host clock elsewhere."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.images = 0
-        self._spans: list = []
-        self._host_s = 0.0
+        self._spans: collections.deque = collections.deque()
+        self._done_s = 0.0
 
     @contextlib.contextmanager
     def measure(self, images: int) -> Iterator[None]:
@@ -84,18 +86,26 @@ class EncoderTimer:
             start.record()
             yield
             end.record()
+            self._fold()
             self._spans.append((start, end))
         else:
             t0 = time.perf_counter()
             yield
-            self._host_s += time.perf_counter() - t0
+            self._done_s += time.perf_counter() - t0
+
+    def _fold(self) -> None:
+        """Adds up the spans whose work has completed (without waiting)."""
+        while self._spans and self._spans[0][1].query():
+            start, end = self._spans.popleft()
+            self._done_s += start.elapsed_time(end) / 1000.0
 
     @property
     def seconds(self) -> float:
         """Total encoder time so far (waits for the device)."""
         if self._spans:
             self._spans[-1][1].synchronize()
-        return self._host_s + sum(a.elapsed_time(b) for a, b in self._spans) / 1000.0
+            self._fold()
+        return self._done_s
 
 
 class VisionLanguageModel(PipelineModel):
