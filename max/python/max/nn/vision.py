@@ -32,6 +32,9 @@ from max.nn.rotary_embedding import rotate_half
 
 Grid = tuple[int, int, int]
 
+# The most bytes of attention masks the encoder keeps between calls.
+MASK_CACHE_BYTES = 256 * 2**20
+
 
 @dataclass
 class VisionConfig:
@@ -216,15 +219,21 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
         self.merger = PatchMerger(config)
         self._mask_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self._mask_cache_bytes = 0
 
     def _masks(self, grid: Grid, window: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """`image_masks` of a grid on the device, kept for the next images of that size."""
+        """`image_masks` of a grid on the device, kept for the next images of that size (a
+        mask is patches^2 bytes: the cache is emptied before it would pass
+        `MASK_CACHE_BYTES`, so clients sending many sizes cannot fill the device)."""
         key = (grid, window, device)
         if key not in self._mask_cache:
-            if len(self._mask_cache) >= 64:
+            masks = tuple(None if m is None else m.to(device) for m in image_masks(grid, self.config.spatial_merge_size, window))
+            size = sum(m.numel() for m in masks if m is not None)
+            if self._mask_cache_bytes + size > MASK_CACHE_BYTES:
                 self._mask_cache.clear()
-            masks = image_masks(grid, self.config.spatial_merge_size, window)
-            self._mask_cache[key] = tuple(None if m is None else m.to(device) for m in masks)
+                self._mask_cache_bytes = 0
+            self._mask_cache[key] = masks
+            self._mask_cache_bytes += size
         return self._mask_cache[key]
 
     def rotary_tables(self, grids: Sequence[Grid], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
