@@ -113,6 +113,8 @@ class PipelineConfig:
     kernels: str = "auto"
     tensor_parallel_size: int | None = None  # None: the GPUs `devices` lists, else 1
     data_parallel_size: int = 1
+    # Which tensor-parallel rank of the group this config builds (set by `for_rank`).
+    tp_rank: int = 0
     seed: int = 0
     # Another model's tokenizer (path or repo id), e.g. for a config-only folder.
     tokenizer: str | None = None
@@ -154,6 +156,8 @@ class PipelineConfig:
         devices = self.device_list
         if world is not None and devices[0].type == "cuda":
             return torch.device("cuda", world[2])
+        if self.tp_rank:
+            return self.rank_devices()[self.tp_rank]
         return devices[0]
 
     @property
@@ -192,10 +196,13 @@ class PipelineConfig:
         return dataclasses.replace(self, devices=spec, data_parallel_size=1, tensor_parallel_size=tp)
 
     def for_rank(self, rank: int) -> PipelineConfig:
-        """The config a tensor-parallel rank builds its shard with (its own device)."""
-        device = self.rank_devices()[rank]
-        spec = "cpu" if device.type == "cpu" else f"gpu:{device.index}"
-        return dataclasses.replace(self, devices=spec, tensor_parallel_size=self.tp_size, data_parallel_size=1)
+        """The config a tensor-parallel rank builds its shard with: the group's devices, and
+        which of them is this rank's (`device`)."""
+        devices = self.rank_devices()
+        spec = "cpu" if devices[0].type == "cpu" else "gpu:" + ",".join(str(d.index) for d in devices)
+        return dataclasses.replace(
+            self, devices=spec, tensor_parallel_size=self.tp_size, data_parallel_size=1, tp_rank=rank
+        )
 
     def _check_parallel_sizes(self) -> None:
         tp, dp = self.tp_size, self.data_parallel_size

@@ -238,6 +238,9 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
     set_kernel_backend(config.kernels)
     if device.type == "cpu":
         set_cpu_threads()
+    else:
+        # Triton launches on the current device: a replica or rank on gpu:1 must make it so.
+        torch.cuda.set_device(device)
     if config.load_format == "dummy":
         checkpoint = None
     elif resolved.source.weights_format == WeightsFormat.gguf:

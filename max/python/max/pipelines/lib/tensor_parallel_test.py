@@ -111,3 +111,17 @@ def test_more_ranks_than_gpus_are_refused(monkeypatch):
     assert config.tp_size == 2 and [d.index for d in config.rank_devices()] == [0, 1]
     replicas = PipelineConfig(devices="gpu", tensor_parallel_size=1, data_parallel_size=2)
     assert [replicas.replica(i).devices for i in range(2)] == ["gpu:0", "gpu:1"]
+
+
+def test_a_ranks_config_names_its_own_gpu_and_passes_the_group_check(monkeypatch):
+    # Found on two H200s: rank 1's config said "gpu:1" with 2 ranks, which reads as two GPUs
+    # from gpu:1 and was refused on a machine of two.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for spec in ("gpu", "gpu:0,1"):
+        group = PipelineConfig(devices=spec, tensor_parallel_size=2)
+        ranks = [group.for_rank(r) for r in range(2)]
+        for rank in ranks:
+            rank.validate()
+        assert [r.device.index for r in ranks] == [0, 1]
+        assert all(r.rank_devices() == group.rank_devices() for r in ranks)
