@@ -153,10 +153,32 @@ for s in "$@"; do
     tp-tests)  # needs 2 GPUs
       stage tp-tests 300 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/lib/tensor_parallel_gpu_test.py
       ;;
+    tp-debug)  # one architecture's TP=2 test; if it is still running after TP_DUMP_AFTER s, every Python
+      # process's stack (py-spy dump) goes to $OUT/tp-debug-stacks.txt
+      $PY -m pytest -q -x -p no:cacheprovider max/python/max/pipelines/lib/tensor_parallel_gpu_test.py -k "${TP_DEBUG_K:-llama3}" \
+        >"$OUT/tp-debug.log" 2>&1 &
+      tpid=$!
+      for _ in $(seq "${TP_DUMP_AFTER:-90}"); do kill -0 $tpid 2>/dev/null || break; sleep 1; done
+      if kill -0 $tpid 2>/dev/null; then
+        for p in $(pgrep python3); do
+          echo "=== $p $(tr '\0' ' ' </proc/$p/cmdline | cut -c1-200)" >>"$OUT/tp-debug-stacks.txt"
+          timeout 20 "${PYSPY:-/tmp/site/bin/py-spy}" dump --pid $p >>"$OUT/tp-debug-stacks.txt" 2>&1
+        done
+        pkill -9 -f tensor_parallel_gpu_test; pkill -9 -f spawn_main
+      fi
+      wait $tpid
+      echo "[tp-debug] rc=$?: $(tail -1 "$OUT/tp-debug.log")" | tee -a "$OUT/summary.txt"
+      ;;
     tp-throughput)  # batch-1 decode with tensor parallelism over the GPUs the machine has
       n=$(python3 -c "import torch; print(torch.cuda.device_count())")
       throughput llama70b-tp$n-b1 Llama-3.1-70B --num-prompts 1 --random-input-len 200 --random-output-len 128 --max-length 4096 --tensor-parallel-size $n
       throughput llama8b-tp$n-b1 Llama-3.1-8B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096 --tensor-parallel-size $n
+      throughput llama8b-tp1-b1 Llama-3.1-8B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096 --tensor-parallel-size 1
+      ;;
+    tp-1000)  # the 1000-request workload at the 70B shape with tensor parallelism over the GPUs the machine has
+      n=$(python3 -c "import torch; print(torch.cuda.device_count())")
+      throughput llama70b-tp$n-1000 Llama-3.1-70B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 \
+        --max-batch-size 256 --tensor-parallel-size $n
       ;;
     serving)
       if [ "${STEP_STATS:-0}" = 1 ]; then
@@ -170,6 +192,46 @@ for s in "$@"; do
           --random-input-len 200 --random-output-len 180 --num-prompts $n --max-concurrency $c --disable-tqdm \
           --result-file "$OUT/serving-c$c.json"
       done
+      ;;
+    dp-serving)  # data parallelism: one replica per GPU behind one endpoint, 256 concurrent requests per
+      # replica, against one GPU with 256 (the same per-replica load)
+      n=$(python3 -c "import torch; print(torch.cuda.device_count())")
+      for dp in 1 $n; do
+        stage dp-serving 300 $PY -m max.benchmark.benchmark_serving --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+          --devices "gpu:$(seq -s, 0 $((dp - 1)))" --data-parallel-size $dp --max-length 4096 --max-batch-size 256 \
+          --skip-tokenizer-init --dataset random --random-input-len 200 --random-output-len 180 --num-prompts $((1000 * dp)) \
+          --max-concurrency $((256 * dp)) --disable-tqdm --result-file "$OUT/dp-serving-dp$dp.json"
+      done
+      ;;
+    serving-diag)  # serve at concurrency 256 (SERVING_CONCURRENCY), with the engine's step record, per-thread
+      # CPU (top -H) and py-spy samples of the HTTP and engine processes (py-spy carried as a wheel)
+      mkdir -p "$OUT/steps"
+      port=8391 c=${SERVING_CONCURRENCY:-256}
+      MAX_STEP_STATS_DIR="$OUT/steps" PYTHONPATH="tools/step_stats_hook:$PYTHONPATH" $PY -m max.entrypoints.pipelines serve \
+        --port $port --model-path "$CONFIGS/${DIAG_MODEL:-Llama-3.1-8B}" --load-format dummy --devices ${DIAG_DEVICES:-gpu} --max-length 4096 \
+        --max-batch-size 256 --skip-tokenizer-init ${SERVE_ARGS:-} >"$OUT/serving-diag-server.log" 2>&1 &
+      spid=$!
+      for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
+      $PY -m max.benchmark.benchmark_serving --base-url "http://127.0.0.1:$port" --model-path "$CONFIGS/${DIAG_MODEL:-Llama-3.1-8B}" \
+        --dataset random --random-input-len 200 --random-output-len ${DIAG_OUTPUT_LEN:-180} --num-prompts ${DIAG_PROMPTS:-1000} --max-concurrency $c \
+        --disable-tqdm --save-detailed --result-file "$OUT/serving-diag-c$c.json" >"$OUT/serving-diag.log" 2>&1 &
+      bpid=$!
+      # Sample once the measured run fills the batch (the client takes seconds to start).
+      for _ in $(seq 240); do
+        running=$(curl -sf "http://127.0.0.1:$port/metrics" | awk '/^vllm:num_requests_running/ {print int($2)}')
+        [ "${running:-0}" -ge "${DIAG_RUNNING:-200}" ] && break
+        sleep 0.25
+      done
+      pids="$spid,$bpid$(pgrep -P $spid | sed 's/^/,/' | tr -d '\n')"
+      top -H -b -d 1 -n "${DIAG_SECONDS:-8}" -p "$pids" >"$OUT/serving-diag-top.txt" 2>&1 &
+      for p in ${pids//,/ }; do
+        "${PYSPY:-/tmp/site/bin/py-spy}" record --pid "$p" --duration "${DIAG_SECONDS:-8}" --rate 250 --format raw \
+          --threads --idle --nonblocking -o "$OUT/pyspy-$p.txt" >>"$OUT/serving-diag-pyspy.log" 2>&1 &
+      done
+      wait $bpid
+      echo "[serving-diag] pids $pids; benchmark rc=$?" | tee -a "$OUT/summary.txt"
+      kill -INT $spid; wait
+      tail -25 "$OUT/serving-diag.log" >>"$OUT/summary.txt"
       ;;
     verify)
       for kernels in auto torch; do

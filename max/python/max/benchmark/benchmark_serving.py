@@ -144,7 +144,7 @@ async def send_request(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str], request: SampleRequest, chat: bool
 ) -> RequestResult:
     """Sends one streaming request and times each chunk that carries output."""
-    result = RequestResult(success=False, prompt_len=request.prompt_len)
+    result = RequestResult(success=False, prompt_len=request.prompt_len, sent_at=time.time())
     start = last = time.perf_counter()
     first_seen, chunks, ids, usage = False, 0, 0, None
     try:

@@ -28,6 +28,7 @@ class RequestResult:
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)
     error: str = ""
+    sent_at: float = 0.0  # wall-clock time (time.time()) the request was sent, to line up with server logs
 
 
 @dataclass

@@ -47,6 +47,7 @@ class StepRecord:
     num_tokens: int
     event: Any  # torch.cuda.Event at the start of the step's GPU work (None on the CPU)
     jit_ms: float = 0.0  # host ms spent in Triton JIT misses (compiles or disk loads)
+    launched_at: float = 0.0  # wall-clock time (time.time()) of the launch
 
 
 class TritonJitWatch:
@@ -131,7 +132,9 @@ class StepRecorder:
             kind = "eager_mixed"
         else:
             kind = "eager_prefill"
-        self.records.append(StepRecord(kind, b, nd, int(inputs.tokens.shape[0]), event, self.jit.ms - jit_before))
+        self.records.append(
+            StepRecord(kind, b, nd, int(inputs.tokens.shape[0]), event, self.jit.ms - jit_before, time.time())
+        )
         return out
 
     def step(self):
@@ -202,25 +205,31 @@ class StepRecorder:
             # Triton specializations compiled (or loaded from disk) during the run.
             "triton_jit": {"ms": self.jit.ms, "kernels": {k: [int(n), round(ms, 1)] for k, (n, ms) in self.jit.misses.items()}},
             # The step sequence, compressed: (kind, requests, tokens) runs.
-            "timeline": _runs(self.records, spans),
+            "timeline": _runs(self.records, spans, host_by_record, loop_by_record),
         }
 
 
-def _runs(records: list[StepRecord], spans: list[float | None]) -> list[list]:
+def _runs(
+    records: list[StepRecord],
+    spans: list[float | None],
+    host_ms: dict[int, float],
+    loop_ms: dict[int, float],
+) -> list[list]:
     """Consecutive steps of one kind merged: [kind, steps, first requests, last requests,
-    tokens, span ms]."""
+    tokens, GPU span ms, host ms in step(), loop ms, wall-clock time of the first launch]."""
     out: list[list] = []
-    for r, s in zip(records, spans):
-        if out and out[-1][0] == r.kind:
-            run = out[-1]
-            run[1] += 1
-            run[3] = r.num_requests
-            run[4] += r.num_tokens
-            run[5] += s or 0.0
-        else:
-            out.append([r.kind, 1, r.num_requests, r.num_requests, r.num_tokens, s or 0.0])
+    for i, (r, s) in enumerate(zip(records, spans)):
+        if not (out and out[-1][0] == r.kind):
+            out.append([r.kind, 0, r.num_requests, r.num_requests, 0, 0.0, 0.0, 0.0, round(r.launched_at, 3)])
+        run = out[-1]
+        run[1] += 1
+        run[3] = r.num_requests
+        run[4] += r.num_tokens
+        run[5] += s or 0.0
+        run[6] += host_ms.get(i, 0.0)
+        run[7] += loop_ms.get(i, 0.0)
     for run in out:
-        run[5] = round(run[5], 2)
+        run[5:8] = [round(v, 2) for v in run[5:8]]
     return out
 
 
