@@ -73,7 +73,8 @@ def test_stream_carries_each_chunks_ids(bare):
             ids += choice.token_ids
             texts.append(choice.text)
     assert ids == full.choices[0].token_ids
-    assert chunks == 6 and set(texts) == {""}
+    # One chunk a token, fewer when the stream fell behind and sent waiting tokens together.
+    assert 1 <= chunks <= 6 and set(texts) == {""}
     assert usage.completion_tokens == 6
 
 

@@ -1,7 +1,7 @@
 """The HTTP process's handle on the engine process.
 
 `EngineClient` starts the engine worker, sends it requests and aborts, and routes each
-step's outputs to the asyncio queue of the request they belong to. A thread reads the
+step's outputs to the `OutputStream` of the request they belong to. A thread reads the
 engine's outbox so that the event loop never blocks on it. One client is one engine
 process's life: when it fails, its requests end with an error and `on_failure` is called;
 `SupervisedEngine` (engine_supervisor.py) then starts a new client.
@@ -14,6 +14,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from max.errors import MaxError
@@ -28,6 +29,46 @@ from max.serve.engine_messages import (
     StepOutputs,
 )
 from max.serve.engine_worker import run_engine_worker
+
+
+class OutputStream:
+    """One request's outputs on their way from the engine to the request's handler.
+
+    An output that arrives while the handler has not yet taken the one before is merged
+    into it (its tokens and logprobs appended, its finish taken): a handler that falls
+    behind (thousands of tokens a second to stream) gets fewer, larger deltas rather than a
+    growing backlog, as with vLLM's RequestOutputCollector. Tokens, their order and the
+    finish reason are unchanged; only how they are grouped into chunks. Errors are never
+    merged: they arrive on their own, after whatever came before them.
+    """
+
+    def __init__(self, merge: bool = True) -> None:
+        self._pending: deque[RequestOutput] = deque()
+        self._ready = asyncio.Event()
+        # Off for requests with stop strings: the tokens after a stop string must stay in
+        # outputs of their own, which the handler drops once the string is found.
+        self._merge = merge
+
+    def put(self, output: RequestOutput) -> None:
+        """Queues `output`, merged into the last queued one where it can be."""
+        last = self._pending[-1] if self._pending and self._merge else None
+        if last is not None and not last.finished and last.error is None and output.error is None:
+            last.new_token_ids.extend(output.new_token_ids)
+            if output.logprobs is not None:
+                last.logprobs = [*(last.logprobs or []), *output.logprobs]
+            if last.prompt_logprobs is None:
+                last.prompt_logprobs = output.prompt_logprobs
+            last.finished, last.finish_reason = output.finished, output.finish_reason
+        else:
+            self._pending.append(output)
+        self._ready.set()
+
+    async def get(self) -> RequestOutput:
+        """The next (possibly merged) output; waits for one."""
+        while not self._pending:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._pending.popleft()
 
 
 class EngineClient:
@@ -45,7 +86,7 @@ class EngineClient:
             # exits when told to, and on its own once the server is gone.
             daemon=False,
         )
-        self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
+        self._streams: dict[str, OutputStream] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: threading.Thread | None = None
         self._stopping = False
@@ -128,7 +169,7 @@ class EngineClient:
         """
         if not self.alive:
             raise MaxError(self.failure or "the engine is not running")
-        stream: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        stream = OutputStream(merge=not params.stop)
         self._streams[request_id] = stream
         self._inbox.put(AddRequest(request_id, prompt_ids, params, tuple(images)))
         finished = False
@@ -172,11 +213,11 @@ class EngineClient:
                     continue  # aborted by us already
                 if output.finished:
                     del self._streams[output.request_id]
-                stream.put_nowait(output)
+                stream.put(output)
         elif isinstance(message, EngineFailed):
             self.failure = message.message
             for request_id, stream in list(self._streams.items()):
-                stream.put_nowait(RequestOutput(request_id, [], True, "error", error=message.message, server_error=True))
+                stream.put(RequestOutput(request_id, [], True, "error", error=message.message, server_error=True))
             self._streams.clear()
             if self.on_failure is not None:
                 self.on_failure(message.message)

@@ -182,26 +182,44 @@ class VllmMetrics:
             "vllm:request_generation_tokens", "Number of generation tokens processed.", token_buckets
         )
         self.registry.register(_EngineCollector(self))
+        # Labelled children by (metric, labels): `labels()` costs microseconds, and the
+        # per-token metrics are updated ~20k times a second at high concurrency.
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels: str):
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def first_output(self, num_prompt_tokens: int, num_cached_tokens: int, ttft: float) -> None:
         """A request's first tokens arrived."""
         name = self.model_name
-        self.prefix_cache_queries.labels(name).inc(num_prompt_tokens)
-        self.prefix_cache_hits.labels(name).inc(num_cached_tokens)
-        self.ttft.labels(name).observe(ttft)
+        self._child(self.prefix_cache_queries, name).inc(num_prompt_tokens)
+        self._child(self.prefix_cache_hits, name).inc(num_cached_tokens)
+        self._child(self.ttft, name).observe(ttft)
 
     def next_token(self, gap: float) -> None:
         """Time between two outputs of one request."""
-        self.tpot.labels(self.model_name).observe(gap)
-        self.itl.labels(self.model_name).observe(gap)
+        self._child(self.tpot, self.model_name).observe(gap)
+        self._child(self.itl, self.model_name).observe(gap)
+
+    def tokens_generated(self, count: int) -> None:
+        """`count` more output tokens."""
+        self._child(self.generation_tokens, self.model_name).inc(count)
+
+    def prompt_processed(self, model_name: str, count: int) -> None:
+        """`count` more prompt tokens, for `model_name`."""
+        self._child(self.prompt_tokens, model_name).inc(count)
 
     def finished(self, reason: str | None, prompt_tokens: int, generation_tokens: int, latency: float) -> None:
         """A request ended (`reason`: stop, length, tool_calls, abort...)."""
         name = self.model_name
-        self.request_success.labels(name, reason or "stop").inc()
-        self.request_prompt_tokens.labels(name).observe(prompt_tokens)
-        self.request_generation_tokens.labels(name).observe(generation_tokens)
-        self.e2e.labels(name).observe(latency)
+        self._child(self.request_success, name, reason or "stop").inc()
+        self._child(self.request_prompt_tokens, name).observe(prompt_tokens)
+        self._child(self.request_generation_tokens, name).observe(generation_tokens)
+        self._child(self.e2e, name).observe(latency)
 
     def render(self, engine: EngineStats | None) -> str:
         """The vllm: series, in the Prometheus text format."""

@@ -28,6 +28,23 @@ class TextDelta:
     reasoning_text: str = ""  # a reasoning model's thinking, apart from `text` (harmony)
     tool_calls: list = field(default_factory=list)  # calls this delta completes (ToolCall)
 
+    def followed_by(self, later: TextDelta) -> TextDelta:
+        """This delta and the `later` one of the same request, as one (for a handler that
+        sends what waited for it in one chunk)."""
+        logprobs = self.logprobs
+        if later.logprobs is not None:
+            logprobs = [*(logprobs or []), *later.logprobs]
+        return TextDelta(
+            self.text + later.text,
+            [*self.token_ids, *later.token_ids],
+            logprobs,
+            later.finished,
+            later.finish_reason,
+            later.stopped_by_string,
+            self.reasoning_text + later.reasoning_text,
+            [*self.tool_calls, *later.tool_calls],
+        )
+
 
 @dataclass
 class RequestTextStream:
