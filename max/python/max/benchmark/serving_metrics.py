@@ -71,6 +71,9 @@ class ServingMetrics:
     tpot: LatencyStats
     itl: LatencyStats
     e2el: LatencyStats
+    # Output tokens per streamed chunk: above 1 when the server sent tokens that waited
+    # together (then ITL is per chunk, not per token).
+    tokens_per_chunk: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """Flat fields in vLLM's result-file naming (mean_ttft_ms, p99_itl_ms, ...)."""
@@ -84,6 +87,7 @@ class ServingMetrics:
             "input_throughput": self.input_throughput,
             "output_throughput": self.output_throughput,
             "total_token_throughput": self.total_token_throughput,
+            "tokens_per_chunk": self.tokens_per_chunk,
         }
         for name in ("ttft", "tpot", "itl", "e2el"):
             stats: LatencyStats = getattr(self, name)
@@ -106,6 +110,7 @@ def compute_metrics(
     input_tokens = sum(r.prompt_len for r in ok)
     output_tokens = sum(r.output_tokens for r in ok)
     rate = (lambda n: n / duration) if duration > 0 else (lambda n: 0.0)
+    chunks = sum(len(r.itl) + 1 for r in ok if r.output_tokens > 0)
     return ServingMetrics(
         completed=len(ok),
         failed=len(results) - len(ok),
@@ -120,6 +125,7 @@ def compute_metrics(
         tpot=LatencyStats.of(tpots, percentiles),
         itl=LatencyStats.of(itls, percentiles),
         e2el=LatencyStats.of([r.latency for r in ok], percentiles),
+        tokens_per_chunk=output_tokens / chunks if chunks else 0.0,
     )
 
 
@@ -141,6 +147,7 @@ def format_report(metrics: ServingMetrics, title: str = "Serving Benchmark Resul
     row("Input token throughput (tok/s):", metrics.input_throughput)
     row("Output token throughput (tok/s):", metrics.output_throughput)
     row("Total token throughput (tok/s):", metrics.total_token_throughput)
+    row("Output tokens per chunk:", metrics.tokens_per_chunk)
     sections = (
         ("ttft", "Time to First Token"),
         ("tpot", "Time per Output Token (excl. 1st token)"),

@@ -58,3 +58,12 @@ def test_report_and_json():
     assert record["mean_ttft_ms"] == pytest.approx(200.0)
     assert record["p99_tpot_ms"] == pytest.approx(np.percentile([100, 200], 99))
     assert {"median_itl_ms", "std_e2el_ms", "output_throughput", "completed"} <= set(record)
+
+
+def test_tokens_per_chunk_counts_merged_chunks():
+    assert compute_metrics(RESULTS, duration=2.0).tokens_per_chunk == pytest.approx(1.0)  # 9 tokens, 9 chunks
+    # 6 tokens in 3 chunks (the server sent waiting tokens together).
+    merged = [RequestResult(True, prompt_len=10, output_tokens=6, ttft=0.1, latency=0.4, itl=[0.15, 0.15])]
+    m = compute_metrics(merged, duration=1.0)
+    assert m.tokens_per_chunk == pytest.approx(2.0)
+    assert "Output tokens per chunk:" in format_report(m) and m.to_json()["tokens_per_chunk"] == 2.0
