@@ -156,7 +156,10 @@ for s in "$@"; do
     tp-debug)  # one architecture's TP=2 test, with NCCL's log (NCCL_DEBUG=INFO: transports chosen); if
       # it is still running after TP_DUMP_AFTER s, every Python process's stack (py-spy dump)
       # goes to $OUT/tp-debug-stacks.txt. TP_DEBUG_ENV adds variables (e.g. NCCL_P2P_DISABLE=1).
-      env NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,P2P,NET ${TP_DEBUG_ENV:-} $PY -m pytest -q -s -x -p no:cacheprovider -o faulthandler_timeout=80 \
+      # A collective that waits 60 s fails with its name and sequence number, and the NCCL
+      # flight recorder keeps the last collectives of each rank.
+      env NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,P2P,NET MAX_TP_STEP_TIMEOUT=60 TORCH_NCCL_TRACE_BUFFER_SIZE=2000 \
+        TORCH_NCCL_DUMP_ON_TIMEOUT=1 TORCH_NCCL_DEBUG_INFO_TEMP_FILE="$OUT/nccl_trace_rank_" ${TP_DEBUG_ENV:-} $PY -m pytest -q -s -x -p no:cacheprovider -o faulthandler_timeout=80 \
         max/python/max/pipelines/lib/tensor_parallel_gpu_test.py -k "${TP_DEBUG_K:-llama3}" >"$OUT/tp-debug.log" 2>&1 &
       tpid=$!
       for _ in $(seq "${TP_DUMP_AFTER:-90}"); do kill -0 $tpid 2>/dev/null || break; sleep 1; done
