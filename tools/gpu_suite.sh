@@ -209,7 +209,8 @@ for s in "$@"; do
       ;;
     serving-diag)  # serve at concurrency 256 (SERVING_CONCURRENCY), with the engine's step record, per-thread
       # CPU (top -H) and py-spy samples of the HTTP and engine processes (py-spy carried as a wheel;
-      # tools/pyspy_summary.py reads them)
+      # tools/pyspy_summary.py reads them; tools/serve_timeline.py lines up the step record and the
+      # requests)
       mkdir -p "$OUT/steps"
       port=8391 c=${SERVING_CONCURRENCY:-256}
       MAX_STEP_STATS_DIR="$OUT/steps" PYTHONPATH="tools/step_stats_hook:$PYTHONPATH" $PY -m max.entrypoints.pipelines serve \
