@@ -130,8 +130,14 @@ class ModelRunner:
         return self.model.execute(inputs).logits
 
     def close(self) -> None:
-        """Releases nothing yet: graphs and buffers go with the runner (tensor-parallel
-        runners stop their other ranks here)."""
+        """Releases the captured graphs once the device's queued work is done; no step runs
+        after this. Under tensor parallelism the graphs hold captured collectives, so they
+        go before the group is left."""
+        if self._graphs or self._prefill_graphs:
+            torch.cuda.synchronize(self.model.device)
+        self._graphs.clear()
+        self._prefill_graphs.clear()
+        self._sizes, self._prefill_sizes = [], []
 
     # -- start-up --------------------------------------------------------------------------
     def _warm_eager(self) -> None:

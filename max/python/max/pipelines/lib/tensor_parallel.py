@@ -72,7 +72,12 @@ class RankGroup:
                 raise EngineDeadError(f"tensor-parallel rank {rank} exited (exit code {proc.exitcode})")
 
     def close(self) -> None:
-        """Tells the other ranks to stop (rank 0), then leaves the group."""
+        """Tells the other ranks to stop (rank 0), then leaves the group.
+
+        Told ranks leave the group as rank 0 does, at the same time: NCCL's finalize waits
+        for the peers, so rank 0 must not wait for them to exit before leaving itself.
+        Ranks that could not be told (one is gone) are ended first.
+        """
         told = False
         if self.rank == 0 and dist.is_initialized():
             try:
@@ -81,6 +86,8 @@ class RankGroup:
                 told = True
             except Exception:  # a rank already gone: nothing to tell it
                 pass
+        if told and dist.is_initialized():
+            dist.destroy_process_group()
         for proc in self.workers:
             # Ranks that were not told to stop wait for a step forever: end them now, so
             # that a restarted engine finds their devices free.
@@ -183,6 +190,7 @@ def run_tensor_parallel_rank(
         for arch in PIPELINE_REGISTRY.architectures():
             registry.register(arch, allow_override=True)
     group = _join(rank, world, addr, port, config.device)
+    runner = None
     try:
         resolved = resolve_model(config, registry)
         _, kv_cache, runner = build_rank(resolved, group)
@@ -192,6 +200,8 @@ def run_tensor_parallel_rank(
                 break
             runner.execute(_receive_inputs(header, group, kv_cache))
     finally:
+        if runner is not None:
+            runner.close()  # its graphs hold captured collectives: they go before the group
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -293,5 +303,6 @@ class TensorParallelRunner:
         return self.local.execute(inputs)
 
     def close(self) -> None:
-        """Stops the other ranks and leaves the group."""
+        """Releases this rank's graphs, stops the other ranks and leaves the group."""
+        self.local.close()
         self.group.close()
