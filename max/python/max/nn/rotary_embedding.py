@@ -133,15 +133,19 @@ class RotaryEmbedding(nn.Module):
 
     def init_buffers(self, device: torch.device | str) -> None:
         """(Re)computes the cos/sin tables, e.g. after the module moved off the meta device."""
-        inv_freq, scaling = rope_frequencies(
+        inv_freq, self.scaling = rope_frequencies(
             self.rope_parameters, self.head_dim, self.max_position_embeddings
         )
         self.rotary_dim = 2 * inv_freq.shape[0]
+        self._init_tables(inv_freq, device)
+
+    def _init_tables(self, inv_freq: torch.Tensor, device: torch.device | str) -> None:
+        """The cos/sin tables of every position, from the frequencies (on the CPU)."""
         positions = torch.arange(self.max_positions, dtype=torch.float32, device=_CPU)
         freqs = torch.outer(positions, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", (emb.cos() * scaling).to(device), persistent=False)
-        self.register_buffer("sin", (emb.sin() * scaling).to(device), persistent=False)
+        self.register_buffer("cos", (emb.cos() * self.scaling).to(device), persistent=False)
+        self.register_buffer("sin", (emb.sin() * self.scaling).to(device), persistent=False)
 
     def step_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(indices, cos, sin) for a step whose tokens sit at `positions`: token i rotates by
@@ -186,10 +190,9 @@ class MultimodalRotaryEmbedding(RotaryEmbedding):
         self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
         super().__init__(head_dim, rope_parameters, max_position_embeddings, max_positions)
 
-    def init_buffers(self, device: torch.device | str) -> None:
+    def _init_tables(self, inv_freq: torch.Tensor, device: torch.device | str) -> None:
         """The shared tables, plus the frequencies and each frequency's section."""
-        super().init_buffers(device)
-        inv_freq, self.scaling = rope_frequencies(self.rope_parameters, self.head_dim, self.max_position_embeddings)
+        super()._init_tables(inv_freq, device)
         if sum(self.mrope_section) != inv_freq.shape[0]:
             raise MaxError(
                 f"mrope_section {self.mrope_section} must sum to half the rotary width ({inv_freq.shape[0]})"
