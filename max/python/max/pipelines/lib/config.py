@@ -150,15 +150,13 @@ class PipelineConfig:
 
     @property
     def device(self) -> torch.device:
-        """The device of this process's model (rank 0's with tensor parallelism; under
-        torchrun, the GPU of LOCAL_RANK)."""
+        """The device of this process's model (rank `tp_rank`'s with tensor parallelism;
+        under torchrun, the GPU of LOCAL_RANK)."""
         world = torchrun_world()
         devices = self.device_list
         if world is not None and devices[0].type == "cuda":
             return torch.device("cuda", world[2])
-        if self.tp_rank:
-            return self.rank_devices()[self.tp_rank]
-        return devices[0]
+        return self.rank_devices()[self.tp_rank]
 
     @property
     def tp_size(self) -> int:
