@@ -9,12 +9,12 @@ import sys
 if os.environ.get("MAX_STEP_STATS_DIR"):
     import importlib.abc
     import importlib.util
+    import time
 
     _TARGET = "max.serve.engine_worker"
 
     def _timed(function, totals, key):
         """`function`, adding its calls' milliseconds to totals[key]."""
-        import time
 
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
@@ -36,8 +36,6 @@ if os.environ.get("MAX_STEP_STATS_DIR"):
             self._finished = finished
 
         def put(self, message, *args, **kwargs):
-            import time
-
             done = sum(1 for o in getattr(message, "outputs", ()) if o.finished)
             if done:
                 self._finished.append((round(time.time(), 4), done))
@@ -63,8 +61,6 @@ if os.environ.get("MAX_STEP_STATS_DIR"):
             add_request = engine.add_request
 
             def timed_add(*a, **k):
-                import time
-
                 arrivals.append(round(time.time(), 4))
                 return add_request(*a, **k)
 
