@@ -10,6 +10,7 @@ implementation for the tensors' device in one place (`backend.use_triton`).
 from max_kernels.backend import backend, get_backend, set_backend
 from max_kernels.ops import (
     apply_penalties,
+    fp8_linear,
     fused_moe,
     gelu_tanh_and_mul,
     rms_norm,
@@ -25,6 +26,7 @@ __all__ = [
     "RaggedLayout",
     "apply_penalties",
     "backend",
+    "fp8_linear",
     "fused_moe",
     "gelu_tanh_and_mul",
     "get_backend",

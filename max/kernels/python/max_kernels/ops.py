@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from max_kernels import activation as _activation
+from max_kernels import fp8 as _fp8
 from max_kernels import mixture_of_experts as _moe
 from max_kernels import normalization as _rms_norm
 from max_kernels import rotary_kv as _rotary_kv
@@ -29,6 +30,22 @@ def rms_norm(
     returned too."""
     fn = _rms_norm.rms_norm if use_triton(x) else _rms_norm.rms_norm_reference
     return fn(x, weight, eps, residual=residual, gemma=gemma)
+
+
+def fp8_linear(
+    x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [M, K] times an FP8 weight (e4m3 codes [N, K], float32 scales [N]); [M, N] in x's
+    dtype. Up to `SMALL_M` rows x stays unquantized and the weight is decoded on the fly
+    (reading it is the whole cost); above, x is quantized per row and both operands go to
+    the FP8 tensor cores. On a GPU with FP8 (capability 8.9+) the Triton / `_scaled_mm`
+    kernels, elsewhere the float32 references of the same rule."""
+    small = x.shape[0] <= _fp8.SMALL_M
+    if use_triton(x) and x.is_cuda and _fp8.fp8_supported(x.device):
+        fn = _fp8.fp8_weight_only_linear if small else _fp8.fp8_linear
+    else:
+        fn = _fp8.fp8_weight_only_linear_reference if small else _fp8.fp8_linear_reference
+    return fn(x, w_q, w_scale, bias)
 
 
 def rope_and_write_kv(

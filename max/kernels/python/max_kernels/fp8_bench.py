@@ -1,0 +1,116 @@
+"""FP8 products at decode shapes on a CUDA GPU: which kernel reads the weight fastest.
+
+For each Llama-3.1-8B product (qkv, o, gate_up, down) and a few rows (1, 4, 16), times
+bfloat16 `F.linear` (cuBLAS), `fp8_linear`'s tensor-core path (row quantization plus
+`torch._scaled_mm`), the same with the operands swapped (the weight as the tall operand,
+the rows padded to 16) and the Triton weight-only kernel over a grid of tile shapes. Each
+timing replays a CUDA graph of 32 calls on 32 different weights, so that no weight is
+served from L2. Prints one JSON line per (shape, rows) with microseconds per call and the
+weight's read rate.
+
+    python3 -m max_kernels.fp8_bench [--rows 1,4,16] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import torch
+import torch.nn.functional as F
+
+from max_kernels.fp8 import (
+    fp8_linear,
+    fp8_weight_only_linear,
+    quantize_fp8_rows,
+    quantize_fp8_weight,
+)
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+COPIES = 32
+
+
+def _time(fn, reps: int = 20) -> float:
+    """Microseconds per call of fn(i) for i in range(COPIES), replayed from a CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(COPIES):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(COPIES):
+            fn(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (reps * COPIES)
+
+
+def _swapped(x, w_q, w_s):
+    """y = x @ w.T computed as (w @ x.T).T: the weight is the tall operand of `_scaled_mm`."""
+    m = x.shape[0]
+    x_q, x_s = quantize_fp8_rows(x)
+    pad = 16 - m if m < 16 else (-m) % 16
+    if pad:
+        x_q = torch.cat([x_q, x_q.new_zeros(pad, x_q.shape[1])])
+        x_s = torch.cat([x_s, x_s.new_ones(pad)])
+    y = torch._scaled_mm(w_q, x_q.t(), scale_a=w_s[:, None], scale_b=x_s[None, :], out_dtype=torch.bfloat16)
+    return y.t()[:m]
+
+
+def _bench_shape(name: str, n: int, k: int, rows: list[int], configs: list[tuple]) -> None:
+    """One JSON line per row count for the product `name` (weight [n, k])."""
+    w = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(COPIES)]
+    q = [quantize_fp8_weight(t) for t in w]
+    for m in rows:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        row: dict = {"shape": name, "n": n, "k": k, "rows": m}
+        # Each lambda runs inside _time, before x changes.
+        row["bf16_cublas"] = _time(lambda i, x=x: F.linear(x, w[i]))
+        row["fp8_scaled_mm"] = _time(lambda i, x=x: fp8_linear(x, *q[i]))
+        try:
+            row["fp8_scaled_mm_swapped"] = _time(lambda i, x=x: _swapped(x, *q[i]))
+        except RuntimeError as e:
+            row["fp8_scaled_mm_swapped"] = str(e)[:120]
+        best = None
+        for bn, bk, nw, ns in configs:
+            tiles = dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+            try:
+                us = _time(lambda i, x=x, tiles=tiles: fp8_weight_only_linear(x, *q[i], **tiles))
+            except Exception as e:  # a tile shape the compiler refuses (shared memory)
+                us = float("inf")
+                row.setdefault("refused", []).append([bn, bk, nw, ns, type(e).__name__])
+            if best is None or us < best[0]:
+                best = (us, tiles)
+        row["fp8_triton_best"] = {"us": best[0], **best[1]}
+        row["fp8_triton_default"] = _time(lambda i, x=x: fp8_weight_only_linear(x, *q[i]))
+        row["bf16_tb_s"] = n * k * 2 / row["bf16_cublas"] / 1e6
+        row["fp8_triton_tb_s"] = n * k / row["fp8_triton_default"] / 1e6
+        print(json.dumps(row), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1,4,16")
+    parser.add_argument("--quick", action="store_true", help="fewer Triton tile shapes")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    configs = list(itertools.product((16, 32, 64), (256, 512), (4, 8), (3, 4)))
+    if args.quick:
+        configs = list(itertools.product((16, 32), (256, 512), (4,), (4,)))
+    rows = [int(r) for r in args.rows.split(",")]
+    for name, (n, k) in SHAPES.items():
+        _bench_shape(name, n, k, rows, configs)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
