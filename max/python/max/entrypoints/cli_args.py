@@ -7,7 +7,12 @@ import argparse
 
 from max.errors import MaxError
 from max.pipelines.lib import ENCODINGS, PipelineConfig, SamplingParams, parse_memory
-from max.pipelines.lib.config import AUTO_ENCODING, KERNEL_BACKENDS, LOAD_FORMATS
+from max.pipelines.lib.config import (
+    AUTO_ENCODING,
+    KERNEL_BACKENDS,
+    LOAD_FORMATS,
+    QUANTIZATION_METHODS,
+)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +47,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "checkpoint computes in bfloat16; otherwise float32 on CPU, bfloat16 on GPU. "
         "float32 is the exact verification reference; q8_0/q4_0 quantize a float checkpoint "
         "on load",
+    )
+    g.add_argument(
+        "--quantization",
+        "-q",
+        choices=QUANTIZATION_METHODS,
+        help="quantize a float checkpoint on load. fp8: the decoder's linear weights in FP8 "
+        "e4m3 with per-channel scales, activations quantized per token (GPU with compute "
+        "capability 8.9+, e.g. H100/H200/L40S; on the CPU an exact but slow emulation, for "
+        "verification)",
     )
     g.add_argument("--devices", default="cpu", help="cpu, gpu, gpu:N, or a list gpu:0,1,2,3 (default: cpu)")
     g.add_argument("--load-format", choices=LOAD_FORMATS, default="auto", help="'dummy': random weights")
@@ -135,6 +149,7 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
         data_parallel_size=args.data_parallel_size,
         async_scheduling=args.async_scheduling,
         kernels=args.kernels,
+        quantization=args.quantization,
         tokenizer=args.tokenizer,
         skip_tokenizer_init=args.skip_tokenizer_init,
         seed=getattr(args, "seed", None) or 0,

@@ -37,6 +37,8 @@ class FrameworkSettings:
     custom_architectures: Sequence[str] = ()
     kernels: str = "auto"  # "torch": this framework's torch reference ops, even on a GPU
     tensor_parallel_size: int = 1
+    # Ours only: quantization applied on load (`fp8`); the torch reference stays in `encoding`.
+    quantization: str | None = None
 
 
 def _torch_device(device: str) -> torch.device:
@@ -111,6 +113,7 @@ def build_max_engine(settings: FrameworkSettings):
         custom_architectures=list(settings.custom_architectures),
         kernels=settings.kernels,
         tensor_parallel_size=settings.tensor_parallel_size,
+        quantization=settings.quantization,
     )
     return build_engine(resolve_model(config, register_all()))
 

@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         "--kernels", choices=["auto", "torch"], default="auto", help="'torch': torch reference ops, even on a GPU"
     )
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks of ours (GPUs, or CPU processes)")
+    parser.add_argument(
+        "--quantization",
+        choices=["fp8"],
+        help="ours only: fp8 weights and per-token activations (the reference stays in --encoding)",
+    )
     args = parser.parse_args(argv)
     if args.num_steps < 1:
         parser.error("--num-steps must be at least 1")
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         custom_architectures=args.custom_architectures,
         kernels=args.kernels,
         tensor_parallel_size=args.tensor_parallel_size,
+        quantization=args.quantization,
     )
     prompts = read_prompts(args.prompts) if args.prompts else (pipeline.prompts() if pipeline else DEFAULT_PROMPTS)
     reference = read_logits(args.reference) if args.reference else None

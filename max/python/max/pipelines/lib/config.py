@@ -34,6 +34,10 @@ AUTO_ENCODING = "auto"
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 # `auto`: Triton kernels on the GPU, torch references elsewhere; `torch`: references only.
 KERNEL_BACKENDS = ("auto", "torch")
+# Quantization applied on load to a float checkpoint (vLLM's `--quantization`): `fp8` holds
+# the decoder's linear weights in e4m3 and quantizes activations per token
+# (max.nn.fp8_linear).
+QUANTIZATION_METHODS = ("fp8",)
 
 
 def parse_device(spec: str) -> torch.device:
@@ -111,6 +115,8 @@ class PipelineConfig:
     enforce_eager: bool = False
     async_scheduling: bool = True
     kernels: str = "auto"
+    # None, or a QUANTIZATION_METHODS entry applied to the float weights on load.
+    quantization: str | None = None
     tensor_parallel_size: int | None = None  # None: the GPUs `devices` lists, else 1
     data_parallel_size: int = 1
     # Which tensor-parallel rank of the group this config builds (set by `for_rank`).
@@ -128,6 +134,7 @@ class PipelineConfig:
             raise MaxError(f"unknown encoding {enc!r} (choose from {AUTO_ENCODING}, {', '.join(ENCODINGS)})")
         if self.kernels not in KERNEL_BACKENDS:
             raise MaxError(f"unknown kernel backend {self.kernels!r} ({', '.join(KERNEL_BACKENDS)})")
+        self._check_quantization()
         if self.load_format not in LOAD_FORMATS:
             raise MaxError(f"unknown load format {self.load_format!r} ({', '.join(LOAD_FORMATS)})")
         if self.tokenizer is not None and self.skip_tokenizer_init:
@@ -201,6 +208,25 @@ class PipelineConfig:
         return dataclasses.replace(
             self, devices=spec, tensor_parallel_size=self.tp_size, data_parallel_size=1, tp_rank=rank
         )
+
+    def _check_quantization(self) -> None:
+        method = self.quantization
+        if method is None:
+            return
+        if method not in QUANTIZATION_METHODS:
+            raise MaxError(f"unknown quantization {method!r} (choose from {', '.join(QUANTIZATION_METHODS)})")
+        if self.quantization_encoding in QUANTIZED_ENCODINGS:
+            raise MaxError(
+                f"--quantization {method} quantizes float weights; it cannot be combined with "
+                f"the quantized encoding {self.quantization_encoding}"
+            )
+        device = self.device_list[0]
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+            major, minor = torch.cuda.get_device_capability(device)
+            raise MaxError(
+                f"--quantization {method} needs a GPU with FP8 tensor cores (compute capability "
+                f"8.9 or newer); {torch.cuda.get_device_name(device)} has {major}.{minor}"
+            )
 
     def _check_parallel_sizes(self) -> None:
         tp, dp = self.tp_size, self.data_parallel_size

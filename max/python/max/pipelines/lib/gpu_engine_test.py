@@ -7,7 +7,7 @@ import torch
 
 from max.pipelines.architectures import register_all
 from max.pipelines.lib import PipelineConfig, SamplingParams, build_engine, resolve_model
-from max.testing.engine_probes import greedy_tokens
+from max.testing.engine_probes import greedy_tokens, prompt_logits
 from max.testing.tiny_checkpoints import write_tiny_checkpoint
 from max.testing.tiny_configs import TINY_CONFIGS
 
@@ -88,3 +88,35 @@ def test_start_up_warm_up_writes_no_kv(checkpoint):
     for layer in range(engine.kv_cache.params.num_layers):
         k, v = engine.kv_cache.layer(layer)
         assert not k.any() and not v.any()
+
+
+def test_fp8_on_the_gpu_follows_the_cpu_emulation(checkpoint):
+    """`--quantization fp8` on the GPU's kernels gives the logits of its float32 emulation on
+    the CPU (same weight codes and scales; only sums, and so the odd activation code,
+    differ), and its decode graphs run.
+
+    How far "the odd code" moves the logits depends on the model: the tiny random Gemma 3
+    moves by up to 10 % (1 - cosine) between float32 and FP8 on the CPU, Llama by 0.1 %. So
+    the GPU may differ from the emulation by at most 3x what FP8 itself changes on the CPU
+    (and 0.5 % in any case)."""
+    from max.nn.fp8_linear import Fp8Linear
+    from max_kernels.fp8 import fp8_supported
+
+    if not fp8_supported(torch.device("cuda")):
+        pytest.skip("needs FP8 tensor cores (compute capability 8.9+)")
+
+    def distance(a, b):
+        return 1 - torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+    # Both in float32, so that only FP8's kernels differ, not the activations' dtype.
+    cpu_float = _engine(checkpoint, "cpu")
+    cpu = _engine(checkpoint, "cpu", quantization="fp8")
+    gpu = _engine(checkpoint, "gpu", quantization="fp8")
+    assert any(isinstance(m, Fp8Linear) for m in gpu.model.model.modules())
+    for prompt in PROMPTS:  # 2 to 41 tokens: the weight-only (<= 16 rows) and W8A8 paths
+        emulated = prompt_logits(cpu, prompt)
+        allowed = max(0.005, 3 * distance(emulated, prompt_logits(cpu_float, prompt)))
+        assert distance(prompt_logits(gpu, prompt), emulated) <= allowed
+    tokens = greedy_tokens(gpu, PROMPTS, 16)
+    assert gpu.runner.num_replays > 0
+    assert all(len(t) == 16 for t in tokens)

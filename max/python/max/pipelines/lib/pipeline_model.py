@@ -25,6 +25,7 @@ from max.errors import MaxError
 from max.kv_cache import KVCacheParams, PagedKVCache
 from max.nn import DecoderConfig, TensorParallel, Transformer, step_context
 from max.nn.checkpoint_layout import leaves, parameter_sources
+from max.nn.fp8_linear import quantize_linears_fp8
 from max.nn.quantized_linear import quantize_linears
 from max.pipelines.lib.config import PipelineConfig
 from max.pipelines.lib.device_transfer import upload
@@ -249,6 +250,8 @@ class PipelineModel:
         else:
             state = weight_adapter(checkpoint, self.hf_config)
             load_checkpoint_into(network, state, torch.float32 if scheme else self.dtype, self.device)
+        if self.pipeline_config.quantization == "fp8":
+            quantize_linears_fp8(network)
         if scheme:
             keep_int8 = () if checkpoint is None else _wide_layers(network, state)
             quantize_linears(network, scheme, self.dtype, keep_int8)
