@@ -137,6 +137,35 @@ for s in "$@"; do
           --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 100 --label "Llama-3.1-8B $label" "$@"
       done
       ;;
+    fp8-tests)  # FP8 products against their references; the engine with --quantization fp8
+      stage fp8-tests 300 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/fp8_gpu_test.py \
+        max/python/max/pipelines/lib/gpu_engine_test.py -k "${FP8_TESTS_K:-fp8}"
+      ;;
+    fp8-bench)  # FP8 products at decode shapes: cuBLAS bfloat16, _scaled_mm, the Triton weight-only tiles
+      stage fp8-bench 300 $PY -m max_kernels.fp8_bench ${FP8_BENCH_ARGS:-}
+      ;;
+    fp8-b1)  # batch-1 decode of the 8B with --quantization fp8
+      stage fp8-b1 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy --devices gpu \
+        --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 300 --top-kernels 14 --label "8B b1 fp8" --quantization fp8
+      ;;
+    fp8)  # Llama-3.1-8B shape, bfloat16 beside --quantization fp8: batch-1 decode and the 1000-request workload
+      for q in "" "--quantization fp8"; do
+        label=$([ -n "$q" ] && echo fp8 || echo bf16)
+        stage fp8 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy --devices gpu \
+          --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 300 --top-kernels 14 --label "8B b1 $label" $q
+        throughput "llama8b-1000-b512-$label" Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 \
+          --max-length 4096 --max-batch-size 512 $q
+      done
+      ;;
+    serving-fp8)  # serve at concurrency 256: bfloat16 beside --quantization fp8
+      for q in "" "--quantization fp8"; do
+        label=$([ -n "$q" ] && echo fp8 || echo bf16)
+        stage serving-fp8 300 $PY -m max.benchmark.benchmark_serving --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+          --devices gpu --max-length 4096 --max-batch-size 256 --skip-tokenizer-init --dataset random \
+          --random-input-len 200 --random-output-len 180 --num-prompts 1000 --max-concurrency 256 --disable-tqdm \
+          --result-file "$OUT/serving-c256-$label.json" $q
+      done
+      ;;
     profile-top)  # batch-1 decode of the 8B and SmolLM2: the kernels taking the GPU's time, and a trace
       for model in Llama-3.1-8B SmolLM2-135M; do
         stage profile-top 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/$model" \
