@@ -125,3 +125,22 @@ def test_a_ranks_config_names_its_own_gpu_and_passes_the_group_check(monkeypatch
             rank.validate()
         assert [r.device.index for r in ranks] == [0, 1]
         assert all(r.rank_devices() == group.rank_devices() for r in ranks)
+
+
+def test_fp8_shards_quantize_per_rank_and_follow_the_single_process(tmp_path):
+    """Under `--quantization fp8` each rank quantizes its own shard (row-parallel layers: per
+    channel over its slice of the input features), so the ranks' sum is close to, not equal
+    to, the single process's FP8 result."""
+    path = write_tiny_checkpoint(tmp_path, TINY_CONFIGS["llama3"], seed=3)
+    logits = {}
+    for tp in (1, 2):
+        engine = _engine(path, tp, quantization="fp8")
+        try:
+            logits[tp] = prompt_logits(engine, PROMPTS[1])
+        finally:
+            engine.close()
+    cos = torch.nn.functional.cosine_similarity(logits[1].flatten(), logits[2].flatten(), dim=0).item()
+    assert cos > 0.995
+    # ... and the ranks did run FP8: their logits are not the float model's.
+    float_logits = _outputs(path, 2)[1]
+    assert (logits[2] - float_logits).abs().max() > 1e-3
