@@ -11,8 +11,9 @@ compute capability 8.9 or newer):
     y[m, n] = x_scale[m] * w_scale[n] * sum_k x_q[m, k] * w_q[n, k]
 
 Products of at most `SMALL_M` rows are weight-only instead (x unquantized, the weight
-decoded in registers: `fp8_weight_only_linear`), which is the faster of the two when the
-weight's bytes are the cost. `max_kernels.ops.fp8_linear` applies that rule.
+decoded in registers: `fp8_gemv` for one row, `fp8_weight_only_linear` for more), which is
+the faster when the weight's bytes are the cost. `max_kernels.ops.fp8_linear` applies
+that rule.
 
 The `_reference` functions compute the same quantization and the same product in float32
 on any device: the CPU path, and what the GPU result is checked against.
@@ -174,6 +175,54 @@ def _fp8_weight_only_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + rm[:, None] * sy + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=(rm < m)[:, None] & n_ok[None, :])
+
+
+def fp8_gemv(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    block_n: int = 8,
+    block_k: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 4,
+) -> torch.Tensor:
+    """`fp8_weight_only_linear` for one row on the CUDA cores (no tensor-core tile padded to
+    16 rows): each program decodes BLOCK_N rows of the weight and dots them with x. At one
+    row it reads Llama-3.1-8B's weights 1.3-1.5x faster than the tile kernel (fp8_bench)."""
+    m, k = x.shape
+    if m != 1:
+        raise ValueError(f"fp8_gemv takes one row, got {m}")
+    n = w_q.shape[0]
+    if block_k is None:  # fp8_bench's best on an H200: longer rows of K for narrow weights
+        block_k = 1024 if n <= 4096 else 512
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    _fp8_gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, w_q, w_scale, bias if bias is not None else w_scale, y, n, k,
+        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
+    )
+    return y
+
+
+@triton.jit
+def _fp8_gemv_kernel(
+    x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, n, k,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < n
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for start in range(0, k, BLOCK_K):
+        rk = start + tl.arange(0, BLOCK_K)
+        k_ok = rk < k
+        x = tl.load(x_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rn[:, None].to(tl.int64) * k + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
+    out = tl.sum(acc, axis=1) * tl.load(ws_ptr + rn, mask=n_ok, other=0.0)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 def fp8_linear(

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from max_kernels.fp8 import (
+    fp8_gemv,
     fp8_linear,
     fp8_weight_only_linear,
     quantize_fp8_rows,
@@ -91,6 +92,18 @@ def _bench_shape(name: str, n: int, k: int, rows: list[int], configs: list[tuple
             if best is None or us < best[0]:
                 best = (us, tiles)
         row["fp8_triton_best"] = {"us": best[0], **best[1]}
+        if m == 1:
+            gbest = None
+            for bn, bk, nw, ns in itertools.product((8, 16, 32), (256, 512, 1024), (4, 8), (2, 3, 4)):
+                tiles = dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+                try:
+                    us = _time(lambda i, x=x, tiles=tiles: fp8_gemv(x, *q[i], **tiles))
+                except Exception:  # a tile shape the compiler refuses
+                    continue
+                if gbest is None or us < gbest[0]:
+                    gbest = (us, tiles)
+            if gbest is not None:
+                row["fp8_gemv_best"] = {"us": gbest[0], **gbest[1], "tb_s": n * k / gbest[0] / 1e6}
         row["fp8_triton_default"] = _time(lambda i, x=x: fp8_weight_only_linear(x, *q[i]))
         row["bf16_tb_s"] = n * k * 2 / row["bf16_cublas"] / 1e6
         row["fp8_triton_tb_s"] = n * k / row["fp8_triton_default"] / 1e6

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from max_kernels.fp8 import (
+    fp8_gemv,
     fp8_linear,
     fp8_linear_reference,
     fp8_supported,
@@ -100,7 +101,22 @@ def test_fp8_dispatch_is_weight_only_up_to_small_m_rows():
     from max_kernels.fp8 import SMALL_M
 
     w_q, w_s = quantize_fp8_weight(_randn(256, 512, seed=11, scale=0.05))
-    for m, ref in ((SMALL_M, fp8_weight_only_linear_reference), (SMALL_M + 1, fp8_linear_reference)):
+    cases = ((1, fp8_weight_only_linear_reference), (SMALL_M, fp8_weight_only_linear_reference), (SMALL_M + 1, fp8_linear_reference))
+    for m, ref in cases:
         x = _randn(m, 512, seed=12)
         want = ref(x, w_q, w_s).float()
         torch.testing.assert_close(dispatched(x, w_q, w_s).float(), want, atol=2e-2 * want.abs().max().item(), rtol=2e-2)
+
+
+@needs_fp8
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (48, 80)])
+def test_fp8_gemv_matches_the_weight_only_reference(dtype, n, k):
+    w_q, w_s = quantize_fp8_weight(_randn(n, k, seed=13, scale=0.02))
+    x = _randn(1, k, dtype=dtype, seed=14)
+    b = _randn(n, dtype=dtype, seed=15)
+    for bias in (None, b):
+        got = fp8_gemv(x, w_q, w_s, bias).float()
+        want = fp8_weight_only_linear_reference(x, w_q, w_s, bias).float()
+        tol = {torch.float32: 1e-4, torch.bfloat16: 1.6e-2}[dtype]
+        torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=tol)

@@ -42,7 +42,10 @@ def fp8_linear(
     kernels, elsewhere the float32 references of the same rule."""
     small = x.shape[0] <= _fp8.SMALL_M
     if use_triton(x) and x.is_cuda and _fp8.fp8_supported(x.device):
-        fn = _fp8.fp8_weight_only_linear if small else _fp8.fp8_linear
+        if x.shape[0] == 1:
+            fn = _fp8.fp8_gemv
+        else:
+            fn = _fp8.fp8_weight_only_linear if small else _fp8.fp8_linear
     else:
         fn = _fp8.fp8_weight_only_linear_reference if small else _fp8.fp8_linear_reference
     return fn(x, w_q, w_scale, bias)
