@@ -20,7 +20,11 @@ from max.errors import MaxError
 from max.verification.cli import UsageErrorParser, run_tool
 from max.verification.frameworks import FrameworkSettings, run_framework
 from max.verification.logit_metrics import Criteria, compare
-from max.verification.named_pipelines import NAMED_PIPELINES, parse_pipeline_and_encoding
+from max.verification.named_pipelines import (
+    NAMED_PIPELINES,
+    parse_pipeline_and_encoding,
+    split_encoding,
+)
 from max.verification.prompts import VerificationPrompt, read_prompts
 
 
@@ -50,11 +54,13 @@ def verify_one(
     start = time.perf_counter()
     pipeline, encoding = parse_pipeline_and_encoding(spec)
     limits = pipeline.thresholds[encoding]
+    base_encoding, quantization = split_encoding(encoding)
     try:
         settings = FrameworkSettings(
             model_path=pipeline.model_path(),
             device=device,
-            encoding=encoding,
+            encoding=base_encoding,
+            quantization=quantization,
             num_steps=num_steps,
             max_length=pipeline.max_length,
             kernels=kernels,

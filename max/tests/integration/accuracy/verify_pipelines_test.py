@@ -40,3 +40,15 @@ def test_tensor_parallel_pipelines_pass(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     table = report.read_text()
     assert all(f"| {s} | OK |" in table for s in specs), table
+
+
+def test_fp8_pipelines_pass_bfloat16_s_thresholds(tmp_path):
+    """`<name>-fp8`: ours with --quantization fp8 (here the CPU's float32 emulation of it)
+    against transformers in bfloat16."""
+    report = tmp_path / "report.md"
+    specs = ["tiny-random-llama3-fp8", "tiny-random-qwen3-moe-fp8"]
+    args = [a for s in specs for a in ("--pipeline", s)]
+    result = run(*args, "--devices", "cpu", "--report", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    table = report.read_text()
+    assert all(f"| {s} | OK |" in table for s in specs), table
