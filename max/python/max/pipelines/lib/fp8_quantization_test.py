@@ -90,3 +90,10 @@ def test_the_flag_reaches_the_config():
     assert pipeline_config_from_args(parser.parse_args([])).quantization is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--quantization", "int8"])
+
+
+def test_auto_encoding_reads_a_quantized_gguf_as_float_under_fp8():
+    from max.pipelines.lib.config import FLOAT_ENCODINGS
+
+    resolved = resolve_model(PipelineConfig(quantization_encoding="auto", quantization="fp8"), register_all())
+    assert resolved.config.quantization_encoding in FLOAT_ENCODINGS  # the embedded SmolLM2 is Q4_1

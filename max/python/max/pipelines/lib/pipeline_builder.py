@@ -147,7 +147,8 @@ def _auto_encoding(config: PipelineConfig, gguf: GGUFFile | None, arch: Supporte
     if config.device.type != "cpu" or config.tp_size > 1:
         return None
     checkpoint = gguf_weights_encoding(gguf) if gguf is not None and config.load_format != "dummy" else None
-    enc = choose_cpu_encoding(checkpoint)
+    # `--quantization` quantizes float weights: a quantized GGUF is then read as float.
+    enc = choose_cpu_encoding(None if config.quantization else checkpoint)
     if enc in FLOAT_ENCODINGS and enc not in arch.supported_encodings:
         return "float32"
     return enc
