@@ -97,3 +97,10 @@ def test_auto_encoding_reads_a_quantized_gguf_as_float_under_fp8():
 
     resolved = resolve_model(PipelineConfig(quantization_encoding="auto", quantization="fp8"), register_all())
     assert resolved.config.quantization_encoding in FLOAT_ENCODINGS  # the embedded SmolLM2 is Q4_1
+
+
+def test_the_start_up_line_names_fp8():
+    from max.pipelines.lib.pipeline_builder import describe_encoding
+
+    line = describe_encoding(PipelineConfig(quantization_encoding="bfloat16", quantization="fp8"), torch.bfloat16)
+    assert "--quantization fp8" in line and "e4m3" in line

@@ -162,6 +162,11 @@ def describe_encoding(config: PipelineConfig, dtype: torch.dtype) -> str:
     if scheme is not None:
         held = "int8 per channel" if scheme == "int8" else "int4 in groups of 32 (int8 where the file has more bits)"
         return f"encoding {enc}: linear weights kept as {held}, embeddings and LM head {dt}, compute {dt}, on {config.device}"
+    if config.quantization == "fp8":
+        return (
+            f"encoding {enc} with --quantization fp8: decoder linear weights e4m3 per channel, activations "
+            f"per token; embeddings and LM head {dt}, on {config.device}"
+        )
     return f"encoding {enc}: weights and compute {dt}, on {config.device}"
 
 
