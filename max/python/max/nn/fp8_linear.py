@@ -19,6 +19,7 @@ from torch import nn
 
 from max.errors import MaxError
 from max.nn.parallel import RowParallelLinear, TensorParallel, all_reduce
+from max.nn.quantized_linear import quantizable_linears
 from max.nn.transformer import Transformer
 from max_kernels import fp8_linear
 from max_kernels.fp8 import quantize_fp8_weight
@@ -71,17 +72,13 @@ def quantize_linears_fp8(network: nn.Module) -> int:
     decoders = [m.layers for m in network.modules() if isinstance(m, Transformer)]
     with torch.no_grad():
         for layers in decoders:
-            for path, parent in list(layers.named_modules()):
-                skip = getattr(parent, "unquantized_children", ())
-                for name, child in list(parent.named_children()):
-                    if name in skip or not isinstance(child, nn.Linear):
-                        continue
-                    if not fp8_shape_supported(*child.weight.shape):
-                        kept.append(f"{path}.{name}" if path else name)
-                        continue
-                    tp = child.tp if isinstance(child, RowParallelLinear) else None
-                    setattr(parent, name, Fp8Linear(child.weight, child.bias, tp))
-                    done += 1
+            for parent, name, path, child in quantizable_linears(layers):
+                if not fp8_shape_supported(*child.weight.shape):
+                    kept.append(path)
+                    continue
+                tp = child.tp if isinstance(child, RowParallelLinear) else None
+                setattr(parent, name, Fp8Linear(child.weight, child.bias, tp))
+                done += 1
     if kept:
         logger.info("fp8: %d linear layers kept in float (shape not a multiple of 16), e.g. %s", len(kept), kept[0])
     logger.info("fp8: %d linear layers quantized to e4m3 with per-channel scales", done)

@@ -21,7 +21,7 @@ these, in place (the LM head stays float: see there).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 import torch
 from torch import nn
@@ -143,6 +143,18 @@ def quantized_linear(
     return Int8WeightOnlyLinear(weight, bias, dtype)
 
 
+def quantizable_linears(root: nn.Module) -> Iterator[tuple[nn.Module, str, str, nn.Linear]]:
+    """(parent, name, path, layer) of every `nn.Linear` below `root` that a quantization may
+    replace: all but the children a module lists in `unquantized_children` (a mixture's
+    router). The modules are listed before the first is yielded, so the caller may replace
+    each layer (`setattr(parent, name, ...)`) as it goes."""
+    for path, parent in list(root.named_modules()):
+        keep = getattr(parent, "unquantized_children", ())
+        for name, child in list(parent.named_children()):
+            if name not in keep and isinstance(child, nn.Linear):
+                yield parent, name, f"{path}.{name}" if path else name, child
+
+
 def quantize_linears(
     network: nn.Module, scheme: str, dtype: torch.dtype, keep_int8: Collection[str] = ()
 ) -> int:
@@ -160,17 +172,12 @@ def quantize_linears(
     """
     counts = {"int8": 0, "int4": 0}
     with torch.no_grad():
-        for path, parent in list(network.named_modules()):
-            keep = getattr(parent, "unquantized_children", ())
-            for name, child in list(parent.named_children()):
-                if name in keep or not isinstance(child, nn.Linear):
-                    continue
-                if isinstance(child, RowParallelLinear) and child.tp.size > 1:
-                    raise MaxError("weight-only quantization does not support tensor parallelism")
-                full = f"{path}.{name}" if path else name
-                chosen = "int8" if full in keep_int8 else scheme
-                layer = quantized_linear(child.weight, child.bias, chosen, dtype)
-                counts["int4" if isinstance(layer, Int4WeightOnlyLinear) else "int8"] += 1
-                setattr(parent, name, layer)
+        for parent, name, full, child in quantizable_linears(network):
+            if isinstance(child, RowParallelLinear) and child.tp.size > 1:
+                raise MaxError("weight-only quantization does not support tensor parallelism")
+            chosen = "int8" if full in keep_int8 else scheme
+            layer = quantized_linear(child.weight, child.bias, chosen, dtype)
+            counts["int4" if isinstance(layer, Int4WeightOnlyLinear) else "int8"] += 1
+            setattr(parent, name, layer)
     logger.info("weight-only %s: %d layers int4, %d int8", scheme, counts["int4"], counts["int8"])
     return counts["int4"] + counts["int8"]
