@@ -21,6 +21,8 @@ on any device: the CPU path, and what the GPU result is checked against.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -38,8 +40,10 @@ FP8_MAX = 448.0
 _MIN_SCALE = 1e-12
 
 
+@functools.cache
 def fp8_supported(device: torch.device) -> bool:
-    """Whether `device` multiplies FP8 on its tensor cores (CUDA capability 8.9 or newer)."""
+    """Whether `device` multiplies FP8 on its tensor cores (CUDA capability 8.9 or newer).
+    Cached: every FP8 product of an eager step asks."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 
-from max.pipelines.lib.config import WEIGHT_ONLY_SCHEMES
+from max.pipelines.lib.config import QUANTIZATION_METHODS, WEIGHT_ONLY_SCHEMES
 from max.verification.cli import UsageErrorParser, run_tool
 from max.verification.frameworks import FrameworkSettings, run_framework
 from max.verification.logits_file import read_logits, write_logits
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks of ours (GPUs, or CPU processes)")
     parser.add_argument(
         "--quantization",
-        choices=["fp8"],
+        choices=QUANTIZATION_METHODS,
         help="ours only: fp8 weights and per-token activations (the reference stays in --encoding)",
     )
     args = parser.parse_args(argv)

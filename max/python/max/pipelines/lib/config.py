@@ -220,8 +220,10 @@ class PipelineConfig:
                 f"--quantization {method} quantizes float weights; it cannot be combined with "
                 f"the quantized encoding {self.quantization_encoding}"
             )
+        from max_kernels.fp8 import fp8_supported  # only when asked for: it imports Triton
+
         device = self.device_list[0]
-        if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        if device.type == "cuda" and not fp8_supported(device):
             major, minor = torch.cuda.get_device_capability(device)
             raise MaxError(
                 f"--quantization {method} needs a GPU with FP8 tensor cores (compute capability "
