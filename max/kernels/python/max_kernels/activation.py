@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from max_kernels.pdl import pdl_launch, pdl_prologue
+
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803
 
@@ -61,13 +63,17 @@ def _gated(x: torch.Tensor, out: torch.Tensor | None, gelu: bool) -> torch.Tenso
     block = min(1024, triton.next_power_of_2(inter))
     grid = (x2.shape[0], triton.cdiv(inter, block))
     _gated_kernel[grid](
-        x2, out2, inter, x2.stride(0), out2.stride(0), GELU=gelu, BLOCK=block, num_warps=4
-    )
+        x2, out2, inter, x2.stride(0), out2.stride(0), GELU=gelu, BLOCK=block, num_warps=4,
+        **pdl_launch(x2),
+    )  # fmt: skip
     return out
 
 
 @triton.jit
-def _gated_kernel(x_ptr, out_ptr, inter, sx, so, GELU: tl.constexpr, BLOCK: tl.constexpr):
+def _gated_kernel(
+    x_ptr, out_ptr, inter, sx, so, GELU: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
+):
+    pdl_prologue(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from max_kernels.backend import interpreting, unspecialized
+from max_kernels.pdl import pdl_launch, pdl_prologue
 
 # Stands for "no score yet" in the running max: finite, so a tile whose keys are all
 # masked gives exp(-inf - NO_SCORE) = 0 instead of exp(-inf + inf) = NaN.
@@ -192,7 +193,9 @@ def _decode_split_kernel(
     SINK_IN_LOOP: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_prologue(USE_PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     split = tl.program_id(2)
@@ -290,7 +293,9 @@ def _decode_combine_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
     USE_SINKS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_prologue(USE_PDL)
     b = tl.program_id(0)
     hq = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -466,6 +471,7 @@ def decode_attention(
         PRECISION=precision,
         num_warps=4,
         num_stages=2,
+        **pdl_launch(q),
     )
     if num_splits > 1:
         _decode_combine_kernel[(batch, num_q_heads)](
@@ -483,5 +489,6 @@ def decode_attention(
             BLOCK_D=block_d,
             USE_SINKS=sinks is not None,
             num_warps=4,
+            **pdl_launch(q),
         )
     return out

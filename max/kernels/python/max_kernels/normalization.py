@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from max_kernels.backend import unspecialized
+from max_kernels.pdl import pdl_launch, pdl_prologue
 
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803
@@ -114,6 +115,7 @@ def rms_norm(
         BLOCK_ROWS=block_rows,
         BLOCK_D=block_d,
         num_warps=num_warps,
+        **pdl_launch(x3),
     )  # fmt: skip
     return out if summed is None else (out, summed)
 
@@ -149,7 +151,9 @@ def _rms_norm_kernel(
     GEMMA: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_prologue(USE_PDL)
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D

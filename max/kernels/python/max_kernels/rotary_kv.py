@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from max_kernels.backend import unspecialized
+from max_kernels.pdl import pdl_launch, pdl_prologue
 
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803
@@ -121,6 +122,7 @@ def rope_and_write_kv(
         BLOCK_H=block_h,
         BLOCK_D=block_d,
         num_warps=4,
+        **pdl_launch(q),
     )  # fmt: skip
     return q_out
 
@@ -135,7 +137,9 @@ def _rope_kv_kernel(
     sqo_t, sqo_h,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_prologue(USE_PDL)
     tok = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     i = tl.arange(0, BLOCK_H)
