@@ -8,9 +8,11 @@ and is the CPU path.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from max_kernels import activation as _activation
 from max_kernels import fp8 as _fp8
+from max_kernels import gemv as _gemv
 from max_kernels import mixture_of_experts as _moe
 from max_kernels import normalization as _rms_norm
 from max_kernels import rotary_kv as _rotary_kv
@@ -30,6 +32,24 @@ def rms_norm(
     returned too."""
     fn = _rms_norm.rms_norm if use_triton(x) else _rms_norm.rms_norm_reference
     return fn(x, weight, eps, residual=residual, gemma=gemma)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ weight.T (+ bias) -> [M, N]. One row of 16-bit activations on CUDA (batch-1
+    decode) goes through the Triton GEMV, which starts reading its weight before the previous
+    kernel ends; everything else through `F.linear` (cuBLAS on the GPU)."""
+    if (
+        x.is_cuda
+        and x.dim() == 2
+        and x.shape[0] == 1
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and weight.dtype == x.dtype
+        and weight.stride(-1) == 1
+        and use_triton(x)
+        and _gemv.gemv_enabled()
+    ):
+        return _gemv.gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def fp8_linear(

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from max.nn.checkpoint_layout import Concat, whole_or_shard
+from max.nn.linear import Linear
 from max.nn.parallel import RowParallelLinear, tensor_parallel
 from max.nn.rotary_embedding import RotaryEmbedding
 from max.nn.step_context import current_step
@@ -55,7 +56,7 @@ class Attention(nn.Module):
         self.num_kv_heads = self.kv_heads[1] - self.kv_heads[0]
         q_size, kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         self.split_sizes = (q_size, kv_size, kv_size)
-        self.qkv_proj = nn.Linear(hidden_size, q_size + 2 * kv_size, bias=qkv_bias)
+        self.qkv_proj = Linear(hidden_size, q_size + 2 * kv_size, bias=qkv_bias)
         self.o_proj = RowParallelLinear(q_size, hidden_size, o_bias, tp)
         self.q_norm = qk_norm(head_dim) if qk_norm else None
         self.k_norm = qk_norm(head_dim) if qk_norm else None

@@ -14,6 +14,7 @@ from torch import nn
 
 from max.nn.checkpoint_layout import Shard
 from max.nn.parallel import all_gather_last_dim, all_reduce, tensor_parallel
+from max_kernels import linear
 
 
 class _VocabParallel(nn.Module):
@@ -74,5 +75,5 @@ class VocabParallelLMHead(_VocabParallel):
 def vocab_logits(x: torch.Tensor, weight: torch.Tensor, vocab_size: int, tp) -> torch.Tensor:
     """Logits [N, vocab] from this rank's rows of a vocabulary-split weight (a tied
     embedding's, or the head's): each rank's share, joined, the padding dropped."""
-    logits = all_gather_last_dim(F.linear(x, weight), tp)
+    logits = all_gather_last_dim(linear(x, weight), tp)
     return logits if logits.shape[-1] == vocab_size else logits[..., :vocab_size]

@@ -10,6 +10,7 @@ from torch import nn
 
 from max.errors import MaxError
 from max.nn.checkpoint_layout import Concat, whole_or_shard
+from max.nn.linear import Linear
 from max.nn.parallel import RowParallelLinear, tensor_parallel
 from max_kernels import gelu_tanh_and_mul, silu_and_mul
 
@@ -68,7 +69,7 @@ class GatedMLP(nn.Module):
         tp = tensor_parallel()
         self.intermediate = (tp.split(intermediate_size, "the MLP's intermediate size"), intermediate_size)
         local = self.intermediate[0][1] - self.intermediate[0][0]
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * local, bias=bias)
+        self.gate_up_proj = Linear(hidden_size, 2 * local, bias=bias)
         self.down_proj = RowParallelLinear(local, hidden_size, bias, tp)
         self.act_and_mul = gated_activation(act)
 

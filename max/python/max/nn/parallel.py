@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from max.errors import MaxError
+from max.nn.linear import Linear
+from max_kernels import linear
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def all_gather_last_dim(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
     return torch.cat(parts.view(tp.size, *x.shape).unbind(0), dim=-1)
 
 
-class RowParallelLinear(torch.nn.Linear):
+class RowParallelLinear(Linear):
     """A linear layer whose input features are split across the group (o_proj, down_proj):
     each rank multiplies its slice, the partial outputs are summed, then the bias is added.
     In a single process it is exactly `nn.Linear`."""
@@ -108,6 +110,6 @@ class RowParallelLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return torch.nn.functional.linear(x, self.weight, self.bias)
-        y = all_reduce(torch.nn.functional.linear(x, self.weight), self.tp)
+            return linear(x, self.weight, self.bias)
+        y = all_reduce(linear(x, self.weight), self.tp)
         return y if self.bias is None else y + self.bias

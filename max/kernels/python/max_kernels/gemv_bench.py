@@ -1,0 +1,130 @@
+"""One-row products at Llama-3.1-8B's shapes on a CUDA GPU: cuBLAS against the Triton GEMV.
+
+For each product (qkv, o, gate_up, down, the LM head) times `F.linear` (cuBLAS) and `gemv`
+over a grid of launch configurations, each as a CUDA graph of back-to-back calls on
+different weights (enough copies that no weight is served from L2), then the best
+configurations again with programmatic dependent launch, which lets each call start
+reading its weight while the previous one finishes. Prints one JSON line per product with
+microseconds per call and the weight's read rate, and the best configuration.
+
+    python3 -m max_kernels.gemv_bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+from max_kernels.gemv import GemvConfig, default_config, gemv
+
+SHAPES = {
+    "qkv": (6144, 4096),
+    "o": (4096, 4096),
+    "gate_up": (28672, 4096),
+    "down": (4096, 14336),
+    "lm_head": (128256, 4096),
+}
+
+
+def _copies(n: int, k: int) -> int:
+    """Weights per graph: at least 1 GB in all (20x the L2), at most 32."""
+    return max(4, min(32, -(-(2**30) // (2 * n * k))))
+
+
+def _time(fn, copies: int, reps: int = 20) -> float:
+    """Microseconds per call of fn(i) for i in range(copies), replayed from a CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(copies):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(copies):
+            fn(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (reps * copies)
+
+
+def _configs(k: int, quick: bool) -> list[GemvConfig]:
+    block_ns = (2, 4, 8) if quick else (1, 2, 4, 8, 16)
+    block_ks = (1024, 2048) if quick else (256, 512, 1024, 2048, 4096)
+    warps = (4,) if quick else (2, 4, 8)
+    out = []
+    for bn, bk, nw in itertools.product(block_ns, block_ks, warps):
+        per_thread = bn * bk // (32 * nw)
+        if bk <= max(256, 2 * k) and 4 <= per_thread <= 128:
+            out.append(GemvConfig(bn, bk, nw))
+    return out
+
+
+def main() -> None:
+    """Runs the sweep and prints the results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small grid of configurations")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dtype = torch.bfloat16
+    for name, (n, k) in SHAPES.items():
+        copies = _copies(n, k)
+        weights = [torch.randn(n, k, dtype=dtype, device="cuda") * 0.02 for _ in range(copies)]
+        x = torch.randn(1, k, dtype=dtype, device="cuda")
+        outs = [torch.empty(1, n, dtype=dtype, device="cuda") for _ in range(copies)]
+        gbps = lambda us: 2 * n * k / (us * 1e-6) / 1e9  # noqa: E731
+        cublas = _time(lambda i: F.linear(x, weights[i]), copies)
+        want = F.linear(x, weights[0]).float()
+        results = []
+        os.environ["MAX_PDL"] = "0"
+        for cfg in _configs(k, args.quick):
+            got = gemv(x, weights[0], config=cfg, out=outs[0]).float()
+            err = (got - want).abs().max().item() / want.abs().max().item()
+            us = _time(lambda i, cfg=cfg: gemv(x, weights[i], config=cfg, out=outs[i]), copies)
+            results.append((us, cfg, err))
+        results.sort(key=lambda r: r[0])
+        os.environ["MAX_PDL"] = "1"
+        with_pdl = []
+        for us, cfg, _ in results[:4]:
+            for evict in (True, False):
+                c = GemvConfig(cfg.block_n, cfg.block_k, cfg.num_warps, evict)
+                t = _time(lambda i, c=c: gemv(x, weights[i], config=c, out=outs[i]), copies)
+                with_pdl.append((t, c))
+        with_pdl.sort(key=lambda r: r[0])
+        default = default_config(n, k)
+        default_us = _time(lambda i: gemv(x, weights[i], config=default, out=outs[i]), copies)
+        row = {
+            "product": name,
+            "n": n,
+            "k": k,
+            "copies": copies,
+            "cublas_us": round(cublas, 2),
+            "cublas_tbps": round(gbps(cublas) / 1000, 2),
+            "gemv_default_pdl_us": round(default_us, 2),
+            "gemv_default": default.__dict__,
+            "gemv_best_no_pdl_us": round(results[0][0], 2),
+            "gemv_best_no_pdl": results[0][1].__dict__,
+            "gemv_best_pdl_us": round(with_pdl[0][0], 2),
+            "gemv_best_pdl_tbps": round(gbps(with_pdl[0][0]) / 1000, 2),
+            "gemv_best_pdl": with_pdl[0][1].__dict__,
+            "max_rel_err": max(r[2] for r in results),
+            "top5_no_pdl": [(round(us, 2), c.block_n, c.block_k, c.num_warps) for us, c, _ in results[:5]],
+        }
+        print(json.dumps(row), flush=True)
+        del weights, outs
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
