@@ -137,6 +137,21 @@ for s in "$@"; do
           --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 100 --label "Llama-3.1-8B $label" "$@"
       done
       ;;
+    gemv-tests)  # the one-row GEMV and PDL chains in CUDA graphs; the fused kernels and attention, now launched with PDL
+      stage gemv-tests 300 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/gemv_gpu_test.py \
+        max/kernels/python/max_kernels/fused_ops_gpu_test.py max/kernels/python/max_kernels/attention_gpu_test.py
+      ;;
+    gemv-bench)  # one-row products at the 8B's shapes: cuBLAS against the GEMV's configurations, with and without PDL
+      stage gemv-bench 300 $PY -m max_kernels.gemv_bench ${GEMV_BENCH_ARGS:-}
+      ;;
+    b1-ab)  # batch-1 decode of the 8B with the GEMV and PDL each off and on (MAX_GEMV, MAX_PDL), side by side
+      for combo in ${B1_AB_COMBOS:-00 01 10 11}; do  # MAX_GEMV and MAX_PDL, one digit each
+        g=${combo:0:1} p=${combo:1:1}
+        stage b1-ab 300 env MAX_GEMV=$g MAX_PDL=$p $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" \
+          --load-format dummy --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 300 \
+          --top-kernels 14 --label "8B b1 gemv=$g pdl=$p"
+      done
+      ;;
     fp8-tests)  # FP8 products against their references; the engine with --quantization fp8
       stage fp8-tests 300 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/fp8_gpu_test.py \
         max/python/max/pipelines/lib/gpu_engine_test.py -k "${FP8_TESTS_K:-fp8}"
