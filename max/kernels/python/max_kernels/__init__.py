@@ -10,6 +10,7 @@ implementation for the tensors' device in one place (`backend.use_triton`).
 from max_kernels.backend import backend, get_backend, set_backend
 from max_kernels.ops import (
     apply_penalties,
+    argmax_rows,
     fp8_linear,
     fused_moe,
     gelu_tanh_and_mul,
@@ -19,13 +20,14 @@ from max_kernels.ops import (
     sample_tokens,
     silu_and_mul,
 )
-from max_kernels.paged_attention import paged_attention, write_kv_cache
+from max_kernels.paged_attention import paged_attention, rope_and_paged_attention, write_kv_cache
 from max_kernels.ragged_layout import RaggedLayout
 from max_kernels.sampling import hash32, uniform_noise
 
 __all__ = [
     "RaggedLayout",
     "apply_penalties",
+    "argmax_rows",
     "backend",
     "fp8_linear",
     "fused_moe",
@@ -35,6 +37,7 @@ __all__ = [
     "linear",
     "paged_attention",
     "rms_norm",
+    "rope_and_paged_attention",
     "rope_and_write_kv",
     "sample_tokens",
     "set_backend",

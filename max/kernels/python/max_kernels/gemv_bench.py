@@ -71,58 +71,66 @@ def _configs(k: int, quick: bool) -> list[GemvConfig]:
     return out
 
 
+def _bench_shape(name: str, n: int, k: int, quick: bool) -> dict:
+    """cuBLAS and the GEMV's configurations on one [n, k] weight shape."""
+    dtype = torch.bfloat16
+    copies = _copies(n, k)
+    weights = [torch.randn(n, k, dtype=dtype, device="cuda") * 0.02 for _ in range(copies)]
+    x = torch.randn(1, k, dtype=dtype, device="cuda")
+    outs = [torch.empty(1, n, dtype=dtype, device="cuda") for _ in range(copies)]
+
+    def run(cfg: GemvConfig) -> float:
+        return _time(lambda i: gemv(x, weights[i], config=cfg, out=outs[i]), copies)
+
+    def tbps(us: float) -> float:
+        return round(2 * n * k / (us * 1e-6) / 1e12, 2)
+
+    cublas = _time(lambda i: F.linear(x, weights[i]), copies)
+    want = F.linear(x, weights[0]).float()
+    results = []
+    os.environ["MAX_PDL"] = "0"
+    for cfg in _configs(k, quick):
+        got = gemv(x, weights[0], config=cfg, out=outs[0]).float()
+        err = (got - want).abs().max().item() / want.abs().max().item()
+        results.append((run(cfg), cfg, err))
+    results.sort(key=lambda r: r[0])
+    os.environ["MAX_PDL"] = "1"
+    with_pdl = []
+    for _, cfg, _ in results[:4]:
+        for evict in (True, False):
+            c = GemvConfig(cfg.block_n, cfg.block_k, cfg.num_warps, evict)
+            with_pdl.append((run(c), c))
+    with_pdl.sort(key=lambda r: r[0])
+    default = default_config(n, k)
+    default_us = run(default)
+    return {
+        "product": name,
+        "n": n,
+        "k": k,
+        "copies": copies,
+        "cublas_us": round(cublas, 2),
+        "cublas_tbps": tbps(cublas),
+        "gemv_default_pdl_us": round(default_us, 2),
+        "gemv_default_pdl_tbps": tbps(default_us),
+        "gemv_default": default.__dict__,
+        "gemv_best_no_pdl_us": round(results[0][0], 2),
+        "gemv_best_no_pdl": results[0][1].__dict__,
+        "gemv_best_pdl_us": round(with_pdl[0][0], 2),
+        "gemv_best_pdl_tbps": tbps(with_pdl[0][0]),
+        "gemv_best_pdl": with_pdl[0][1].__dict__,
+        "max_rel_err": max(r[2] for r in results),
+        "top5_no_pdl": [(round(us, 2), c.block_n, c.block_k, c.num_warps) for us, c, _ in results[:5]],
+    }
+
+
 def main() -> None:
     """Runs the sweep and prints the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small grid of configurations")
     args = parser.parse_args()
     torch.manual_seed(0)
-    dtype = torch.bfloat16
     for name, (n, k) in SHAPES.items():
-        copies = _copies(n, k)
-        weights = [torch.randn(n, k, dtype=dtype, device="cuda") * 0.02 for _ in range(copies)]
-        x = torch.randn(1, k, dtype=dtype, device="cuda")
-        outs = [torch.empty(1, n, dtype=dtype, device="cuda") for _ in range(copies)]
-        gbps = lambda us: 2 * n * k / (us * 1e-6) / 1e9  # noqa: E731
-        cublas = _time(lambda i: F.linear(x, weights[i]), copies)
-        want = F.linear(x, weights[0]).float()
-        results = []
-        os.environ["MAX_PDL"] = "0"
-        for cfg in _configs(k, args.quick):
-            got = gemv(x, weights[0], config=cfg, out=outs[0]).float()
-            err = (got - want).abs().max().item() / want.abs().max().item()
-            us = _time(lambda i, cfg=cfg: gemv(x, weights[i], config=cfg, out=outs[i]), copies)
-            results.append((us, cfg, err))
-        results.sort(key=lambda r: r[0])
-        os.environ["MAX_PDL"] = "1"
-        with_pdl = []
-        for us, cfg, _ in results[:4]:
-            for evict in (True, False):
-                c = GemvConfig(cfg.block_n, cfg.block_k, cfg.num_warps, evict)
-                t = _time(lambda i, c=c: gemv(x, weights[i], config=c, out=outs[i]), copies)
-                with_pdl.append((t, c))
-        with_pdl.sort(key=lambda r: r[0])
-        default = default_config(n, k)
-        default_us = _time(lambda i: gemv(x, weights[i], config=default, out=outs[i]), copies)
-        row = {
-            "product": name,
-            "n": n,
-            "k": k,
-            "copies": copies,
-            "cublas_us": round(cublas, 2),
-            "cublas_tbps": round(gbps(cublas) / 1000, 2),
-            "gemv_default_pdl_us": round(default_us, 2),
-            "gemv_default": default.__dict__,
-            "gemv_best_no_pdl_us": round(results[0][0], 2),
-            "gemv_best_no_pdl": results[0][1].__dict__,
-            "gemv_best_pdl_us": round(with_pdl[0][0], 2),
-            "gemv_best_pdl_tbps": round(gbps(with_pdl[0][0]) / 1000, 2),
-            "gemv_best_pdl": with_pdl[0][1].__dict__,
-            "max_rel_err": max(r[2] for r in results),
-            "top5_no_pdl": [(round(us, 2), c.block_n, c.block_k, c.num_warps) for us, c, _ in results[:5]],
-        }
-        print(json.dumps(row), flush=True)
-        del weights, outs
+        print(json.dumps(_bench_shape(name, n, k, args.quick)), flush=True)
         torch.cuda.empty_cache()
 
 

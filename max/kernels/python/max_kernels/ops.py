@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from max_kernels import activation as _activation
+from max_kernels import argmax as _argmax
 from max_kernels import fp8 as _fp8
 from max_kernels import gemv as _gemv
 from max_kernels import mixture_of_experts as _moe
@@ -140,6 +141,12 @@ def apply_penalties(
     """Repetition (Hugging Face's), frequency and presence (OpenAI's) penalties per row."""
     fn = _sampling.apply_penalties if use_triton(logits) else _sampling.apply_penalties_reference
     return fn(logits, prompt_ids, output_ids, repetition, frequency, presence)
+
+
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """int64 [N]: each row's index of its largest logit (greedy decoding), as torch.argmax."""
+    fn = _argmax.argmax_rows if use_triton(logits) else _argmax.argmax_rows_reference
+    return fn(logits)
 
 
 def sample_tokens(

@@ -20,13 +20,13 @@ import torch
 
 # Families of kernels by name fragment, first match wins.
 _FAMILIES = (
-    ("decode_attention", ("_decode_split_kernel", "_decode_combine_kernel")),
+    ("decode_attention", ("_decode_split_kernel", "_decode_combine_kernel", "_rope_decode_kernel")),
     ("prefill_attention", ("_prefill_kernel",)),
     ("rms_norm", ("rms_norm", "_rms")),
     ("rope_kv", ("rope", "_rotary")),
     ("activation", ("silu", "gelu", "_act")),
     ("sampling", ("sample", "argmax", "_greedy", "penalt")),
-    ("gemm", ("gemm", "nvjet", "sm90_xmma", "cutlass", "cublas", "splitKreduce", "ampere_", "sm80_")),
+    ("gemm", ("gemm", "_gemv", "nvjet", "sm90_xmma", "cutlass", "cublas", "splitKreduce", "ampere_", "sm80_")),
     ("copy_fill", ("copy", "Memcpy", "Memset", "fill", "elementwise", "index", "gather", "scatter", "cat")),
 )
 

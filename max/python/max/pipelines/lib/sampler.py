@@ -21,7 +21,7 @@ import torch
 from max.pipelines.lib.device_transfer import HostCopy, upload
 from max.pipelines.lib.sampling_params import SamplingParams
 from max.pipelines.lib.structured_output import apply_token_bitmask
-from max_kernels import apply_penalties, sample_tokens
+from max_kernels import apply_penalties, argmax_rows, sample_tokens
 from max_kernels.sampling import hash32, uniform_noise
 
 __all__ = ["SampledTokens", "SamplerOutput", "SamplingBatch", "hash32", "sample", "sample_on_device", "uniform_noise"]
@@ -122,7 +122,7 @@ def sample_on_device(logits: torch.Tensor, batch: SamplingBatch) -> SampledToken
     if any(p.has_penalties for p in params):
         logits = _penalized(logits, batch)
     if all(p.greedy for p in params):
-        tokens = torch.argmax(logits, dim=-1)
+        tokens = argmax_rows(logits)
     else:
         floats = np.array(
             [
