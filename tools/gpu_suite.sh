@@ -137,20 +137,30 @@ for s in "$@"; do
           --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 100 --label "Llama-3.1-8B $label" "$@"
       done
       ;;
-    gemv-tests)  # the one-row GEMV, the one-kernel decode attention, argmax, PDL chains in CUDA graphs; the fused kernels and attention
+    gemv-tests)  # the one-row GEMV, argmax, PDL chains in CUDA graphs; the fused kernels and attention, launched with PDL
       stage gemv-tests 300 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/gemv_gpu_test.py \
-        max/kernels/python/max_kernels/rope_decode_attention_gpu_test.py max/kernels/python/max_kernels/argmax_gpu_test.py \
+        max/kernels/python/max_kernels/argmax_gpu_test.py \
         max/kernels/python/max_kernels/fused_ops_gpu_test.py max/kernels/python/max_kernels/attention_gpu_test.py
       ;;
     gemv-bench)  # one-row products at the 8B's shapes: cuBLAS against the GEMV's configurations, with and without PDL
       stage gemv-bench 300 $PY -m max_kernels.gemv_bench ${GEMV_BENCH_ARGS:-}
       ;;
-    b1-ab)  # batch-1 decode of the 8B with the GEMV, PDL and the fused decode attention each off and on, side by side
-      for combo in ${B1_AB_COMBOS:-000 111 110 101}; do  # MAX_GEMV, MAX_PDL and MAX_FUSED_DECODE, one digit each
-        g=${combo:0:1} p=${combo:1:1} f=${combo:2:1}
-        stage b1-ab 300 env MAX_GEMV=$g MAX_PDL=$p MAX_FUSED_DECODE=$f $PY -m max.benchmark.profile_step \
-          --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy --devices gpu --quantization-encoding bfloat16 \
-          --max-length 4096 --batch-size 1 --steps 300 --top-kernels 14 --label "8B b1 gemv=$g pdl=$p fused=$f"
+    smollm2-b1)  # the host-bound small model at batch 1
+      stage smollm2-b1 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/SmolLM2-135M" --load-format dummy \
+        --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 300 --label "SmolLM2 b1"
+      ;;
+    pdl-1000)  # the 1000-request workload (max batch 512) with PDL off and on
+      for p in 0 1; do
+        MAX_PDL=$p throughput "llama8b-1000-b512-pdl$p" Llama-3.1-8B --num-prompts 1000 --random-input-len 200 \
+          --random-output-len 180 --max-length 4096 --max-batch-size 512
+      done
+      ;;
+    b1-ab)  # batch-1 decode of the 8B with the GEMV and PDL each off and on (MAX_GEMV, MAX_PDL), side by side
+      for combo in ${B1_AB_COMBOS:-00 01 10 11}; do  # MAX_GEMV and MAX_PDL, one digit each
+        g=${combo:0:1} p=${combo:1:1}
+        stage b1-ab 300 env MAX_GEMV=$g MAX_PDL=$p $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" \
+          --load-format dummy --devices gpu --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 300 \
+          --top-kernels 14 --label "8B b1 gemv=$g pdl=$p"
       done
       ;;
     fp8-tests)  # FP8 products against their references; the engine with --quantization fp8

@@ -20,7 +20,7 @@ from max_kernels.ops import (
     sample_tokens,
     silu_and_mul,
 )
-from max_kernels.paged_attention import paged_attention, rope_and_paged_attention, write_kv_cache
+from max_kernels.paged_attention import paged_attention, write_kv_cache
 from max_kernels.ragged_layout import RaggedLayout
 from max_kernels.sampling import hash32, uniform_noise
 
@@ -37,7 +37,6 @@ __all__ = [
     "linear",
     "paged_attention",
     "rms_norm",
-    "rope_and_paged_attention",
     "rope_and_write_kv",
     "sample_tokens",
     "set_backend",

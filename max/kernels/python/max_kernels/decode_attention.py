@@ -141,44 +141,15 @@ def fold_tile(s, v_ptrs, v_mask, m_i, l_i, acc, UPCAST: tl.constexpr, PRECISION:
     s [M, N] are the tile's scores (masked ones -inf); v_ptrs [N, D] point at its values.
     Returns the new running max [M], sum [M] and unnormalised output [M, D].
     """
-    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
-    if UPCAST:
-        v = v.to(tl.float32)
-    return fold_values(s, v, m_i, l_i, acc, PRECISION)
-
-
-@triton.jit
-def fold_values(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
-    """`fold_tile` with the tile's values v [N, D] already loaded."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp(m_i - m_new)
     p = tl.exp(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+    if UPCAST:
+        v = v.to(tl.float32)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
-
-
-@triton.jit
-def merge_splits(m_ptr, l_ptr, acc_ptr, row, s_mask, offs_d, d_mask, head_dim, sink, USE_SINKS: tl.constexpr):
-    """One head's output [BLOCK_D] (float32) from its splits' partial softmax states at
-    scratch rows `row` [BLOCK_S] (running max, sum, unnormalised output), plus its sink."""
-    m = tl.load(m_ptr + row, mask=s_mask, other=NO_SCORE, cache_modifier=".cg")
-    denom = tl.load(l_ptr + row, mask=s_mask, other=0.0, cache_modifier=".cg")
-    acc = tl.load(
-        acc_ptr + row[:, None] * head_dim + offs_d[None, :],
-        mask=s_mask[:, None] & d_mask[None, :],
-        other=0.0,
-        cache_modifier=".cg",
-    )
-    m_max = tl.max(m, 0)
-    if USE_SINKS:
-        m_max = tl.maximum(m_max, sink)
-    # Splits that got no keys carry m = NO_SCORE, sum = 0, acc = 0 and weigh nothing.
-    w = tl.exp(m - m_max)
-    total = tl.sum(w * denom, 0)
-    if USE_SINKS:
-        total += tl.exp(sink - m_max)
-    return tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
 
 
 @triton.jit(**unspecialized(ints=("stride_tb", "num_splits"), pointers=("table_ptr", "ctx_ptr")))
@@ -333,10 +304,23 @@ def _decode_combine_kernel(
     d_mask = offs_d < head_dim
 
     row = (b.to(tl.int64) * num_q_heads + hq) * num_splits + offs_s
-    sink = 0.0
+    m = tl.load(m_ptr + row, mask=s_mask, other=NO_SCORE)
+    denom = tl.load(l_ptr + row, mask=s_mask, other=0.0)
+    acc = tl.load(
+        acc_ptr + row[:, None] * head_dim + offs_d[None, :],
+        mask=s_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    m_max = tl.max(m, 0)
     if USE_SINKS:
         sink = tl.load(sinks_ptr + hq).to(tl.float32)
-    o = merge_splits(m_ptr, l_ptr, acc_ptr, row, s_mask, offs_d, d_mask, head_dim, sink, USE_SINKS)
+        m_max = tl.maximum(m_max, sink)
+    # Splits that got no keys carry m = NO_SCORE, sum = 0, acc = 0 and weigh nothing.
+    w = tl.exp(m - m_max)
+    total = tl.sum(w * denom, 0)
+    if USE_SINKS:
+        total += tl.exp(sink - m_max)
+    o = tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
     tl.store(
         out_ptr + b.to(tl.int64) * stride_ob + hq * stride_oh + offs_d,
         o.to(out_ptr.dtype.element_ty),
@@ -365,7 +349,7 @@ def default_num_splits(batch: int, num_kv_heads: int, max_context: int | None = 
     return max(1, min(splits, _MAX_SPLITS))
 
 
-def tile_config(group: int, head_dim: int, elem_size: int) -> tuple[int, int, int]:
+def _tile_config(group: int, head_dim: int, elem_size: int) -> tuple[int, int, int]:
     """(BLOCK_G, BLOCK_D, BLOCK_N): query rows padded for tl.dot, padded head dim, key tile."""
     block_g = max(16, triton.next_power_of_2(group))
     block_d = max(16, triton.next_power_of_2(head_dim))
@@ -374,7 +358,7 @@ def tile_config(group: int, head_dim: int, elem_size: int) -> tuple[int, int, in
     return block_g, block_d, max(16, min(64, block_n))
 
 
-def check_inner_contiguous(*tensors: torch.Tensor) -> None:
+def _check_inner_contiguous(*tensors: torch.Tensor) -> None:
     """The kernels step by strides over every dimension but the last, which must be dense."""
     for t in tensors:
         if t.stride(-1) != 1:
@@ -428,11 +412,11 @@ def decode_attention(
     if batch == 0:
         return out
     q = q if q.stride(-1) == 1 else q.contiguous()
-    check_inner_contiguous(k_cache, v_cache, page_table, out)
+    _check_inner_contiguous(k_cache, v_cache, page_table, out)
     # Head dim, page size and split count are runtime arguments: one compiled kernel per
     # padded head width, group size and dtype serves every page size and split count.
     group = num_q_heads // num_kv_heads
-    block_g, block_d, block_n = tile_config(group, head_dim, q.element_size())
+    block_g, block_d, block_n = _tile_config(group, head_dim, q.element_size())
     # tl.dot of bfloat16 is wrong in the interpreter: upcast there (see backend.py).
     upcast = interpreting() and q.dtype == torch.bfloat16
     precision = "ieee" if upcast or q.dtype == torch.float32 else "tf32"

@@ -20,8 +20,6 @@ from max_kernels.backend import use_triton
 from max_kernels.decode_attention import decode_attention
 from max_kernels.prefill_attention import prefill_attention
 from max_kernels.ragged_layout import RaggedLayout
-from max_kernels.rope_decode_attention import fused_decode_enabled, rope_decode_attention
-from max_kernels.rotary_kv import rope_and_write_kv, rope_and_write_kv_reference
 
 
 def write_kv_cache(
@@ -36,54 +34,6 @@ def write_kv_cache(
     num_slots = k_cache.shape[0] * k_cache.shape[1]
     k_cache.view(num_slots, *k_cache.shape[2:]).index_copy_(0, layout.slot_mapping, k)
     v_cache.view(num_slots, *v_cache.shape[2:]).index_copy_(0, layout.slot_mapping, v)
-
-
-def rope_and_paged_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rows: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    layout: RaggedLayout,
-    scale: float,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Rotates the step's q and k, stores k and v in the cache, and attends: `rope_and_write_kv`
-    then `paged_attention`. On CUDA a step whose requests all decode one token runs all of
-    it in one kernel (`rope_decode_attention`).
-
-    q [T, Hq, D], k and v [T, Hkv, D] are the step's projections before rope; rows, cos,
-    sin the rotary tables of its tokens (`RotaryEmbedding.step_tables`); the other arguments
-    as in `paged_attention`. Returns [T, Hq, D] in q's dtype.
-    """
-    triton_path = use_triton(q)
-    if triton_path and layout.num_decode == layout.num_requests == q.shape[0] and fused_decode_enabled():
-        return rope_decode_attention(
-            q,
-            k,
-            v,
-            rows,
-            cos,
-            sin,
-            k_cache,
-            v_cache,
-            layout.slot_mapping,
-            layout.page_table,
-            layout.context_lens,
-            scale,
-            sliding_window=sliding_window,
-            softcap=softcap,
-            sinks=sinks,
-            num_splits=layout.num_splits,
-        )
-    rope = rope_and_write_kv if triton_path else rope_and_write_kv_reference
-    q = rope(q, k, v, rows, cos, sin, k_cache, v_cache, layout.slot_mapping)
-    return paged_attention(q, k_cache, v_cache, layout, scale, sliding_window, softcap, sinks)
 
 
 def paged_attention(

@@ -127,30 +127,6 @@ def rope_and_write_kv(
     return q_out
 
 
-@triton.jit
-def rope_factors(row_ptr, cos_ptr, sin_ptr, s_cos, s_sin, d, half, rotary_dim):
-    """What rotating a token's heads needs, for channels d [BLOCK_D]: each channel's partner
-    (rotate_half maps (a, b) to (-b, a): channel d pairs with d +- half), the sign, which
-    channels rotate, and cos / sin at the token's table row (read from row_ptr), as [1, BLOCK_D]."""
-    rot = d < rotary_dim
-    first = d < half
-    partner = tl.where(first, d + half, d - half)
-    sign = tl.where(first, -1.0, 1.0)
-    row = tl.load(row_ptr).to(tl.int64)
-    c = tl.load(cos_ptr + row * s_cos + d, mask=rot, other=0.0)[None, :]
-    s = tl.load(sin_ptr + row * s_sin + d, mask=rot, other=0.0)[None, :]
-    return partner, sign[None, :], rot[None, :], c, s
-
-
-@triton.jit
-def rotate_rows(rows, d, partner, sign2, rot2, c, s, mask):
-    """Heads [R, BLOCK_D] at row pointers `rows` [R, 1], rotated in float32 (channels past
-    rotary_dim pass through); masked entries are 0."""
-    x = tl.load(rows + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(rows + partner[None, :], mask=mask & rot2, other=0.0).to(tl.float32)
-    return tl.where(rot2, x * c + sign2 * x2 * s, x)
-
-
 @triton.jit(**unspecialized(pointers=("pos_ptr", "slot_ptr")))
 def _rope_kv_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr, qo_ptr,
@@ -169,13 +145,24 @@ def _rope_kv_kernel(
     i = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
-    partner, sign2, rot2, c, s = rope_factors(pos_ptr + tok, cos_ptr, sin_ptr, s_cos, s_sin, d, half, rotary_dim)
+    rot = d < rotary_dim
+    first = d < half
+    # rotate_half maps (a, b) to (-b, a): channel d pairs with d +- half.
+    partner = tl.where(first, d + half, d - half)
+    sign = tl.where(first, -1.0, 1.0)
+    pos = tl.load(pos_ptr + tok).to(tl.int64)
+    c = tl.load(cos_ptr + pos * s_cos + d, mask=rot, other=0.0)[None, :]
+    s = tl.load(sin_ptr + pos * s_sin + d, mask=rot, other=0.0)[None, :]
+    rot2 = rot[None, :]
+    sign2 = sign[None, :]
 
     # Queries: heads of q block `blk`; none when blk is a kv block (hq >= Hq masks them).
     hq = blk * BLOCK_H + i
     q_mask = (hq < Hq)[:, None] & d_ok[None, :]
     q_row = (tok * sq_t + hq.to(tl.int64) * sq_h)[:, None]
-    y = rotate_rows(q_ptr + q_row, d, partner, sign2, rot2, c, s, q_mask)
+    x = tl.load(q_ptr + q_row + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+    x2 = tl.load(q_ptr + q_row + partner[None, :], mask=q_mask & rot2, other=0.0).to(tl.float32)
+    y = tl.where(rot2, x * c + sign2 * x2 * s, x)
     qo_row = (tok * sqo_t + hq.to(tl.int64) * sqo_h)[:, None]
     tl.store(qo_ptr + qo_row + d[None, :], y.to(qo_ptr.dtype.element_ty), mask=q_mask)
 
@@ -190,7 +177,9 @@ def _rope_kv_kernel(
     page = slot // page_size
     offset = slot % page_size
     k_row = (tok * sk_t + hk64 * sk_h)[:, None]
-    y = rotate_rows(k_ptr + k_row, d, partner, sign2, rot2, c, s, kv_mask)
+    x = tl.load(k_ptr + k_row + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+    x2 = tl.load(k_ptr + k_row + partner[None, :], mask=kv_mask & rot2, other=0.0).to(tl.float32)
+    y = tl.where(rot2, x * c + sign2 * x2 * s, x)
     kc_row = (page * skc_p + offset * skc_s + hk64 * skc_h)[:, None]
     tl.store(kc_ptr + kc_row + d[None, :], y.to(kc_ptr.dtype.element_ty), mask=kv_mask)
     v_row = (tok * sv_t + hk64 * sv_h)[:, None]

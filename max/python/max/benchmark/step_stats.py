@@ -20,7 +20,7 @@ import torch
 
 # Families of kernels by name fragment, first match wins.
 _FAMILIES = (
-    ("decode_attention", ("_decode_split_kernel", "_decode_combine_kernel", "_rope_decode_kernel")),
+    ("decode_attention", ("_decode_split_kernel", "_decode_combine_kernel")),
     ("prefill_attention", ("_prefill_kernel",)),
     ("rms_norm", ("rms_norm", "_rms")),
     ("rope_kv", ("rope", "_rotary")),

@@ -12,7 +12,7 @@ from max.nn.linear import Linear
 from max.nn.parallel import RowParallelLinear, tensor_parallel
 from max.nn.rotary_embedding import RotaryEmbedding
 from max.nn.step_context import current_step
-from max_kernels import rope_and_paged_attention
+from max_kernels import paged_attention, rope_and_write_kv
 
 
 class Attention(nn.Module):
@@ -102,7 +102,8 @@ class Attention(nn.Module):
         step = current_step()
         k_cache, v_cache = step.kv_cache.layer(self.layer_index)
         rows, cos, sin = self.rotary.step_tables(positions)
-        out = rope_and_paged_attention(
-            q, k, v, rows, cos, sin, k_cache, v_cache, step.layout, self.scale, self.sliding_window, self.softcap, self.sinks
+        q = rope_and_write_kv(q, k, v, rows, cos, sin, k_cache, v_cache, step.layout.slot_mapping)
+        out = paged_attention(
+            q, k_cache, v_cache, step.layout, self.scale, self.sliding_window, self.softcap, self.sinks
         )
         return self.o_proj(out.reshape(t, self.num_heads * d))
