@@ -304,11 +304,6 @@ for s in "$@"; do
           --report "$OUT/verify-$kernels.md"
       done
       ;;
-    verify-16bit)  # the tiny pipelines whose batch-1 decode takes the GEMV (16-bit) and the one-kernel decode attention
-      stage verify-16bit 600 $PY max/tests/integration/accuracy/verify_pipelines.py --devices gpu --kernels auto \
-        --pipeline tiny-random-llama3-bfloat16 --pipeline tiny-random-qwen3-moe-bfloat16 --pipeline tiny-random-gemma3-bfloat16 \
-        --pipeline tiny-random-qwen2-float32 --report "$OUT/verify-16bit.md"
-      ;;
     verify-smollm2)  # needs the GGUF in $MAX_CACHE_DIR/models (98 MB: carry it in two halves,
       # in two calls close enough that the machine stays warm, and join them there)
       for kernels in auto torch; do
