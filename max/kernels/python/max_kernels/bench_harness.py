@@ -53,6 +53,30 @@ def run_case(case: BenchCase) -> BenchResult:
     return BenchResult(case.kernel, case.shape, t, r, gbps(t), gbps(r) if r is not None else None)
 
 
+def graph_time_us(fn: Callable[[int], object], copies: int, reps: int = 20) -> float:
+    """Microseconds per call of fn(i) for i in range(copies), replayed from one CUDA graph
+    (after a warm-up on a side stream). Calls on different weights keep them out of L2."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(copies):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(copies):
+            fn(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (reps * copies)
+
+
 def copy_bandwidth_gbps(num_bytes: int = 2 * 2**30) -> float:
     """The card's device-to-device copy rate, counting bytes read plus bytes written."""
     src = torch.empty(num_bytes // 2, dtype=torch.bfloat16, device="cuda").normal_()

@@ -20,6 +20,7 @@ import json
 import torch
 import torch.nn.functional as F
 
+from max_kernels.bench_harness import graph_time_us
 from max_kernels.fp8 import (
     fp8_gemv,
     fp8_linear,
@@ -32,27 +33,9 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "dow
 COPIES = 32
 
 
-def _time(fn, reps: int = 20) -> float:
-    """Microseconds per call of fn(i) for i in range(COPIES), replayed from a CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for i in range(COPIES):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(COPIES):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (reps * COPIES)
+def _time(fn) -> float:
+    """Microseconds per call of fn(i) over the COPIES weights, from a CUDA graph."""
+    return graph_time_us(fn, COPIES)
 
 
 def _swapped(x, w_q, w_s):

@@ -20,6 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from max_kernels.bench_harness import graph_time_us
 from max_kernels.gemv import GemvConfig, default_config, gemv
 
 SHAPES = {
@@ -34,29 +35,6 @@ SHAPES = {
 def _copies(n: int, k: int) -> int:
     """Weights per graph: at least 1 GB in all (20x the L2), at most 32."""
     return max(4, min(32, -(-(2**30) // (2 * n * k))))
-
-
-def _time(fn, copies: int, reps: int = 20) -> float:
-    """Microseconds per call of fn(i) for i in range(copies), replayed from a CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for i in range(copies):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(copies):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (reps * copies)
 
 
 def _configs(k: int, quick: bool) -> list[GemvConfig]:
@@ -80,12 +58,12 @@ def _bench_shape(name: str, n: int, k: int, quick: bool) -> dict:
     outs = [torch.empty(1, n, dtype=dtype, device="cuda") for _ in range(copies)]
 
     def run(cfg: GemvConfig) -> float:
-        return _time(lambda i: gemv(x, weights[i], config=cfg, out=outs[i]), copies)
+        return graph_time_us(lambda i: gemv(x, weights[i], config=cfg, out=outs[i]), copies)
 
     def tbps(us: float) -> float:
         return round(2 * n * k / (us * 1e-6) / 1e12, 2)
 
-    cublas = _time(lambda i: F.linear(x, weights[i]), copies)
+    cublas = graph_time_us(lambda i: F.linear(x, weights[i]), copies)
     want = F.linear(x, weights[0]).float()
     results = []
     os.environ["MAX_PDL"] = "0"
