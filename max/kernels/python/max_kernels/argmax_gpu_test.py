@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from max_kernels.argmax import argmax_rows
+from max_kernels.bench_harness import capture_graph
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -23,10 +24,7 @@ def test_matches_torch_argmax(vocab, rows):
 
 def test_in_a_cuda_graph():
     logits = torch.randn(2, 128256, device="cuda")
-    argmax_rows(logits)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = argmax_rows(logits)
+    graph, out = capture_graph(lambda: argmax_rows(logits))
     for seed in range(3):
         logits.copy_(torch.randn(logits.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)))
         graph.replay()

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from max_kernels.bench_harness import capture_graph
 from max_kernels.decode_attention import (
     decode_attention,
     decode_attention_reference,
@@ -259,14 +260,7 @@ def test_decode_replays_in_a_cuda_graph():
             out=out,
         )
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture_graph(step)
     for contexts in ([299, 0, 1000, 17], [1, 250, 0, 16]):
         # Shorter contexts stay within each request's pages.
         batch.context_lens.copy_(torch.tensor(contexts, dtype=torch.int32))

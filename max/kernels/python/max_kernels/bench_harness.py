@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,19 +56,25 @@ def run_case(case: BenchCase) -> BenchResult:
     return BenchResult(case.kernel, case.shape, t, r, gbps(t), gbps(r) if r is not None else None)
 
 
-def graph_time_us(fn: Callable[[int], object], copies: int, reps: int = 20) -> float:
-    """Microseconds per call of fn(i) for i in range(copies), replayed from one CUDA graph
-    (after a warm-up on a side stream). Calls on different weights keep them out of L2."""
+def capture_graph(run: Callable[[], T]) -> tuple[torch.cuda.CUDAGraph, T]:
+    """Runs `run` once on a side stream (compiling its kernels and warming the allocator
+    outside the capture), then captures it in a CUDA graph; returns the graph and what the
+    captured call returned (its static outputs). Used by the benches and the GPU tests."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for i in range(copies):
-            fn(i)
+        run()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for i in range(copies):
-            fn(i)
+        result = run()
+    return graph, result
+
+
+def graph_time_us(fn: Callable[[int], object], copies: int, reps: int = 20) -> float:
+    """Microseconds per call of fn(i) for i in range(copies), replayed from one CUDA graph.
+    Calls on different weights keep them out of L2."""
+    graph, _ = capture_graph(lambda: [fn(i) for i in range(copies)])
     graph.replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -9,6 +9,7 @@ the float32 emulation up to the order of its sums, eagerly and replayed from a C
 import pytest
 import torch
 
+from max_kernels.bench_harness import capture_graph
 from max_kernels.fp8 import (
     fp8_gemv,
     fp8_linear,
@@ -65,14 +66,7 @@ def test_fp8_linear_replays_from_a_cuda_graph():
     w_q, w_s = quantize_fp8_weight(_randn(512, 256, seed=4, scale=0.05))
     x = _randn(8, 256, seed=5)
     eager = fp8_linear(x, w_q, w_s)
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fp8_linear(x, w_q, w_s)  # compile and warm outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    with torch.cuda.graph(graph):
-        out = fp8_linear(x, w_q, w_s)
+    graph, out = capture_graph(lambda: fp8_linear(x, w_q, w_s))
     x.copy_(_randn(8, 256, seed=6))
     graph.replay()
     torch.testing.assert_close(out, fp8_linear(x, w_q, w_s), atol=0, rtol=0)

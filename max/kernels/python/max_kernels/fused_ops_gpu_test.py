@@ -20,6 +20,7 @@ from max_kernels.activation import (
     silu_and_mul,
     silu_and_mul_reference,
 )
+from max_kernels.bench_harness import capture_graph
 from max_kernels.normalization import rms_norm, rms_norm_reference
 from max_kernels.rotary_kv import rope_and_write_kv, rope_and_write_kv_reference
 
@@ -182,14 +183,7 @@ def test_gated_activation_full_size(dtype, act, inter, tokens):
 def _replay_matches(run, refill, check):
     """Captures `run` in a CUDA graph (after a warm-up that compiles), refills the static
     inputs with new values, replays, and checks the result."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        result = run()
+    graph, result = capture_graph(run)
     refill()
     graph.replay()
     torch.cuda.synchronize()

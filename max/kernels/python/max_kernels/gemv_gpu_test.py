@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from max_kernels import linear
 from max_kernels.activation import silu_and_mul
+from max_kernels.bench_harness import capture_graph
 from max_kernels.gemv import gemv
 from max_kernels.normalization import rms_norm
 from max_kernels.pdl import pdl_enabled
@@ -81,15 +82,7 @@ def test_a_graph_of_pdl_kernels_matches_the_same_chain_without_pdl(monkeypatch):
         monkeypatch.delenv("MAX_PDL")
         return out
 
-    forward()  # compiles every kernel before the capture
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        forward()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = forward()
+    graph, out = capture_graph(forward)
     for seed in range(3):
         gs = torch.Generator(device="cuda").manual_seed(100 + seed)
         h0 = torch.randn(1, dim, device="cuda", generator=gs).bfloat16()

@@ -21,6 +21,7 @@ Each op is also captured in a CUDA graph and replayed on new inputs: no host syn
 import pytest
 import torch
 
+from max_kernels.bench_harness import capture_graph
 from max_kernels.mixture_of_experts import fused_moe, fused_moe_reference
 from max_kernels.sampling import (
     apply_penalties,
@@ -184,14 +185,7 @@ def test_fused_moe_float32(name):
 
 def _replays_like_eager(fn, inputs, fresh_inputs):
     """Captures fn(*inputs) in a CUDA graph, refills the inputs in place, replays."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn(*inputs)  # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn(*inputs)
+    graph, out = capture_graph(lambda: fn(*inputs))
     for dst, src in zip(inputs, fresh_inputs):
         if isinstance(dst, torch.Tensor):
             dst.copy_(src)
