@@ -4,7 +4,8 @@ its plain-torch reference beside it.
 The reference defines the expected result and is the CPU path; the Triton kernel must match
 it and is checked against it in tests (in CI through Triton's interpreter on small shapes,
 on a GPU at full size). Layers in `max.nn` call the functions exported here, which pick the
-implementation for the tensors' device in one place (`backend.use_triton`).
+implementation for the tensors' device in one module, `max_kernels.ops` (through
+`backend.use_triton`). The benchmarks live apart, in `max.benchmark.kernels`.
 """
 
 from max_kernels.backend import backend, get_backend, set_backend
@@ -13,14 +14,16 @@ from max_kernels.ops import (
     argmax_rows,
     fp8_linear,
     fused_moe,
+    fused_moe_mxfp4,
     gelu_tanh_and_mul,
     linear,
+    paged_attention,
     rms_norm,
     rope_and_write_kv,
     sample_tokens,
     silu_and_mul,
+    write_kv_cache,
 )
-from max_kernels.paged_attention import paged_attention, write_kv_cache
 from max_kernels.ragged_layout import RaggedLayout
 from max_kernels.sampling import hash32, uniform_noise
 
@@ -31,6 +34,7 @@ __all__ = [
     "backend",
     "fp8_linear",
     "fused_moe",
+    "fused_moe_mxfp4",
     "gelu_tanh_and_mul",
     "get_backend",
     "hash32",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from max_kernels.argmax import argmax_rows
-from max_kernels.bench_harness import capture_graph
+from max_kernels.cuda_graph import capture_graph
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

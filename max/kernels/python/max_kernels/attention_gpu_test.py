@@ -9,16 +9,18 @@ import math
 import pytest
 import torch
 
-from max_kernels.bench_harness import capture_graph
+from max_kernels.cuda_graph import capture_graph
 from max_kernels.decode_attention import (
     decode_attention,
     decode_attention_reference,
     default_num_splits,
 )
+from max_kernels.fp8_kv_cache import quantize_kv
 from max_kernels.prefill_attention import (
     prefill_attention,
     prefill_attention_reference,
 )
+from max_kernels.rotary_kv import rope_and_write_kv, rope_and_write_kv_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -268,3 +270,125 @@ def test_decode_replays_in_a_cuda_graph():
         graph.replay()
         torch.cuda.synchronize()
         _check(out, _decode_expected(batch), torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------
+# FP8 (e4m3) KV cache at Llama-3.1-8B's shape: 32 query heads, 8 KV heads, head dim 128,
+# pages of 128 tokens. Kernel and reference decode the same codes, so the 16-bit
+# tolerances hold; the rope kernel must write the reference's codes.
+# ---------------------------------------------------------------------------------------
+
+K_SCALE, V_SCALE = 0.37, 1.7  # not powers of two: the scales' arithmetic is exercised
+
+
+def _fp8(batch: Paged) -> Paged:
+    """The batch with its caches quantized to e4m3 (NaN slots stay NaN codes)."""
+    batch.k_scale = torch.tensor([K_SCALE], device="cuda")
+    batch.v_scale = torch.tensor([V_SCALE], device="cuda")
+    batch.k_cache = quantize_kv(batch.k_cache, batch.k_scale)
+    batch.v_cache = quantize_kv(batch.v_cache, batch.v_scale)
+    return batch
+
+
+def _scales(batch: Paged) -> dict:
+    return dict(k_scale=batch.k_scale, v_scale=batch.v_scale)
+
+
+@pytest.mark.parametrize("option", ["plain", "window", "sinks", "all"])
+@pytest.mark.parametrize("splits", [1, None])
+def test_fp8_cache_decode_llama_8b(splits, option):
+    contexts = [4096, 0, 1, 129, 2000, 3333, 77, 4000]
+    batch = _fp8(_decode_batch(contexts, 32, 8, 128, 128, torch.bfloat16))
+    opts = {} if option == "plain" else _opts(option)
+    if splits is None:
+        splits = default_num_splits(len(contexts), 8, max_context=4096)
+    expected = _decode_expected(batch, **opts, **_scales(batch))
+    out = _decode(decode_attention, batch, num_splits=splits, **opts, **_scales(batch))
+    _check(out, expected, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_fp8_cache_decode_batch_64_other_dtypes(dtype):
+    batch = _fp8(_decode_batch([4096 - 61 * i for i in range(64)], 32, 8, 128, 128, dtype))
+    expected = _decode_expected(batch, **_scales(batch))
+    _check(_decode(decode_attention, batch, num_splits=2, **_scales(batch)), expected, dtype)
+
+
+@pytest.mark.parametrize("option", ["plain", "window", "sinks", "all"])
+def test_fp8_cache_prefill_llama_8b(option):
+    # A fresh 2k prompt, a chunk after a cached 1.7k prefix, decodes mixed in.
+    batch = _fp8(Paged([0, 1700, 5, 4000], [2048, 600, 1, 1], 32, 8, 128, 128, torch.bfloat16))
+    opts = {} if option == "plain" else _opts(option)
+    expected = _prefill(prefill_attention_reference, batch, out_dtype=torch.float32, **opts, **_scales(batch))
+    _check(_prefill(prefill_attention, batch, **opts, **_scales(batch)), expected, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_fp8_cache_rope_write_gives_the_reference_s_codes(dtype):
+    t, hq, hkv, d, page_size = 3000, 32, 8, 128, 128
+    g = torch.Generator(device="cuda").manual_seed(5)
+    qkv = torch.randn(t, (hq + 2 * hkv) * d, generator=g, device="cuda", dtype=dtype) * 4
+    q, k, v = (x.view(t, -1, d) for x in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    positions = torch.randint(0, 8192, (t,), generator=g, device="cuda")
+    inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, device="cuda").float() / d))
+    freqs = torch.outer(torch.arange(8192, device="cuda").float(), inv)
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+    num_pages = -(-t // page_size) + 1
+    slots = torch.randperm(num_pages * page_size, generator=torch.Generator().manual_seed(5))[:t].cuda()
+    scales = dict(k_scale=torch.tensor([K_SCALE], device="cuda"), v_scale=torch.tensor([V_SCALE], device="cuda"))
+    caches = [torch.zeros(num_pages, page_size, hkv, d, dtype=torch.float8_e4m3fn, device="cuda") for _ in range(4)]
+    q_out = rope_and_write_kv(q, k, v, positions, cos, sin, caches[0], caches[1], slots, **scales)
+    q_ref = rope_and_write_kv_reference(q, k, v, positions, cos, sin, caches[2], caches[3], slots, **scales)
+    # The values are 4x fused_ops_gpu_test's (to reach e4m3's range), and so is the bfloat16
+    # tolerance: the reference rotates in bfloat16, the kernel in float32.
+    torch.testing.assert_close(q_out.float(), q_ref.float(), atol=1.6e-1 if dtype == torch.bfloat16 else 1e-5, rtol=2e-2)
+    # v: the same float32 value quantized the same way, so the same codes.
+    assert torch.equal(caches[1].view(torch.uint8), caches[3].view(torch.uint8))
+    # k: rotated in float32 (the reference rounds it to q's dtype first, and the GPU may
+    # fuse a multiply-add), so a code near a tie may move by one e4m3 step.
+    # In bfloat16 the reference also rounds each product of the rotation (see q above).
+    a, b = caches[0].float(), caches[2].float()
+    slack = 2**-9 * K_SCALE if dtype == torch.float32 else 4e-1 / K_SCALE  # codes are x / K_SCALE
+    assert torch.all((a - b).abs() <= 2**-3 * b.abs() + slack)
+    assert (caches[0].view(torch.uint8) != caches[2].view(torch.uint8)).float().mean() < (0.01 if dtype == torch.float32 else 0.05)
+
+
+def test_fp8_cache_without_native_e4m3_takes_the_integer_path(monkeypatch):
+    """GPUs before capability 8.9 get the uint8 view and the integer codec; forced here."""
+    from max_kernels import fp8_kv_cache
+
+    monkeypatch.setattr(fp8_kv_cache, "fp8_supported", lambda device: False)
+    batch = _fp8(_decode_batch([3000, 0, 129, 4096], 32, 8, 128, 128, torch.bfloat16))
+    expected = _decode_expected(batch, **_scales(batch))
+    _check(_decode(decode_attention, batch, num_splits=3, **_scales(batch)), expected, torch.bfloat16)
+    batch = _fp8(Paged([0, 300], [700, 129], 32, 8, 128, 128, torch.bfloat16))
+    expected = _prefill(prefill_attention_reference, batch, out_dtype=torch.float32, **_scales(batch))
+    _check(_prefill(prefill_attention, batch, **_scales(batch)), expected, torch.bfloat16)
+
+
+def test_fp8_cache_decode_replays_in_a_cuda_graph():
+    """The scales are read from the device, so a captured step follows them too."""
+    batch = _fp8(_decode_batch([300, 260, 4000, 17], 32, 8, 128, 128, torch.bfloat16))
+    out = torch.empty_like(batch.q)
+
+    def step():
+        decode_attention(
+            batch.q,
+            batch.k_cache,
+            batch.v_cache,
+            batch.page_table,
+            batch.context_lens,
+            batch.scale,
+            num_splits=4,
+            out=out,
+            **_scales(batch),
+        )
+
+    graph, _ = capture_graph(step)
+    for contexts, v_scale in (([299, 0, 4000, 17], V_SCALE), ([1, 250, 3000, 16], 0.5)):
+        batch.context_lens.copy_(torch.tensor(contexts, dtype=torch.int32))
+        batch.v_scale.fill_(v_scale)
+        batch.q.normal_()
+        graph.replay()
+        torch.cuda.synchronize()
+        _check(out, _decode_expected(batch, **_scales(batch)), torch.bfloat16)

@@ -8,11 +8,12 @@ their tokens through the page table, so a tile may span several small pages. Wit
 than one split (flash-decoding), every program writes a partial softmax state (running
 max, sum, unnormalised output) and `_decode_combine_kernel` merges the splits and adds the
 attention sink, if any. The number of splits is a plain int fixed by the caller, so that a
-CUDA graph can replay the same grid for every step.
+CUDA graph can replay the same grid for every step. An FP8 (e4m3) cache is read through its
+per-tensor scales: each key and value tile is decoded to q's dtype in registers
+(`max_kernels.fp8_kv_cache`), so memory traffic halves and the products stay as they are.
 
-`decode_attention_reference` is the plain-torch specification of the same op; the helpers
-`gather_request_kv` and `attention_one_request` are the reference math that the ragged
-prefill reference shares.
+`decode_attention_reference` is the plain-torch specification of the same op: the one
+attention reference (`max_kernels.paged_attention`) read request by request in float32.
 """
 
 # Triton compile-time parameters are upper case by convention.
@@ -20,13 +21,13 @@ prefill reference shares.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from max_kernels.backend import interpreting, unspecialized
+from max_kernels.fp8_kv_cache import dequantize_e4m3, is_fp8, kernel_view, kv_scale
+from max_kernels.paged_attention import paged_attention_reference_per_request
 from max_kernels.pdl import pdl_launch, pdl_prologue
 
 # Stands for "no score yet" in the running max: finite, so a tile whose keys are all
@@ -45,47 +46,6 @@ _MAX_SPLITS = 128
 # ----------------------------------------------------------------------------------------
 
 
-def gather_request_kv(cache: torch.Tensor, pages: torch.Tensor, n: int) -> torch.Tensor:
-    """The first `n` tokens [n, Hkv, D] of one request, from its row of the page table."""
-    page_size = cache.shape[1]
-    used = pages[: -(-n // page_size)].long()
-    return cache[used].reshape(-1, *cache.shape[2:])[:n]
-
-
-def attention_one_request(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_pos: torch.Tensor,
-    scale: float,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Causal attention of queries [n, Hq, D] at positions q_pos over keys 0..len(k)-1.
-
-    Computed in float32 whatever the inputs' dtype; returns float32 [n, Hq, D]. A sink
-    (float32 [Hq]) is one extra logit per head in the softmax denominator with no value.
-    """
-    hq, hkv = q.shape[1], k.shape[1]
-    k = k.float().repeat_interleave(hq // hkv, dim=1)
-    v = v.float().repeat_interleave(hq // hkv, dim=1)
-    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    kpos = torch.arange(k.shape[0], device=q.device)
-    allowed = kpos[None, :] <= q_pos[:, None]
-    if sliding_window is not None:
-        allowed &= kpos[None, :] > q_pos[:, None] - sliding_window
-    scores = scores.masked_fill(~allowed[None], -math.inf)
-    if sinks is not None:
-        sink_col = sinks.float()[:, None, None].expand(hq, q.shape[0], 1)
-        probs = torch.softmax(torch.cat([scores, sink_col], dim=-1), dim=-1)[..., :-1]
-    else:
-        probs = torch.softmax(scores, dim=-1)
-    return torch.einsum("hqk,khd->qhd", probs, v)
-
-
 def decode_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -99,27 +59,34 @@ def decode_attention_reference(
     sinks: torch.Tensor | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Plain-torch decode attention, the specification of `decode_attention`.
+    """The specification of `decode_attention`: the paged attention reference on the same
+    arguments, one query row per request, in float32
+    (`max_kernels.paged_attention.paged_attention_reference_per_request`).
 
-    Loops over requests; a request with context length 0 is batch padding and gets zeros.
-    `num_splits` is accepted for a matching signature and ignored.
+    A request with context length 0 is batch padding and gets zeros. `num_splits` is
+    accepted for a matching signature and ignored. An FP8 cache's keys and values are
+    decoded with `k_scale` / `v_scale` into q's dtype before the attention.
     """
     del num_splits
-    result = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    for b, n in enumerate(context_lens.tolist()):
-        if n == 0:
-            continue
-        k = gather_request_kv(k_cache, page_table[b], n)
-        v = gather_request_kv(v_cache, page_table[b], n)
-        pos = torch.tensor([n - 1], device=q.device)
-        result[b] = attention_one_request(
-            q[b : b + 1], k, v, pos, scale, sliding_window, softcap, sinks
-        )[0]
-    if out is None:
-        return result.to(q.dtype)
-    out.copy_(result)
-    return out
+    query_start = torch.arange(q.shape[0] + 1, device=q.device)
+    return paged_attention_reference_per_request(
+        q,
+        k_cache,
+        v_cache,
+        page_table,
+        query_start,
+        context_lens,
+        scale,
+        sliding_window=sliding_window,
+        softcap=softcap,
+        sinks=sinks,
+        out=out,
+        k_scale=k_scale,
+        v_scale=v_scale,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -135,10 +102,23 @@ def soft_cap(s, cap):
 
 
 @triton.jit
-def fold_tile(s, v_ptrs, v_mask, m_i, l_i, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def fold_tile(
+    s,
+    v_ptrs,
+    v_mask,
+    m_i,
+    l_i,
+    acc,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    v_scale,
+    KV_FP8: tl.constexpr,
+    KV_DTYPE: tl.constexpr,
+):
     """Folds one key tile into a running softmax (flash attention's online softmax).
 
-    s [M, N] are the tile's scores (masked ones -inf); v_ptrs [N, D] point at its values.
+    s [M, N] are the tile's scores (masked ones -inf); v_ptrs [N, D] point at its values,
+    which with KV_FP8 are e4m3 codes decoded with v_scale into KV_DTYPE (q's dtype).
     Returns the new running max [M], sum [M] and unnormalised output [M, D].
     """
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -146,6 +126,8 @@ def fold_tile(s, v_ptrs, v_mask, m_i, l_i, acc, UPCAST: tl.constexpr, PRECISION:
     p = tl.exp(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+    if KV_FP8:
+        v = dequantize_e4m3(v, v_scale, KV_DTYPE)
     if UPCAST:
         v = v.to(tl.float32)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -164,6 +146,8 @@ def _decode_split_kernel(
     m_ptr,
     l_ptr,
     acc_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     scale,
     softcap,
     window,
@@ -193,6 +177,7 @@ def _decode_split_kernel(
     SINK_IN_LOOP: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    KV_FP8: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     pdl_prologue(USE_PDL)
@@ -215,6 +200,12 @@ def _decode_split_kernel(
     )
     if UPCAST:
         q = q.to(tl.float32)
+    if KV_FP8:
+        k_scale = tl.load(k_scale_ptr)
+        v_scale = tl.load(v_scale_ptr)
+    else:
+        k_scale = 1.0
+        v_scale = 1.0
 
     # The query sits at ctx - 1 and sees keys [lo, ctx); a padding row (ctx 0) gets an
     # empty range, so it never touches its page table row.
@@ -246,6 +237,8 @@ def _decode_split_kernel(
         kv_mask = d_mask[:, None] & n_mask[None, :]
         k_off = page * stride_kp + slot * stride_ks + h * stride_kh
         k = tl.load(k_ptr + k_off[None, :] + offs_d[:, None], mask=kv_mask, other=0.0)
+        if KV_FP8:
+            k = dequantize_e4m3(k, k_scale, q.dtype)
         if UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, k, input_precision=PRECISION) * scale  # [BLOCK_G, BLOCK_N]
@@ -256,7 +249,9 @@ def _decode_split_kernel(
         v_off = page * stride_vp + slot * stride_vs + h * stride_vh
         v_ptrs = v_ptr + v_off[:, None] + offs_d[None, :]
         v_mask = n_mask[:, None] & d_mask[None, :]
-        m_i, l_i, acc = fold_tile(s, v_ptrs, v_mask, m_i, l_i, acc, UPCAST, PRECISION)
+        m_i, l_i, acc = fold_tile(
+            s, v_ptrs, v_mask, m_i, l_i, acc, UPCAST, PRECISION, v_scale, KV_FP8, q.dtype
+        )
 
     if SPLIT:
         # Scratch is [B, Hq, num_splits] (+ [D] for acc), contiguous.
@@ -378,13 +373,16 @@ def decode_attention(
     sinks: torch.Tensor | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of each request's one new query token over its paged keys (Triton).
 
     Args:
         q: [B, Hq, D] queries; the query of request b sits at position context_lens[b] - 1.
         k_cache, v_cache: [num_pages, page_size, Hkv, D], same dtype as q (float32,
-            bfloat16 or float16); the current token's key and value are already written.
+            bfloat16 or float16) or float8_e4m3fn; the current token's key and value are
+            already written.
         page_table: int32 [B, W]; token j of request b lives in page page_table[b, j //
             page_size] at offset j % page_size.
         context_lens: int32 [B]; keys of each request including the current token. A row
@@ -397,6 +395,8 @@ def decode_attention(
         num_splits: parts each request's key range is cut into (split-K); a plain int so a
             CUDA graph replays a fixed grid. Defaults to `default_num_splits(B, Hkv)`.
         out: optional [B, Hq, D] buffer to write into.
+        k_scale, v_scale: float32 [1] per-tensor scales of an FP8 cache (None: 1.0; pass
+            the cache's own tensors when capturing a CUDA graph); other caches ignore them.
 
     Returns:
         [B, Hq, D] in q's dtype (`out` if given). Safe to capture in a CUDA graph.
@@ -429,6 +429,12 @@ def decode_attention(
         )
     else:
         m = denom = acc = out  # unused by the single-split kernel
+    kv_fp8 = is_fp8(k_cache)
+    if kv_fp8:
+        k_scale, v_scale = kv_scale(k_scale, q), kv_scale(v_scale, q)
+        k_cache, v_cache = kernel_view(k_cache), kernel_view(v_cache)
+    else:
+        k_scale = v_scale = q  # not read
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q,
         k_cache,
@@ -440,6 +446,8 @@ def decode_attention(
         m,
         denom,
         acc,
+        k_scale,
+        v_scale,
         float(scale),
         float(softcap) if softcap is not None else 1.0,
         int(sliding_window) if sliding_window is not None else 0,
@@ -469,6 +477,7 @@ def decode_attention(
         SINK_IN_LOOP=sinks is not None and num_splits == 1,
         UPCAST=upcast,
         PRECISION=precision,
+        KV_FP8=kv_fp8,
         num_warps=4,
         num_stages=2,
         **pdl_launch(q),

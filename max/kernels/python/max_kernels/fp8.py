@@ -139,8 +139,8 @@ def fp8_weight_only_linear(
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    # The best tiles of `max_kernels.fp8_bench` on an H200 for Llama-3.1-8B's products at
-    # 1-16 rows (BENCHMARKS.md): wide weights (gate_up) take shorter K tiles.
+    # The best tiles of `max.benchmark.kernels.fp8_bench` on an H200 for Llama-3.1-8B's
+    # products at 1-16 rows (BENCHMARKS.md): wide weights (gate_up) take shorter K tiles.
     if block_k is None:
         block_k = 256 if n > 8192 else 512
     if num_stages is None:

@@ -9,7 +9,7 @@ the float32 emulation up to the order of its sums, eagerly and replayed from a C
 import pytest
 import torch
 
-from max_kernels.bench_harness import capture_graph
+from max_kernels.cuda_graph import capture_graph
 from max_kernels.fp8 import (
     fp8_gemv,
     fp8_linear,

@@ -20,7 +20,7 @@ from max_kernels.activation import (
     silu_and_mul,
     silu_and_mul_reference,
 )
-from max_kernels.bench_harness import capture_graph
+from max_kernels.cuda_graph import capture_graph
 from max_kernels.normalization import rms_norm, rms_norm_reference
 from max_kernels.rotary_kv import rope_and_write_kv, rope_and_write_kv_reference
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from max_kernels import linear
 from max_kernels.activation import silu_and_mul
-from max_kernels.bench_harness import capture_graph
+from max_kernels.cuda_graph import capture_graph
 from max_kernels.gemv import gemv
 from max_kernels.normalization import rms_norm
 from max_kernels.pdl import pdl_enabled

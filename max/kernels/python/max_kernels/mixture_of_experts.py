@@ -24,6 +24,7 @@ weighted output are each rounded to x's dtype), so both agree to the dtype's pre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,8 +78,39 @@ def fused_moe_reference(
         by expert (in x's dtype), as transformers' MoE layers do with index_add.
     """
     act = _activation_fn(activation, alpha, limit)
-    num_experts = w_gate_up.shape[0]
     inter = w_gate_up.shape[1] // 2
+
+    def expert_mlp(e: int, xe: torch.Tensor) -> torch.Tensor:
+        bg = bu = bd = None
+        if b_gate_up is not None:
+            bg, bu = b_gate_up[e, :inter], b_gate_up[e, inter:]
+        if b_down is not None:
+            bd = b_down[e]
+        return _gated_mlp(xe, w_gate_up[e, :inter], w_gate_up[e, inter:], w_down[e], bg, bu, bd, act)
+
+    return _sum_routed_experts(x, topk_weights, topk_ids, w_gate_up.shape[0], expert_mlp)
+
+
+def _gated_mlp(xe, w_gate, w_up, w_down, b_gate, b_up, b_down, act) -> torch.Tensor:
+    """One expert's MLP on its rows, as `max.nn.mlp.GatedMLP` computes it (in xe's dtype)."""
+    gate = F.linear(xe, w_gate, b_gate)
+    up = F.linear(xe, w_up, b_up)
+    return F.linear(act(gate, up), w_down, b_down)
+
+
+def _sum_routed_experts(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    expert_mlp: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """sum over k of weight * expert_mlp(expert, x[token]), one used expert at a time in
+    ascending order, each weighted output added to its tokens' rows in x's dtype.
+
+    `expert_mlp(e, xe)` maps the rows of x that chose expert e to that expert's outputs;
+    the references of every weight format share this loop, so they sum identically.
+    """
     k = topk_ids.shape[1]
     flat = topk_ids.reshape(-1).long()
     order = torch.argsort(flat, stable=True)
@@ -91,15 +123,7 @@ def fused_moe_reference(
         if count:
             rows = order[start : start + count]
             tokens = token_of[start : start + count]
-            xe = x[tokens]
-            bg = bu = bd = None
-            if b_gate_up is not None:
-                bg, bu = b_gate_up[e, :inter], b_gate_up[e, inter:]
-            if b_down is not None:
-                bd = b_down[e]
-            gate = F.linear(xe, w_gate_up[e, :inter], bg)
-            up = F.linear(xe, w_gate_up[e, inter:], bu)
-            y = F.linear(act(gate, up), w_down[e], bd)
+            y = expert_mlp(e, x[tokens])
             # A token picks an expert once, so `tokens` has no repeats and this is exactly
             # index_add_ (out[t] + y, in x's dtype), without index_add_'s thread pool,
             # whose start-up costs ~1 ms per call on a busy CPU.
@@ -192,6 +216,30 @@ def _mma(acc, a, b, DOT_F32: tl.constexpr):
 
 
 @triton.jit
+def _gated_activation(acc_g, acc_u, DT: tl.constexpr, ACT: tl.constexpr, alpha, limit):
+    """act(gate) * up in DT from the float32 gate and up projections (biases added), any
+    shape. Rounds where the reference rounds: each projection, then the activation, to DT.
+    ACT: 0 silu, 1 gelu_tanh, 2 clamped_swiglu (`_ACT_CODES`)."""
+    g = acc_g.to(DT).to(tl.float32)
+    u = acc_u.to(DT).to(tl.float32)
+    if ACT == 2:
+        # Clamped SwiGLU: (up + 1) * glu, each factor rounded as the reference rounds it.
+        g = tl.minimum(g, limit)
+        u = tl.minimum(tl.maximum(u, -limit), limit)
+        ga = (g * alpha).to(DT).to(tl.float32)
+        sig = (1.0 / (1.0 + tl.exp(-ga))).to(DT).to(tl.float32)
+        act = g * sig
+        u = (u + 1.0).to(DT).to(tl.float32)
+    elif ACT == 1:
+        inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        # tanh(y) = 1 - 2 / (exp(2y) + 1): saturates cleanly at both ends.
+        act = 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0))
+    else:
+        act = g / (1.0 + tl.exp(-g))
+    return (act.to(DT).to(tl.float32) * u).to(DT)
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr,
     w_ptr,
@@ -255,25 +303,7 @@ def _gate_up_kernel(
         bias = b_ptr + e64 * stride_be + offs_n
         acc_g += tl.load(bias, mask=b_ok, other=0.0).to(tl.float32)[None, :]
         acc_u += tl.load(bias + I, mask=b_ok, other=0.0).to(tl.float32)[None, :]
-    dt = h_ptr.dtype.element_ty
-    # Round where the reference rounds: each projection, then the activation, to x's dtype.
-    g = acc_g.to(dt).to(tl.float32)
-    u = acc_u.to(dt).to(tl.float32)
-    if ACT == 2:
-        # Clamped SwiGLU: (up + 1) * glu, each factor rounded as the reference rounds it.
-        g = tl.minimum(g, limit)
-        u = tl.minimum(tl.maximum(u, -limit), limit)
-        ga = (g * alpha).to(dt).to(tl.float32)
-        sig = (1.0 / (1.0 + tl.exp(-ga))).to(dt).to(tl.float32)
-        act = g * sig
-        u = (u + 1.0).to(dt).to(tl.float32)
-    elif ACT == 1:
-        inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        # tanh(y) = 1 - 2 / (exp(2y) + 1): saturates cleanly at both ends.
-        act = 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0))
-    else:
-        act = g / (1.0 + tl.exp(-g))
-    h = (act.to(dt).to(tl.float32) * u).to(dt)
+    h = _gated_activation(acc_g, acc_u, h_ptr.dtype.element_ty, ACT, alpha, limit)
     h_ptrs = h_ptr + pair.to(tl.int64)[:, None] * stride_ht + offs_n[None, :]
     tl.store(h_ptrs, h, mask=row_ok[:, None] & n_ok[None, :])
 

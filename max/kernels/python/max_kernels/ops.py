@@ -15,10 +15,18 @@ from max_kernels import argmax as _argmax
 from max_kernels import fp8 as _fp8
 from max_kernels import gemv as _gemv
 from max_kernels import mixture_of_experts as _moe
+from max_kernels import mxfp4_moe as _mxfp4_moe
 from max_kernels import normalization as _rms_norm
 from max_kernels import rotary_kv as _rotary_kv
 from max_kernels import sampling as _sampling
 from max_kernels.backend import use_triton
+from max_kernels.decode_attention import decode_attention
+from max_kernels.fp8_kv_cache import is_fp8
+
+# By name: the package exports the op `paged_attention`, which hides the module's name.
+from max_kernels.paged_attention import paged_attention_reference, write_kv_cache_reference
+from max_kernels.prefill_attention import prefill_attention
+from max_kernels.ragged_layout import RaggedLayout
 
 
 def rms_norm(
@@ -82,10 +90,106 @@ def rope_and_write_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rotates q and k by position, stores k and v at their cache slots; returns rotated q."""
+    """Rotates q and k by position, stores k and v at their cache slots; returns rotated q.
+    An FP8 cache gets them quantized by its per-tensor `k_scale` / `v_scale` (None: 1.0)."""
     fn = _rotary_kv.rope_and_write_kv if use_triton(q) else _rotary_kv.rope_and_write_kv_reference
-    return fn(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping)
+    return fn(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
+
+
+def write_kv_cache(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layout: RaggedLayout,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """Stores the step's new keys and values [T, Hkv, D] at their cache slots; into an FP8
+    cache quantized by `k_scale` / `v_scale` (None: 1.0). The torch store on every device:
+    the layers write the cache inside `rope_and_write_kv`, whose kernel is the GPU path."""
+    write_kv_cache_reference(k, v, k_cache, v_cache, layout, k_scale=k_scale, v_scale=v_scale)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layout: RaggedLayout,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of the step's queries over their requests' cached keys and values.
+
+    On CUDA the leading decode rows (one query token each) run the split-K decode kernel
+    and the rest the ragged prefill kernel, both reading keys and values in place from
+    their pages; elsewhere `max_kernels.paged_attention.paged_attention_reference`.
+
+    Args:
+        q: [T, Hq, D] queries of the step's new tokens, ragged as `layout` says.
+        k_cache, v_cache: [num_pages, page_size, Hkv, D], in q's dtype or float8_e4m3fn;
+            this step's keys and values must already be written.
+        layout: the step's ragged layout.
+        scale: factor applied to q·k.
+        sliding_window: if set, a query at position p sees keys at positions > p - window.
+        softcap: if set, scores become softcap * tanh(scores / softcap) before the softmax.
+        sinks: optional float32 [Hq], a learned logit per head that joins each softmax's
+            denominator (gpt-oss).
+        k_scale, v_scale: float32 [1] per-tensor scales of an FP8 cache (None: 1.0);
+            other caches ignore them.
+
+    Returns:
+        [T, Hq, D] attention output, in q's dtype.
+    """
+    if not use_triton(q):
+        return paged_attention_reference(
+            q, k_cache, v_cache, layout, scale, sliding_window, softcap, sinks, k_scale=k_scale, v_scale=v_scale
+        )
+    out = torch.empty_like(q)
+    nd = layout.num_decode
+    options = dict(sliding_window=sliding_window, softcap=softcap, sinks=sinks)
+    if is_fp8(k_cache):
+        options.update(k_scale=k_scale, v_scale=v_scale)
+    if nd > 0:
+        decode_attention(
+            q[:nd],
+            k_cache,
+            v_cache,
+            layout.page_table[:nd],
+            layout.context_lens[:nd],
+            scale,
+            num_splits=layout.num_splits,
+            out=out[:nd],
+            **options,
+        )
+    if nd < layout.num_requests:
+        t0 = layout.num_decode  # decode rows hold one token each
+        query_start = layout.cached(
+            ("prefill", "query_start"), lambda: layout.query_start[nd:] - layout.query_start[nd]
+        )
+        prefill_attention(
+            q[t0:],
+            k_cache,
+            v_cache,
+            layout.page_table[nd:],
+            query_start,
+            layout.context_lens[nd:],
+            layout.max_query_len,
+            scale,
+            out=out[t0:],
+            **options,
+        )
+    return out
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +233,42 @@ def fused_moe(
         limit=limit,
     )
 
+
+def fused_moe_mxfp4(
+    x: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    activation: str = "silu",
+    b_gate_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+    alpha: float = _moe.SWIGLU_ALPHA,
+    limit: float = _moe.SWIGLU_LIMIT,
+) -> torch.Tensor:
+    """`fused_moe` on experts kept packed in MXFP4 as gpt-oss stores them (uint8 blocks
+    [E, rows, K/32, 16] and E8M0 scales [E, rows, K/32]; gate/up rows and bias interleaved,
+    row 2j gate and 2j + 1 up of feature j), decoded inside the kernels. Equals `fused_moe`
+    on the decoded, de-interleaved weights up to float32 summation order (see
+    `max_kernels.mxfp4_moe.fused_moe_mxfp4`)."""
+    fn = _mxfp4_moe.fused_moe_mxfp4 if use_triton(x) else _mxfp4_moe.fused_moe_mxfp4_reference
+    return fn(
+        x,
+        gate_up_blocks,
+        gate_up_scales,
+        down_blocks,
+        down_scales,
+        topk_weights,
+        topk_ids,
+        activation=activation,
+        b_gate_up=b_gate_up,
+        b_down=b_down,
+        alpha=alpha,
+        limit=limit,
+    )
 
 def apply_penalties(
     logits: torch.Tensor,

@@ -1,14 +1,19 @@
-"""Attention over the paged KV cache, for ragged batches: the dispatch and the reference.
+"""Attention over the paged KV cache, for ragged batches: the reference.
 
-On CUDA, `paged_attention` runs the Triton kernels: the leading decode rows (one query token
-each) through the split-K decode kernel, the rest through the ragged prefill kernel; both
-read keys and values in place from their pages. Elsewhere it runs the reference.
+`paged_attention_reference` defines what attention computes and is the CPU path of
+`max_kernels.paged_attention` (the dispatch, in `max_kernels.ops`); the Triton kernels
+(`decode_attention`, `prefill_attention`) must match it, and their own references are this
+one read request by request in float32 (`paged_attention_reference_per_request`).
 
 The reference gathers each request's keys and values from its pages into a padded batch
 and calls torch's scaled_dot_product_attention with an explicit mask (causal, optional
 sliding window). Decoding requests and prefilling requests are handled as two groups so
 that one long prompt chunk does not pad every decoding request to its length. No Python
 loop runs over requests: index tensors are built once per step and reused by every layer.
+
+An FP8 (e4m3) cache holds codes with a float32 scale per tensor (`k_scale`, `v_scale`):
+writes quantize, reads decode into q's dtype (`max_kernels.fp8_kv_cache`). A cache of q's
+dtype takes the paths above unchanged and ignores the scales.
 """
 
 from __future__ import annotations
@@ -16,87 +21,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from max_kernels.backend import use_triton
-from max_kernels.decode_attention import decode_attention
-from max_kernels.prefill_attention import prefill_attention
+from max_kernels.fp8_kv_cache import dequantize_kv, is_fp8, quantize_kv
 from max_kernels.ragged_layout import RaggedLayout
 
 
-def write_kv_cache(
+def write_kv_cache_reference(
     k: torch.Tensor,
     v: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     layout: RaggedLayout,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
-    """Stores the step's new keys and values [T, Hkv, D] at their cache slots (reference;
-    on the GPU the rotary kernel writes them)."""
+    """Stores the step's new keys and values [T, Hkv, D] at their cache slots; into an FP8
+    cache quantized by `k_scale` / `v_scale` (None: 1.0)."""
     num_slots = k_cache.shape[0] * k_cache.shape[1]
+    if is_fp8(k_cache):
+        # Copied as bytes: index_copy_ has no float8 kernel on the CPU.
+        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
+        k = quantize_kv(k, k_scale).view(torch.uint8)
+        v = quantize_kv(v, v_scale).view(torch.uint8)
     k_cache.view(num_slots, *k_cache.shape[2:]).index_copy_(0, layout.slot_mapping, k)
     v_cache.view(num_slots, *v_cache.shape[2:]).index_copy_(0, layout.slot_mapping, v)
-
-
-def paged_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    layout: RaggedLayout,
-    scale: float,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Causal attention of the step's queries over their requests' cached keys and values.
-
-    Args:
-        q: [T, Hq, D] queries of the step's new tokens, ragged as `layout` says.
-        k_cache, v_cache: [num_pages, page_size, Hkv, D]; this step's keys and values
-            must already be written.
-        layout: the step's ragged layout.
-        scale: factor applied to q·k.
-        sliding_window: if set, a query at position p sees keys at positions > p - window.
-        softcap: if set, scores become softcap * tanh(scores / softcap) before the softmax.
-        sinks: optional float32 [Hq], a learned logit per head that joins each softmax's
-            denominator (gpt-oss).
-
-    Returns:
-        [T, Hq, D] attention output, in q's dtype.
-    """
-    if not use_triton(q):
-        return paged_attention_reference(q, k_cache, v_cache, layout, scale, sliding_window, softcap, sinks)
-    out = torch.empty_like(q)
-    nd = layout.num_decode
-    options = dict(sliding_window=sliding_window, softcap=softcap, sinks=sinks)
-    if nd > 0:
-        decode_attention(
-            q[:nd],
-            k_cache,
-            v_cache,
-            layout.page_table[:nd],
-            layout.context_lens[:nd],
-            scale,
-            num_splits=layout.num_splits,
-            out=out[:nd],
-            **options,
-        )
-    if nd < layout.num_requests:
-        t0 = layout.num_decode  # decode rows hold one token each
-        query_start = layout.cached(
-            ("prefill", "query_start"), lambda: layout.query_start[nd:] - layout.query_start[nd]
-        )
-        prefill_attention(
-            q[t0:],
-            k_cache,
-            v_cache,
-            layout.page_table[nd:],
-            query_start,
-            layout.context_lens[nd:],
-            layout.max_query_len,
-            scale,
-            out=out[t0:],
-            **options,
-        )
-    return out
 
 
 def paged_attention_reference(
@@ -108,21 +56,28 @@ def paged_attention_reference(
     sliding_window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of the step's queries over their requests' cached keys and values.
 
     Args:
         q: [T, Hq, D] queries of the step's new tokens, ragged as `layout` says.
-        k_cache, v_cache: [num_pages, page_size, Hkv, D]; this step's keys and values
-            must already be written (see `write_kv_cache`).
+        k_cache, v_cache: [num_pages, page_size, Hkv, D], in q's dtype or float8_e4m3fn;
+            this step's keys and values must already be written (see `write_kv_cache_reference`).
         layout: the step's ragged layout.
         scale: factor applied to q·k.
         sliding_window: if set, a query at position p sees keys at positions > p - window.
         softcap: if set, scores become softcap * tanh(scores / softcap) before the softmax.
+        sinks: optional float32 [Hq], a learned logit per head that joins each softmax's
+            denominator (gpt-oss).
+        k_scale, v_scale: float32 [1] per-tensor scales of an FP8 cache (None: 1.0).
 
     Returns:
         [T, Hq, D] attention output, in q's dtype.
     """
+    kv_scales = (k_scale, v_scale) if is_fp8(k_cache) else None
     out = torch.empty_like(q)
     nd = layout.num_decode
     # Decoding requests come first with one token each, so their rows are [0, nd).
@@ -136,8 +91,95 @@ def paged_attention_reference(
         mask = layout.cached(
             (name, "mask", sliding_window), lambda index=index: index.mask(sliding_window)
         )
-        out[t0:t1] = _group_attention(q[t0:t1], k_cache, v_cache, index, mask, scale, softcap, sinks)
+        out[t0:t1] = _group_attention(
+            q[t0:t1], k_cache, v_cache, index, mask, scale, softcap, sinks, kv_scales
+        )
     return out
+
+
+def gather_request_kv(
+    cache: torch.Tensor,
+    pages: torch.Tensor,
+    n: int,
+    scale: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The first `n` tokens [n, Hkv, D] of one request, from its row of the page table;
+    from an FP8 cache, decoded with its `scale` into `dtype`."""
+    page_size = cache.shape[1]
+    used = pages[: -(-n // page_size)].long()
+    kv = cache[used].reshape(-1, *cache.shape[2:])[:n]
+    if is_fp8(cache):
+        return dequantize_kv(kv, scale, dtype or torch.float32)
+    return kv
+
+
+def paged_attention_reference_per_request(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    query_start: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    *,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`paged_attention_reference` in float32, one request at a time, on the Triton kernels'
+    arguments: the references of `decode_attention` and `prefill_attention`.
+
+    Each request's keys and values are gathered from its pages alone (an FP8 cache's decoded
+    into q's dtype, as the kernels decode them), so slots a request does not own are never
+    read; a request without keys (context 0, batch padding) gets zeros. Computed in float32
+    whatever the inputs' dtype, so a kernel is measured against one rounding of the result.
+
+    Args:
+        q: [T, Hq, D]; request b's new tokens are rows query_start[b]:query_start[b+1].
+        k_cache, v_cache: [num_pages, page_size, Hkv, D], in q's dtype or float8_e4m3fn.
+        page_table: int32 [B, W], request b's pages in order.
+        query_start: int [B + 1]; context_lens: int [B], keys of request b, new ones included.
+        scale, sliding_window, softcap, sinks, k_scale, v_scale: as `paged_attention_reference`.
+        out: optional [T, Hq, D] buffer (of any float dtype) to write into.
+
+    Returns:
+        [T, Hq, D] in q's dtype, or `out`.
+    """
+    result = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    starts = query_start.tolist()
+    for b, n in enumerate(context_lens.tolist()):
+        q0, q1 = starts[b], starts[b + 1]
+        if n == 0 or q1 == q0:
+            continue
+        # The request's keys as a cache of one page of n slots.
+        k = gather_request_kv(k_cache, page_table[b], n, k_scale, q.dtype).float()[None]
+        v = gather_request_kv(v_cache, page_table[b], n, v_scale, q.dtype).float()[None]
+        result[q0:q1] = paged_attention_reference(
+            q[q0:q1].float(), k, v, _one_request_layout(q1 - q0, n, q.device), scale, sliding_window, softcap, sinks
+        )
+    if out is None:
+        return result.to(q.dtype)
+    out.copy_(result)
+    return out
+
+
+def _one_request_layout(num_new: int, context: int, device: torch.device) -> RaggedLayout:
+    """The layout of one request whose `context` keys fill page 0 and whose last `num_new`
+    are this step's."""
+    return RaggedLayout(
+        query_start=torch.tensor([0, num_new], dtype=torch.int32, device=device),
+        context_lens=torch.tensor([context], dtype=torch.int32, device=device),
+        page_table=torch.zeros(1, 1, dtype=torch.int32, device=device),
+        slot_mapping=torch.arange(context - num_new, context, device=device),
+        page_size=context,
+        num_decode=1 if num_new == 1 else 0,
+        query_lens=[num_new],
+        context_lens_host=[context],
+    )
 
 
 class _GroupIndex:
@@ -184,12 +226,15 @@ class _GroupIndex:
         return allowed[:, None]
 
 
-def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softcap, sinks):
+def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softcap, sinks, kv_scales):
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
     num_slots = k_cache.shape[0] * k_cache.shape[1]
     k = k_cache.view(num_slots, hkv, d)[index.kv_slots]  # [b, L, Hkv, D]
     v = v_cache.view(num_slots, hkv, d)[index.kv_slots]
+    if kv_scales is not None:  # an FP8 cache: its codes read back in q's dtype
+        k = dequantize_kv(k, kv_scales[0], q.dtype)
+        v = dequantize_kv(v, kv_scales[1], q.dtype)
     if index.max_q == 1:
         qp = q.view(index.batch, 1, hq, d)
     else:

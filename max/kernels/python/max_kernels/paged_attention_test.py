@@ -6,6 +6,10 @@ import pytest
 import torch
 
 from max_kernels import RaggedLayout, paged_attention, write_kv_cache
+from max_kernels.paged_attention import (
+    paged_attention_reference,
+    paged_attention_reference_per_request,
+)
 
 
 def _naive(q, k, v, q_pos, scale, window=None, softcap=None):
@@ -122,3 +126,32 @@ def test_index_tensors_are_built_once_per_step():
     paged_attention(q, cache, cache, layout, 0.3)
     assert set(layout._cache) == keys
     assert ("decode", "index") in keys and ("prefill", "index") in keys
+
+
+@pytest.mark.parametrize("options", [{}, dict(sliding_window=4, softcap=5.0, sinks=torch.tensor([0.5, -1.0, 2.0, 0.0]))])
+def test_the_kernels_reference_is_the_step_reference_request_by_request(options):
+    """`paged_attention_reference_per_request` (what the decode and prefill kernels are
+    checked against) gives the step reference's numbers, one request at a time; a request
+    without keys (batch padding) gets zeros."""
+    g = torch.Generator().manual_seed(2)
+    ctx, new = [6, 11, 0, 9], [1, 1, 0, 5]
+    page_table = torch.tensor([[3, 0, 0], [1, 4, 6], [0, 0, 0], [2, 5, 7]], dtype=torch.int32)
+    k_cache, v_cache = torch.randn(2, 8, 4, 2, 8, generator=g)
+    starts = torch.tensor([0, 1, 2, 2, 7], dtype=torch.int32)
+    q = torch.randn(7, 4, 8, generator=g)
+    per_request = paged_attention_reference_per_request(
+        q, k_cache, v_cache, page_table, starts, torch.tensor(ctx, dtype=torch.int32), 0.3, **options
+    )
+    live = [0, 1, 3]
+    layout = RaggedLayout(
+        query_start=torch.tensor([0, 1, 2, 7], dtype=torch.int32),
+        context_lens=torch.tensor([ctx[b] for b in live], dtype=torch.int32),
+        page_table=page_table[live],
+        slot_mapping=torch.zeros(7, dtype=torch.int64),
+        page_size=4,
+        num_decode=2,
+        query_lens=[new[b] for b in live],
+        context_lens_host=[ctx[b] for b in live],
+    )
+    step = paged_attention_reference(q, k_cache, v_cache, layout, 0.3, **options)
+    torch.testing.assert_close(per_request, step, rtol=1e-6, atol=1e-6)

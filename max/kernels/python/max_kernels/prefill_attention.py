@@ -11,9 +11,11 @@ all query heads of one KV head: its BLOCK_M = BLOCK_Q x group rows are (token, h
 so one pass over the keys serves the whole GQA group. It walks only the key tiles that
 some of its rows may see (from the sliding window's start to the causal limit of its last
 token), so a long prompt costs about half of a full attention matrix, and gathers each
-tile's tokens through the page table.
+tile's tokens through the page table. An FP8 (e4m3) cache's tiles are decoded to q's dtype
+with their per-tensor scales as they are loaded (`max_kernels.fp8_kv_cache`).
 
-`prefill_attention_reference` is the plain-torch specification of the same op.
+`prefill_attention_reference` is the plain-torch specification of the same op: the one
+attention reference (`max_kernels.paged_attention`) read request by request in float32.
 """
 
 # Triton compile-time parameters are upper case by convention.
@@ -26,13 +28,9 @@ import triton
 import triton.language as tl
 
 from max_kernels.backend import interpreting, unspecialized
-from max_kernels.decode_attention import (
-    NO_SCORE,
-    attention_one_request,
-    fold_tile,
-    gather_request_kv,
-    soft_cap,
-)
+from max_kernels.decode_attention import NO_SCORE, fold_tile, soft_cap
+from max_kernels.fp8_kv_cache import dequantize_e4m3, is_fp8, kernel_view, kv_scale
+from max_kernels.paged_attention import paged_attention_reference_per_request
 
 
 def prefill_attention_reference(
@@ -49,28 +47,31 @@ def prefill_attention_reference(
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Plain-torch ragged prefill attention, the specification of `prefill_attention`.
+    """The specification of `prefill_attention`: the paged attention reference on the same
+    arguments, in float32 (`max_kernels.paged_attention.paged_attention_reference_per_request`).
 
-    Loops over requests; `max_query_len` is accepted for a matching signature and ignored.
+    `max_query_len` is accepted for a matching signature and ignored. An FP8 cache's keys
+    and values are decoded with `k_scale` / `v_scale` into q's dtype.
     """
     del max_query_len
-    result = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    starts = query_start.tolist()
-    for b, n in enumerate(context_lens.tolist()):
-        q0, q1 = starts[b], starts[b + 1]
-        if q1 == q0:
-            continue
-        k = gather_request_kv(k_cache, page_table[b], n)
-        v = gather_request_kv(v_cache, page_table[b], n)
-        pos = torch.arange(n - (q1 - q0), n, device=q.device)
-        result[q0:q1] = attention_one_request(
-            q[q0:q1], k, v, pos, scale, sliding_window, softcap, sinks
-        )
-    if out is None:
-        return result.to(q.dtype)
-    out.copy_(result)
-    return out
+    return paged_attention_reference_per_request(
+        q,
+        k_cache,
+        v_cache,
+        page_table,
+        query_start,
+        context_lens,
+        scale,
+        sliding_window=sliding_window,
+        softcap=softcap,
+        sinks=sinks,
+        out=out,
+        k_scale=k_scale,
+        v_scale=v_scale,
+    )
 
 
 @triton.jit(**unspecialized(ints=("stride_tb",), pointers=("table_ptr", "qstart_ptr", "ctx_ptr")))
@@ -83,6 +84,8 @@ def _prefill_kernel(
     ctx_ptr,
     sinks_ptr,
     out_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     scale,
     softcap,
     window,
@@ -109,6 +112,7 @@ def _prefill_kernel(
     USE_SINKS: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    KV_FP8: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     b = tl.program_id(1)
@@ -138,6 +142,12 @@ def _prefill_kernel(
     )
     if UPCAST:
         q = q.to(tl.float32)
+    if KV_FP8:
+        k_scale = tl.load(k_scale_ptr)
+        v_scale = tl.load(v_scale_ptr)
+    else:
+        k_scale = 1.0
+        v_scale = 1.0
 
     # Keys any row of the block may see: [lo, hi). A block past the request's last token
     # gets an empty range instead of an early return.
@@ -169,6 +179,8 @@ def _prefill_kernel(
             mask=d_mask[:, None] & n_mask[None, :],
             other=0.0,
         )
+        if KV_FP8:
+            k = dequantize_e4m3(k, k_scale, q.dtype)
         if UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, k, input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
@@ -182,7 +194,9 @@ def _prefill_kernel(
         v_off = page * stride_vp + slot * stride_vs + h * stride_vh
         v_ptrs = v_ptr + v_off[:, None] + offs_d[None, :]
         v_mask = n_mask[:, None] & d_mask[None, :]
-        m_i, l_i, acc = fold_tile(s, v_ptrs, v_mask, m_i, l_i, acc, UPCAST, PRECISION)
+        m_i, l_i, acc = fold_tile(
+            s, v_ptrs, v_mask, m_i, l_i, acc, UPCAST, PRECISION, v_scale, KV_FP8, q.dtype
+        )
 
     # Every real row sees at least its own key; l_i is 0 only on masked padding rows.
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
@@ -221,13 +235,16 @@ def prefill_attention(
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of a ragged batch of new tokens over their paged keys (Triton).
 
     Args:
         q: [T, Hq, D] the step's new tokens of all requests, concatenated.
         k_cache, v_cache: [num_pages, page_size, Hkv, D], same dtype as q (float32,
-            bfloat16 or float16); this step's keys and values are already written.
+            bfloat16 or float16) or float8_e4m3fn; this step's keys and values are
+            already written.
         page_table: int32 [B, W]; token j of request b lives in page page_table[b, j //
             page_size] at offset j % page_size.
         query_start: int32 [B + 1]; request b's rows are query_start[b]:query_start[b+1].
@@ -239,6 +256,8 @@ def prefill_attention(
         sinks: optional float32 [Hq]: a learned logit per head that joins the softmax
             denominator only (gpt-oss attention sinks).
         out: optional [T, Hq, D] buffer to write into.
+        k_scale, v_scale: float32 [1] per-tensor scales of an FP8 cache (None: 1.0);
+            other caches ignore them.
 
     Returns:
         [T, Hq, D] in q's dtype (`out` if given).
@@ -266,6 +285,12 @@ def prefill_attention(
     upcast = interpreting() and q.dtype == torch.bfloat16
     precision = "ieee" if upcast or q.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(max_query_len, block_q), batch, num_kv_heads)
+    kv_fp8 = is_fp8(k_cache)
+    if kv_fp8:
+        k_scale, v_scale = kv_scale(k_scale, q), kv_scale(v_scale, q)
+        k_cache, v_cache = kernel_view(k_cache), kernel_view(v_cache)
+    else:
+        k_scale = v_scale = q  # not read
     _prefill_kernel[grid](
         q,
         k_cache,
@@ -275,6 +300,8 @@ def prefill_attention(
         context_lens,
         sinks.contiguous() if sinks is not None else q,
         out,
+        k_scale,
+        v_scale,
         float(scale),
         float(softcap) if softcap is not None else 1.0,
         int(sliding_window) if sliding_window is not None else 0,
@@ -301,6 +328,7 @@ def prefill_attention(
         USE_SINKS=sinks is not None,
         UPCAST=upcast,
         PRECISION=precision,
+        KV_FP8=kv_fp8,
         num_warps=8 if block_m >= 64 else 4,
         num_stages=2,
     )

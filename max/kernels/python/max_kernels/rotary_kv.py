@@ -4,13 +4,14 @@
 step's tokens and writes the keys and values at their cache slots, reading q, k and v
 straight out of the fused qkv projection (strided views, no copy). `rope_and_write_kv_reference`
 is the torch path it must match: `max.nn.rotary_embedding.RotaryEmbedding.forward` followed
-by `max_kernels.paged_attention.write_kv_cache`.
+by `max_kernels.paged_attention.write_kv_cache_reference`.
 
 The cos/sin tables [max_positions, rotary_dim] are float32 in the "rotate half" layout
 (cat(freqs, freqs), any rope scaling already folded in), so every rope variant is the same
 kernel with other tables. Only the first rotary_dim channels of a head rotate (partial
 rotary); the rest pass through. A cache slot < 0 marks a padding row, whose k and v are not
-stored.
+stored. An FP8 (e4m3) cache stores k and v quantized by their per-tensor scales
+(`max_kernels.fp8_kv_cache`); caches of other dtypes take them as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import triton
 import triton.language as tl
 
 from max_kernels.backend import unspecialized
+from max_kernels.fp8_kv_cache import is_fp8, kernel_view, kv_scale, quantize_e4m3, quantize_kv
 from max_kernels.pdl import pdl_launch, pdl_prologue
 
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
@@ -41,6 +43,9 @@ def rope_and_write_kv_reference(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotates q and k by position in q's dtype, stores k and v in the cache; returns q rotated.
 
@@ -51,6 +56,8 @@ def rope_and_write_kv_reference(
         k_cache, v_cache: [num_pages, page_size, Hkv, D]; the flat slot of a token is
             page * page_size + offset.
         slot_mapping: [T] int64 cache slot of each token; < 0 for padding rows (not stored).
+        k_scale, v_scale: float32 [1] per-tensor scales of an FP8 cache (None: 1.0); other
+            caches ignore them.
 
     Returns:
         The rotated queries [T, Hq, D].
@@ -70,8 +77,14 @@ def rope_and_write_kv_reference(
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
     num_slots = k_cache.shape[0] * k_cache.shape[1]
-    k_cache.view(num_slots, *k_cache.shape[2:]).index_copy_(0, slots, k_rot[keep])
-    v_cache.view(num_slots, *v_cache.shape[2:]).index_copy_(0, slots, v[keep])
+    k_new, v_new = k_rot[keep], v[keep]
+    if is_fp8(k_cache):
+        # Copied as bytes: index_copy_ has no float8 kernel on the CPU.
+        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
+        k_new = quantize_kv(k_new, k_scale).view(torch.uint8)
+        v_new = quantize_kv(v_new, v_scale).view(torch.uint8)
+    k_cache.view(num_slots, *k_cache.shape[2:]).index_copy_(0, slots, k_new)
+    v_cache.view(num_slots, *v_cache.shape[2:]).index_copy_(0, slots, v_new)
     return q_rot
 
 
@@ -85,14 +98,19 @@ def rope_and_write_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton version of `rope_and_write_kv_reference` (same arguments), in one launch.
 
     q, k and v may be views with any token and head strides (last dimension contiguous).
     The rotation is computed in float32 with the float32 tables and rounded once, so it
     differs from the reference (which rounds cos/sin and each product to q's dtype) by a
-    few units in the last place in bfloat16/float16; v is copied bit for bit. Returns a new
-    contiguous [T, Hq, D] tensor. Capture-safe: no host synchronization.
+    few units in the last place in bfloat16/float16; v is copied bit for bit. An FP8 cache
+    gets the rotated float32 k quantized directly (the reference quantizes k rounded to
+    q's dtype first, so a code may differ by one step) and v's codes bit for bit. Returns
+    a new contiguous [T, Hq, D] tensor. Capture-safe: no host synchronization.
     """
     t, hq, d = q.shape
     hkv = k.shape[1]
@@ -105,6 +123,12 @@ def rope_and_write_kv(
     q_out = torch.empty((t, hq, d), dtype=q.dtype, device=q.device)
     if t == 0:
         return q_out
+    kv_fp8 = is_fp8(k_cache)
+    if kv_fp8:
+        k_scale, v_scale = kv_scale(k_scale, q), kv_scale(v_scale, q)
+        k_cache, v_cache = kernel_view(k_cache), kernel_view(v_cache)
+    else:
+        k_scale = v_scale = k_cache  # not read
 
     block_d = triton.next_power_of_2(d)
     block_h = min(triton.next_power_of_2(max(hq, hkv)), max(1, 1024 // block_d))
@@ -112,7 +136,7 @@ def rope_and_write_kv(
     # Axis 1: the q head blocks first, then the kv head blocks (k and v together).
     grid = (t, num_q_blocks + triton.cdiv(hkv, block_h))
     _rope_kv_kernel[grid](
-        q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, q_out,
+        q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, q_out, k_scale, v_scale,
         hq, hkv, d, rotary_dim // 2, rotary_dim, k_cache.shape[1], num_q_blocks,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos.stride(0), sin.stride(0),
@@ -121,6 +145,7 @@ def rope_and_write_kv(
         q_out.stride(0), q_out.stride(1),
         BLOCK_H=block_h,
         BLOCK_D=block_d,
+        KV_FP8=kv_fp8,
         num_warps=4,
         **pdl_launch(q),
     )  # fmt: skip
@@ -130,6 +155,7 @@ def rope_and_write_kv(
 @triton.jit(**unspecialized(pointers=("pos_ptr", "slot_ptr")))
 def _rope_kv_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr, qo_ptr,
+    k_scale_ptr, v_scale_ptr,
     Hq, Hkv, D, half, rotary_dim, page_size, num_q_blocks,
     sq_t, sq_h, sk_t, sk_h, sv_t, sv_h,
     s_cos, s_sin,
@@ -137,6 +163,7 @@ def _rope_kv_kernel(
     sqo_t, sqo_h,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    KV_FP8: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):  # fmt: skip
     pdl_prologue(USE_PDL)
@@ -181,8 +208,16 @@ def _rope_kv_kernel(
     x2 = tl.load(k_ptr + k_row + partner[None, :], mask=kv_mask & rot2, other=0.0).to(tl.float32)
     y = tl.where(rot2, x * c + sign2 * x2 * s, x)
     kc_row = (page * skc_p + offset * skc_s + hk64 * skc_h)[:, None]
-    tl.store(kc_ptr + kc_row + d[None, :], y.to(kc_ptr.dtype.element_ty), mask=kv_mask)
+    if KV_FP8:
+        k_codes = quantize_e4m3(y, tl.load(k_scale_ptr), kc_ptr.dtype.element_ty)
+        tl.store(kc_ptr + kc_row + d[None, :], k_codes, mask=kv_mask)
+    else:
+        tl.store(kc_ptr + kc_row + d[None, :], y.to(kc_ptr.dtype.element_ty), mask=kv_mask)
     v_row = (tok * sv_t + hk64 * sv_h)[:, None]
     vals = tl.load(v_ptr + v_row + d[None, :], mask=kv_mask, other=0.0)
     vc_row = (page * svc_p + offset * svc_s + hk64 * svc_h)[:, None]
-    tl.store(vc_ptr + vc_row + d[None, :], vals.to(vc_ptr.dtype.element_ty), mask=kv_mask)
+    if KV_FP8:
+        v_codes = quantize_e4m3(vals.to(tl.float32), tl.load(v_scale_ptr), vc_ptr.dtype.element_ty)
+        tl.store(vc_ptr + vc_row + d[None, :], v_codes, mask=kv_mask)
+    else:
+        tl.store(vc_ptr + vc_row + d[None, :], vals.to(vc_ptr.dtype.element_ty), mask=kv_mask)

@@ -21,7 +21,7 @@ Each op is also captured in a CUDA graph and replayed on new inputs: no host syn
 import pytest
 import torch
 
-from max_kernels.bench_harness import capture_graph
+from max_kernels.cuda_graph import capture_graph
 from max_kernels.mixture_of_experts import fused_moe, fused_moe_reference
 from max_kernels.sampling import (
     apply_penalties,

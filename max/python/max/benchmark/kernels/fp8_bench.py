@@ -8,7 +8,8 @@ timing replays a CUDA graph of 32 calls on 32 different weights, so that no weig
 served from L2. Prints one JSON line per (shape, rows) with microseconds per call and the
 weight's read rate.
 
-    python3 -m max_kernels.fp8_bench [--rows 1,4,16] [--quick]
+    ./bazelw run //max/python/max/benchmark/kernels:fp8_bench -- [--rows 1,4,16] [--quick]
+    PYTHONPATH=max/python:max/kernels/python python3 -m max.benchmark.kernels.fp8_bench   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 
 import torch
 import torch.nn.functional as F
 
-from max_kernels.bench_harness import graph_time_us
+from max.benchmark.kernels.bench_harness import graph_time_us
+from max.entrypoints.process_setup import run_main
 from max_kernels.fp8 import (
     fp8_gemv,
     fp8_linear,
@@ -109,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from max_kernels.bench_harness import BenchCase, tensor_bytes
+from max.benchmark.kernels.bench_harness import BenchCase, tensor_bytes
 from max_kernels.mixture_of_experts import fused_moe, fused_moe_reference
 from max_kernels.sampling import (
     apply_penalties,

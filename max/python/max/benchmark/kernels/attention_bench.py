@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from max.benchmark.kernels.bench_harness import BenchCase, tensor_bytes
+from max_kernels import paged_attention
 from max_kernels.backend import backend
-from max_kernels.bench_harness import BenchCase, tensor_bytes
 from max_kernels.decode_attention import decode_attention, default_num_splits
-from max_kernels.paged_attention import paged_attention
 from max_kernels.prefill_attention import prefill_attention
 from max_kernels.ragged_layout import RaggedLayout
 

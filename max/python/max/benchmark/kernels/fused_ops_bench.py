@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from max.benchmark.kernels.bench_harness import BenchCase, tensor_bytes
 from max_kernels.activation import silu_and_mul, silu_and_mul_reference
-from max_kernels.bench_harness import BenchCase, tensor_bytes
 from max_kernels.normalization import rms_norm, rms_norm_reference
 from max_kernels.rotary_kv import rope_and_write_kv, rope_and_write_kv_reference
 

@@ -1,8 +1,10 @@
-"""The kernel micro-benchmark (`//max/kernels:bench`): every kernel at real shapes, its Triton
-version and its torch reference side by side, against the card's copy bandwidth.
+"""The kernel micro-benchmark: each kernel at real shapes, Triton beside torch, against the copy rate.
 
-    ./bazelw run //max/kernels:bench -- [--filter attention] [--json out.json]
-    PYTHONPATH=max/kernels/python python3 -m max_kernels.bench      # on a GPU machine
+Every kernel of `max_kernels` at real shapes, its Triton version and its torch reference
+side by side, against the card's copy bandwidth:
+
+    ./bazelw run //max/python/max/benchmark/kernels:bench -- [--filter attention] [--result-file out.json]
+    PYTHONPATH=max/python:max/kernels/python python3 -m max.benchmark.kernels.bench   # on a GPU machine
 
 Prints one Markdown row per kernel and shape: median times (CUDA events), achieved
 bandwidth (the fewest bytes the op must move over its time), and that bandwidth as a share
@@ -18,16 +20,18 @@ from dataclasses import asdict
 
 import torch
 
-from max_kernels.bench_harness import BenchResult, copy_bandwidth_gbps, run_case
+from max.benchmark.kernels.bench_harness import BenchResult, copy_bandwidth_gbps, run_case
+from max.entrypoints.process_setup import run_main
+from max.entrypoints.tool_flags import add_result_file_arg
 
-SUITES = ("attention_bench", "fused_ops_bench", "sampling_moe_bench")
+SUITES = ("attention_bench", "fused_ops_bench", "sampling_moe_bench", "mxfp4_moe_bench")
 
 
 def _cases(name_filter: str | None):
     import importlib
 
     for suite in SUITES:
-        for case in importlib.import_module(f"max_kernels.{suite}").bench_cases():
+        for case in importlib.import_module(f"max.benchmark.kernels.{suite}").bench_cases():
             if name_filter is None or name_filter in case.kernel:
                 yield case
 
@@ -45,8 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the suite and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", help="only kernels whose name contains this")
-    parser.add_argument("--json", help="also write the results here")
+    add_result_file_arg(parser, "also write the results here as JSON", json_alias=True)
     args = parser.parse_args(argv)
+    return run_main(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("the kernel benchmark needs a CUDA GPU", file=sys.stderr)
         return 1
@@ -65,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(_row(result, copy), flush=True)
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.result_file:
+        with open(args.result_file, "w") as f:
             json.dump({"copy_gbps": copy, "results": [asdict(r) for r in results]}, f, indent=2)
     return 0
 

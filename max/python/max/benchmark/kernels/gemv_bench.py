@@ -7,7 +7,8 @@ configurations again with programmatic dependent launch, which lets each call st
 reading its weight while the previous one finishes. Prints one JSON line per product with
 microseconds per call and the weight's read rate, and the best configuration.
 
-    python3 -m max_kernels.gemv_bench [--quick]
+    ./bazelw run //max/python/max/benchmark/kernels:gemv_bench -- [--quick]
+    PYTHONPATH=max/python:max/kernels/python python3 -m max.benchmark.kernels.gemv_bench   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import argparse
 import itertools
 import json
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
-from max_kernels.bench_harness import graph_time_us
+from max.benchmark.kernels.bench_harness import graph_time_us
+from max.entrypoints.process_setup import run_main
 from max_kernels.gemv import GemvConfig, default_config, gemv
 
 SHAPES = {
@@ -113,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

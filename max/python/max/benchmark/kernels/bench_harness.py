@@ -1,4 +1,5 @@
-"""Timing helpers of the kernel micro-benchmark (`//max/kernels:bench`).
+"""Timing helpers of the kernel benchmarks (`//max/python/max/benchmark/kernels:bench` and the
+per-kernel benches beside it).
 
 A `BenchCase` names one kernel at one shape, with a Triton and a reference callable and
 the fewest bytes the op must move through device memory (each input read once, each
@@ -11,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 
-T = TypeVar("T")
+from max_kernels.cuda_graph import capture_graph
 
 
 @dataclass
@@ -54,21 +54,6 @@ def run_case(case: BenchCase) -> BenchResult:
     r = time_ms(case.reference_fn) if case.reference_fn is not None else None
     gbps = lambda ms: case.bytes_moved / (ms * 1e-3) / 1e9  # noqa: E731
     return BenchResult(case.kernel, case.shape, t, r, gbps(t), gbps(r) if r is not None else None)
-
-
-def capture_graph(run: Callable[[], T]) -> tuple[torch.cuda.CUDAGraph, T]:
-    """Runs `run` once on a side stream (compiling its kernels and warming the allocator
-    outside the capture), then captures it in a CUDA graph; returns the graph and what the
-    captured call returned (its static outputs). Used by the benches and the GPU tests."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        result = run()
-    return graph, result
 
 
 def graph_time_us(fn: Callable[[int], object], copies: int, reps: int = 20) -> float:

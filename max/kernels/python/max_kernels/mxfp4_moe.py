@@ -1,0 +1,742 @@
+"""Routed experts whose weights stay packed in MXFP4 on the device (gpt-oss), decoded in the kernels.
+
+The format (OCP microscaling FP4, as gpt-oss checkpoints store their experts): a weight
+W [rows, cols] is two uint8 tensors,
+- `blocks` [rows, cols / 32, 16]: 32 E2M1 codes per block, two per byte, the low nibble
+  first (element 2j of a block is byte j's low nibble, element 2j + 1 its high nibble);
+- `scales` [rows, cols / 32]: one E8M0 exponent per block, biased by 127;
+and W[r, 32 g + i] = FP4_VALUES[code i of block (r, g)] * 2 ** (scales[r, g] - 127).
+A code is s e e m (bit 3 the sign): 0, 0.5 (subnormal) and 2 ** (e - 1) * (1 + m / 2).
+
+`fused_moe_mxfp4` computes what `mixture_of_experts.fused_moe_reference` computes on the
+decoded weights (decoded in float32, rounded once to x's dtype, as the bfloat16 load path
+does), with gpt-oss's layout of the gate and up projections: their rows are interleaved,
+row 2j the gate of feature j and row 2j + 1 its up (a tensor-parallel rank's features
+[i0, i1) are then the contiguous rows [2 i0, 2 i1)). A decoded value is a 2-bit
+significand times a power of two, exact in bfloat16 and float32, so the kernels multiply
+the same numbers as the decoded path and differ from it only in the order of their
+float32 sums. gpt-oss-20b's experts (24 layers of 32) take 10.2 GB packed (blocks and
+scales, 13.2 MB an expert) against 38.2 GB decoded to bfloat16.
+
+Two Triton paths, each two kernels (gate/up with the activation in its epilogue, then
+down times the router weight, both per (token, slot) pair) and a sum over the k slots:
+- few tokens (decode steps, up to `GEMV_MAX_TOKENS`): CUDA-core GEMVs with no alignment
+  step. A program takes one pair and a slice of output rows and streams that expert's
+  packed rows once (rows 2n and 2n + 1 together for gate/up), requesting the next slice of
+  K before it multiplies the current one. At one token the k active experts are distinct,
+  so every packed byte they hold is read exactly once; at a few tokens, pairs that share
+  an expert are neighbours in the launch order and share its bytes through L2. The bytes
+  are read as 32-bit words and decoded two codes per shift-and-mask (`_decode_word`); the
+  32 products of a block are summed before its power-of-two scale is applied (exact), so a
+  weight costs about five instructions: its share of the decode, a conversion and a fused
+  multiply-add (sm_90 SASS of triton 3.9).
+- more tokens (prefill): the grouped GEMMs of `mixture_of_experts` (its alignment of the
+  pairs by expert, padded to BLOCK_M rows) on the tensor cores, each [BLOCK_K, BLOCK_N]
+  weight tile decoded to x's dtype in registers before `tl.dot`.
+
+The decode is arithmetic, with no table: a code's three magnitude bits shifted into a
+float16's exponent and mantissa give the value times 2 ** -14 (the subnormal 0.5 becomes
+a float16 subnormal, which the conversion to float32 keeps exact), and the block's scale,
+built as float32 bits, supplies 2 ** (scale - 113).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from max_kernels.backend import interpreting
+from max_kernels.mixture_of_experts import (
+    _ACT_CODES,
+    _ACTIVATIONS,
+    SWIGLU_ALPHA,
+    SWIGLU_LIMIT,
+    MoeBlocks,
+    _activation_fn,
+    _align,
+    _gated_activation,
+    _gated_mlp,
+    _mma,
+    _sum_routed_experts,
+)
+from max_kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, pdl_prologue
+
+# Triton kernels name their sizes and compile-time constants in capitals.
+# ruff: noqa: N803
+
+# The 16 E2M1 values, by 4-bit code (bit 3 is the sign).
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+SCALE_BIAS = 127
+# Weights per MXFP4 block (one scale), and bytes per block.
+BLOCK_SIZE = 32
+BLOCK_BYTES = 16
+
+# Up to this many tokens the GEMV path runs; above, the tensor-core grouped GEMMs.
+GEMV_MAX_TOKENS = 4
+
+
+def decode_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """float32 [..., rows, groups * 32] from uint8 blocks [..., rows, groups, 16] and scales
+    [..., rows, groups] (exact: every decoded value is representable in float32)."""
+    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BLOCK_BYTES:
+        raise ValueError(
+            f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)} "
+            "(expected blocks [..., n, 16] and scales [..., n])"
+        )
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
+    codes = blocks.to(torch.uint8)
+    values = torch.stack((lut[(codes & 0x0F).long()], lut[(codes >> 4).long()]), dim=-1)
+    values = values.flatten(-2)  # [..., rows, groups, 32]
+    exponents = scales.to(torch.int32) - SCALE_BIAS
+    return torch.ldexp(values, exponents[..., None]).flatten(-2)
+
+
+def _expert_shapes(gate_up_blocks, gate_up_scales, down_blocks, down_scales) -> tuple[int, int, int]:
+    """(experts, hidden, intermediate) of the packed expert weights; raises on a mismatch."""
+    if gate_up_blocks.dim() != 4 or down_blocks.dim() != 4:
+        raise ValueError(
+            f"MXFP4 expert blocks must be [E, rows, groups, 16], got gate_up "
+            f"{tuple(gate_up_blocks.shape)} and down {tuple(down_blocks.shape)}"
+        )
+    for name, blocks, scales in (
+        ("gate_up", gate_up_blocks, gate_up_scales),
+        ("down", down_blocks, down_scales),
+    ):
+        if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
+            raise ValueError(f"MXFP4 {name} blocks and scales must be uint8")
+        if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BLOCK_BYTES:
+            raise ValueError(
+                f"MXFP4 {name} blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}"
+            )
+    num_experts, two_i, h_groups, _ = gate_up_blocks.shape
+    hidden, inter = h_groups * BLOCK_SIZE, two_i // 2
+    expected_down = (num_experts, hidden, inter // BLOCK_SIZE, BLOCK_BYTES)
+    if two_i % 2 or inter % BLOCK_SIZE or tuple(down_blocks.shape) != expected_down:
+        raise ValueError(
+            f"MXFP4 down blocks {tuple(down_blocks.shape)} do not fit gate_up blocks "
+            f"{tuple(gate_up_blocks.shape)} (expected {expected_down}; the intermediate size "
+            "must be a multiple of 32)"
+        )
+    return num_experts, hidden, inter
+
+
+def fused_moe_mxfp4_reference(
+    x: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    activation: str = "silu",
+    b_gate_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+    alpha: float = SWIGLU_ALPHA,
+    limit: float = SWIGLU_LIMIT,
+) -> torch.Tensor:
+    """`fused_moe_mxfp4` in torch (the CPU path): decodes one used expert at a time.
+
+    Bit for bit `fused_moe_reference(x, W_gate_up, W_down, ...)` on the decoded weights:
+    each used expert's packed weights are decoded in float32 and rounded to x's dtype,
+    its interleaved gate/up rows split into gate (even rows) and up (odd rows), and its
+    MLP and weighted sum computed by the same code as `fused_moe_reference`. Memory beyond
+    the packed weights is one expert's decoded weights (float32), never all of them.
+    Arguments as `fused_moe_mxfp4`.
+    """
+    act = _activation_fn(activation, alpha, limit)
+    num_experts, _, _ = _expert_shapes(gate_up_blocks, gate_up_scales, down_blocks, down_scales)
+
+    def expert_mlp(e: int, xe: torch.Tensor) -> torch.Tensor:
+        w = decode_mxfp4(gate_up_blocks[e], gate_up_scales[e]).to(x.dtype)
+        w_down = decode_mxfp4(down_blocks[e], down_scales[e]).to(x.dtype)
+        bg = bu = bd = None
+        if b_gate_up is not None:
+            bg, bu = b_gate_up[e, 0::2].contiguous(), b_gate_up[e, 1::2].contiguous()
+        if b_down is not None:
+            bd = b_down[e]
+        # Contiguous, as the de-interleaved [gate; up] weight's halves are.
+        w_gate, w_up = w[0::2].contiguous(), w[1::2].contiguous()
+        return _gated_mlp(xe, w_gate, w_up, w_down, bg, bu, bd, act)
+
+    return _sum_routed_experts(x, topk_weights, topk_ids, num_experts, expert_mlp)
+
+
+# ----------------------------------------------------------------------------- Triton
+
+
+@triton.jit
+def _scale_factor(scales):
+    """float32 2 ** (scale - 113) of E8M0 scales (any integer dtype), built as float32 bits:
+    the block's 2 ** (scale - 127) times the 2 ** 14 that `_decode_codes` leaves out."""
+    return ((scales.to(tl.int32) + 14) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _decode_codes(packed):
+    """(low, high) float32 values times 2 ** -14 of the two E2M1 codes in each byte of
+    `packed` (uint8): the sign goes to a float16's bit 15 and the three exponent/mantissa
+    bits to bits 9-11, the top of the mantissa and the bottom of the exponent, so that code
+    e m reads as 2 ** (e - 15) * (1 + m / 2), or m * 2 ** -15 (a subnormal) for e = 0."""
+    b = packed.to(tl.uint16)
+    lo = ((b & 0x7) << 9) | ((b & 0x8) << 12)
+    hi = ((b & 0x70) << 5) | ((b & 0x80) << 8)
+    return (
+        lo.to(tl.float16, bitcast=True).to(tl.float32),
+        hi.to(tl.float16, bitcast=True).to(tl.float32),
+    )
+
+
+@triton.jit
+def _decode_word(w):
+    """The 8 E2M1 codes of uint32 words w (code e in bits 4e..4e + 3: little-endian bytes,
+    low nibble first) as float32 values times 2 ** -14, for e = 0..7.
+
+    As `_decode_codes`, but codes e and e + 4 sit 16 bits apart, so one shift and mask of
+    the word moves both into the two float16 halves of a register: about two integer
+    operations per weight instead of four when each byte is taken apart. (Helpers are
+    written out inline here: under the interpreter each call of a jit function costs ~2 ms.)
+    """
+    p04 = ((w << 9) & 0x0E000E00) | ((w << 12) & 0x80008000)
+    p15 = ((w << 5) & 0x0E000E00) | ((w << 8) & 0x80008000)
+    p26 = ((w << 1) & 0x0E000E00) | ((w << 4) & 0x80008000)
+    p37 = ((w >> 3) & 0x0E000E00) | (w & 0x80008000)
+    d0 = (p04 & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    d4 = (p04 >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    d1 = (p15 & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    d5 = (p15 >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    d2 = (p26 & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    d6 = (p26 >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    d3 = (p37 & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    d7 = (p37 >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    return d0, d1, d2, d3, d4, d5, d6, d7
+
+
+@triton.jit
+def _group_dots(words, scale, xv, G: tl.constexpr, DT: tl.constexpr, ROUND_W: tl.constexpr):
+    """[R, G] float32: for each row r and MXFP4 block g, the dot product of the block's 32
+    decoded weights (words [R, G, 4] uint32, scales [R, G]) with xv [G, 32] (float32, the
+    block's columns of x).
+
+    Without ROUND_W the 32 products of a block are summed, then scaled by its power of two
+    (an exact reordering: one multiply-add per weight). With ROUND_W (float16 x, whose
+    range cannot hold every decoded value) each weight is scaled and rounded to DT first,
+    as the reference rounds the decoded weight.
+    """
+    # Column 8 i + e of a block meets code e of the block's word i: x's columns split by e
+    # (halving the last dimension three times: e even / odd, then e mod 4, then e // 4).
+    x_even, x_odd = tl.split(tl.reshape(xv, (G, 4, 4, 2)))
+    x04, x26 = tl.split(tl.reshape(x_even, (G, 4, 2, 2)))
+    x15, x37 = tl.split(tl.reshape(x_odd, (G, 4, 2, 2)))
+    x0, x4 = tl.split(x04)
+    x2, x6 = tl.split(x26)
+    x1, x5 = tl.split(x15)
+    x3, x7 = tl.split(x37)
+    d0, d1, d2, d3, d4, d5, d6, d7 = _decode_word(words)
+    # 2 ** (scale - 113) as float32 bits (`_scale_factor`, inline).
+    sf = ((scale.to(tl.int32) + 14) << 23).to(tl.float32, bitcast=True)
+    if ROUND_W:
+        f = sf[:, :, None]
+        d0, d1 = (d0 * f).to(DT).to(tl.float32), (d1 * f).to(DT).to(tl.float32)
+        d2, d3 = (d2 * f).to(DT).to(tl.float32), (d3 * f).to(DT).to(tl.float32)
+        d4, d5 = (d4 * f).to(DT).to(tl.float32), (d5 * f).to(DT).to(tl.float32)
+        d6, d7 = (d6 * f).to(DT).to(tl.float32), (d7 * f).to(DT).to(tl.float32)
+    # A chain, not a tree: one fused multiply-add per weight.
+    acc = d0 * x0[None, :, :]
+    acc += d1 * x1[None, :, :]
+    acc += d2 * x2[None, :, :]
+    acc += d3 * x3[None, :, :]
+    acc += d4 * x4[None, :, :]
+    acc += d5 * x5[None, :, :]
+    acc += d6 * x6[None, :, :]
+    acc += d7 * x7[None, :, :]
+    part = tl.sum(acc, axis=2)
+    if not ROUND_W:
+        part = part * sf
+    return part
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr,
+    ww_ptr,
+    ws_ptr,
+    b_ptr,
+    ids_ptr,
+    weights_ptr,
+    out_ptr,
+    top_k,
+    N,
+    K,
+    stride_xt,
+    stride_wwe,
+    stride_wwr,
+    stride_wse,
+    stride_wsr,
+    stride_be,
+    stride_ot,
+    alpha,
+    limit,
+    GATED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    ROUND_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """One (token, slot) pair's product with its expert's packed weight [N, K], for a slice
+    of BLOCK_N outputs. GATED (gate/up): x is the token's row of x, the weight's rows are
+    the interleaved gate/up rows of N = I features (2 BLOCK_N rows per slice), the output
+    act(gate) * up [I]. Otherwise (down): x is the pair's row of h, the output the expert's
+    output times the router weight [H]. out's row is the pair."""
+    # Pairs vary fastest: programs of the same slice run together, so pairs that chose the
+    # same expert read its rows while they are in L2.
+    pair = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    if USE_PDL:
+        if GATED:
+            # The down kernel that follows starts once every program here is past its wait:
+            # the routing it reads before its own wait is then complete.
+            gdc_wait()
+            gdc_launch_dependents()
+        else:
+            gdc_launch_dependents()
+    ROWS: tl.constexpr = 2 * BLOCK_N if GATED else BLOCK_N  # noqa: N806
+    num_rows = 2 * N if GATED else N
+    expert = tl.load(ids_ptr + pair).to(tl.int64)
+    rows = pid_n * ROWS + tl.arange(0, ROWS)
+    r_ok = rows < num_rows
+    offs_g = tl.arange(0, BLOCK_G)
+    ww = (
+        ww_ptr
+        + expert * stride_wwe
+        + rows.to(tl.int64)[:, None, None] * stride_wwr
+        + offs_g[None, :, None] * 4
+        + tl.arange(0, 4)[None, None, :]
+    )
+    ws = ws_ptr + expert * stride_wse + rows.to(tl.int64)[:, None] * stride_wsr + offs_g[None, :]
+    x_row = pair // top_k if GATED else pair
+    xp = x_ptr + x_row.to(tl.int64) * stride_xt + offs_g[:, None] * 32 + tl.arange(0, 32)[None, :]
+    num_groups = K // 32
+    g_ok = offs_g < num_groups
+    words = tl.load(ww, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
+    scale = tl.load(ws, mask=r_ok[:, None] & g_ok[None, :], other=0)
+    if USE_PDL:
+        if not GATED:
+            # The first weights (above) stream in while the gate/up kernel finishes; h,
+            # its output, only after it has.
+            gdc_wait()
+    xv = tl.load(xp, mask=g_ok[:, None], other=0.0)
+    acc = tl.zeros([ROWS, BLOCK_G], dtype=tl.float32)
+    for g0 in range(0, num_groups, BLOCK_G):
+        # The next slice is requested before this one is multiplied (nothing past the end).
+        g_ok = offs_g < num_groups - (g0 + BLOCK_G)
+        xv_next = tl.load(xp + (g0 + BLOCK_G) * 32, mask=g_ok[:, None], other=0.0)
+        words_next = tl.load(ww + (g0 + BLOCK_G) * 4, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
+        scale_next = tl.load(ws + g0 + BLOCK_G, mask=r_ok[:, None] & g_ok[None, :], other=0)
+        acc += _group_dots(
+            words.to(tl.uint32, bitcast=True), scale, xv.to(tl.float32), BLOCK_G,
+            out_ptr.dtype.element_ty, ROUND_W,
+        )  # fmt: skip
+        xv, words, scale = xv_next, words_next, scale_next
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + expert * stride_be + rows, mask=r_ok, other=0.0).to(tl.float32)
+    dt = out_ptr.dtype.element_ty
+    out_row = out_ptr + pair.to(tl.int64) * stride_ot
+    if GATED:
+        gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
+        h = _gated_activation(gate, up, dt, ACT, alpha, limit)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(out_row + offs_n, h, mask=offs_n < N)
+    else:
+        # The expert's output and the router weight are each in x's dtype, as in the
+        # reference.
+        weight = tl.load(weights_ptr + pair).to(dt).to(tl.float32)
+        tl.store(out_row + rows, (y.to(dt).to(tl.float32) * weight).to(dt), mask=r_ok)
+
+
+@triton.jit
+def _decoded_tile(packed, scale, K_HALF: tl.constexpr, N: tl.constexpr, DT: tl.constexpr):
+    """(even-K, odd-K) weight tiles [K_HALF = G * 16, N] in DT from packed [G, 16, N] and
+    scales [G, N]: exact values, rounded once to DT as the reference rounds them."""
+    lo, hi = _decode_codes(packed)
+    sf = _scale_factor(scale)[:, None, :]
+    lo = tl.reshape(lo * sf, (K_HALF, N)).to(DT)
+    hi = tl.reshape(hi * sf, (K_HALF, N)).to(DT)
+    return lo, hi
+
+
+@triton.jit
+def _mma_gate_up_kernel(
+    x_ptr,
+    wb_ptr,
+    ws_ptr,
+    b_ptr,
+    h_ptr,
+    pairs_ptr,
+    block_expert_ptr,
+    num_pairs,
+    top_k,
+    H,
+    I,  # noqa: E741
+    E,
+    stride_xt,
+    stride_wbe,
+    stride_wbr,
+    stride_wse,
+    stride_wsr,
+    stride_be,
+    stride_ht,
+    alpha,
+    limit,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pdl_prologue(USE_PDL)
+    expert = tl.load(block_expert_ptr + pid_m)
+    active = expert < E
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(pairs_ptr + offs_m)
+    row_ok = pair < num_pairs
+    token = (pair // top_k).to(tl.int64)
+    e64 = tl.where(active, expert, 0).to(tl.int64)
+    # Weight rows 2n, 2n + 1 of the slice's features, as the N dimension of the B tile;
+    # the tile's K dimension is (block g, byte j): the low nibbles multiply x's even
+    # columns, the high nibbles its odd ones.
+    rows = pid_n * (2 * BLOCK_N) + tl.arange(0, 2 * BLOCK_N)
+    r_ok = rows < 2 * I
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_j = tl.arange(0, 16)
+    wb = (
+        wb_ptr
+        + e64 * stride_wbe
+        + rows.to(tl.int64)[None, None, :] * stride_wbr
+        + offs_g[:, None, None] * 16
+        + offs_j[None, :, None]
+    )
+    ws = ws_ptr + e64 * stride_wse + rows.to(tl.int64)[None, :] * stride_wsr + offs_g[:, None]
+    offs_k = tl.arange(0, BLOCK_G * 32)
+    xp = x_ptr + token[:, None] * stride_xt + offs_k[None, :]
+    acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], dtype=tl.float32)
+    num_groups = H // 32
+    # Idle blocks (past the last expert group) run no K iterations.
+    g_end = tl.where(active, num_groups, 0)
+    for g0 in range(0, g_end, BLOCK_G):
+        g_ok = offs_g < num_groups - g0
+        a = tl.load(xp + g0 * 32, mask=row_ok[:, None] & (offs_k < (num_groups - g0) * 32)[None, :], other=0.0)
+        a_even, a_odd = tl.split(tl.reshape(a, (BLOCK_M, BLOCK_G * 16, 2)))
+        packed = tl.load(wb + g0 * 16, mask=g_ok[:, None, None] & r_ok[None, None, :], other=0)
+        scale = tl.load(ws + g0, mask=g_ok[:, None] & r_ok[None, :], other=0)
+        w_even, w_odd = _decoded_tile(packed, scale, BLOCK_G * 16, 2 * BLOCK_N, x_ptr.dtype.element_ty)
+        acc = _mma(acc, a_even, w_even, DOT_F32)
+        acc = _mma(acc, a_odd, w_odd, DOT_F32)
+
+    if HAS_BIAS:
+        # Idle blocks read no bias: their row bound is 0.
+        b_ok = rows < tl.where(active, 2 * I, 0)
+        acc += tl.load(b_ptr + e64 * stride_be + rows, mask=b_ok, other=0.0).to(tl.float32)[None, :]
+    gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
+    h = _gated_activation(gate, up, h_ptr.dtype.element_ty, ACT, alpha, limit)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    h_ptrs = h_ptr + pair.to(tl.int64)[:, None] * stride_ht + offs_n[None, :]
+    tl.store(h_ptrs, h, mask=row_ok[:, None] & (offs_n < I)[None, :])
+
+
+@triton.jit
+def _mma_down_kernel(
+    h_ptr,
+    wb_ptr,
+    ws_ptr,
+    b_ptr,
+    weights_ptr,
+    y_ptr,
+    pairs_ptr,
+    block_expert_ptr,
+    num_pairs,
+    H,
+    I,  # noqa: E741
+    E,
+    stride_ht,
+    stride_wbe,
+    stride_wbr,
+    stride_wse,
+    stride_wsr,
+    stride_be,
+    stride_yt,
+    HAS_BIAS: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pdl_prologue(USE_PDL)
+    expert = tl.load(block_expert_ptr + pid_m)
+    active = expert < E
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(pairs_ptr + offs_m)
+    row_ok = pair < num_pairs
+    pair64 = pair.to(tl.int64)
+    e64 = tl.where(active, expert, 0).to(tl.int64)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_ok = rows < H
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_j = tl.arange(0, 16)
+    wb = (
+        wb_ptr
+        + e64 * stride_wbe
+        + rows.to(tl.int64)[None, None, :] * stride_wbr
+        + offs_g[:, None, None] * 16
+        + offs_j[None, :, None]
+    )
+    ws = ws_ptr + e64 * stride_wse + rows.to(tl.int64)[None, :] * stride_wsr + offs_g[:, None]
+    offs_k = tl.arange(0, BLOCK_G * 32)
+    ap = h_ptr + pair64[:, None] * stride_ht + offs_k[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    num_groups = I // 32
+    g_end = tl.where(active, num_groups, 0)
+    for g0 in range(0, g_end, BLOCK_G):
+        g_ok = offs_g < num_groups - g0
+        a = tl.load(ap + g0 * 32, mask=row_ok[:, None] & (offs_k < (num_groups - g0) * 32)[None, :], other=0.0)
+        a_even, a_odd = tl.split(tl.reshape(a, (BLOCK_M, BLOCK_G * 16, 2)))
+        packed = tl.load(wb + g0 * 16, mask=g_ok[:, None, None] & r_ok[None, None, :], other=0)
+        scale = tl.load(ws + g0, mask=g_ok[:, None] & r_ok[None, :], other=0)
+        w_even, w_odd = _decoded_tile(packed, scale, BLOCK_G * 16, BLOCK_N, h_ptr.dtype.element_ty)
+        acc = _mma(acc, a_even, w_even, DOT_F32)
+        acc = _mma(acc, a_odd, w_odd, DOT_F32)
+
+    if HAS_BIAS:
+        b_ok = rows < tl.where(active, H, 0)
+        acc += tl.load(b_ptr + e64 * stride_be + rows, mask=b_ok, other=0.0).to(tl.float32)[None, :]
+    dt = y_ptr.dtype.element_ty
+    # The expert's output and the router weight are each in x's dtype, as in the reference.
+    weight = tl.load(weights_ptr + pair64, mask=row_ok, other=0.0).to(dt).to(tl.float32)
+    y = (acc.to(dt).to(tl.float32) * weight[:, None]).to(dt)
+    y_ptrs = y_ptr + pair64[:, None] * stride_yt + rows[None, :]
+    tl.store(y_ptrs, y, mask=row_ok[:, None] & r_ok[None, :])
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+@dataclass(frozen=True)
+class GemvBlocks:
+    """Tiles of the few-token path: per projection, the outputs per program (block_n:
+    features for gate/up, whose programs read 2 * block_n interleaved rows; output rows for
+    down) and the MXFP4 blocks of K per loop step (block_g: 32 weights, 16 bytes each)."""
+
+    block_n_gate_up: int
+    block_g_gate_up: int
+    block_n_down: int
+    block_g_down: int
+    num_warps: int
+
+
+# Four rows of 16 bytes per thread and step (two warps): x, which every row of a step
+# shares, is fetched once per four rows. At gpt-oss-20b's sizes (H = I = 2880) and one
+# token that is 1,440 gate/up and 720 down programs of two warps, all resident at once on
+# an H100 and a few per SM, for an even spread of the bytes in flight.
+DEFAULT_GEMV = GemvBlocks(block_n_gate_up=8, block_g_gate_up=16, block_n_down=16, block_g_down=8, num_warps=2)
+
+
+def pick_mma_blocks(num_pairs: int, num_experts: int, dtype: torch.dtype) -> MoeBlocks:
+    """Tensor-core tiles for num_pairs (token, slot) pairs over num_experts experts.
+    block_n_gate_up counts features (the gate/up tile has twice as many weight rows);
+    block_k is in weights, a multiple of 32. Compiled for sm_90 without register spills."""
+    if dtype == torch.float32:  # IEEE float32 dots: small tiles (a CPU-side dtype on GPUs)
+        return MoeBlocks(16, 16, 32, 64, num_warps=4, num_stages=2)
+    rows_per_expert = num_pairs / num_experts
+    if rows_per_expert <= 16:
+        return MoeBlocks(16, 32, 64, 128, num_warps=4, num_stages=3)
+    if rows_per_expert <= 48:
+        return MoeBlocks(32, 32, 64, 64, num_warps=4, num_stages=3)
+    return MoeBlocks(64, 64, 128, 64, num_warps=8, num_stages=3)
+
+
+def fused_moe_mxfp4(
+    x: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    activation: str = "silu",
+    b_gate_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+    alpha: float = SWIGLU_ALPHA,
+    limit: float = SWIGLU_LIMIT,
+) -> torch.Tensor:
+    """The routed experts' gated MLPs on MXFP4-packed weights, summed by router weight.
+
+    Args:
+        x: [T, H] bfloat16, float16 or float32 activations (last dimension contiguous).
+        gate_up_blocks: uint8 [E, 2I, H/32, 16], gpt-oss's `gate_up_proj_blocks`: row 2j is
+            the gate projection of intermediate feature j, row 2j + 1 its up projection.
+            Any strides on the first two dimensions (a tensor-parallel slice of rows
+            [2 i0, 2 i1) works as is); each row's [H/32, 16] bytes contiguous.
+        gate_up_scales: uint8 [E, 2I, H/32] E8M0 block exponents (bias 127), last dim contiguous.
+        down_blocks: uint8 [E, H, I/32, 16] (`down_proj_blocks`), each row's blocks contiguous
+            (a slice along I/32 is fine).
+        down_scales: uint8 [E, H, I/32].
+        topk_weights: [T, k] router weights (rounded to x's dtype, as the reference does).
+        topk_ids: int32 or int64 [T, k] experts, distinct within a row, all in [0, E).
+        activation: "silu", "gelu_tanh" or "clamped_swiglu" (gpt-oss).
+        b_gate_up: optional [E, 2I] bias, interleaved as the rows (gpt-oss's `gate_up_proj_bias`).
+        b_down: optional [E, H] bias.
+        alpha, limit: "clamped_swiglu"'s sigmoid gain and clamp (gpt-oss: 1.702, 7.0).
+
+    Returns:
+        [T, H] in x's dtype: `fused_moe_reference` on the decoded weights (see
+        `fused_moe_mxfp4_reference`) up to the order of float32 sums and the final sum over
+        the k slots (float32, rounded once). Decoded weights are exact for scales 2..240
+        (2 ** -125 .. 2 ** 113); float16 x rounds them to float16 as the reference does.
+        H and I must be multiples of 32. No host synchronisation: safe in a CUDA graph.
+    """
+    path = "gemv" if x.shape[0] <= GEMV_MAX_TOKENS else "mma"
+    num_experts = gate_up_blocks.shape[0]
+    return _fused_moe_mxfp4(
+        x,
+        gate_up_blocks,
+        gate_up_scales,
+        down_blocks,
+        down_scales,
+        topk_weights,
+        topk_ids,
+        activation,
+        b_gate_up,
+        b_down,
+        alpha,
+        limit,
+        path=path,
+        gemv_blocks=DEFAULT_GEMV,
+        mma_blocks=pick_mma_blocks(topk_ids.numel(), num_experts, x.dtype),
+    )
+
+
+def _contiguous_last(t: torch.Tensor | None, dims: int = 1) -> torch.Tensor | None:
+    """t itself when its last `dims` dimensions are laid out densely, else a copy."""
+    if t is None:
+        return None
+    expected = 1
+    for d in range(1, dims + 1):
+        if t.shape[-d] != 1 and t.stride(-d) != expected:
+            return t.contiguous()
+        expected *= t.shape[-d]
+    return t
+
+
+def _fused_moe_mxfp4(
+    x,
+    gate_up_blocks,
+    gate_up_scales,
+    down_blocks,
+    down_scales,
+    topk_weights,
+    topk_ids,
+    activation,
+    b_gate_up,
+    b_down,
+    alpha,
+    limit,
+    *,
+    path: str,
+    gemv_blocks: GemvBlocks = DEFAULT_GEMV,
+    mma_blocks: MoeBlocks | None = None,
+):
+    """`fused_moe_mxfp4` with its path ("gemv" or "mma") and tiles chosen by the caller."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"unknown MoE activation {activation!r} (choose from {', '.join(_ACTIVATIONS)})"
+        )
+    num_experts, hidden, inter = _expert_shapes(gate_up_blocks, gate_up_scales, down_blocks, down_scales)
+    num_tokens = x.shape[0]
+    if x.dim() != 2 or x.shape[1] != hidden:
+        raise ValueError(f"x {tuple(x.shape)} does not match the experts' hidden size {hidden}")
+    k = topk_ids.shape[1]
+    num_pairs = num_tokens * k
+    if num_tokens == 0:
+        return torch.empty_like(x)
+    x = _contiguous_last(x)
+    gate_up_blocks, down_blocks = (_contiguous_last(t, 2) for t in (gate_up_blocks, down_blocks))
+    gate_up_scales, down_scales, b_gate_up, b_down = (
+        _contiguous_last(t) for t in (gate_up_scales, down_scales, b_gate_up, b_down)
+    )
+    ids = topk_ids.reshape(-1)
+    ids = ids if ids.is_contiguous() else ids.contiguous()
+    weights = topk_weights.reshape(-1).contiguous()
+    act = _ACT_CODES[activation]
+    # h: the pairs' activations; y: their weighted expert outputs, summed over k at the end.
+    h = torch.empty(num_pairs, inter, dtype=x.dtype, device=x.device)
+    y = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)
+    bgu_stride = b_gate_up.stride(0) if b_gate_up is not None else 0
+    bd_stride = b_down.stride(0) if b_down is not None else 0
+    pdl = pdl_launch(x)
+
+    if path == "gemv":
+        cfg = gemv_blocks
+        # The packed bytes as little-endian 32-bit words (8 codes each), for `_decode_word`.
+        gu_words, dn_words = (t.view(torch.int32) for t in (gate_up_blocks, down_blocks))
+        bn1 = min(cfg.block_n_gate_up, triton.next_power_of_2(inter))
+        bn2 = min(cfg.block_n_down, triton.next_power_of_2(hidden))
+        # Loads are prefetched by hand (Triton does not pipeline loads that feed no dot).
+        common = dict(ROUND_W=x.dtype == torch.float16, ACT=act, num_warps=cfg.num_warps, num_stages=1, **pdl)
+        _gemv_kernel[(num_pairs, triton.cdiv(inter, bn1))](
+            x, gu_words, gate_up_scales, b_gate_up if b_gate_up is not None else x, ids, weights, h,
+            k, inter, hidden, x.stride(0), gu_words.stride(0), gu_words.stride(1),
+            gate_up_scales.stride(0), gate_up_scales.stride(1), bgu_stride, h.stride(0),
+            float(alpha), float(limit), GATED=True, HAS_BIAS=b_gate_up is not None,
+            BLOCK_N=bn1, BLOCK_G=min(cfg.block_g_gate_up, triton.next_power_of_2(hidden // 32)), **common,
+        )  # fmt: skip
+        _gemv_kernel[(num_pairs, triton.cdiv(hidden, bn2))](
+            h, dn_words, down_scales, b_down if b_down is not None else x, ids, weights, y,
+            k, hidden, inter, h.stride(0), dn_words.stride(0), dn_words.stride(1),
+            down_scales.stride(0), down_scales.stride(1), bd_stride, y.stride(0),
+            float(alpha), float(limit), GATED=False, HAS_BIAS=b_down is not None,
+            BLOCK_N=bn2, BLOCK_G=min(cfg.block_g_down, triton.next_power_of_2(inter // 32)), **common,
+        )  # fmt: skip
+    elif path == "mma":
+        blocks = mma_blocks or pick_mma_blocks(num_pairs, num_experts, x.dtype)
+        bm = blocks.block_m
+        sorted_pairs, block_expert = _align(topk_ids, num_experts, bm)
+        num_blocks = block_expert.shape[0]
+        dot_f32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
+        # tl.dot's operands are at least 16 wide: 8 features (16 interleaved rows), 16 outputs.
+        bn1 = max(8, min(blocks.block_n_gate_up, triton.next_power_of_2(inter)))
+        bn2 = max(16, min(blocks.block_n_down, triton.next_power_of_2(hidden)))
+        bg1 = max(1, min(blocks.block_k // 32, triton.next_power_of_2(hidden // 32)))
+        bg2 = max(1, min(blocks.block_k // 32, triton.next_power_of_2(inter // 32)))
+        launch = dict(num_warps=blocks.num_warps, num_stages=blocks.num_stages, **pdl)
+        _mma_gate_up_kernel[(num_blocks, triton.cdiv(inter, bn1))](
+            x, gate_up_blocks, gate_up_scales, b_gate_up if b_gate_up is not None else x, h,
+            sorted_pairs, block_expert, num_pairs, k, hidden, inter, num_experts,
+            x.stride(0), gate_up_blocks.stride(0), gate_up_blocks.stride(1),
+            gate_up_scales.stride(0), gate_up_scales.stride(1), bgu_stride, h.stride(0),
+            float(alpha), float(limit), HAS_BIAS=b_gate_up is not None, ACT=act, DOT_F32=dot_f32,
+            BLOCK_M=bm, BLOCK_N=bn1, BLOCK_G=bg1, **launch,
+        )  # fmt: skip
+        _mma_down_kernel[(num_blocks, triton.cdiv(hidden, bn2))](
+            h, down_blocks, down_scales, b_down if b_down is not None else x, weights, y,
+            sorted_pairs, block_expert, num_pairs, hidden, inter, num_experts,
+            h.stride(0), down_blocks.stride(0), down_blocks.stride(1),
+            down_scales.stride(0), down_scales.stride(1), bd_stride, y.stride(0),
+            HAS_BIAS=b_down is not None, DOT_F32=dot_f32, BLOCK_M=bm, BLOCK_N=bn2, BLOCK_G=bg2, **launch,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown path {path!r} (gemv or mma)")
+    return y.view(num_tokens, k, hidden).sum(dim=1)
