@@ -8,6 +8,26 @@ import torch
 
 from max.errors import MaxError
 
+# `--kv-cache-dtype` names -> the cache's storage dtype; `auto` (None) is the model's
+# compute dtype. `fp8` and `fp8_e4m3` (vLLM's names) store e4m3 codes with per-tensor
+# scales (max_kernels.fp8_kv_cache).
+KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+}
+
+
+def kv_cache_dtype(name: str, compute_dtype: torch.dtype) -> torch.dtype:
+    """The storage dtype that `--kv-cache-dtype name` gives a model computing in
+    `compute_dtype`."""
+    if name not in KV_CACHE_DTYPES:
+        raise MaxError(f"unknown KV cache dtype {name!r} (choose from {', '.join(KV_CACHE_DTYPES)})")
+    return KV_CACHE_DTYPES[name] or compute_dtype
+
 
 @dataclass(frozen=True)
 class KVCacheParams:

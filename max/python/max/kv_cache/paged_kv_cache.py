@@ -4,6 +4,10 @@ Each layer's keys are a tensor [num_pages, page_size, num_kv_heads, head_dim] (v
 same), so an attention kernel reads any request's context through its row of the page
 table. This class owns those tensors, the `PagePool`, and the list of pages of each
 request; it builds the int32 page tables and slot mappings a step needs.
+
+An FP8 cache (`KVCacheParams.dtype` float8_e4m3fn, `--kv-cache-dtype fp8`) stores one byte
+per element; each layer's keys and values then have a float32 scale (vLLM's per-tensor
+k_scale / v_scale, 1.0 until checkpoint scales are loaded), which attention reads.
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
+def _ones_scale(device: torch.device) -> torch.Tensor:
+    """A per-tensor scale of 1.0 (vLLM's default when a checkpoint gives none)."""
+    return torch.ones(1, dtype=torch.float32, device=device)
+
+
 class PagedKVCache:
     """KV storage plus the page bookkeeping of every request that holds pages."""
 
@@ -66,6 +75,11 @@ class PagedKVCache:
         shape = (num_pages, params.page_size, params.num_kv_heads, params.head_dim)
         self.keys = [_zeros(shape, params.dtype, self.device) for _ in range(params.num_layers)]
         self.values = [_zeros(shape, params.dtype, self.device) for _ in range(params.num_layers)]
+        # One float32 [1] tensor per layer: kernels load the scale from the device (a CUDA
+        # graph replays with whatever it holds), and separate tensors keep every pointer
+        # aligned alike (one compiled kernel variant for all layers).
+        self.k_scales = [_ones_scale(self.device) for _ in range(params.num_layers)]
+        self.v_scales = [_ones_scale(self.device) for _ in range(params.num_layers)]
         self.pool = PagePool(num_pages, enable_prefix_caching)
         self._pages: dict[str, list[int]] = {}
         self._hashed: dict[str, list[bytes]] = {}
@@ -88,6 +102,10 @@ class PagedKVCache:
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Key and value page tensors of layer `index`."""
         return self.keys[index], self.values[index]
+
+    def layer_scales(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 [1] key and value scales of layer `index` (read for an FP8 cache only)."""
+        return self.k_scales[index], self.v_scales[index]
 
     def pages(self, request_id: str) -> list[int]:
         """Pages held by a request, in token order."""

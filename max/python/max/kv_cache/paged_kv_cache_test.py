@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from max.errors import MaxError
-from max.kv_cache import KVCacheParams, PagedKVCache, page_hashes
+from max.kv_cache import KVCacheParams, PagedKVCache, kv_cache_dtype, page_hashes
 
 PARAMS = KVCacheParams(num_layers=2, num_kv_heads=2, head_dim=4, page_size=4, dtype=torch.float32)
 
@@ -85,3 +85,24 @@ def test_budget_too_small_for_one_request_is_an_error():
 def test_hashes_continue_from_known_ones():
     tokens = list(range(20))
     assert page_hashes(tokens, 4, 5, known=page_hashes(tokens, 4, 2)) == page_hashes(tokens, 4, 5)
+
+
+def test_fp8_cache_takes_one_byte_per_element_and_carries_unit_scales():
+    dtype = kv_cache_dtype("fp8", torch.bfloat16)
+    fp8 = KVCacheParams(num_layers=2, num_kv_heads=2, head_dim=4, page_size=4, dtype=dtype)
+    assert fp8.dtype == torch.float8_e4m3fn
+    assert PARAMS.bytes_per_page == 4 * fp8.bytes_per_page
+    cache = PagedKVCache(fp8, 8, "cpu")
+    k, v = cache.layer(1)
+    assert k.dtype == v.dtype == torch.float8_e4m3fn
+    assert not k.view(torch.uint8).any()  # zeroed codes are 0.0
+    for scale in cache.layer_scales(1):
+        assert scale.dtype == torch.float32 and scale.tolist() == [1.0]
+
+
+def test_kv_cache_dtype_names():
+    assert kv_cache_dtype("auto", torch.bfloat16) == torch.bfloat16
+    assert kv_cache_dtype("float32", torch.bfloat16) == torch.float32
+    assert kv_cache_dtype("fp8_e4m3", torch.float32) == torch.float8_e4m3fn
+    with pytest.raises(MaxError, match="unknown KV cache dtype"):
+        kv_cache_dtype("int8", torch.float32)

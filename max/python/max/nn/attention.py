@@ -101,9 +101,15 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         step = current_step()
         k_cache, v_cache = step.kv_cache.layer(self.layer_index)
+        # Per-tensor scales, which the kernels read only when the cache holds FP8 codes.
+        scales = step.kv_cache.layer_scales(self.layer_index)
         rows, cos, sin = self.rotary.step_tables(positions)
-        q = rope_and_write_kv(q, k, v, rows, cos, sin, k_cache, v_cache, step.layout.slot_mapping)
+        q = rope_and_write_kv(
+            q, k, v, rows, cos, sin, k_cache, v_cache, step.layout.slot_mapping,
+            k_scale=scales[0], v_scale=scales[1],
+        )  # fmt: skip
         out = paged_attention(
-            q, k_cache, v_cache, step.layout, self.scale, self.sliding_window, self.softcap, self.sinks
-        )
+            q, k_cache, v_cache, step.layout, self.scale, self.sliding_window, self.softcap, self.sinks,
+            k_scale=scales[0], v_scale=scales[1],
+        )  # fmt: skip
         return self.o_proj(out.reshape(t, self.num_heads * d))

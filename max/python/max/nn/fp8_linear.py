@@ -13,13 +13,14 @@ emulation elsewhere (slow; it lets the CPU verify what the GPU computes).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from max.errors import MaxError
 from max.nn.parallel import RowParallelLinear, TensorParallel, all_reduce
-from max.nn.quantized_linear import quantizable_linears
+from max.nn.quantized_linear import quantizable_linears, replace_layers
 from max.nn.transformer import Transformer
 from max_kernels import fp8_linear
 from max_kernels.fp8 import quantize_fp8_weight
@@ -65,21 +66,43 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 per channel"
 
 
-def quantize_linears_fp8(network: nn.Module) -> int:
-    """Replaces the `nn.Linear` layers inside `network`'s decoder layers by `Fp8Linear`, in
-    place; returns how many. A layer whose shape FP8 cannot take stays as it is (logged)."""
-    done, kept = 0, []
-    decoders = [m.layers for m in network.modules() if isinstance(m, Transformer)]
-    with torch.no_grad():
-        for layers in decoders:
-            for parent, name, path, child in quantizable_linears(layers):
-                if not fp8_shape_supported(*child.weight.shape):
-                    kept.append(path)
-                    continue
-                tp = child.tp if isinstance(child, RowParallelLinear) else None
-                setattr(parent, name, Fp8Linear(child.weight, child.bias, tp))
-                done += 1
+def fp8_replacements(network: nn.Module) -> dict[str, Callable[[nn.Module], nn.Module]]:
+    """For every `nn.Linear` inside `network`'s decoder layers whose shape FP8 takes, by
+    module path, the function that turns the loaded layer into an `Fp8Linear`. Works on a
+    network built on the meta device, so a loader can quantize each layer as soon as its
+    weights are in. Layers of other shapes stay as they are (logged)."""
+    out: dict[str, Callable[[nn.Module], nn.Module]] = {}
+    kept = []
+    for prefix, module in network.named_modules():
+        if not isinstance(module, Transformer):
+            continue
+        root = f"{prefix}.layers." if prefix else "layers."
+        for _, _, path, child in quantizable_linears(module.layers):
+            if fp8_shape_supported(*child.weight.shape):
+                out[root + path] = _to_fp8
+            else:
+                kept.append(root + path)
     if kept:
         logger.info("fp8: %d linear layers kept in float (shape not a multiple of 16), e.g. %s", len(kept), kept[0])
-    logger.info("fp8: %d linear layers quantized to e4m3 with per-channel scales", done)
-    return done
+    logger.info("fp8: %d linear layers quantized to e4m3 with per-channel scales", len(out))
+    return out
+
+
+def fp8_layer_bytes(layer: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes the `Fp8Linear` made from `layer` holds: one per weight, a float32 scale per
+    output channel, and the bias in `dtype`."""
+    out_features, in_features = layer.weight.shape
+    bias = 0 if layer.bias is None else out_features * torch.empty((), dtype=dtype).element_size()
+    return out_features * in_features + 4 * out_features + bias
+
+
+def _to_fp8(layer: nn.Module) -> Fp8Linear:
+    """The FP8 version of a loaded linear layer (a row-parallel one keeps its group)."""
+    tp = layer.tp if isinstance(layer, RowParallelLinear) else None
+    return Fp8Linear(layer.weight, layer.bias, tp)
+
+
+def quantize_linears_fp8(network: nn.Module) -> int:
+    """Replaces the `nn.Linear` layers inside a loaded `network`'s decoder layers by
+    `Fp8Linear`, in place; returns how many (see `fp8_replacements`)."""
+    return replace_layers(network, fp8_replacements(network))

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from max.nn.checkpoint_layout import Concat, Stack, whole_or_shard
+from max.nn.expert_weights import EXPERT_WEIGHTS
 from max.nn.parallel import all_reduce, tensor_parallel
-from max_kernels import fused_moe
 
 # Gated activations the grouped-expert kernel knows, by Hugging Face `hidden_act` name (and
 # gpt-oss's clamped SwiGLU, which its config does not name).
@@ -49,15 +48,19 @@ class MoEConfig:
     activation: str | None = None
     swiglu_alpha: float = 1.702
     swiglu_limit: float = 7.0
+    # How the experts' weights are held: "dense" (float) or "mxfp4" (packed, gpt-oss); see
+    # max.nn.expert_weights.
+    expert_weights: str = "dense"
 
 
 class SparseMoE(nn.Module):
     """Routes each token to its top-k experts and sums their outputs by router weight.
 
     The router's softmax is taken over all experts in float32; with `norm_topk_prob` the
-    k kept weights are renormalized to sum to one. The experts' weights are stacked, one
-    3-D tensor per projection ([E, 2I, H] for gate and up, [E, H, I] for down), so the
-    grouped-expert kernel runs every expert of a step in two launches. Under tensor
+    k kept weights are renormalized to sum to one. The experts' weights are held by the
+    scheme `config.expert_weights` names (`max.nn.expert_weights`: stacked float tensors,
+    or gpt-oss's packed MXFP4), whose grouped kernel runs every expert of a step in two
+    launches. Under tensor
     parallelism every rank holds a slice of every expert's intermediate features (as the
     dense MLP does) and the ranks' outputs are summed; the down projections' biases, which
     are not split, are added once, after the sum.
@@ -81,33 +84,19 @@ class SparseMoE(nn.Module):
         self.intermediate = self.tp.split(i, "the experts' intermediate size")
         local = self.intermediate[1] - self.intermediate[0]
         self.gate = nn.Linear(hidden_size, e, bias=config.router_bias)
-        self.experts_gate_up = nn.Parameter(torch.empty(e, 2 * local, hidden_size))
-        self.experts_down = nn.Parameter(torch.empty(e, hidden_size, local))
-        self.experts_gate_up_bias = self.experts_down_bias = None
-        if config.expert_bias:
-            self.experts_gate_up_bias = nn.Parameter(torch.empty(e, 2 * local))
-            self.experts_down_bias = nn.Parameter(torch.empty(e, hidden_size))
+        scheme = EXPERT_WEIGHTS.get(config.expert_weights)
+        if scheme is None:
+            raise ValueError(f"expert weights {config.expert_weights!r} are not supported ({', '.join(EXPERT_WEIGHTS)})")
+        self.expert_weights = scheme()
+        self.expert_weights.create(self, hidden_size, local, config.expert_bias)
 
     def checkpoint_layout(self) -> dict:
-        """Checkpoints store each expert's gate, up and down projections apart."""
-        experts = range(self.config.num_experts)
-        bounds, full = self.intermediate, self.config.moe_intermediate_size
+        """Where the checkpoint keeps the experts' weights (the scheme's layout)."""
+        return self.expert_weights.checkpoint_layout(self)
 
-        def rows(e: int, proj: str, kind: str = "weight"):
-            return whole_or_shard(f"experts.{e}.{proj}_proj.{kind}", 0, bounds, full)
-
-        layout = {
-            "experts_gate_up": Stack(tuple(Concat((rows(e, "gate"), rows(e, "up"))) for e in experts)),
-            "experts_down": Stack(
-                tuple(whole_or_shard(f"experts.{e}.down_proj.weight", 1, bounds, full) for e in experts)
-            ),
-        }
-        if self.experts_gate_up_bias is not None:
-            layout["experts_gate_up_bias"] = Stack(
-                tuple(Concat((rows(e, "gate", "bias"), rows(e, "up", "bias"))) for e in experts)
-            )
-            layout["experts_down_bias"] = Stack(tuple(f"experts.{e}.down_proj.bias" for e in experts))
-        return layout
+    def fill_dummy(self, name: str, value: torch.Tensor, generator: torch.Generator) -> bool:
+        """Random values for a packed parameter (True), or False for the loader's default."""
+        return self.expert_weights.fill_dummy(name, value, generator)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 weights [T, k], expert ids [T, k]) of each token's chosen experts."""
@@ -126,18 +115,7 @@ class SparseMoE(nn.Module):
         weights, chosen = self.route(x)
         single = self.tp.size == 1
         down_bias = self.experts_down_bias
-        out = fused_moe(
-            x,
-            self.experts_gate_up,
-            self.experts_down,
-            weights,
-            chosen,
-            activation=self.activation,
-            b_gate_up=self.experts_gate_up_bias,
-            b_down=down_bias if single else None,
-            alpha=self.config.swiglu_alpha,
-            limit=self.config.swiglu_limit,
-        )
+        out = self.expert_weights.run(self, x, weights, chosen, down_bias if single else None)
         if single:
             return out
         out = all_reduce(out, self.tp)

@@ -21,7 +21,7 @@ these, in place (the LM head stays float: see there).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -155,12 +155,14 @@ def quantizable_linears(root: nn.Module) -> Iterator[tuple[nn.Module, str, str, 
                 yield parent, name, f"{path}.{name}" if path else name, child
 
 
-def quantize_linears(
+def weight_only_replacements(
     network: nn.Module, scheme: str, dtype: torch.dtype, keep_int8: Collection[str] = ()
-) -> int:
-    """Replaces, in place, every single-process `nn.Linear` of `network` (q/k/v, o, gate/up,
-    down; not a mixture's router, which a module lists in `unquantized_children`) by its
-    weight-only quantized version. Returns how many layers were quantized.
+) -> dict[str, Callable[[nn.Module], nn.Module]]:
+    """For every single-process `nn.Linear` of `network` (q/k/v, o, gate/up, down; not a
+    mixture's router, which a module lists in `unquantized_children`), by module path, the
+    function that turns the loaded layer into its weight-only quantized version. Works on a
+    network built on the meta device, so a loader can quantize each layer as soon as its
+    weights are in.
 
     The LM head (an embedding-shaped layer, tied or not) is left to the caller's float
     dtype: its logits decide every token, and int8 per output channel (the only grouping
@@ -170,14 +172,34 @@ def quantize_linears(
     re-quantizing an 8-bit tensor to 4 bits loses what the file kept. Layers split across
     tensor-parallel ranks are refused: the quantized path is for one CPU process.
     """
+    if scheme not in SCHEMES:
+        raise MaxError(f"unknown weight-only quantization {scheme!r} (choose from {', '.join(SCHEMES)})")
+    out: dict[str, Callable[[nn.Module], nn.Module]] = {}
     counts = {"int8": 0, "int4": 0}
-    with torch.no_grad():
-        for parent, name, full, child in quantizable_linears(network):
-            if isinstance(child, RowParallelLinear) and child.tp.size > 1:
-                raise MaxError("weight-only quantization does not support tensor parallelism")
-            chosen = "int8" if full in keep_int8 else scheme
-            layer = quantized_linear(child.weight, child.bias, chosen, dtype)
-            counts["int4" if isinstance(layer, Int4WeightOnlyLinear) else "int8"] += 1
-            setattr(parent, name, layer)
+    for _, _, full, child in quantizable_linears(network):
+        if isinstance(child, RowParallelLinear) and child.tp.size > 1:
+            raise MaxError("weight-only quantization does not support tensor parallelism")
+        chosen = "int8" if full in keep_int8 else scheme
+        out[full] = lambda layer, chosen=chosen: quantized_linear(layer.weight, layer.bias, chosen, dtype)
+        counts["int4" if chosen == "int4" and int4_supported(*child.weight.shape) else "int8"] += 1
     logger.info("weight-only %s: %d layers int4, %d int8", scheme, counts["int4"], counts["int8"])
-    return counts["int4"] + counts["int8"]
+    return out
+
+
+def replace_layers(network: nn.Module, replacements: Mapping[str, Callable[[nn.Module], nn.Module]]) -> int:
+    """Applies `replacements` (module path -> loaded layer -> new layer) to an already loaded
+    network, in place; returns how many layers were replaced."""
+    with torch.no_grad():
+        for path, make in replacements.items():
+            parent_path, _, name = path.rpartition(".")
+            parent = network.get_submodule(parent_path) if parent_path else network
+            setattr(parent, name, make(getattr(parent, name)))
+    return len(replacements)
+
+
+def quantize_linears(
+    network: nn.Module, scheme: str, dtype: torch.dtype, keep_int8: Collection[str] = ()
+) -> int:
+    """Replaces, in place, the linear layers of a loaded `network` by their weight-only
+    quantized versions (see `weight_only_replacements`); returns how many."""
+    return replace_layers(network, weight_only_replacements(network, scheme, dtype, keep_int8))

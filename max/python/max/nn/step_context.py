@@ -20,10 +20,15 @@ from max_kernels import RaggedLayout
 
 
 class LayerKVCache(Protocol):
-    """What attention needs of a KV cache: each layer's key and value page tensors."""
+    """What attention needs of a KV cache: each layer's key and value page tensors, and
+    their scales (used when the pages hold FP8 codes)."""
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[num_pages, page_size, Hkv, D] key and value tensors of layer `index`."""
+        ...
+
+    def layer_scales(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 [1] per-tensor key and value scales of layer `index`."""
         ...
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from max.nn.mlp import GatedMLP
 from max.nn.norm import RMSNorm
+from max.nn.parallel import TensorParallel, tensor_parallel_context
 from max.nn.rotary_embedding import rotate_half
 
 Grid = tuple[int, int, int]
@@ -210,14 +211,19 @@ def _runs(grids: Sequence[Grid]) -> list[tuple[Grid, int]]:
 
 
 class VisionTransformer(nn.Module):
-    """The whole encoder: patches of several images in, one embedding per merge block out."""
+    """The whole encoder: patches of several images in, one embedding per merge block out.
+
+    Under tensor parallelism it is not split: rank 0 runs it alone while building a step's
+    inputs, and the embeddings travel to the other ranks with the rest of the step.
+    """
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.config = config
-        self.patch_embed = PatchEmbedding(config)
-        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
-        self.merger = PatchMerger(config)
+        with tensor_parallel_context(TensorParallel()):  # whole on every rank (see above)
+            self.patch_embed = PatchEmbedding(config)
+            self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
+            self.merger = PatchMerger(config)
         self._mask_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         self._mask_cache_bytes = 0
 

@@ -124,3 +124,13 @@ def eos_token_ids(hf_config) -> set[int]:
     if eos is None:
         return set()
     return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+def quantization_method(hf_config: Any) -> str | None:
+    """`quantization_config.quant_method` of a pre-quantized checkpoint (e.g. "mxfp4",
+    "fp8", "gptq"), lower-case; None for a float checkpoint."""
+    qc = getattr(hf_config, "quantization_config", None)
+    if qc is None:
+        qc = getattr(text_config(hf_config), "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    return str(method).lower() if method else None

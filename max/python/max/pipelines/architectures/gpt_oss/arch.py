@@ -12,8 +12,6 @@ gpt_oss_arch = SupportedArchitecture(
     supported_encodings=["float32", "bfloat16", "float16"],
     pipeline_model=GptOssModel,
     tokenizer=TextTokenizer,
-    default_weights_format=WeightsFormat.safetensors,
     weight_adapters={WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict},
-    rope_type="normal",
     multi_gpu_supported=True,
 )

@@ -26,3 +26,27 @@ def test_matches_transformers(weights, tmp_path):
 def test_batching_changes_nothing(tmp_path):
     # Every layer routes to experts and has sinks; prompts cross the window of 6.
     assert_batching_invariant(write_tiny_checkpoint(tmp_path / "m", CONFIG, seed=5))
+
+
+def test_packed_mxfp4_experts_match_the_decoded_ones(tmp_path, monkeypatch):
+    """The experts kept packed (the GPU's path, here through the kernels' torch reference)
+    against the same checkpoint decoded to bfloat16 on load: the reference decodes each
+    expert to exactly the weights the decoded path holds, so the logits are the same."""
+    from max.nn.expert_weights import Mxfp4ExpertWeights
+    from max.pipelines.lib.pipeline_model import PipelineModel
+    from max.testing.engine_probes import greedy_tokens, prompt_logits
+    from max.testing.parity import PROMPTS, build_tiny_engine
+
+    path = write_mxfp4_experts(write_tiny_checkpoint(tmp_path / "m", CONFIG, seed=3))
+    decoded = build_tiny_engine(path, quantization_encoding="bfloat16")
+
+    def packed(self):
+        self.model_config.moe.expert_weights = Mxfp4ExpertWeights.name
+
+    monkeypatch.setattr(PipelineModel, "choose_expert_weights", packed)
+    engine = build_tiny_engine(path, quantization_encoding="bfloat16")
+    moe = engine.model.model.layers[0].mlp
+    assert moe.experts_gate_up_blocks.dtype == torch.uint8 and not hasattr(moe, "experts_gate_up")
+    for prompt in PROMPTS:
+        assert torch.equal(prompt_logits(engine, prompt), prompt_logits(decoded, prompt))
+    assert greedy_tokens(engine, PROMPTS, 8) == greedy_tokens(decoded, PROMPTS, 8)

@@ -5,8 +5,9 @@ experts: `mlp.experts.gate_up_proj` [E, H, 2I] (applied as x @ W, gate and up in
 columns 0, 2, 4... are the gate), `gate_up_proj_bias` [E, 2I] (interleaved likewise),
 `down_proj` [E, I, H] and `down_proj_bias` [E, H]; the router is `mlp.router`. OpenAI's
 original checkpoints store the two expert weights in MXFP4 instead (`*_blocks` and
-`*_scales`, [out, in] per expert), decoded on load. Both are split here into the
-per-expert [out, in] tensors that `max.nn.SparseMoE` reads (gate and up de-interleaved).
+`*_scales`, [out, in] per expert). Both are split here into the per-expert [out, in]
+tensors that `max.nn.SparseMoE`'s float experts read (gate and up de-interleaved; MXFP4
+decoded); MXFP4 experts are also offered packed, as stored, for its packed experts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from max.pipelines.lib import Checkpoint
 from max.pipelines.lib.weights.hf_names import hf_to_model_names
-from max.pipelines.lib.weights.mxfp4 import decode_mxfp4_pairs
+from max.pipelines.lib.weights.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX, decode_mxfp4_pairs
 from max.pipelines.lib.weights.stacked_experts import ExpertView, unstack_experts
 
 _STACKED = re.compile(r"^(layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)(_bias)?$")
@@ -33,10 +34,18 @@ def _views(proj: str, is_bias: bool, in_out: bool) -> dict[str, ExpertView]:
 
 
 def convert_safetensor_state_dict(checkpoint: Checkpoint, hf_config: Any) -> Checkpoint:
-    """Hugging Face names minus `model.`; the router renamed `mlp.gate`; stacked (or MXFP4)
-    experts split into per-expert projections."""
+    """Hugging Face names minus `model.`; the router renamed `mlp.gate`; stacked experts
+    split into per-expert projections. MXFP4 experts are offered in both forms, each
+    optional: packed as stored (with their stacked biases), which `max.nn`'s packed experts
+    read, and decoded per expert, which its float experts read."""
+    named = hf_to_model_names(checkpoint, hf_config)
+    packed = any(name.endswith(BLOCKS_SUFFIX) for name in named)
     out = {}
-    for name, tensor in hf_to_model_names(decode_mxfp4_pairs(checkpoint), hf_config).items():
+    if packed:
+        for name, tensor in named.items():
+            if name.endswith((BLOCKS_SUFFIX, SCALES_SUFFIX)) or _STACKED.match(name):
+                out[name] = tensor.as_optional()
+    for name, tensor in decode_mxfp4_pairs(named).items():
         m = _STACKED.match(name)
         if m is None:
             out[name.replace(".mlp.router.", ".mlp.gate.")] = tensor
@@ -46,5 +55,5 @@ def convert_safetensor_state_dict(checkpoint: Checkpoint, hf_config: Any) -> Che
         views = _views(proj, bias is not None, in_out=tensor.encoding != "mxfp4")
         for e, parts in enumerate(unstack_experts(tensor, views)):
             for view_name, part in parts.items():
-                out[f"{prefix}.{e}.{view_name}"] = part
+                out[f"{prefix}.{e}.{view_name}"] = part.as_optional() if packed else part
     return out

@@ -222,7 +222,19 @@ class GGUFFile:
         """A metadata value, with `{arch}` in the key replaced by the architecture."""
         return self.metadata.get(key.replace("{arch}", self.architecture), default)
 
-    def tensor_bytes(self, name: str) -> np.ndarray:
-        """The raw encoded bytes of a tensor, as a read-only uint8 view of the file."""
+    def tensor_bytes(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The raw encoded bytes [start, stop) of a tensor (all of them by default), as a
+        read-only uint8 view of the file."""
         info = self.tensors[name]
-        return np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+        stop = info.nbytes if stop is None else stop
+        return np.frombuffer(self._buf, dtype=np.uint8, count=stop - start, offset=info.offset + start)
+
+    def release(self, name: str) -> None:
+        """Drops a tensor's pages from this process's memory once it has been decoded (they
+        stay in the page cache; a later read faults them back in), so that reading a whole
+        file does not leave all of it counted as resident."""
+        info = self.tensors[name]
+        first = info.offset - info.offset % mmap.PAGESIZE
+        end = info.offset + info.nbytes
+        if end > first and hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED, first, end - first)

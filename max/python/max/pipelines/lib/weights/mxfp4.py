@@ -6,9 +6,9 @@ A weight W [..., rows, cols] is stored as two tensors:
 - `<name>_scales`, uint8 [..., rows, cols / 32]: one power-of-two scale per block (E8M0,
   biased by 127).
 Element j of a block is FP4_VALUES[nibble j] * 2 ** (scale - 127). The values are exact in
-float32, so decoding in float32 and rounding once to the compute dtype gives what
-transformers' own decoder (`integrations.mxfp4.convert_moe_packed_tensors`) computes in
-that dtype.
+float32, so decoding in float32 (`max_kernels.mxfp4_moe.decode_mxfp4`, the kernels' own
+reference) and rounding once to the compute dtype gives what transformers' own decoder
+(`integrations.mxfp4.convert_moe_packed_tensors`) computes in that dtype.
 """
 
 from __future__ import annotations
@@ -19,26 +19,12 @@ import torch
 
 from max.errors import MaxError
 from max.pipelines.lib.weights.checkpoint import Checkpoint, CheckpointTensor
+from max_kernels.mxfp4_moe import FP4_VALUES, decode_mxfp4
 
-# The 16 E2M1 values, by 4-bit code (bit 3 is the sign).
-FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+__all__ = ["BLOCKS_SUFFIX", "FP4_VALUES", "SCALES_SUFFIX", "decode_mxfp4", "decode_mxfp4_pairs", "mxfp4_tensor"]
+
 BLOCKS_SUFFIX = "_blocks"
 SCALES_SUFFIX = "_scales"
-_SCALE_BIAS = 127
-
-
-def decode_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """float32 [..., rows, groups * 32] from uint8 blocks [..., rows, groups, 16] and scales
-    [..., rows, groups]."""
-    if blocks.shape[:-1] != scales.shape:
-        raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
-    lut = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
-    codes = blocks.to(torch.uint8)
-    # Element 2j of a block is byte j's low nibble, element 2j + 1 its high nibble.
-    values = torch.stack((lut[(codes & 0x0F).long()], lut[(codes >> 4).long()]), dim=-1)
-    values = values.flatten(-2)  # [..., rows, groups, 32]
-    exponents = scales.to(torch.int32) - _SCALE_BIAS
-    return torch.ldexp(values, exponents[..., None]).flatten(-2)
 
 
 def mxfp4_tensor(name: str, blocks: CheckpointTensor, scales: CheckpointTensor) -> CheckpointTensor:
