@@ -15,13 +15,11 @@ from max.pipelines.lib.scheduler import ScheduledChunk
 def prompt_logits(engine: LLMEngine, ids: Sequence[int], images: Sequence[ImageInput] = ()) -> torch.Tensor:
     """Float32 logits [len(ids), vocab] of every prompt position, in one prefill."""
     request = Request("probe", list(ids), len(ids), SamplingParams(), 0, len(ids), 0, images=tuple(images))
-    engine.model.check_images(images, ids)
+    engine.runner.check_images(images, ids)
     cache = engine.kv_cache
     assert cache.reserve("probe", len(ids))
     try:
-        inputs = engine.model.prepare_initial_token_inputs(
-            [ScheduledChunk(request, 0, len(ids))], cache, all_logits=[True]
-        )
+        inputs = engine.runner.inputs.build([ScheduledChunk(request, 0, len(ids))], all_logits=[True])
         return engine.runner.execute(inputs).cpu()
     finally:
         cache.free("probe")

@@ -13,16 +13,8 @@ from typing import Any
 
 import torch
 
-
-def tokenizer_dir() -> Path:
-    """A folder with the SmolLM2 tokenizer (vocab 49152), converted from its GGUF once."""
-    from max.pipelines.lib.embedded_models import DEFAULT_MODEL
-    from max.pipelines.lib.tokenizer import _gguf_tokenizer_dir
-
-    return _gguf_tokenizer_dir(DEFAULT_MODEL.path())
-
-
-TOKENIZER_VOCAB = 49152
+from max.testing.tiny_tokenizer import TOKENIZER_VOCAB, tokenizer_dir
+from max.testing.tiny_vl_processor import write_vl_processor_files
 
 
 def write_tiny_checkpoint(
@@ -55,8 +47,6 @@ def write_tiny_checkpoint(
     saved["architectures"] = list(config["architectures"])
     cfg_path.write_text(json.dumps(saved, indent=2))
     if with_tokenizer and "vision_config" in config:
-        from max.testing.tiny_vl_processor import write_vl_processor_files
-
         write_vl_processor_files(directory)  # the tokenizer plus image tokens and processor
     elif with_tokenizer:
         import shutil

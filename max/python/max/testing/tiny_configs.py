@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from max.testing import tiny_vl_processor as vl
-from max.testing.tiny_checkpoints import TOKENIZER_VOCAB, llama_config
+from max.testing.tiny_checkpoints import llama_config
+from max.testing.tiny_tokenizer import TOKENIZER_VOCAB
 
 _COMMON = {
     "vocab_size": TOKENIZER_VOCAB,

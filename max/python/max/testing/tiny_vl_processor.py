@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from max.testing.tiny_checkpoints import TOKENIZER_VOCAB, tokenizer_dir
+from max.testing.tiny_tokenizer import TOKENIZER_VOCAB, tokenizer_dir
 
 VISION_START_TOKEN_ID = TOKENIZER_VOCAB  # 49152
 VISION_END_TOKEN_ID = TOKENIZER_VOCAB + 1

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 
-from max.errors import MaxError
+from max.entrypoints.process_setup import run_main
 
 
 class UsageErrorParser(argparse.ArgumentParser):
@@ -20,14 +19,7 @@ class UsageErrorParser(argparse.ArgumentParser):
 
 
 def run_tool(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Runs a tool's main: paths relative to the caller's directory, MaxError -> exit 1."""
-    cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        return main(argv)
-    except MaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    """Runs a verification tool's main through the common process set-up
+    (`max.entrypoints.process_setup`), offline by default: verification reproduces runs
+    from the local cache."""
+    return run_main(main, argv, hub_offline=True)

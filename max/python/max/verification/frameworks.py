@@ -39,6 +39,8 @@ class FrameworkSettings:
     tensor_parallel_size: int = 1
     # Ours only: quantization applied on load (`fp8`); the torch reference stays in `encoding`.
     quantization: str | None = None
+    # Ours only: the KV cache's storage (`--kv-cache-dtype`, e.g. `fp8`).
+    kv_cache_dtype: str = "auto"
 
 
 def _torch_device(device: str) -> torch.device:
@@ -114,6 +116,7 @@ def build_max_engine(settings: FrameworkSettings):
         kernels=settings.kernels,
         tensor_parallel_size=settings.tensor_parallel_size,
         quantization=settings.quantization,
+        kv_cache_dtype=settings.kv_cache_dtype,
     )
     return build_engine(resolve_model(config, register_all()))
 
@@ -152,7 +155,7 @@ def _run_max_prompts(engine, settings, prompts, encoded, forced) -> list[PromptL
         try:
             for step in range(settings.num_steps):
                 chunk = ScheduledChunk(request, start, len(tokens) - start)
-                inputs = model.prepare_initial_token_inputs([chunk], cache)
+                inputs = engine.runner.inputs.build([chunk])
                 logits = engine.runner.execute(inputs)[-1].float().cpu().numpy()
                 token = _follow(step, logits, forced[p] if forced else None)
                 result.steps.append(StepLogits(token, logits))

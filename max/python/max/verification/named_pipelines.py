@@ -96,21 +96,49 @@ _QUANTIZED = _BF16
 # GGUF values, which e4m3 cannot hold (SmolLM2: max KL 0.09 with weights alone, 0.45 with
 # activations too; Qwen2.5-0.5B 0.17), so they would measure the double rounding.
 _FP8 = _BF16
+# `fp8kv`: ours in float32 with `--kv-cache-dtype fp8` (e4m3 keys and values, per-tensor
+# scales 1.0) against the reference in float32, so only the cache's rounding differs.
+# Measured on the CPU (10 steps, default prompts): the tiny llama3, qwen2, qwen3 and
+# qwen3-moe at max KL <= 2.4e-5 and cos <= 1.1e-3 (thresholds 4x and 5x above); gpt-oss
+# (sliding window and sinks) 2.8e-4 and 1.0e-2; SmolLM2-135M 3.5e-2 and 1.5e-2. Not the
+# tiny Gemma 3: its keys after the (1 + w) norm are ~10x larger (RMS ~2), so e4m3's
+# relative error moves its sharp scores past any useful threshold (KL 8.9e-3, cos 7.9e-2).
+_FP8_KV = Thresholds(kl=1e-4, cos=5e-3)
+_FP8_KV_GPT_OSS = Thresholds(kl=1e-3, cos=3e-2)
+_FP8_KV_REAL = Thresholds(kl=1e-1, cos=5e-2)
 # Encodings of the pipeline table that are a float encoding plus a quantization method.
 QUANTIZATION_ENCODINGS = {"fp8": ("bfloat16", "fp8")}
+# Encodings of the pipeline table that are a float encoding plus a KV cache dtype of ours.
+KV_CACHE_ENCODINGS = {"fp8kv": ("float32", "fp8")}
 
 
 def split_encoding(encoding: str) -> tuple[str, str | None]:
     """A pipeline encoding -> (the float or GGUF encoding, the quantization method or None):
-    `fp8` is bfloat16 with `--quantization fp8`."""
+    `fp8` is bfloat16 with `--quantization fp8`, `fp8kv` float32 (see `kv_cache_dtype_of`)."""
+    if encoding in KV_CACHE_ENCODINGS:
+        return KV_CACHE_ENCODINGS[encoding][0], None
     return QUANTIZATION_ENCODINGS.get(encoding, (encoding, None))
 
 
-def _tiny(folder: str, architecture: str, config: dict[str, Any], int8: bool = True, images: bool = False) -> NamedPipeline:
+def kv_cache_dtype_of(encoding: str) -> str:
+    """The `--kv-cache-dtype` ours runs a pipeline encoding with: `fp8` for `fp8kv`."""
+    return KV_CACHE_ENCODINGS[encoding][1] if encoding in KV_CACHE_ENCODINGS else "auto"
+
+
+def _tiny(
+    folder: str,
+    architecture: str,
+    config: dict[str, Any],
+    int8: bool = True,
+    images: bool = False,
+    fp8kv: Thresholds | None = _FP8_KV,
+) -> NamedPipeline:
     # q8_0 quantizes the random float weights on load (int8 per channel). Not int4: random
     # Gaussian weights lose ~10 % to 4 bits per layer, far from a trained 4-bit file's loss.
     # Not Gemma 3's tiny model: its logits move past bfloat16's thresholds at int8 too.
     quantized = {"q8_0": _QUANTIZED, "fp8": _FP8} if int8 else {}
+    if fp8kv is not None:
+        quantized["fp8kv"] = fp8kv
     return NamedPipeline(
         name=f"tiny-random-{folder}",
         display_name=f"tiny-random-{folder}",
@@ -128,7 +156,13 @@ NAMED_PIPELINES: list[NamedPipeline] = [
         display_name="SmolLM2-135M-Instruct",
         architecture="LlamaForCausalLM",
         locate=_embedded("smollm2-135m"),
-        thresholds={"float32": _REAL_F32, "bfloat16": _BF16, "q8_0": _QUANTIZED, "q4_1": _QUANTIZED},
+        thresholds={
+            "float32": _REAL_F32,
+            "bfloat16": _BF16,
+            "q8_0": _QUANTIZED,
+            "q4_1": _QUANTIZED,
+            "fp8kv": _FP8_KV_REAL,
+        },
     ),
     NamedPipeline(
         name="gemma3-270m",
@@ -148,10 +182,17 @@ NAMED_PIPELINES: list[NamedPipeline] = [
     _tiny("qwen2", "Qwen2ForCausalLM", tiny_configs.TINY_CONFIGS["qwen2"]),
     _tiny("qwen3", "Qwen3ForCausalLM", tiny_configs.TINY_CONFIGS["qwen3"]),
     _tiny("qwen3-moe", "Qwen3MoeForCausalLM", tiny_configs.TINY_CONFIGS["qwen3_moe"]),
-    _tiny("gemma3", "Gemma3ForCausalLM", tiny_configs.TINY_CONFIGS["gemma3"], int8=False),
-    _tiny("gpt-oss", "GptOssForCausalLM", tiny_configs.TINY_CONFIGS["gpt_oss"]),
+    _tiny("gemma3", "Gemma3ForCausalLM", tiny_configs.TINY_CONFIGS["gemma3"], int8=False, fp8kv=None),
+    _tiny("gpt-oss", "GptOssForCausalLM", tiny_configs.TINY_CONFIGS["gpt_oss"], fp8kv=_FP8_KV_GPT_OSS),
     # Not int8: weight-only quantization would reach the vision tower's linears too.
-    _tiny("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", tiny_configs.TINY_CONFIGS["qwen2_5_vl"], int8=False, images=True),
+    _tiny(
+        "qwen2.5-vl",
+        "Qwen2_5_VLForConditionalGeneration",
+        tiny_configs.TINY_CONFIGS["qwen2_5_vl"],
+        int8=False,
+        images=True,
+        fp8kv=None,
+    ),
     # The real model's shape with random weights (written once, ~16 GB: for a GPU machine).
     NamedPipeline(
         name="qwen2.5-vl-7b",

@@ -22,6 +22,7 @@ from max.verification.frameworks import FrameworkSettings, run_framework
 from max.verification.logit_metrics import Criteria, compare
 from max.verification.named_pipelines import (
     NAMED_PIPELINES,
+    kv_cache_dtype_of,
     parse_pipeline_and_encoding,
     split_encoding,
 )
@@ -61,6 +62,7 @@ def verify_one(
             device=device,
             encoding=base_encoding,
             quantization=quantization,
+            kv_cache_dtype=kv_cache_dtype_of(encoding),
             num_steps=num_steps,
             max_length=pipeline.max_length,
             kernels=kernels,

@@ -52,3 +52,15 @@ def test_fp8_pipelines_pass_bfloat16_s_thresholds(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     table = report.read_text()
     assert all(f"| {s} | OK |" in table for s in specs), table
+
+
+def test_fp8_kv_cache_pipelines_pass_their_thresholds(tmp_path):
+    """`<name>-fp8kv`: ours in float32 with --kv-cache-dtype fp8 (the CPU's emulation of the
+    e4m3 cache) against transformers in float32 (thresholds in named_pipelines)."""
+    report = tmp_path / "report.md"
+    specs = ["tiny-random-llama3-fp8kv", "tiny-random-gpt-oss-fp8kv"]
+    args = [a for s in specs for a in ("--pipeline", s)]
+    result = run(*args, "--devices", "cpu", "--report", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    table = report.read_text()
+    assert all(f"| {s} | OK |" in table for s in specs), table

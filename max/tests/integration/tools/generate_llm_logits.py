@@ -2,7 +2,7 @@
 
     generate_llm_logits --framework max|torch --pipeline NAME|PATH --output FILE
         [--device cpu|gpu|gpu:N] [--encoding float32|bfloat16|float16|q8_0|q4_1|...] [--num-steps 10]
-        [--prompts FILE] [--reference FILE]
+        [--prompts FILE] [--reference FILE] [--kv-cache-dtype fp8]
 
 `--prompts` is a JSON list (strings, or {"prompt": ..., "images": [file, ...]} for a
 vision-language model) or a text file with one prompt per line.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 
-from max.pipelines.lib.config import QUANTIZATION_METHODS, WEIGHT_ONLY_SCHEMES
+from max.pipelines.lib.config import KV_CACHE_DTYPES, QUANTIZATION_METHODS, WEIGHT_ONLY_SCHEMES
 from max.verification.cli import UsageErrorParser, run_tool
 from max.verification.frameworks import FrameworkSettings, run_framework
 from max.verification.logits_file import read_logits, write_logits
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=QUANTIZATION_METHODS,
         help="ours only: fp8 weights and per-token activations (the reference stays in --encoding)",
     )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        choices=list(KV_CACHE_DTYPES),
+        default="auto",
+        help="ours only: the KV cache's storage, e.g. fp8 (e4m3, per-tensor scales 1.0)",
+    )
     args = parser.parse_args(argv)
     if args.num_steps < 1:
         parser.error("--num-steps must be at least 1")
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         kernels=args.kernels,
         tensor_parallel_size=args.tensor_parallel_size,
         quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
     prompts = read_prompts(args.prompts) if args.prompts else (pipeline.prompts() if pipeline else DEFAULT_PROMPTS)
     reference = read_logits(args.reference) if args.reference else None

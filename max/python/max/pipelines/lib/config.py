@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from max.errors import MaxError
+from max.kv_cache import KV_CACHE_DTYPES
 
 FLOAT_ENCODINGS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GGUF quantized encodings: weights are read in this encoding and decoded to a float dtype.
@@ -107,6 +108,8 @@ class PipelineConfig:
     max_num_batched_tokens: int | None = None
     kv_cache_page_size: int = 128
     kv_cache_memory: int | None = None
+    # A KV_CACHE_DTYPES name: `auto` is the compute dtype; `fp8` stores e4m3 (one byte).
+    kv_cache_dtype: str = "auto"
     device_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     trust_remote_code: bool = False
@@ -126,6 +129,9 @@ class PipelineConfig:
     tokenizer: str | None = None
     # No tokenizer at all: prompts and outputs are token ids.
     skip_tokenizer_init: bool = False
+    # A step that makes no progress for this many seconds is a hung engine: its requests
+    # fail and the engine is restarted (tensor-parallel collectives time out after it too).
+    engine_step_timeout: float = 300.0
 
     def validate(self) -> None:
         """Raises MaxError naming the first setting out of range."""
@@ -139,6 +145,8 @@ class PipelineConfig:
             raise MaxError(f"unknown load format {self.load_format!r} ({', '.join(LOAD_FORMATS)})")
         if self.tokenizer is not None and self.skip_tokenizer_init:
             raise MaxError("--tokenizer and --skip-tokenizer-init exclude each other")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise MaxError(f"unknown KV cache dtype {self.kv_cache_dtype!r} ({', '.join(KV_CACHE_DTYPES)})")
         for name in ("max_batch_size", "kv_cache_page_size"):
             if getattr(self, name) < 1:
                 raise MaxError(f"{name} must be at least 1 (got {getattr(self, name)})")
@@ -146,6 +154,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise MaxError(f"{name} must be at least 1 (got {value})")
+        if not self.engine_step_timeout > 0:
+            raise MaxError(f"engine_step_timeout must be more than 0 seconds (got {self.engine_step_timeout})")
         if not 0.0 < self.device_memory_utilization <= 1.0:
             raise MaxError("device_memory_utilization must be in (0, 1]")
         self._check_parallel_sizes()

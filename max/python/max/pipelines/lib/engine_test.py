@@ -92,7 +92,7 @@ def test_prefix_cache_hits_give_the_same_output(checkpoint):
 
 
 def test_decode_fast_path_matches_full_preparation(checkpoint):
-    """prepare_next_token_inputs gives the same inputs as building them from scratch."""
+    """The runner's decode fast path gives the same inputs as building them from scratch."""
     engine = _engine(checkpoint)
     prompts = _prompts(3)
     params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
@@ -100,9 +100,10 @@ def test_decode_fast_path_matches_full_preparation(checkpoint):
         engine.add_request(str(i), p, params)
     engine.step()  # prefill all three
     plan = engine.scheduler.schedule()
-    full = engine.model.prepare_initial_token_inputs(plan.chunks, engine.kv_cache)
-    assert engine._last_inputs is not None
-    fast = engine.model.prepare_next_token_inputs(engine._last_tokens, engine._last_inputs)
+    builder = engine.runner.inputs
+    full = builder.build(plan.chunks)
+    assert builder._last is not None
+    fast = builder.next_decode(builder._last_tokens, builder._last)
     for name in ("tokens", "positions", "logits_indices"):
         assert getattr(fast, name).tolist() == getattr(full, name).tolist(), name
     for name in ("query_start", "context_lens", "slot_mapping"):

@@ -120,3 +120,41 @@ def test_fp8_on_the_gpu_follows_the_cpu_emulation(checkpoint):
     tokens = greedy_tokens(gpu, PROMPTS, 16)
     assert gpu.runner.num_replays > 0
     assert all(len(t) == 16 for t in tokens)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fp8_kv_cache_graphs_match_eager_and_follow_the_cpu_emulation(dtype):
+    """`--kv-cache-dtype fp8`: CUDA-graph decode and overlap over the e4m3 cache give the
+    eager loop's tokens, and in float32 the GPU's logits follow the CPU's emulation of the
+    same cache (codes may differ at rounding ties only)."""
+    path = write_tiny_checkpoint(__import__("tempfile").mkdtemp(), TINY_CONFIGS["llama3"], seed=3)
+    eager = _engine(path, "gpu", quantization_encoding=dtype, kv_cache_dtype="fp8", enforce_eager=True, async_scheduling=False)
+    fast = _engine(path, "gpu", quantization_encoding=dtype, kv_cache_dtype="fp8")
+    assert fast.kv_cache.keys[0].dtype == torch.float8_e4m3fn and fast.runner.graph_batch_sizes
+    assert greedy_tokens(fast, PROMPTS, 24) == greedy_tokens(eager, PROMPTS, 24)
+    assert fast.runner.num_replays > 0
+    if dtype == "float32":
+        cpu = _engine(path, "cpu", kv_cache_dtype="fp8")
+        for prompt in PROMPTS:
+            a, b = prompt_logits(fast, prompt), prompt_logits(cpu, prompt)
+            assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.9999
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packed_mxfp4_experts_on_the_gpu_follow_the_cpu(tmp_path, dtype):
+    """gpt-oss with MXFP4 experts: on the GPU they stay packed (the grouped kernels decode
+    them), on the CPU they are decoded on load; graphs, eager steps and the CPU agree."""
+    from max.testing.mxfp4_checkpoints import write_mxfp4_experts
+
+    path = write_mxfp4_experts(write_tiny_checkpoint(tmp_path / "m", TINY_CONFIGS["gpt_oss"], seed=3))
+    cpu = _engine(path, "cpu", quantization_encoding=dtype)
+    gpu = _engine(path, "gpu", quantization_encoding=dtype)
+    moe = gpu.model.model.layers[0].mlp
+    assert moe.config.expert_weights == "mxfp4" and moe.experts_down_blocks.dtype == torch.uint8
+    # In bfloat16 the GPU's products and the CPU's round in other orders (as every bfloat16
+    # GPU-against-CPU comparison here): float32 is the exact check.
+    tolerance = 1e-4 if dtype == "float32" else 1.5e-1
+    for prompt in PROMPTS:
+        torch.testing.assert_close(prompt_logits(gpu, prompt), prompt_logits(cpu, prompt), rtol=tolerance, atol=tolerance)
+    if dtype == "float32":
+        assert greedy_tokens(gpu, PROMPTS, 16) == greedy_tokens(cpu, PROMPTS, 16)

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from max.kv_cache import PagedKVCache
 from max.nn import step_context
-from max.pipelines.lib.pipeline_model import ModelInputs, PipelineModel
+from max.pipelines.lib.input_batch import InputBatchBuilder, ModelInputs, PendingTokens
+from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.pipeline_model import PipelineModel
+from max.pipelines.lib.scheduler import ScheduledChunk
 from max_kernels import RaggedLayout
 
 logger = logging.getLogger("max.pipelines")
@@ -71,8 +74,8 @@ class _Graph:
 
 
 class ModelRunner:
-    """Runs steps for the engine: graph replay for decode batches and single-request
-    prefills, eager otherwise."""
+    """Owns the step for the engine: builds its inputs (`InputBatchBuilder`) and runs it,
+    replaying a graph for decode batches and single-request prefills, eagerly otherwise."""
 
     def __init__(
         self,
@@ -85,6 +88,7 @@ class ModelRunner:
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
+        self.inputs = InputBatchBuilder(model, kv_cache)
         self._graphs: dict[int, _Graph] = {}
         self._sizes: list[int] = []
         self._prefill_graphs: dict[int, _Graph] = {}
@@ -99,6 +103,29 @@ class ModelRunner:
             self._warm_eager()
 
     @property
+    def max_seq_len(self) -> int:
+        """Longest sequence (prompt + output) the model serves."""
+        return self.model.max_seq_len
+
+    def check_images(self, images: Sequence[ImageInput], prompt_tokens: Sequence[int]) -> None:
+        """Raises MaxError unless the model can take `images` for this prompt."""
+        self.model.check_images(images, prompt_tokens)
+
+    def prepare(
+        self,
+        chunks: Sequence[ScheduledChunk],
+        all_logits: Sequence[bool] | None = None,
+        pending: PendingTokens | None = None,
+    ) -> ModelInputs:
+        """The device inputs of a step that runs `chunks` (see `InputBatchBuilder.prepare`)."""
+        return self.inputs.prepare(chunks, all_logits, pending)
+
+    def record_draws(self, inputs: ModelInputs | None, tokens: torch.Tensor | None) -> None:
+        """What the step of `inputs` drew: `tokens` [B] on the device when every request
+        drew one (the next decode step can then be derived from them), else None."""
+        self.inputs.record_draws(inputs, tokens)
+
+    @property
     def graph_batch_sizes(self) -> list[int]:
         """Batch sizes with a captured decode graph (empty when running eagerly)."""
         return list(self._sizes)
@@ -108,24 +135,32 @@ class ModelRunner:
         """Prompt-chunk lengths with a captured single-request prefill graph."""
         return list(self._prefill_sizes)
 
+    def step_kind(self, inputs: ModelInputs) -> str:
+        """How `execute` will run these inputs (one of `step_observer.STEP_KINDS`)."""
+        layout = inputs.layout
+        b, nd = layout.num_requests, layout.num_decode
+        if not inputs.has_images:
+            if self._sizes and nd == b and b <= self._sizes[-1] and len(inputs.logits_rows) == b:
+                return "graph_decode"
+            if (
+                self._prefill_sizes
+                and b == 1
+                and nd == 0
+                and layout.query_lens[0] <= self._prefill_sizes[-1]
+                and inputs.logits_indices.shape[0] == 1
+            ):
+                return "graph_prefill"
+        return "eager_decode" if nd == b else ("eager_mixed" if nd > 0 else "eager_prefill")
+
     def execute(self, inputs: ModelInputs) -> torch.Tensor:
         """Float32 logits [N, vocab] of the step, one row per `inputs.logits_indices` entry.
 
         A graph step returns a view of the graph's output buffer: valid until the next step.
         """
-        layout = inputs.layout
-        b = layout.num_requests
-        if inputs.has_images:
-            return self.model.execute(inputs).logits
-        if self._sizes and layout.num_decode == b and b <= self._sizes[-1] and len(inputs.logits_rows) == b:
+        kind = self.step_kind(inputs)
+        if kind == "graph_decode":
             return self._replay(inputs)
-        if (
-            self._prefill_sizes
-            and b == 1
-            and layout.num_decode == 0
-            and layout.query_lens[0] <= self._prefill_sizes[-1]
-            and inputs.logits_indices.shape[0] == 1
-        ):
+        if kind == "graph_prefill":
             return self._replay_prefill(inputs)
         return self.model.execute(inputs).logits
 
@@ -165,7 +200,7 @@ class ModelRunner:
                     num_decode=num_decode,
                     query_lens=q_lens,
                     context_lens_host=ctx,
-                    num_splits=model.decode_splits(num_decode, max(ctx[:num_decode], default=1)),
+                    num_splits=self.inputs.decode_splits(num_decode, max(ctx[:num_decode], default=1)),
                 )
                 rows = [*range(num_decode), total - 1]
                 model.execute(
@@ -296,7 +331,7 @@ class ModelRunner:
             num_decode=size,
             query_lens=[1] * size,
             context_lens_host=None,
-            num_splits=self.model.decode_splits(size, self.model.max_seq_len),
+            num_splits=self.inputs.decode_splits(size, self.model.max_seq_len),
         )
 
     # -- replay --------------------------------------------------------------------------

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from max.errors import MaxError
 from max.kv_cache import PagedKVCache
@@ -24,6 +26,7 @@ from max.pipelines.lib.config import (
     WEIGHT_ONLY_SCHEMES,
     PipelineConfig,
     choose_cpu_encoding,
+    torchrun_world,
 )
 from max.pipelines.lib.engine import LLMEngine
 from max.pipelines.lib.hf_config import (
@@ -32,6 +35,7 @@ from max.pipelines.lib.hf_config import (
     load_hf_config,
     text_config,
 )
+from max.pipelines.lib.memory_plan import MemoryReport
 from max.pipelines.lib.model_runner import ModelRunner
 from max.pipelines.lib.model_source import (
     ModelSource,
@@ -39,6 +43,7 @@ from max.pipelines.lib.model_source import (
     resolve_model_source,
     resolve_tokenizer_source,
 )
+from max.pipelines.lib.pipeline_model import PipelineModel
 from max.pipelines.lib.registry import (
     PIPELINE_REGISTRY,
     PipelineRegistry,
@@ -46,9 +51,23 @@ from max.pipelines.lib.registry import (
 )
 from max.pipelines.lib.structured_output import GrammarBackend
 from max.pipelines.lib.supported_architecture import SupportedArchitecture
-from max.pipelines.lib.tensor_parallel import RankGroup, TensorParallelRunner, start_tensor_parallel
+from max.pipelines.lib.tensor_parallel import (
+    RankGroup,
+    TensorParallelRunner,
+    exit_with_parent,
+    join_group,
+    receive_header,
+    receive_inputs,
+    start_tensor_parallel,
+)
 from max.pipelines.lib.tokenizer import TextTokenizer
-from max.pipelines.lib.weights import GGUFFile, WeightsFormat, open_gguf, open_safetensors
+from max.pipelines.lib.weights import (
+    Checkpoint,
+    GGUFFile,
+    WeightsFormat,
+    open_gguf,
+    open_safetensors,
+)
 from max_kernels import set_backend as set_kernel_backend
 
 logger = logging.getLogger("max.pipelines")
@@ -231,14 +250,31 @@ def _kv_budget(resolved: ResolvedModel, device: torch.device, needed: int, activ
     return min(available, needed)
 
 
-def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
-    """This process's model (its shard, under tensor parallelism), KV cache and runner.
+def open_checkpoint(resolved: ResolvedModel) -> Checkpoint | None:
+    """The model's checkpoint, opened for lazy reads (None with `--load-format dummy`)."""
+    if resolved.config.load_format == "dummy":
+        return None
+    if resolved.source.weights_format == WeightsFormat.gguf:
+        return open_gguf(resolved.gguf)
+    return open_safetensors(resolved.source.weight_files)
+
+
+def load_pipeline_model(resolved: ResolvedModel) -> PipelineModel:
+    """The architecture's pipeline model with its weights loaded on this process's device
+    (its shard, inside a tensor-parallel context)."""
+    config, arch = resolved.config, resolved.architecture
+    adapter = arch.weight_adapters.get(resolved.source.weights_format)
+    return arch.pipeline_model(config, resolved.hf_config, open_checkpoint(resolved), adapter, resolved.dtype, config.device)
+
+
+def build_rank(resolved: ResolvedModel, group: RankGroup | None = None) -> ModelRunner:
+    """This process's runner, over its model (its shard, under tensor parallelism) and KV
+    cache.
 
     Every rank of a tensor-parallel group calls it with the same config: the KV cache gets
     the number of pages that fits on every rank's device.
     """
     config = resolved.config
-    arch = resolved.architecture
     device = config.device
     dtype = resolved.dtype
     set_kernel_backend(config.kernels)
@@ -247,15 +283,8 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
     else:
         # Triton launches on the current device: a replica or rank on gpu:1 must make it so.
         torch.cuda.set_device(device)
-    if config.load_format == "dummy":
-        checkpoint = None
-    elif resolved.source.weights_format == WeightsFormat.gguf:
-        checkpoint = open_gguf(resolved.gguf)
-    else:
-        checkpoint = open_safetensors(resolved.source.weight_files)
-    adapter = arch.weight_adapters.get(resolved.source.weights_format)
     with tensor_parallel_context(group.tp if group is not None else TensorParallel()):
-        model = arch.pipeline_model(config, resolved.hf_config, checkpoint, adapter, dtype, device)
+        model = load_pipeline_model(resolved)
     logger.info(describe_encoding(config, dtype))
     params = model.get_kv_params(resolved.hf_config, config, dtype)
     needed = model.estimate_kv_cache_size(config, resolved.hf_config, dtype)
@@ -274,6 +303,7 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
     )
     # Graphs replay the Triton kernels only; the torch reference ops are shaped on the host.
     use_graphs = device.type == "cuda" and not config.enforce_eager and config.kernels == "auto"
+    free_before = torch.cuda.mem_get_info(device)[0] if use_graphs else 0
     runner = ModelRunner(
         model,
         kv_cache,
@@ -282,7 +312,64 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None):
         max_prefill_tokens=config.token_budget(),
         warm_eager=device.type == "cuda" and config.kernels == "auto",
     )
-    return model, kv_cache, runner
+    report = model.load_report
+    model.memory_report = MemoryReport(
+        device=str(device),
+        weights=report.weight_bytes,
+        load_peak=report.peak_bytes,
+        kv_cache=num_pages * params.bytes_per_page,
+        activations=activations,
+        # What capturing took from the card (the graphs' pool, and the workspaces the
+        # captured kernels set up).
+        cuda_graphs=free_before - torch.cuda.mem_get_info(device)[0] if use_graphs else None,
+        total=torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else None,
+    )
+    logger.info(model.memory_report.summary())
+    return runner
+
+
+def run_tensor_parallel_rank(
+    config: PipelineConfig,
+    arch_bytes: bytes | None = None,
+    rank: int | None = None,
+    world: int | None = None,
+    addr: str | None = None,
+    port: int | None = None,
+    parent: int | None = None,
+) -> None:
+    """A rank other than 0: joins the group, builds its shard, runs every step rank 0 sends
+    until told to stop. With no arguments beyond `config`, the torchrun environment says
+    who and where this rank is."""
+    if parent is not None:
+        exit_with_parent(parent)
+    if rank is None:
+        env = torchrun_world()
+        if env is None:
+            raise MaxError("run_tensor_parallel_rank needs RANK and WORLD_SIZE (as torchrun sets them)")
+        rank, world, _ = env
+        addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+    registry = PipelineRegistry()
+    register_custom_architectures(config.custom_architectures, registry)
+    if arch_bytes is not None:
+        registry.register(pickle.loads(arch_bytes), allow_override=True)
+    else:
+        for arch in PIPELINE_REGISTRY.architectures():
+            registry.register(arch, allow_override=True)
+    group = join_group(rank, world, addr, port, config.device, config.engine_step_timeout)
+    runner = None
+    try:
+        resolved = resolve_model(config, registry)
+        runner = build_rank(resolved, group)
+        while True:
+            (header,) = receive_header(group)
+            if header["op"] == "stop":
+                break
+            runner.execute(receive_inputs(header, group, runner.kv_cache))
+    finally:
+        if runner is not None:
+            runner.close()  # its graphs hold captured collectives: they go before the group
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def build_engine(resolved: ResolvedModel) -> LLMEngine:
@@ -296,9 +383,9 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
     if config.tp_size > 1:
         if not resolved.architecture.multi_gpu_supported:
             raise MaxError(f"architecture {resolved.architecture.name} does not support tensor parallelism")
-        group = start_tensor_parallel(config, resolved.architecture)
+        group = start_tensor_parallel(config, resolved.architecture, run_tensor_parallel_rank)
     try:
-        model, kv_cache, runner = build_rank(resolved, group)
+        runner = build_rank(resolved, group)
     except BaseException:
         if group is not None:
             group.close()
@@ -316,14 +403,12 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
         return GrammarBackend(tokenizer.hf, vocab, eos | tokenizer.eos_token_ids)
 
     return LLMEngine(
-        model,
-        kv_cache,
+        runner,
         config.max_batch_size,
         max(config.token_budget(), 1),
         eos,
         vocab,
         config.enable_prefix_caching,
-        runner=runner,
         async_scheduling=device.type == "cuda" and config.async_scheduling,
         grammar=grammar,
         # Where a step is short enough for a collection's pause to show (the GPU's).

@@ -4,17 +4,17 @@ The base class does everything that is the same for decoder-only language models
 an architecture's `model.py` subclasses it and names its config class (and, if its network
 is not the generic `max.nn.Transformer`, overrides `build_network`).
 
-A step runs a ragged batch: the new tokens of every scheduled request concatenated into
-one flat tensor, with row offsets per request (MAX's layout). `prepare_initial_token_inputs`
-builds that from the scheduler's chunks; `prepare_next_token_inputs` derives the next
-decode step's inputs from the previous ones without going back to Python lists.
+It sizes the model (sequence length, KV-cache geometry, memory), builds and loads the
+network, and runs its forward pass on a step's `ModelInputs`. Building those inputs is the
+model runner's job (`input_batch.InputBatchBuilder`); the model takes part through two
+hooks, `rotary_positions` and `encoder_outputs`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,19 +22,23 @@ import torch
 from torch import nn
 
 from max.errors import MaxError
-from max.kv_cache import KVCacheParams, PagedKVCache
-from max.nn import DecoderConfig, TensorParallel, Transformer, step_context
+from max.kv_cache import KVCacheParams, kv_cache_dtype
+from max.nn import DecoderConfig, TensorParallel, Transformer, step_context, tensor_parallel
 from max.nn.checkpoint_layout import leaves, parameter_sources
-from max.nn.fp8_linear import quantize_linears_fp8
-from max.nn.quantized_linear import quantize_linears
+from max.nn.expert_weights import Mxfp4ExpertWeights
+from max.nn.fp8_linear import fp8_layer_bytes, fp8_replacements
+from max.nn.quantized_linear import weight_only_replacements
 from max.pipelines.lib.config import PipelineConfig
-from max.pipelines.lib.device_transfer import upload
-from max.pipelines.lib.hf_config import text_config
+from max.pipelines.lib.hf_config import quantization_method, text_config
+from max.pipelines.lib.input_batch import EncoderOutputs, ModelInputs, ModelOutputs
+from max.pipelines.lib.memory_plan import check_fits as check_device_memory
+from max.pipelines.lib.memory_plan import planned_weight_bytes
 from max.pipelines.lib.multimodal import ImageInput, check_images
 from max.pipelines.lib.scheduler import ScheduledChunk
-from max.pipelines.lib.weights import Checkpoint, fill_dummy_weights, load_checkpoint_into
-from max_kernels import RaggedLayout
-from max_kernels.decode_attention import default_num_splits
+from max.pipelines.lib.weights import Checkpoint
+from max.pipelines.lib.weights.network_loader import LayerTransform, load_network
+
+logger = logging.getLogger("max.pipelines")
 
 _INIT_FUNCTIONS = (
     "uniform_",
@@ -80,59 +84,6 @@ def _wide_layers(network: nn.Module, state: Any) -> set[str]:
     return wide
 
 
-@dataclass
-class ModelInputs:
-    """One step's inputs, on the model's device.
-
-    `positions` are the tokens' rotary positions (equal to their index in the request's
-    cache for text models; a vision-language model's positions after an image are offset).
-    `logits_indices` lists the token rows whose logits are wanted, grouped by request in
-    batch order; `logits_rows[b]` is the slice of those rows that belongs to request b.
-    A step holding image tokens also carries `rope_positions` (M-RoPE's [3, T] positions,
-    which the network then rotates by) and `embeds` (rows, vectors) that replace those
-    rows' token embeddings; such a step always runs eagerly.
-    """
-
-    tokens: torch.Tensor  # int64 [T]
-    positions: torch.Tensor  # int64 [T]
-    layout: RaggedLayout
-    logits_indices: torch.Tensor  # int64 [N]
-    logits_rows: list[slice]
-    request_ids: list[str]
-    kv_cache: PagedKVCache
-    rope_positions: torch.Tensor | None = None  # int64 [3, T]
-    embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # int64 [R], [R, hidden]
-
-    @property
-    def has_images(self) -> bool:
-        """The step carries image embeddings or multimodal positions (no graph replays it)."""
-        return self.embeds is not None or self.rope_positions is not None
-
-
-@dataclass
-class ModelOutputs:
-    """Float32 logits [N, vocab], one row per entry of `ModelInputs.logits_indices`."""
-
-    logits: torch.Tensor
-
-
-@dataclass
-class PendingTokens:
-    """Tokens sampled by the previous step, still on the device (asynchronous scheduling):
-    `tokens[rows[request_id]]` is the token that request drew."""
-
-    tokens: torch.Tensor
-    rows: dict[str, int]
-
-    def fill(self, tokens: torch.Tensor, request_ids: Sequence[str], where: np.ndarray) -> torch.Tensor:
-        """`tokens` with the placeholder rows (`where`) replaced by the requests' draws."""
-        src = np.full(len(where), -1, dtype=np.int64)
-        src[where] = [self.rows[r] for r in request_ids]
-        src_t = upload(src, tokens.device)
-        drawn = self.tokens[src_t.clamp(min=0)]
-        return torch.where(src_t >= 0, drawn, tokens)
-
-
 class PipelineModel:
     """Base class of every architecture's model: see the module docstring."""
 
@@ -158,6 +109,7 @@ class PipelineModel:
         self.device = device
         self.max_seq_len = self.calculate_max_seq_len(pipeline_config, hf_config)
         self.model_config = self.config_class.from_huggingface(hf_config, self.max_seq_len)
+        self.choose_expert_weights()
         self.model = self.load_model(checkpoint, weight_adapter)
 
     # -- sizes ---------------------------------------------------------------------------
@@ -185,7 +137,8 @@ class PipelineModel:
     def get_kv_params(
         cls, hf_config: Any, pipeline_config: PipelineConfig, dtype: torch.dtype
     ) -> KVCacheParams:
-        """The KV cache geometry this model needs."""
+        """The KV cache geometry this model needs, stored in `--kv-cache-dtype` (`auto`: the
+        compute `dtype`)."""
         config = cls.config_class.from_huggingface(hf_config, 1)
         # Under tensor parallelism every rank caches the KV heads its query heads read.
         kv_start, kv_stop = TensorParallel(0, pipeline_config.tp_size).kv_heads(config.num_kv_heads)
@@ -194,7 +147,7 @@ class PipelineModel:
             num_kv_heads=kv_stop - kv_start,
             head_dim=config.head_dim,
             page_size=pipeline_config.kv_cache_page_size,
-            dtype=dtype,
+            dtype=kv_cache_dtype(pipeline_config.kv_cache_dtype, dtype),
         )
 
     @classmethod
@@ -220,182 +173,85 @@ class PipelineModel:
         width = 6 * c.hidden_size + 3 * inter + 3 * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
         return max_batch_tokens * width * elem + 3 * max_batch_size * c.vocab_size * 4
 
+    def check_fits(self, weight_bytes: int) -> None:
+        """Raises MaxError before the weights are allocated when the model cannot run on its
+        GPU: its weights, one full-length request's KV cache and a step's activations must fit
+        in what `--gpu-memory-utilization` leaves free."""
+        config = self.pipeline_config
+        kv = self.get_kv_params(self.hf_config, config, self.dtype)
+        activations = self.estimate_activation_memory(
+            max(config.token_budget(), config.max_batch_size), config.max_batch_size
+        )
+        check_device_memory(
+            self.device,
+            config.device_memory_utilization,
+            weight_bytes,
+            kv.pages_for_tokens(self.max_seq_len) * kv.bytes_per_page,
+            activations,
+            self.max_seq_len,
+        )
+
     def check_images(self, images: Sequence[ImageInput], prompt_tokens: Sequence[int]) -> None:
         """Raises MaxError unless the model can take `images` for this prompt (a text model
         takes none)."""
         check_images(images, prompt_tokens, self.image_token_id)
 
     # -- building ------------------------------------------------------------------------
+    def choose_expert_weights(self) -> None:
+        """MXFP4 experts (gpt-oss) stay packed on a GPU, where the grouped kernel decodes
+        them (a quarter of bfloat16's bytes); on the CPU they are decoded on load, so the
+        float32 reference is unchanged. A rank whose share of the experts' features is not
+        in whole MXFP4 blocks decodes them too."""
+        moe = self.model_config.moe
+        if moe is None or self.device.type != "cuda" or quantization_method(self.hf_config) != "mxfp4":
+            return
+        bounds = tensor_parallel().split(moe.moe_intermediate_size, "the experts' intermediate size")
+        if Mxfp4ExpertWeights.supports(self.model_config.hidden_size, bounds):
+            moe.expert_weights = Mxfp4ExpertWeights.name
+        else:
+            logger.info("MXFP4 experts decoded to %s: this rank's features %s are not whole blocks of 32", self.dtype, bounds)
+
     def build_network(self) -> nn.Module:
         """The network for `self.model_config`; architectures with their own blocks override."""
         return Transformer(self.model_config)
 
     def load_model(self, checkpoint: Checkpoint | None, weight_adapter: Any) -> nn.Module:
-        """Builds the network without allocating, then fills it from the checkpoint.
+        """Builds the network without allocating, then streams the weights into it.
 
-        With no checkpoint (`--load-format dummy`) the weights are random. Under weight-only
-        quantization (a quantized encoding on the CPU) the weights are read in float32,
-        the linear layers quantized from those values, and the rest cast to `self.dtype`.
+        Each parameter is allocated on the device in its final dtype and filled from the
+        checkpoint (or randomly: `--load-format dummy`, no checkpoint); layers that a
+        quantization replaces (`--quantization fp8`; int8/int4 for a quantized encoding on
+        the CPU, read in float32 and quantized from those values) are replaced as soon as
+        their weights are in, so the peak is the final weights plus one layer.
         """
         scheme = self.pipeline_config.weight_quantization()
         with torch.device("meta"), skip_parameter_init():
             network = self.build_network()
-        network = network.to_empty(device=self.device).to(torch.float32 if scheme else self.dtype)
-        for module in network.modules():
-            init = getattr(module, "init_buffers", None)
-            if init is not None:
-                init(self.device)
-        if checkpoint is None:
-            fill_dummy_weights(network, self.pipeline_config.seed)
-        else:
-            state = weight_adapter(checkpoint, self.hf_config)
-            load_checkpoint_into(network, state, torch.float32 if scheme else self.dtype, self.device)
+        state = None if checkpoint is None else weight_adapter(checkpoint, self.hf_config)
+        transforms: dict[str, LayerTransform] = {}
+        replaced_bytes: dict[str, int] = {}
         if self.pipeline_config.quantization == "fp8":
-            quantize_linears_fp8(network)
+            transforms = {path: LayerTransform(fn) for path, fn in fp8_replacements(network).items()}
+            replaced_bytes = {p: fp8_layer_bytes(network.get_submodule(p), self.dtype) for p in transforms}
         if scheme:
-            keep_int8 = () if checkpoint is None else _wide_layers(network, state)
-            quantize_linears(network, scheme, self.dtype, keep_int8)
-            with torch.no_grad():
-                for param in network.parameters():
-                    param.data = param.data.to(self.dtype)
+            keep_int8 = () if state is None else _wide_layers(network, state)
+            replacements = weight_only_replacements(network, scheme, self.dtype, keep_int8)
+            transforms = {path: LayerTransform(fn, torch.float32) for path, fn in replacements.items()}
+        self.check_fits(planned_weight_bytes(network, self.dtype, replaced_bytes))
+        self.load_report = load_network(network, state, self.device, self.dtype, transforms, self.pipeline_config.seed)
         return network.eval()
 
     # -- steps ---------------------------------------------------------------------------
-    def decode_splits(self, batch_size: int, max_context: int) -> int:
-        """How many parts the GPU decode-attention kernel cuts each context into (split-K)."""
-        if self.device.type != "cuda":
-            return 1
-        kv_start, kv_stop = TensorParallel(0, self.pipeline_config.tp_size).kv_heads(self.model_config.num_kv_heads)
-        return default_num_splits(batch_size, kv_stop - kv_start, max_context)
-
-    def prepare_initial_token_inputs(
-        self,
-        batch: Sequence[ScheduledChunk],
-        kv_cache: PagedKVCache,
-        all_logits: Sequence[bool] | None = None,
-        pending: PendingTokens | None = None,
-    ) -> ModelInputs:
-        """Flat inputs for a step that runs `batch` (one-token chunks must come first).
-
-        For each chunk, logits are computed for its last token when the chunk completes the
-        request's tokens, and for every token when `all_logits[b]` (prompt logprobs).
-        A token id of -1 is one sampled in the previous step that has not reached the host
-        yet; `pending` says where it is on the device.
-        """
-        q_lens = np.fromiter((c.num_tokens for c in batch), dtype=np.int64, count=len(batch))
-        starts = np.fromiter((c.start for c in batch), dtype=np.int64, count=len(batch))
-        # Leading one-token chunks form the decode group of the attention kernels.
-        num_decode = int(np.argmax(q_lens != 1)) if (q_lens != 1).any() else len(batch)
-        cu = np.zeros(len(batch) + 1, dtype=np.int64)
-        np.cumsum(q_lens, out=cu[1:])
-        total = int(cu[-1])
-        if num_decode == len(batch):
-            tokens = np.fromiter((c.request.tokens[c.start] for c in batch), dtype=np.int64, count=total)
-        else:
-            tokens = np.fromiter((t for c in batch for t in c.token_ids), dtype=np.int64, count=total)
-        req_index = np.repeat(np.arange(len(batch)), q_lens)
-        # Each token's index in its request's cache (where its keys go), and its rotary position.
-        cache_index = np.repeat(starts, q_lens) + (np.arange(total) - np.repeat(cu[:-1], q_lens))
-        positions = self.rotary_positions(batch, cache_index)
-        request_ids = [c.request.request_id for c in batch]
-        page_table = kv_cache.page_table_array(request_ids)
-        ps = kv_cache.page_size
-        slots = page_table[req_index, cache_index // ps].astype(np.int64) * ps + cache_index % ps
-        context_lens = starts + q_lens
-        if all_logits is None and num_decode == len(batch):
-            rows = np.arange(len(batch))
-            logits_rows = [slice(b, b + 1) for b in range(len(batch))]
-        else:
-            rows, logits_rows = self._logits_rows(batch, cu, all_logits)
-        device = self.device
-        # Two uploads: one int64 block (tokens, positions, slots, logits rows) and one int32.
-        longs = upload(np.concatenate([tokens, positions, slots, rows]), device)
-        ints = upload(np.concatenate([cu, context_lens, page_table.ravel()]).astype(np.int32), device)
-        b = len(batch)
-        tokens_t = longs[:total]
-        if pending is not None and (tokens < 0).any():
-            tokens_t = pending.fill(tokens_t, [request_ids[i] for i in req_index[tokens < 0]], tokens < 0)
-        layout = RaggedLayout(
-            query_start=ints[: b + 1],
-            context_lens=ints[b + 1 : 2 * b + 1],
-            page_table=ints[2 * b + 1 :].view(page_table.shape),
-            slot_mapping=longs[2 * total : 3 * total],
-            page_size=ps,
-            num_decode=num_decode,
-            query_lens=q_lens.tolist(),
-            context_lens_host=context_lens.tolist(),
-            num_splits=self.decode_splits(num_decode, int(context_lens[:num_decode].max(initial=1))),
-        )
-        return ModelInputs(
-            tokens=tokens_t,
-            positions=longs[total : 2 * total],
-            layout=layout,
-            logits_indices=longs[3 * total :],
-            logits_rows=logits_rows,
-            request_ids=request_ids,
-            kv_cache=kv_cache,
-        )
-
     def rotary_positions(self, batch: Sequence[ScheduledChunk], cache_index: np.ndarray) -> np.ndarray:
-        """The rotary positions of the step's tokens, given their cache indices: the same
-        for text models (vision-language models offset the text after an image)."""
+        """The rotary positions of a step's tokens, given their cache indices (a hook of the
+        runner's input builder): the same for text models (vision-language models offset
+        the text after an image)."""
         return cache_index
 
-    @staticmethod
-    def _logits_rows(
-        batch: Sequence[ScheduledChunk], cu: np.ndarray, all_logits: Sequence[bool] | None
-    ) -> tuple[np.ndarray, list[slice]]:
-        """Token rows whose logits are computed, and each request's slice of them."""
-        rows: list[int] = []
-        logits_rows: list[slice] = []
-        for b, chunk in enumerate(batch):
-            first = len(rows)
-            if all_logits is not None and all_logits[b]:
-                rows.extend(range(cu[b], cu[b + 1]))
-            elif chunk.completes:
-                rows.append(int(cu[b + 1]) - 1)
-            logits_rows.append(slice(first, len(rows)))
-        return np.array(rows, dtype=np.int64), logits_rows
-
-    def prepare_next_token_inputs(
-        self, next_tokens: torch.Tensor, prev_inputs: ModelInputs
-    ) -> ModelInputs:
-        """Inputs of the decode step that follows `prev_inputs` for the same requests.
-
-        Every request of the previous step drew one token (`next_tokens`, [B] on device)
-        and now runs it. The caller guarantees each request's pages already cover the new
-        position (the page table is reused as is).
-        """
-        prev = prev_inputs.layout
-        b = prev.num_requests
-        last_rows = prev.query_start[1:].long() - 1
-        positions = prev_inputs.positions[last_rows] + 1
-        # The new token's place in the cache is the count of tokens already there (not its
-        # rotary position, which multimodal prompts offset).
-        index = prev.context_lens.long()
-        ps = prev.page_size
-        pages = prev.page_table.gather(1, (index // ps)[:, None]).squeeze(1).long()
-        context_host = [n + 1 for n in prev.context_lens_host]
-        layout = RaggedLayout(
-            query_start=torch.arange(b + 1, dtype=torch.int32, device=self.device),
-            context_lens=prev.context_lens + 1,
-            page_table=prev.page_table,
-            slot_mapping=pages * ps + index % ps,
-            page_size=ps,
-            num_decode=b,
-            query_lens=[1] * b,
-            context_lens_host=context_host,
-            num_splits=self.decode_splits(b, max(context_host, default=1)),
-        )
-        return ModelInputs(
-            tokens=next_tokens.to(torch.int64),
-            positions=positions,
-            layout=layout,
-            logits_indices=torch.arange(b, dtype=torch.int64, device=self.device),
-            logits_rows=[slice(i, i + 1) for i in range(b)],
-            request_ids=prev_inputs.request_ids,
-            kv_cache=prev_inputs.kv_cache,
-        )
+    def encoder_outputs(self, batch: Sequence[ScheduledChunk]) -> EncoderOutputs | None:
+        """What an encoder hands the decoder for this step (a hook of the runner's input
+        builder): None for text models; vision-language models run their image encoder."""
+        return None
 
     @torch.inference_mode()
     def execute(self, inputs: ModelInputs) -> ModelOutputs:

@@ -19,7 +19,8 @@ from max.pipelines.lib.structured_output import (
     apply_token_bitmask,
     grammar_for,
 )
-from max.testing.tiny_checkpoints import llama_config, tokenizer_dir, write_tiny_checkpoint
+from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
+from max.testing.tiny_tokenizer import tokenizer_dir
 
 
 def test_bitmask_leaves_other_rows_bit_exact():

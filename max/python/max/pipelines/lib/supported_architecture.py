@@ -32,7 +32,4 @@ class SupportedArchitecture:
     pipeline_model: type[PipelineModel]
     weight_adapters: Mapping[WeightsFormat, WeightAdapter]
     tokenizer: type[TextTokenizer] = TextTokenizer
-    default_weights_format: WeightsFormat = WeightsFormat.safetensors
-    rope_type: str = "normal"
-    task: str = "text_generation"
     multi_gpu_supported: bool = False

@@ -9,7 +9,7 @@ others, and every rank runs the same forward (the layers' collectives meet insid
 On one host rank 0 starts the other ranks itself, as child processes. Across hosts every
 process is started by torchrun (or with `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`, `RANK`,
 `LOCAL_RANK` set by hand): the process with RANK 0 runs the command, the others run
-`run_tensor_parallel_rank`.
+`pipeline_builder.run_tensor_parallel_rank`, which builds its shard and serves steps here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pickle
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,14 +32,13 @@ from max.errors import EngineDeadError, MaxError
 from max.kv_cache import PagedKVCache
 from max.nn import TensorParallel
 from max.pipelines.lib.config import PipelineConfig, torchrun_world
-from max.pipelines.lib.pipeline_model import ModelInputs
-from max_kernels import RaggedLayout
+from max.pipelines.lib.input_batch import ModelInputs
+from max.pipelines.lib.model_runner import ModelRunner
 
 logger = logging.getLogger("max.pipelines")
 
-# A step's collectives time out after this (a dead or hung rank); an idle rank waits for the
-# next step's header much longer.
-STEP_TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("MAX_TP_STEP_TIMEOUT", "300")))
+# An idle rank waits for the next step's header this long (a step's collectives time out
+# after the config's `engine_step_timeout`: a dead or hung rank).
 IDLE_TIMEOUT = datetime.timedelta(days=7)
 
 
@@ -105,7 +105,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _join(rank: int, world: int, addr: str, port: int, device: torch.device) -> RankGroup:
+def join_group(rank: int, world: int, addr: str, port: int, device: torch.device, step_timeout: float) -> RankGroup:
     if dist.is_initialized():
         raise MaxError("this process is already in a torch.distributed group (one engine per process)")
     if device.type == "cuda":
@@ -116,22 +116,24 @@ def _join(rank: int, world: int, addr: str, port: int, device: torch.device) -> 
         init_method=f"tcp://{addr}:{port}",
         rank=rank,
         world_size=world,
-        timeout=STEP_TIMEOUT,
+        timeout=datetime.timedelta(seconds=step_timeout),
         **({"device_id": device} if device.type == "cuda" else {}),
     )
     headers = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
     return RankGroup(TensorParallel(rank, world, dist.group.WORLD), device, headers)
 
 
-def start_tensor_parallel(config: PipelineConfig, architecture) -> RankGroup:
-    """Rank 0: starts the other ranks on this host (unless torchrun did) and joins them."""
+def start_tensor_parallel(config: PipelineConfig, architecture, rank_main: Callable[..., None]) -> RankGroup:
+    """Rank 0: starts the other ranks on this host (unless torchrun did) and joins them.
+    Each runs `rank_main(config, arch_bytes, rank, size, addr, port, parent_pid)` (the
+    builder's `run_tensor_parallel_rank`)."""
     world = torchrun_world()
     if world is not None:
         rank, size, _ = world
         if rank != 0:
-            raise MaxError("start_tensor_parallel runs on rank 0; other ranks run run_tensor_parallel_rank")
+            raise MaxError("start_tensor_parallel runs on rank 0; other ranks run the rank main")
         addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
-        return _join(0, size, addr, port, config.device)
+        return join_group(0, size, addr, port, config.device, config.engine_step_timeout)
     size = config.tp_size
     devices = config.rank_devices()
     addr, port = "127.0.0.1", _free_port()
@@ -140,7 +142,7 @@ def start_tensor_parallel(config: PipelineConfig, architecture) -> RankGroup:
     workers = []
     for rank in range(1, size):
         proc = ctx.Process(
-            target=run_tensor_parallel_rank,
+            target=rank_main,
             args=(config.for_rank(rank), arch_bytes, rank, size, addr, port, os.getpid()),
             name=f"max-tp-rank{rank}",
             daemon=True,
@@ -148,7 +150,7 @@ def start_tensor_parallel(config: PipelineConfig, architecture) -> RankGroup:
         proc.start()
         workers.append(proc)
     try:
-        group = _join(0, size, addr, port, devices[0])
+        group = join_group(0, size, addr, port, devices[0], config.engine_step_timeout)
     except Exception:
         for proc in workers:
             proc.terminate()
@@ -157,56 +159,7 @@ def start_tensor_parallel(config: PipelineConfig, architecture) -> RankGroup:
     return group
 
 
-def run_tensor_parallel_rank(
-    config: PipelineConfig,
-    arch_bytes: bytes | None = None,
-    rank: int | None = None,
-    world: int | None = None,
-    addr: str | None = None,
-    port: int | None = None,
-    parent: int | None = None,
-) -> None:
-    """A rank other than 0: joins the group, builds its shard, runs every step rank 0 sends
-    until told to stop. With no arguments beyond `config`, the torchrun environment says
-    who and where this rank is."""
-    from max.pipelines.lib.pipeline_builder import build_rank, resolve_model
-    from max.pipelines.lib.registry import PipelineRegistry, register_custom_architectures
-
-    if parent is not None:
-        _exit_with_parent(parent)
-    if rank is None:
-        env = torchrun_world()
-        if env is None:
-            raise MaxError("run_tensor_parallel_rank needs RANK and WORLD_SIZE (as torchrun sets them)")
-        rank, world, _ = env
-        addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
-    registry = PipelineRegistry()
-    register_custom_architectures(config.custom_architectures, registry)
-    if arch_bytes is not None:
-        registry.register(pickle.loads(arch_bytes), allow_override=True)
-    else:
-        from max.pipelines.lib.registry import PIPELINE_REGISTRY
-
-        for arch in PIPELINE_REGISTRY.architectures():
-            registry.register(arch, allow_override=True)
-    group = _join(rank, world, addr, port, config.device)
-    runner = None
-    try:
-        resolved = resolve_model(config, registry)
-        _, kv_cache, runner = build_rank(resolved, group)
-        while True:
-            (header,) = _receive_header(group)
-            if header["op"] == "stop":
-                break
-            runner.execute(_receive_inputs(header, group, kv_cache))
-    finally:
-        if runner is not None:
-            runner.close()  # its graphs hold captured collectives: they go before the group
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _exit_with_parent(parent: int) -> None:
+def exit_with_parent(parent: int) -> None:
     """Ends this rank when the process that started it is gone (it cannot tell us)."""
 
     def watch() -> None:
@@ -220,47 +173,72 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="max-tp-parent-watch").start()
 
 
-def _receive_header(group: RankGroup) -> list:
+def receive_header(group: RankGroup) -> list:
     box = [None]
     dist.broadcast_object_list(box, src=0, group=group.header_group)
     return box
 
 
-def _receive_inputs(header: dict, group: RankGroup, kv_cache: PagedKVCache) -> ModelInputs:
+def receive_inputs(header: dict, group: RankGroup, kv_cache: PagedKVCache) -> ModelInputs:
+    """The step rank 0 sent: one buffer per dtype, cut into the tensors its header lists."""
     device = group.device
-    t, b, n, w = header["num_tokens"], header["num_requests"], header["num_logits"], header["width"]
-    longs = torch.empty(3 * t + n, dtype=torch.int64, device=device)
-    ints = torch.empty(2 * b + 1 + b * w, dtype=torch.int32, device=device)
-    dist.broadcast(longs, src=0, group=group.tp.group)
-    dist.broadcast(ints, src=0, group=group.tp.group)
-    layout = RaggedLayout(
-        query_start=ints[: b + 1],
-        context_lens=ints[b + 1 : 2 * b + 1],
-        page_table=ints[2 * b + 1 :].view(b, w),
-        slot_mapping=longs[2 * t : 3 * t],
-        page_size=kv_cache.page_size,
-        num_decode=header["num_decode"],
-        query_lens=header["query_lens"],
-        context_lens_host=header["context_lens"],
-        num_splits=header["num_splits"],
-    )
-    return ModelInputs(
-        tokens=longs[:t],
-        positions=longs[t : 2 * t],
-        layout=layout,
-        logits_indices=longs[3 * t :],
-        logits_rows=[slice(a, z) for a, z in header["logits_rows"]],
-        request_ids=[],
-        kv_cache=kv_cache,
-    )
+    tensors: dict[str, torch.Tensor] = {}
+    for dtype_name, entries in header["tensors"].items():
+        dtype = getattr(torch, dtype_name)
+        buffer = torch.empty(sum(_numel(shape) for _, shape in entries), dtype=dtype, device=device)
+        dist.broadcast(buffer, src=0, group=group.tp.group)
+        offset = 0
+        for name, shape in entries:
+            n = _numel(shape)
+            tensors[name] = buffer[offset : offset + n].view(shape)
+            offset += n
+    return ModelInputs.from_wire(header["inputs"], tensors, kv_cache)
+
+
+def _send_inputs(inputs: ModelInputs, group: RankGroup) -> None:
+    """Broadcasts a step: its header (host fields, and each tensor's name and shape by
+    dtype) over gloo, then one buffer per dtype over the device group (two for a text
+    step: int64 and int32; a step with images adds its embeddings' dtype)."""
+    fields, tensors = inputs.to_wire()
+    by_dtype: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    for name, tensor in tensors.items():
+        by_dtype.setdefault(str(tensor.dtype).removeprefix("torch."), []).append((name, tensor))
+    header = {
+        "op": "step",
+        "inputs": fields,
+        "tensors": {d: [(name, tuple(t.shape)) for name, t in entries] for d, entries in by_dtype.items()},
+    }
+    dist.broadcast_object_list([header], src=0, group=group.header_group)
+    for entries in by_dtype.values():
+        dist.broadcast(torch.cat([t.reshape(-1) for _, t in entries]), src=0, group=group.tp.group)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 class TensorParallelRunner:
-    """Rank 0's model runner: sends each step to the other ranks, then runs its own shard."""
+    """Rank 0's model runner: builds each step's inputs, sends them to the other ranks, then
+    runs its own shard."""
 
-    def __init__(self, local, group: RankGroup) -> None:
+    def __init__(self, local: ModelRunner, group: RankGroup) -> None:
         self.local = local
         self.group = group
+        self.model = local.model
+        self.kv_cache = local.kv_cache
+        self.inputs = local.inputs
+        self.prepare = local.prepare
+        self.record_draws = local.record_draws
+        self.check_images = local.check_images
+        self.step_kind = local.step_kind
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.local.max_seq_len
+
 
     @property
     def graph_batch_sizes(self) -> list[int]:
@@ -281,25 +259,7 @@ class TensorParallelRunner:
             raise EngineDeadError(f"the tensor-parallel group failed during a step: {e}") from e
 
     def _execute(self, inputs: ModelInputs) -> torch.Tensor:
-        layout = inputs.layout
-        table = layout.page_table
-        header = {
-            "op": "step",
-            "num_tokens": int(inputs.tokens.shape[0]),
-            "num_requests": layout.num_requests,
-            "num_logits": int(inputs.logits_indices.shape[0]),
-            "width": int(table.shape[1]),
-            "num_decode": layout.num_decode,
-            "query_lens": layout.query_lens,
-            "context_lens": layout.context_lens_host,
-            "num_splits": layout.num_splits,
-            "logits_rows": [(r.start, r.stop) for r in inputs.logits_rows],
-        }
-        dist.broadcast_object_list([header], src=0, group=self.group.header_group)
-        longs = torch.cat([inputs.tokens, inputs.positions, layout.slot_mapping, inputs.logits_indices])
-        ints = torch.cat([layout.query_start, layout.context_lens, table.reshape(-1)])
-        dist.broadcast(longs, src=0, group=self.group.tp.group)
-        dist.broadcast(ints, src=0, group=self.group.tp.group)
+        _send_inputs(inputs, self.group)
         return self.local.execute(inputs)
 
     def close(self) -> None:

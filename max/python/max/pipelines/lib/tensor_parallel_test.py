@@ -34,7 +34,6 @@ def _outputs(path, tp: int):
         engine.close()
 
 
-# Vision-language models do not run under tensor parallelism yet (refused at start-up).
 TEXT_CONFIGS = sorted(name for name, config in TINY_CONFIGS.items() if "vision_config" not in config)
 
 
@@ -51,10 +50,23 @@ def test_sharded_model_gives_the_single_process_logits(name, tp, tmp_path):
     torch.testing.assert_close(tp_logits, logits, rtol=0, atol=1e-5)
 
 
-def test_vision_language_models_refuse_tensor_parallelism(tmp_path):
+def test_vision_language_model_with_images_gives_the_single_process_logits(tmp_path):
+    """Rank 0 runs the vision encoder; the step's image embeddings and M-RoPE positions go
+    to the other ranks with the rest of its inputs."""
+    from max.testing.vl_prompts import MULTIMODAL
+
     path = write_tiny_checkpoint(tmp_path, TINY_CONFIGS["qwen2_5_vl"], seed=3)
-    with pytest.raises(MaxError, match="does not support tensor parallelism"):
-        _engine(path, 2)
+    results = []
+    for tp in (1, 2):
+        engine = _engine(path, tp, max_length=256)
+        try:
+            prompts, images = [ids for ids, _ in MULTIMODAL], [imgs for _, imgs in MULTIMODAL]
+            results.append((greedy_tokens(engine, prompts, 8, images), prompt_logits(engine, *MULTIMODAL[1])))
+        finally:
+            engine.close()
+    (tokens, logits), (tp_tokens, tp_logits) = results
+    assert tp_tokens == tokens
+    torch.testing.assert_close(tp_logits, logits, rtol=0, atol=1e-5)
 
 
 def _free_port() -> int:

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from max.errors import MaxError
-from max.kv_cache import PagedKVCache
 from max.pipelines.lib.device_transfer import upload
+from max.pipelines.lib.input_batch import EncoderOutputs
 from max.pipelines.lib.multimodal import ImageInput
-from max.pipelines.lib.pipeline_model import ModelInputs, PendingTokens, PipelineModel
+from max.pipelines.lib.pipeline_model import PipelineModel
 from max.pipelines.lib.request import Request
 from max.pipelines.lib.scheduler import ScheduledChunk
 
@@ -149,18 +149,11 @@ class VisionLanguageModel(PipelineModel):
             return cache_index
         return np.concatenate([self._mrope(c)[0] for c in batch])
 
-    def prepare_initial_token_inputs(
-        self,
-        batch: Sequence[ScheduledChunk],
-        kv_cache: PagedKVCache,
-        all_logits: Sequence[bool] | None = None,
-        pending: PendingTokens | None = None,
-    ) -> ModelInputs:
-        """The text model's inputs and, where the step runs image tokens, their embeddings
-        and 3-D positions."""
-        inputs = super().prepare_initial_token_inputs(batch, kv_cache, all_logits, pending)
+    def encoder_outputs(self, batch: Sequence[ScheduledChunk]) -> EncoderOutputs | None:
+        """Where the step runs image tokens: their embeddings (the vision encoder runs on
+        the images it has not seen yet) and every token's 3-D positions."""
         if not any(c.request.images for c in batch):
-            return inputs
+            return None
         self._encode_missing(batch)
         rows, vectors = [], []
         first_row = 0
@@ -175,11 +168,10 @@ class VisionLanguageModel(PipelineModel):
                 if hi == image.end:
                     del request.encoder_cache[i]  # no later chunk reads this image
             first_row += count
-        if rows:
-            threes = [self._mrope(c)[1] for c in batch]
-            inputs.rope_positions = upload(np.concatenate(threes, axis=1), self.device)
-            inputs.embeds = (upload(np.concatenate(rows), self.device), torch.cat(vectors))
-        return inputs
+        if not rows:
+            return None
+        threes = np.concatenate([self._mrope(c)[1] for c in batch], axis=1)
+        return EncoderOutputs(threes, np.concatenate(rows), torch.cat(vectors))
 
     def _mrope(self, chunk: ScheduledChunk) -> tuple[np.ndarray, np.ndarray]:
         """`mrope_positions` of a chunk's tokens."""

@@ -12,11 +12,9 @@ qwen2_arch = SupportedArchitecture(
     supported_encodings=["float32", "bfloat16", "float16"],
     pipeline_model=Qwen2Model,
     tokenizer=TextTokenizer,
-    default_weights_format=WeightsFormat.safetensors,
     weight_adapters={
         WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict,
         WeightsFormat.gguf: weight_adapters.convert_gguf_state_dict,
     },
-    rope_type="normal",
     multi_gpu_supported=True,
 )

@@ -13,8 +13,6 @@ qwen2_5_vl_arch = SupportedArchitecture(
     supported_encodings=["float32", "bfloat16", "float16"],
     pipeline_model=Qwen25VLModel,
     tokenizer=VisionLanguageTokenizer,
-    default_weights_format=WeightsFormat.safetensors,
     weight_adapters={WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict},
-    rope_type="normal",
-    multi_gpu_supported=False,
+    multi_gpu_supported=True,
 )

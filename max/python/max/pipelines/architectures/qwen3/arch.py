@@ -17,9 +17,7 @@ qwen3_arch = SupportedArchitecture(
     supported_encodings=["float32", "bfloat16", "float16"],
     pipeline_model=Qwen3Model,
     tokenizer=TextTokenizer,
-    default_weights_format=WeightsFormat.safetensors,
     weight_adapters=_ADAPTERS,
-    rope_type="normal",
     multi_gpu_supported=True,
 )
 
@@ -30,8 +28,6 @@ qwen3_moe_arch = SupportedArchitecture(
     supported_encodings=["float32", "bfloat16", "float16"],
     pipeline_model=Qwen3MoeModel,
     tokenizer=TextTokenizer,
-    default_weights_format=WeightsFormat.safetensors,
     weight_adapters=_ADAPTERS,
-    rope_type="normal",
     multi_gpu_supported=True,
 )
