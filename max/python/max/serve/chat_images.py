@@ -1,10 +1,11 @@
 """The images of a chat request: what the server accepts, and loading them off the event loop.
 
-The protocol parser collects each `image_url` part as an `ImagePart` (URL and field path);
-here they are checked against the server's media options (how many per prompt, where local
-files may come from, how long a fetch may take, how large an image may be) and loaded in
-worker threads, all of a request's images at once. Every failure is a 400 in OpenAI's
-error shape whose `param` names the image's field, e.g. `messages[0].content[1].image_url`.
+The chat request (chat_request.py) collects each `image_url` part as an `ImagePart` (URL
+and field path); here they are checked against the server's media options (how many per
+prompt, where local files may come from, how long a fetch may take, how large an image may
+be) and loaded in worker threads, all of a request's images at once. Every failure is a 400
+in OpenAI's error shape whose `param` names the image's field, e.g.
+`messages[0].content[1].image_url`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from max.pipelines.lib.image_input import (
     ImageLoadError,
     load_image,
 )
-from max.serve.openai_protocol import ApiError, ImagePart
+from max.serve.api_errors import ApiError
+from max.serve.chat_request import ImagePart
 
 DEFAULT_MAX_IMAGES = 8  # per prompt, as --limit-mm-per-prompt '{"image": 8}'
 

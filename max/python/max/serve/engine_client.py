@@ -72,15 +72,19 @@ class OutputStream:
 
 
 class EngineClient:
-    """Starts, feeds and listens to the engine process."""
+    """Starts, feeds and listens to the engine process.
 
-    def __init__(self, config: PipelineConfig) -> None:
+    It answers the `EngineHandle` protocol (engine_handle.py) structurally: its `failure`
+    and `stats` are plain attributes, which the protocol's read-only properties allow.
+    """
+
+    def __init__(self, config: PipelineConfig, step_stats_dir: str | None = None) -> None:
         ctx = mp.get_context("spawn")
         self._inbox = ctx.Queue()
         self._outbox = ctx.Queue()
         self._process = ctx.Process(
             target=run_engine_worker,
-            args=(config, self._inbox, self._outbox),
+            args=(config, self._inbox, self._outbox, step_stats_dir),
             name="max-engine",
             # Not a daemon: it may start processes of its own (tensor-parallel ranks). It
             # exits when told to, and on its own once the server is gone.

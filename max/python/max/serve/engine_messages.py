@@ -38,6 +38,8 @@ class EngineReady:
     max_seq_len: int
     vocab_size: int
     kv_pages_total: int
+    # Where the device memory went at start-up, by component (bytes; `MemoryReport`).
+    memory: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

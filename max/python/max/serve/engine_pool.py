@@ -20,15 +20,25 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from max.errors import MaxError
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
 from max.pipelines.lib.multimodal import ImageInput
+from max.serve.engine_client import EngineClient
+from max.serve.engine_handle import EngineHandle
 from max.serve.engine_messages import EngineReady
 from max.serve.engine_supervisor import RestartPolicy, SupervisedEngine
 
 
-class EnginePool:
-    """M engine replicas with least-loaded routing; see the module docstring."""
+class EnginePool(EngineHandle):
+    """M engine replicas with least-loaded routing; see the module docstring. The HTTP side
+    sees it as an `EngineHandle`, as it would one `SupervisedEngine`."""
 
-    def __init__(self, configs: list[PipelineConfig], policy: RestartPolicy | None = None) -> None:
-        self.replicas = [SupervisedEngine(c, policy, name=f"replica {i}") for i, c in enumerate(configs)]
+    def __init__(
+        self,
+        configs: list[PipelineConfig],
+        policy: RestartPolicy | None = None,
+        client_factory: Callable[[PipelineConfig], EngineClient] = EngineClient,
+    ) -> None:
+        self.replicas = [
+            SupervisedEngine(c, policy, name=f"replica {i}", client_factory=client_factory) for i, c in enumerate(configs)
+        ]
         self.tokens_in_flight = [0] * len(configs)
         self.requests_routed = [0] * len(configs)
         self._owner: dict[str, int] = {}

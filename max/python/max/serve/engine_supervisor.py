@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
 from max.pipelines.lib.multimodal import ImageInput
 from max.serve.engine_client import EngineClient
+from max.serve.engine_handle import EngineHandle
 from max.serve.engine_messages import EngineReady
 
 logger = logging.getLogger("max.serve")
@@ -46,8 +47,9 @@ class RestartPolicy:
         return min(self.backoff_seconds * 2 ** (attempt - 1), self.max_backoff_seconds)
 
 
-class SupervisedEngine:
-    """One engine, restarted when it fails; see the module docstring."""
+class SupervisedEngine(EngineHandle):
+    """One engine, restarted when it fails; see the module docstring. The HTTP side sees it
+    as an `EngineHandle`."""
 
     def __init__(
         self,

@@ -9,20 +9,30 @@ A step that raises fails and drops every request in the engine (the engine canno
 which one broke the step, and a request retried with the same inputs would break it
 again), then a one-token probe request checks that the engine still steps. If the probe
 fails too, or a tensor-parallel rank is gone, the worker reports `EngineFailed` and exits:
-the server's supervisor restarts the process.
+the server's supervisor restarts the process. A step that makes no progress for the
+config's `engine_step_timeout` (a hung kernel, a deadlock) cannot be interrupted: the
+`StepWatchdog` reports `EngineFailed` and ends the process, with the same outcome.
+
+With `step_stats_dir` set (`serve --step-stats-dir DIR`) the engine's steps are recorded
+(`max.pipelines.lib.step_recorder`) and written to DIR/steps-PID.json when the loop ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import signal
+import threading
+import time
 import traceback
+from collections.abc import Iterator
 from multiprocessing.queues import Queue
 
 from max.errors import EngineDeadError, MaxError
 from max.pipelines.lib import PipelineConfig, RequestOutput, SamplingParams
+from max.pipelines.lib.step_recorder import StepRecorder
 from max.serve.engine_messages import (
     AbortRequest,
     AddRequest,
@@ -38,7 +48,43 @@ PROBE_REQUEST_ID = "max-engine-probe"
 PROBE_MAX_STEPS = 8  # a one-token request finishes in two steps (asynchronous scheduling)
 
 
-def run_engine_worker(config: PipelineConfig, inbox: Queue, outbox: Queue) -> None:
+class StepWatchdog:
+    """Ends the engine process when one step runs longer than `timeout` seconds: it puts
+    `EngineFailed` in the outbox (the server fails the requests in flight and restarts the
+    engine) and exits, since a hung step cannot be interrupted from Python."""
+
+    def __init__(self, timeout: float, outbox: Queue) -> None:
+        self.timeout = timeout
+        self.outbox = outbox
+        self._started: float | None = None
+        thread = threading.Thread(target=self._watch, name="max-step-watchdog", daemon=True)
+        thread.start()
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Marks the enclosed code as one step."""
+        self._started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._started = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            started = self._started
+            if started is not None and time.monotonic() - started > self.timeout:
+                message = f"an engine step made no progress for {self.timeout:g} s (--engine-step-timeout)"
+                logger.error("%s: ending the engine process", message)
+                self.outbox.put(EngineFailed(message))
+                self.outbox.close()
+                self.outbox.join_thread()  # the message must leave before the process does
+                os._exit(3)
+
+
+def run_engine_worker(
+    config: PipelineConfig, inbox: Queue, outbox: Queue, step_stats_dir: str | None = None
+) -> None:
     """Process entry point: build the engine, then serve the inbox until Shutdown."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -56,17 +102,25 @@ def run_engine_worker(config: PipelineConfig, inbox: Queue, outbox: Queue) -> No
         outbox.put(EngineFailed(f"{type(e).__name__}: {e}"))
         return
     stats = engine.stats()
-    outbox.put(EngineReady(engine.max_seq_len, engine.vocab_size, stats.kv_pages_total))
+    report = getattr(engine.model, "memory_report", None)
+    memory = report.components() if report is not None else {}
+    outbox.put(EngineReady(engine.max_seq_len, engine.vocab_size, stats.kv_pages_total, memory))
+    recorder = StepRecorder(engine) if step_stats_dir else None
     try:
-        _serve(engine, inbox, outbox, parent)
+        _serve(engine, inbox, outbox, parent, StepWatchdog(config.engine_step_timeout, outbox))
     except EngineDeadError as e:
         traceback.print_exc()
         outbox.put(EngineFailed(str(e)))
     finally:
+        if recorder is not None:
+            try:
+                logger.info("step stats written to %s", recorder.write(step_stats_dir))
+            except Exception as e:  # a measurement aid: never break the engine's exit
+                logger.warning("step stats not written: %s", e)
         engine.close()
 
 
-def _serve(engine, inbox: Queue, outbox: Queue, parent: int) -> None:
+def _serve(engine, inbox: Queue, outbox: Queue, parent: int, watchdog: StepWatchdog) -> None:
     """Steps the engine while there is work; applies the inbox between steps."""
     while True:
         produced: list[RequestOutput] = []
@@ -75,7 +129,8 @@ def _serve(engine, inbox: Queue, outbox: Queue, parent: int) -> None:
             return  # Shutdown
         if engine.has_unfinished():
             try:
-                produced.extend(engine.step())
+                with watchdog.step():
+                    produced.extend(engine.step())
             except EngineDeadError as e:
                 produced.extend(_fail_all(engine, f"engine error: {e}"))
                 outbox.put(StepOutputs(produced, engine.stats()))

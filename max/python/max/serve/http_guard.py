@@ -20,12 +20,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from typing import TYPE_CHECKING
 
-from max.serve.openai_protocol import ApiError
-
-if TYPE_CHECKING:
-    from max.serve.api_server import ServerState
+from max.serve.api_errors import ApiError
+from max.serve.server_state import ServerState
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 HEALTH_PATHS = frozenset({"/health", "/v1/health"})

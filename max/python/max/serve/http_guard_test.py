@@ -154,14 +154,3 @@ def test_metrics_show_capacity_errors_and_engine_state():
     assert "max_serve_kv_cache_pages_capacity 64" in text  # known before the first step
     assert 'max_serve_errors_total{code="invalid_json"} 1' in text
     assert "max_serve_engine_up 1" in text and "max_serve_engine_restarts_total 0" in text
-
-
-
-def test_stream_events_are_one_line_even_with_unicode_line_separators():
-    """Generated text may hold U+2028, U+2029 or NEL, which JSON leaves raw but line readers
-    built on str.splitlines() (httpx's) take for line ends (the soak benchmark found one)."""
-    from max.serve.api_server import _sse
-
-    event = _sse({"text": "a\u2028b\u2029c\x85d é"})
-    assert len(event.strip("\n").splitlines()) == 1
-    assert json.loads(event[len("data: ") :])["text"] == "a\u2028b\u2029c\x85d é"

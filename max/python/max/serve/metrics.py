@@ -66,6 +66,8 @@ class ServerMetrics:
         self.errors_by_code: dict[str, int] = defaultdict(int)
         self.engine_restarts: list[int] = [0]  # per replica (one entry for a single engine)
         self.engine_up: list[bool] = [True]
+        # Each engine's start-up memory report (bytes by component; empty until ready).
+        self.memory: list[dict[str, int]] = [{}]
         self.vllm = VllmMetrics()  # the same events under vLLM's names
 
     def read_engine(self, engine) -> None:
@@ -76,6 +78,7 @@ class ServerMetrics:
         engines = getattr(engine, "replicas", None) or [engine]
         self.engine_restarts = [getattr(e, "restarts", 0) for e in engines]
         self.engine_up = [e.alive for e in engines]
+        self.memory = [dict(getattr(getattr(e, "ready", None), "memory", None) or {}) for e in engines]
 
     def error_answered(self, code: str | None) -> None:
         """Counts one error answer by its OpenAI error code."""
@@ -132,6 +135,14 @@ class ServerMetrics:
         out += [f"# HELP {p}_engine_restarts_total Times the engine process was restarted after a failure."]
         out += [f"# TYPE {p}_engine_restarts_total counter"]
         out += [f"{p}_engine_restarts_total{label} {n}" for label, n in zip(labels, self.engine_restarts)]
+        out += [
+            f"# HELP {p}_memory_bytes Device memory at start-up: weights, their peak while loading, "
+            "KV cache, activations (reserved), CUDA graphs, the card's total.",
+            f"# TYPE {p}_memory_bytes gauge",
+        ]
+        for label, memory in zip(labels, self.memory):
+            extra = label[1:-1] + "," if label else ""
+            out += [f'{p}_memory_bytes{{{extra}component="{k}"}} {v}' for k, v in sorted(memory.items())]
         out += [f"# HELP {p}_errors_total API errors answered, by error code.", f"# TYPE {p}_errors_total counter"]
         out += [f'{p}_errors_total{{code="{code}"}} {n}' for code, n in sorted(self.errors_by_code.items())]
         if self.replica_requests is not None:

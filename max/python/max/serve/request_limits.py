@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request
 
-from max.serve.openai_protocol import ApiError, GenerationRequest
+from max.serve.api_errors import ApiError
 
 # A token is rarely more than a few characters: a prompt with over this many characters per
 # token of the context length cannot fit, whatever the tokenizer makes of it.
@@ -120,25 +120,13 @@ async def read_json(request: Request, limits: ServerLimits) -> Any:
         raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
 
 
-def _text_length(content: str | list[dict[str, Any]]) -> int:
-    """Characters of a message's text (its image parts count in tokens, not here)."""
-    if isinstance(content, str):
-        return len(content)
-    return sum(len(part.get("text", "")) for part in content)
-
-
-def check_prompt_chars(gen: GenerationRequest, limit: int) -> None:
-    """Refuses (400) a request whose prompt text is longer than `limit` characters."""
-    if gen.chat_messages is not None:
-        size = sum(_text_length(m["content"]) for m in gen.chat_messages)
-        param = "messages"
-    else:
-        size = sum(len(p) for p in gen.prompts if isinstance(p, str))
-        param = "prompt"
-    if size > limit:
+def check_prompt_chars(chars: int, param: str, limit: int) -> None:
+    """Refuses (400) a prompt whose text is longer than `limit` characters (`chars`: its
+    length, `param`: the field that holds it)."""
+    if chars > limit:
         raise ApiError(
             400,
-            f"the prompt has {size} characters, more than the limit of {limit} "
+            f"the prompt has {chars} characters, more than the limit of {limit} "
             "(the server's --max-prompt-chars)",
             param=param,
             code="prompt_too_long",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import time
@@ -27,7 +28,8 @@ import uvicorn
 from max.errors import MaxError
 from max.pipelines.lib import PipelineConfig, load_tokenizer, resolve_model, tokenizer_source
 from max.pipelines.lib.config import torchrun_world
-from max.serve.api_server import ServerState, create_app
+from max.serve.api_server import create_app
+from max.serve.engine_client import EngineClient
 from max.serve.engine_pool import EnginePool
 from max.serve.engine_supervisor import SupervisedEngine
 from max.serve.server_args import (
@@ -35,6 +37,7 @@ from max.serve.server_args import (
     restart_policy_from_args,
     server_limits_from_args,
 )
+from max.serve.server_state import ServerState
 
 logger = logging.getLogger("max.serve")
 
@@ -100,10 +103,11 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
     if not config.skip_tokenizer_init:
         tokenizer_source(resolved)  # a missing tokenizer fails here too
     dp = config.data_parallel_size
+    clients = functools.partial(EngineClient, step_stats_dir=args.step_stats_dir)
     if dp > 1:
-        engine = EnginePool([config.replica(i) for i in range(dp)], policy)
+        engine = EnginePool([config.replica(i) for i in range(dp)], policy, client_factory=clients)
     else:
-        engine = SupervisedEngine(config, policy)
+        engine = SupervisedEngine(config, policy, client_factory=clients)
     try:
         engine.start()  # the engine process loads the weights while we load the tokenizer
         tokenizer = load_tokenizer(resolved)

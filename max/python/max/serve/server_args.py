@@ -105,6 +105,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         help="seconds before the first restart; doubles with each attempt, up to 30 (default 1)",
     )
     sup.add_argument(
+        "--step-stats-dir",
+        metavar="DIR",
+        help="record every engine step (kind, tokens, host and GPU time) and write DIR/steps-PID.json "
+        "when the engine stops (max.pipelines.lib.step_recorder; tools/serve_timeline.py reads it)",
+    )
+    sup.add_argument(
         "--shutdown-grace-period",
         type=float,
         default=30.0,

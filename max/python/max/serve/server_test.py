@@ -267,6 +267,12 @@ def test_metrics_page(server):
         assert name in text, name
 
 
+def test_metrics_page_reports_the_start_up_memory(server):
+    """The engine's memory report (weights, KV cache, activations) reaches /metrics."""
+    for component in ("weights", "kv_cache", "activations"):
+        assert server.metric(f'max_serve_memory_bytes{{component="{component}"}}') > 0, component
+
+
 def test_api_key_and_sigterm(tmp_path):
     path = write_tiny_checkpoint(tmp_path / "m", llama_config(num_hidden_layers=1), with_tokenizer=True)
     with ServerProcess("--model-path", str(path), "--api-key", "sekrit", "--max-length", "64") as srv:

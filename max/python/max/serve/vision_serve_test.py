@@ -44,14 +44,14 @@ from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
 class ImageRecordingLlama(Llama3Model):
     image_token_id = {IMAGE_TOKEN_ID}
 
-    def prepare_initial_token_inputs(self, batch, *args, **kwargs):
+    def encoder_outputs(self, batch):
         with open(os.environ["IMAGE_LOG"], "a") as log:
             for chunk in batch:
                 if chunk.start == 0 and chunk.request.images:
                     images = [[i.offset, i.num_tokens, list(i.grid_thw), i.content_hash.hex()] for i in chunk.request.images]
                     log.write(json.dumps({{"prompt": list(chunk.request.tokens[: chunk.request.num_prompt_tokens]),
                                            "images": images}}) + "\\n")
-        return super().prepare_initial_token_inputs(batch, *args, **kwargs)
+        return super().encoder_outputs(batch)
 
 
 ARCHITECTURES = [dataclasses.replace(llama3_arch, pipeline_model=ImageRecordingLlama, tokenizer=VisionLanguageTokenizer)]

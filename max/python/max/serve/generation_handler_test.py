@@ -2,7 +2,7 @@
 chunk per choice, in order, with errors and finished deltas left alone."""
 
 from max.pipelines.lib import TextDelta, TokenLogprob
-from max.serve.api_server import _merge_waiting
+from max.serve.generation_handler import merge_waiting
 
 
 def _delta(text, ids, finished=False, reason=None, logprobs=None):
@@ -18,7 +18,7 @@ def test_consecutive_deltas_of_a_choice_become_one():
         (b, _delta("x", [7])),
         (b, None),  # an error stays on its own
     ]
-    merged = _merge_waiting(waiting)
+    merged = merge_waiting(waiting)
     assert [choice for choice, _ in merged] == [a, b, b]
     first = merged[0][1]
     assert (first.text, first.token_ids, first.finished, first.finish_reason) == ("Hello!", [1, 2, 3], True, "length")
@@ -29,4 +29,4 @@ def test_consecutive_deltas_of_a_choice_become_one():
 def test_nothing_is_merged_into_a_finished_delta_or_across_choices():
     a, b = object(), object()
     waiting = [(a, _delta("x", [1], True, "stop")), (a, _delta("", [], True, "stop")), (b, _delta("y", [2])), (a, _delta("z", [3]))]
-    assert [d.text for _, d in _merge_waiting(waiting)] == ["x", "", "y", "z"]
+    assert [d.text for _, d in merge_waiting(waiting)] == ["x", "", "y", "z"]
