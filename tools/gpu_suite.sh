@@ -9,7 +9,7 @@
 # `serve` needs packages the device image lacks (starlette, uvicorn, pydantic 2.14.4 with
 # pydantic_core 2.50.5, annotated-types, typing-inspection, typing_extensions >= 4.16): carry
 # them as wheels and install them into a folder on PYTHONPATH first. STEP_STATS=1 makes the
-# serving stages record every engine step (tools/step_stats_hook) into $OUT/steps/.
+# serving stages record every engine step (`serve --step-stats-dir`) into $OUT/steps/.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-/tmp/gpu_suite}"
@@ -59,7 +59,7 @@ for s in "$@"; do
       stage smollm2-tests 600 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/architectures/llama3/llama3_gpu_test.py
       ;;
     bench-kernels)
-      stage bench-kernels "${BENCH_LIMIT:-120}" $PY -m max_kernels.bench ${BENCH_FILTER:+--filter $BENCH_FILTER} --json "$OUT/bench-kernels.json"
+      stage bench-kernels "${BENCH_LIMIT:-120}" $PY -m max.benchmark.kernels.bench ${BENCH_FILTER:+--filter $BENCH_FILTER} --result-file "$OUT/bench-kernels.json"
       ;;
     profile)
       for model in SmolLM2-135M Llama-3.1-8B; do
@@ -90,6 +90,22 @@ for s in "$@"; do
     gpt-oss)  # gpt-oss-20b shape: batch-1 decode and the 1000-request workload
       throughput gptoss-b1 gpt-oss-20b --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096
       throughput gptoss-1000 gpt-oss-20b --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 256
+      ;;
+    real-sizes-tests)  # issue 25's GPU checks: packed MXFP4 experts, the FP8 KV cache
+      stage real-sizes-tests 420 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/mxfp4_moe_gpu_test.py \
+        max/kernels/python/max_kernels/attention_gpu_test.py max/python/max/pipelines/lib/gpu_engine_test.py -k "mxfp4 or fp8"
+      ;;
+    mxfp4-bench)
+      stage mxfp4-bench 300 $PY -m max.benchmark.kernels.mxfp4_moe_bench ${MXFP4_BENCH_ARGS:---paths --sweep}
+      ;;
+    real-sizes-b1)  # batch-1 decode of the three shapes (the start-up log has the memory report)
+      throughput gptoss-b1 gpt-oss-20b --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096
+      throughput qwen3moe-b1 Qwen3-30B-A3B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096
+      throughput llama8b-b1 Llama-3.1-8B --num-prompts 1 --random-input-len 200 --random-output-len 256 --max-length 4096
+      ;;
+    kv-fp8)  # the 1000-request workload with a bfloat16 and an FP8 KV cache
+      throughput llama8b-1000 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 256
+      throughput llama8b-1000-kvfp8 Llama-3.1-8B --num-prompts 1000 --random-input-len 200 --random-output-len 180 --max-length 4096 --max-batch-size 256 --kv-cache-dtype fp8
       ;;
     vl)  # Qwen2.5-VL: GPU parity with images (tiny checkpoint), then the 7B shape on 64 image+text requests
       stage vl-tests 300 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/architectures/qwen2_5_vl/qwen2_5_vl_gpu_test.py \
@@ -143,7 +159,7 @@ for s in "$@"; do
         max/kernels/python/max_kernels/fused_ops_gpu_test.py max/kernels/python/max_kernels/attention_gpu_test.py
       ;;
     gemv-bench)  # one-row products at the 8B's shapes: cuBLAS against the GEMV's configurations, with and without PDL
-      stage gemv-bench 300 $PY -m max_kernels.gemv_bench ${GEMV_BENCH_ARGS:-}
+      stage gemv-bench 300 $PY -m max.benchmark.kernels.gemv_bench ${GEMV_BENCH_ARGS:-}
       ;;
     smollm2-b1)  # the host-bound small model at batch 1
       stage smollm2-b1 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/SmolLM2-135M" --load-format dummy \
@@ -168,7 +184,7 @@ for s in "$@"; do
         max/python/max/pipelines/lib/gpu_engine_test.py -k "${FP8_TESTS_K:-fp8}"
       ;;
     fp8-bench)  # FP8 products at decode shapes: cuBLAS bfloat16, _scaled_mm, the Triton weight-only tiles
-      stage fp8-bench 300 $PY -m max_kernels.fp8_bench ${FP8_BENCH_ARGS:-}
+      stage fp8-bench 300 $PY -m max.benchmark.kernels.fp8_bench ${FP8_BENCH_ARGS:-}
       ;;
     fp8-b1)  # batch-1 decode of the 8B with --quantization fp8
       stage fp8-b1 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy --devices gpu \
@@ -211,9 +227,9 @@ for s in "$@"; do
     tp-debug)  # one architecture's TP=2 test, with NCCL's log (NCCL_DEBUG=INFO: transports chosen); if
       # it is still running after TP_DUMP_AFTER s, every Python process's stack (py-spy dump)
       # goes to $OUT/tp-debug-stacks.txt. TP_DEBUG_ENV adds variables (e.g. NCCL_P2P_DISABLE=1).
-      # A collective that waits 60 s fails with its name and sequence number, and the NCCL
-      # flight recorder keeps the last collectives of each rank.
-      env NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,P2P,NET MAX_TP_STEP_TIMEOUT=60 TORCH_NCCL_TRACE_BUFFER_SIZE=2000 \
+      # A collective that waits engine_step_timeout (300 s) fails with its name and sequence
+      # number, and the NCCL flight recorder keeps the last collectives of each rank.
+      env NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,P2P,NET TORCH_NCCL_TRACE_BUFFER_SIZE=2000 \
         TORCH_NCCL_DUMP_ON_TIMEOUT=1 TORCH_NCCL_DEBUG_INFO_TEMP_FILE="$OUT/nccl_trace_rank_" ${TP_DEBUG_ENV:-} $PY -m pytest -q -s -x -p no:cacheprovider -o faulthandler_timeout=80 \
         max/python/max/pipelines/lib/tensor_parallel_gpu_test.py -k "${TP_DEBUG_K:-llama3}" >"$OUT/tp-debug.log" 2>&1 &
       tpid=$!
@@ -240,16 +256,14 @@ for s in "$@"; do
         --max-batch-size 256 --tensor-parallel-size $n
       ;;
     serving)
-      if [ "${STEP_STATS:-0}" = 1 ]; then
-        mkdir -p "$OUT/steps"
-        export MAX_STEP_STATS_DIR="$OUT/steps" PYTHONPATH="tools/step_stats_hook:$PYTHONPATH"
-      fi
+      steps=()
+      [ "${STEP_STATS:-0}" = 1 ] && steps=(--step-stats-dir "$OUT/steps")
       for c in ${SERVING_CONCURRENCY:-1 64 256}; do
         n=$((c == 1 ? 32 : (c == 64 ? 256 : 1000)))
         stage serving 600 $PY -m max.benchmark.benchmark_serving --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
           --devices gpu --max-length 4096 --max-batch-size 256 --skip-tokenizer-init --dataset random \
           --random-input-len 200 --random-output-len 180 --num-prompts $n --max-concurrency $c --disable-tqdm \
-          --result-file "$OUT/serving-c$c.json"
+          --result-file "$OUT/serving-c$c.json" "${steps[@]}"
       done
       ;;
     dp-serving)  # data parallelism: one replica per GPU behind one endpoint, 256 concurrent requests per
@@ -268,7 +282,7 @@ for s in "$@"; do
       # requests)
       mkdir -p "$OUT/steps"
       port=8391 c=${SERVING_CONCURRENCY:-256}
-      MAX_STEP_STATS_DIR="$OUT/steps" PYTHONPATH="tools/step_stats_hook:$PYTHONPATH" $PY -m max.entrypoints.pipelines serve \
+      $PY -m max.entrypoints.pipelines serve --step-stats-dir "$OUT/steps" \
         --port $port --model-path "$CONFIGS/${DIAG_MODEL:-Llama-3.1-8B}" --load-format dummy --devices ${DIAG_DEVICES:-gpu} --max-length 4096 \
         --max-batch-size 256 --skip-tokenizer-init ${SERVE_ARGS:-} >"$OUT/serving-diag-server.log" 2>&1 &
       spid=$!

@@ -105,4 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from max.entrypoints.process_setup import run_main
+
+    sys.exit(run_main(main))

@@ -2,7 +2,7 @@
 (or the `serving` stage with STEP_STATS=1 and `--save-detailed`) recorded on both sides of
 `serve`, on one wall clock:
 
-- from the engine's step record (tools/step_stats_hook): each run of steps of one kind,
+- from the engine's step record (`serve --step-stats-dir`): each run of steps of one kind,
   each request's arrival and each message that finished requests;
 - from benchmark_serving's result file: each request's send and end.
 

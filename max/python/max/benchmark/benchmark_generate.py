@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from max.entrypoints.process_setup import run_main
+from max.entrypoints.tool_flags import add_result_file_arg
 
 
 @dataclass
@@ -200,7 +202,8 @@ def bench_llama_cpp(args, prompts_ids: list[list[int]], gguf_path: str) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs both frameworks and prints a Markdown report (and JSON with --json)."""
+    """Runs both frameworks and prints a Markdown report (and JSON with --result-file).
+    Offline by default: the embedded model needs no download."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", help="default: the embedded SmolLM2-135M-Instruct GGUF")
     parser.add_argument("--devices", default="cpu")
@@ -227,17 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip transformers' N requests one after another (its padded batch still runs)",
     )
-    parser.add_argument("--json", help="also write the results here")
+    add_result_file_arg(parser, "also write the results here as JSON", json_alias=True)
     args = parser.parse_args(argv)
-    cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if cwd:
-        os.chdir(cwd)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
+    return run_main(_run, args, hub_offline=True)
 
+
+def _run(args: argparse.Namespace) -> int:
     from max.pipelines.lib import TextTokenizer, resolve_model_source
 
-    hf_logging.set_verbosity_error()
     source = resolve_model_source(args.model_path)
     tokenizer = TextTokenizer.from_source(source)
     prompts_ids = [
@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load time, {name}: {seconds:.2f} s")
     print()
     print("batch 1 decode, ms per token: " + ", ".join(f"{k} {1000 / r.tokens_per_second:.1f}" for k, r in singles.items()))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.result_file:
+        with open(args.result_file, "w") as f:
             json.dump({"rows": [asdict(r) | {"tokens_per_second": r.tokens_per_second} for r in rows], "load_seconds": loads}, f, indent=2)
     return 0
 

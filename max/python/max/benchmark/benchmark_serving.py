@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -36,8 +35,9 @@ import aiohttp
 import numpy as np
 
 from max.benchmark.benchmark_dataset import SampleRequest, add_dataset_args, build_requests
-from max.benchmark.command import run_command
 from max.benchmark.serving_metrics import RequestResult, compute_metrics, format_report
+from max.entrypoints.process_setup import run_main
+from max.entrypoints.tool_flags import add_api_key_arg, add_result_file_arg
 from max.errors import MaxError
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenizer for ShareGPT lengths and chat text (default: the model's, if it has one); "
         "passed to `serve` too when started here",
     )
-    s.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (and serve's --api-key)")
+    add_api_key_arg(s, help="bearer token (and serve's --api-key)")
     s.add_argument("--server-startup-timeout", type=float, default=1800.0, help="seconds to wait for `serve`")
     s.add_argument(
         "--token-id-prompts",
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     o = parser.add_argument_group("output")
-    o.add_argument("--result-file", help="write the results here as JSON")
+    add_result_file_arg(o)
     o.add_argument("--metric-percentiles", default="99", help="comma-separated percentiles (default 99)")
     o.add_argument("--save-detailed", action="store_true", help="per-request lengths and timings in the JSON")
     o.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
@@ -318,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Online by default like `serve` (HF_HUB_OFFLINE=1 keeps to the local cache).
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run_command(_run, args, extra)
+    return run_main(_run, args, extra)
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:

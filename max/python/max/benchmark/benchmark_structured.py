@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 
+from max.entrypoints.process_setup import run_main
 from max.pipelines.architectures import register_all
 from max.pipelines.lib import (
     PipelineConfig,
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each case; the best is kept")
     args = parser.parse_args(argv)
+    return run_main(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     settings = dict(devices=args.devices, max_length=1024, max_batch_size=args.num_free + args.num_constrained)
     if args.model_path:
         settings["model_path"] = args.model_path

@@ -25,7 +25,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,13 +35,14 @@ import numpy as np
 import torch
 
 from max.benchmark.benchmark_dataset import SampleRequest, add_dataset_args, build_requests
-from max.benchmark.command import run_command
 from max.benchmark.image_workload import (
     add_image_args,
     add_random_images,
     parse_size,
     strip_image_tokens,
 )
+from max.entrypoints.process_setup import run_main
+from max.entrypoints.tool_flags import add_result_file_arg
 from max.errors import MaxError
 
 BACKENDS = ("ours", "hf", "both")
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=BACKENDS, default="ours", help="ours, hf (transformers) or both")
     g.add_argument("--hf-batch-size", type=int, help="transformers batch size (default: --max-batch-size)")
     g.add_argument("--num-warmups", type=int, default=1, help="short requests run before measuring (default 1)")
-    g.add_argument("--result-file", help="write the results here as JSON")
+    add_result_file_arg(g)
     g.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
     g.add_argument(
         "--step-stats", action="store_true", help="ours: record every step's kind, tokens, host ms and GPU span (see step_stats)"
@@ -166,12 +166,10 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
     progress = tqdm(total=len(requests), disable=args.disable_tqdm, file=sys.stderr, desc="ours")
     next_index = 0
     recorder = None
-    step = engine.step
     if args.step_stats:
-        from max.benchmark.step_stats import StepRecorder
+        from max.pipelines.lib.step_recorder import StepRecorder
 
         recorder = StepRecorder(engine)
-        step = recorder.step
     kernel_profile = None
     if args.profile_kernels and device.type == "cuda":
         from max.benchmark.step_stats import KernelProfile
@@ -189,7 +187,7 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
         if not engine.has_unfinished():
             time.sleep(max(0.0, start + arrivals[next_index] - time.perf_counter()))
             continue
-        for out in step():
+        for out in engine.step():
             if out.error:
                 raise MaxError(f"request {out.request_id} failed: {out.error}")
             if out.new_token_ids:
@@ -206,6 +204,9 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
     elapsed = time.perf_counter() - start
     progress.close()
     extra: dict[str, Any] = {"num_preemptions": engine.stats().num_preemptions}
+    report = getattr(engine.model, "memory_report", None)
+    if report is not None:
+        extra["memory_bytes"] = report.components()  # weights, load peak, KV cache, graphs...
     if kernel_profile is not None:
         kernel_profile.__exit__(None, None, None)
         extra["kernel_profile"] = kernel_profile.summary()
@@ -406,8 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the chosen backends on the workload; prints the table (and writes JSON)."""
     args = build_parser().parse_args(argv)
     # Online by default like `serve` (HF_HUB_OFFLINE=1 keeps to the local cache).
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run_command(_run, args)
+    return run_main(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

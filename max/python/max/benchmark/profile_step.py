@@ -22,6 +22,7 @@ import time
 import torch
 
 from max.entrypoints.cli_args import add_model_args, pipeline_config_from_args
+from max.entrypoints.process_setup import run_main
 
 # Profiler event names of launches made by the host (runtime and driver API).
 _LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_batch_size < args.batch_size:
         args.max_batch_size = args.batch_size
+    return run_main(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from max.pipelines.architectures import register_all
     from max.pipelines.lib import build_engine, resolve_model
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import sys
@@ -37,7 +36,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from max.benchmark.command import run_command
+from max.entrypoints.process_setup import run_main
+from max.entrypoints.tool_flags import add_api_key_arg, add_result_file_arg
 from max.errors import MaxError
 
 
@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base-url", help="a running server (default: start `serve`)")
     parser.add_argument("--server-pid", type=int, help="with --base-url: the server's process id, for RSS")
-    parser.add_argument("--api-key", default=os.environ.get("MAX_SERVE_API_KEY"), help="sent as Bearer token")
-    parser.add_argument("--result-file", help="write the results as JSON here")
+    add_api_key_arg(parser)
+    add_result_file_arg(parser)
     return parser
 
 
@@ -365,7 +365,7 @@ def _format(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the soak; prints the report; returns 0 if nothing was lost or leaked."""
     args, extra = build_parser().parse_known_args(argv)
-    return run_command(_run, args, extra)
+    return run_main(_run, args, extra)
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:

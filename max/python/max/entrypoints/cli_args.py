@@ -10,6 +10,7 @@ from max.pipelines.lib import ENCODINGS, PipelineConfig, SamplingParams, parse_m
 from max.pipelines.lib.config import (
     AUTO_ENCODING,
     KERNEL_BACKENDS,
+    KV_CACHE_DTYPES,
     LOAD_FORMATS,
     QUANTIZATION_METHODS,
 )
@@ -84,7 +85,22 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--max-num-batched-tokens", type=int, help="tokens per step (prefill chunk budget)")
     e.add_argument("--kv-cache-page-size", type=int, default=128, help="tokens per KV cache page")
     e.add_argument("--kv-cache-memory", help="KV cache size, e.g. 2GiB (default: CPU 2GiB, GPU the rest)")
-    e.add_argument("--device-memory-utilization", type=float, default=0.9, help="GPU memory fraction to use")
+    e.add_argument(
+        "--kv-cache-dtype",
+        choices=list(KV_CACHE_DTYPES),
+        default="auto",
+        help="KV cache storage: 'auto' is the model's dtype; 'fp8' (= fp8_e4m3) stores e4m3 with "
+        "per-tensor scales of 1.0, twice the tokens of 16-bit in the same memory",
+    )
+    e.add_argument(
+        "--gpu-memory-utilization",
+        "--device-memory-utilization",
+        dest="device_memory_utilization",
+        type=float,
+        default=0.9,
+        help="fraction of the GPU's memory the engine may use: weights, KV cache, activations and "
+        "CUDA graphs (vLLM's name; --device-memory-utilization is the older one)",
+    )
     e.add_argument(
         "--tensor-parallel-size",
         "--tp",
@@ -119,6 +135,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="'auto': Triton kernels on GPU; 'torch': the torch reference ops everywhere (for comparison)",
     )
     e.add_argument(
+        "--engine-step-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a step that makes no progress this long fails its requests and restarts the engine "
+        "(serve; tensor-parallel collectives time out after it too) (default 300)",
+    )
+    e.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -139,6 +163,7 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
         max_num_batched_tokens=args.max_num_batched_tokens,
         kv_cache_page_size=args.kv_cache_page_size,
         kv_cache_memory=parse_memory(args.kv_cache_memory),
+        kv_cache_dtype=args.kv_cache_dtype,
         device_memory_utilization=args.device_memory_utilization,
         enable_prefix_caching=args.enable_prefix_caching,
         trust_remote_code=args.trust_remote_code,
@@ -152,6 +177,7 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
         quantization=args.quantization,
         tokenizer=args.tokenizer,
         skip_tokenizer_init=args.skip_tokenizer_init,
+        engine_step_timeout=args.engine_step_timeout,
         seed=getattr(args, "seed", None) or 0,
     )
     config.validate()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -24,24 +23,8 @@ from max.entrypoints.cli_args import (
     pipeline_config_from_args,
     sampling_params_from_args,
 )
+from max.entrypoints.process_setup import run_main
 from max.errors import MaxError
-
-
-def _prepare_process() -> None:
-    # `bazel run` starts us in the runfiles tree; users mean paths relative to their shell.
-    cwd = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)
-    # Online by default, as MAX and vLLM are: a Hub repo id is downloaded on first use
-    # (HF_HUB_OFFLINE=1 keeps to the local cache; the tests set it).
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per Hub request otherwise
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hub_logging.disable_propagation()  # it prints its warnings itself; not twice
 
 
 def _registry():
@@ -204,30 +187,25 @@ def _run_as_other_rank(args: argparse.Namespace) -> int | None:
     world = torchrun_world()
     if world is None or world[0] == 0 or args.command not in ("generate", "serve"):
         return None
-    from max.pipelines.lib.tensor_parallel import run_tensor_parallel_rank
+    from max.pipelines.lib.pipeline_builder import run_tensor_parallel_rank
 
     _registry()
     run_tensor_parallel_rank(pipeline_config_from_args(args))
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    other_rank = _run_as_other_rank(args)
+    if other_rank is not None:
+        return other_rank
+    return int(args.func(args) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _prepare_process()
-    try:
-        other_rank = _run_as_other_rank(args)
-        if other_rank is not None:
-            return other_rank
-        return int(args.func(args) or 0)
-    except MaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
+    """Entry point; returns the exit status. Online by default, as MAX and vLLM are: a Hub
+    repo id is downloaded on first use (HF_HUB_OFFLINE=1 keeps to the local cache)."""
+    args = build_parser().parse_args(argv)
+    return run_main(_run, args, log_level=logging.INFO)
 
 
 if __name__ == "__main__":
