@@ -53,7 +53,7 @@ for s in "$@"; do
       stage attention-tests "${KERNEL_TESTS_LIMIT:-270}" $PY -m pytest -q -n 8 -p no:cacheprovider max/kernels/python/max_kernels/attention_gpu_test.py
       ;;
     engine-tests)
-      stage engine-tests "${ENGINE_TESTS_LIMIT:-150}" $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/lib/gpu_engine_test.py
+      stage engine-tests "${ENGINE_TESTS_LIMIT:-150}" $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/lib/engine/gpu_engine_test.py
       ;;
     smollm2-tests)
       stage smollm2-tests 600 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/architectures/llama3/llama3_gpu_test.py
@@ -93,7 +93,7 @@ for s in "$@"; do
       ;;
     real-sizes-tests)  # issue 25's GPU checks: packed MXFP4 experts, the FP8 KV cache
       stage real-sizes-tests 420 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/mxfp4_moe_gpu_test.py \
-        max/kernels/python/max_kernels/attention_gpu_test.py max/python/max/pipelines/lib/gpu_engine_test.py -k "mxfp4 or fp8"
+        max/kernels/python/max_kernels/attention_gpu_test.py max/python/max/pipelines/lib/engine/gpu_engine_test.py -k "mxfp4 or fp8"
       ;;
     mxfp4-bench)
       stage mxfp4-bench 300 $PY -m max.benchmark.kernels.mxfp4_moe_bench ${MXFP4_BENCH_ARGS:---paths --sweep}
@@ -109,7 +109,7 @@ for s in "$@"; do
       ;;
     vl)  # Qwen2.5-VL: GPU parity with images (tiny checkpoint), then the 7B shape on 64 image+text requests
       stage vl-tests 300 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/architectures/qwen2_5_vl/qwen2_5_vl_gpu_test.py \
-        max/python/max/pipelines/lib/gpu_engine_test.py -k qwen2_5_vl
+        max/python/max/pipelines/lib/engine/gpu_engine_test.py -k qwen2_5_vl
       # 64 warm-up requests: the first batch of images compiles Triton kernels for new shapes.
       throughput vl7b-64 Qwen2.5-VL-7B --num-prompts 64 --random-input-len 100 --random-output-len 100 \
         --random-images-per-prompt 1 --random-image-size 448x448 --max-length 4096 --max-batch-size 64 --num-warmups 64
@@ -181,7 +181,7 @@ for s in "$@"; do
       ;;
     fp8-tests)  # FP8 products against their references; the engine with --quantization fp8
       stage fp8-tests 300 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/fp8_gpu_test.py \
-        max/python/max/pipelines/lib/gpu_engine_test.py -k "${FP8_TESTS_K:-fp8}"
+        max/python/max/pipelines/lib/engine/gpu_engine_test.py -k "${FP8_TESTS_K:-fp8}"
       ;;
     fp8-bench)  # FP8 products at decode shapes: cuBLAS bfloat16, _scaled_mm, the Triton weight-only tiles
       stage fp8-bench 300 $PY -m max.benchmark.kernels.fp8_bench ${FP8_BENCH_ARGS:-}
@@ -222,7 +222,7 @@ for s in "$@"; do
         --pipeline tiny-random-gemma3-float32 --pipeline tiny-random-gemma3-bfloat16 --report "$OUT/verify-carried.md"
       ;;
     tp-tests)  # needs 2 GPUs
-      stage tp-tests 300 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/lib/tensor_parallel_gpu_test.py
+      stage tp-tests 300 $PY -m pytest -q -p no:cacheprovider max/python/max/pipelines/lib/runner/tensor_parallel_gpu_test.py
       ;;
     tp-debug)  # one architecture's TP=2 test, with NCCL's log (NCCL_DEBUG=INFO: transports chosen); if
       # it is still running after TP_DUMP_AFTER s, every Python process's stack (py-spy dump)
@@ -231,7 +231,7 @@ for s in "$@"; do
       # number, and the NCCL flight recorder keeps the last collectives of each rank.
       env NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,P2P,NET TORCH_NCCL_TRACE_BUFFER_SIZE=2000 \
         TORCH_NCCL_DUMP_ON_TIMEOUT=1 TORCH_NCCL_DEBUG_INFO_TEMP_FILE="$OUT/nccl_trace_rank_" ${TP_DEBUG_ENV:-} $PY -m pytest -q -s -x -p no:cacheprovider -o faulthandler_timeout=80 \
-        max/python/max/pipelines/lib/tensor_parallel_gpu_test.py -k "${TP_DEBUG_K:-llama3}" >"$OUT/tp-debug.log" 2>&1 &
+        max/python/max/pipelines/lib/runner/tensor_parallel_gpu_test.py -k "${TP_DEBUG_K:-llama3}" >"$OUT/tp-debug.log" 2>&1 &
       tpid=$!
       for _ in $(seq "${TP_DUMP_AFTER:-90}"); do kill -0 $tpid 2>/dev/null || break; sleep 1; done
       if kill -0 $tpid 2>/dev/null; then

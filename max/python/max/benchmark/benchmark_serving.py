@@ -258,7 +258,7 @@ async def run_benchmark(
 def _load_tokenizer(spec: str | None, model_path: str | None, needed: bool):
     """The client's tokenizer: --tokenizer, else the model's own when `needed` (or None)."""
     from max.pipelines.lib import TextTokenizer
-    from max.pipelines.lib.model_source import (
+    from max.pipelines.lib.hub.model_source import (
         has_tokenizer_files,
         resolve_model_source,
         resolve_tokenizer_source,
@@ -279,8 +279,8 @@ def _load_tokenizer(spec: str | None, model_path: str | None, needed: bool):
 
 def _model_vocab_size(model_path: str | None) -> int | None:
     """The vocabulary size in the model's config (None if the model cannot be found here)."""
-    from max.pipelines.lib.hf_config import load_hf_config
-    from max.pipelines.lib.model_source import resolve_model_source
+    from max.pipelines.lib.hub.hf_config import load_hf_config
+    from max.pipelines.lib.hub.model_source import resolve_model_source
 
     try:
         config = load_hf_config(resolve_model_source(model_path, load_format="dummy"))

@@ -26,7 +26,7 @@ from max.pipelines.lib import (
     load_tokenizer,
     resolve_model,
 )
-from max.pipelines.lib.structured_output import StructuredOutput
+from max.pipelines.lib.sampling.structured_output import StructuredOutput
 
 SCHEMA = {
     "type": "object",

@@ -167,7 +167,7 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
     next_index = 0
     recorder = None
     if args.step_stats:
-        from max.pipelines.lib.step_recorder import StepRecorder
+        from max.pipelines.lib.engine.step_recorder import StepRecorder
 
         recorder = StepRecorder(engine)
     kernel_profile = None
@@ -347,7 +347,7 @@ def run_hf(resolved, requests: list[SampleRequest], args: argparse.Namespace) ->
 def _workload(resolved, args: argparse.Namespace) -> list[SampleRequest]:
     """The requests, with token-id prompts (ShareGPT text is tokenized here)."""
     from max.pipelines.lib import load_tokenizer
-    from max.pipelines.lib.hf_config import text_config
+    from max.pipelines.lib.hub.hf_config import text_config
 
     tokenizer = None
     if args.dataset == "sharegpt":

@@ -16,7 +16,7 @@ import numpy as np
 
 from max.benchmark.benchmark_dataset import SampleRequest
 from max.errors import MaxError
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 
 
 def add_image_args(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import torch
 from max.benchmark.model_configs import BENCHMARK_MODELS, config_dir
 from max.pipelines.architectures import register_all
 from max.pipelines.lib import PipelineConfig, resolve_model
-from max.pipelines.lib.pipeline_model import skip_parameter_init
+from max.pipelines.lib.model.pipeline_model import skip_parameter_init
 from max.testing.tiny_checkpoints import reference_from_config
 
 

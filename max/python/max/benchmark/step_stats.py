@@ -2,7 +2,7 @@
 only) over a region and reports the GPU's busy time (the union of kernel intervals), the
 idle time, and the kernels that took most of it, grouped into families (products,
 attention, norms, ...); `format_stats` prints it with the step record of
-`max.pipelines.lib.step_recorder`.
+`max.pipelines.lib.engine.step_recorder`.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_truncated_safetensors(tmp_path):
 
 
 def test_truncated_gguf(tmp_path):
-    from max.pipelines.lib.embedded_models import DEFAULT_MODEL
+    from max.pipelines.lib.hub.embedded_models import DEFAULT_MODEL
 
     data = Path(DEFAULT_MODEL.path()).read_bytes()
     cut = tmp_path / "cut.gguf"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from max.pipelines.lib import RequestTextStream, TextDelta, TextTokenizer
-from max.pipelines.lib.harmony import HarmonyParser, HarmonyTokens
-from max.pipelines.lib.multimodal import ImageInput
-from max.pipelines.lib.structured_output import StructuredOutput
-from max.pipelines.lib.tool_calls import TAGS, ToolCallParser, tool_call_grammar
+from max.pipelines.lib.model.multimodal import ImageInput
+from max.pipelines.lib.sampling.structured_output import StructuredOutput
+from max.pipelines.lib.tokens.harmony import HarmonyParser, HarmonyTokens
+from max.pipelines.lib.tokens.tool_calls import TAGS, ToolCallParser, tool_call_grammar
 from max.serve import response_rendering as render
 from max.serve.api_errors import ApiError, invalid
 from max.serve.chat_prompt import encode_with_images, template_inputs, tool_format

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from max.pipelines.lib.image_input import (
+from max.pipelines.lib.tokens.image_input import (
     DEFAULT_FETCH_TIMEOUT_S,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,

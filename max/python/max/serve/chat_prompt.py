@@ -13,8 +13,8 @@ import asyncio
 from typing import Any
 
 from max.pipelines.lib import TextTokenizer
-from max.pipelines.lib.multimodal import ImageInput
-from max.pipelines.lib.tool_calls import (
+from max.pipelines.lib.model.multimodal import ImageInput
+from max.pipelines.lib.tokens.tool_calls import (
     HERMES,
     detect_format,
     messages_without_tool_fields,

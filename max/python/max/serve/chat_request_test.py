@@ -4,7 +4,7 @@ images, the tools, and each choice's sampling parameters; what is wrong is a 400
 import pytest
 
 from max.pipelines.lib import SamplingParams
-from max.pipelines.lib.structured_output import StructuredOutput
+from max.pipelines.lib.sampling.structured_output import StructuredOutput
 from max.serve.api_errors import ApiError
 from max.serve.chat_request import ChatCompletionRequest
 

@@ -4,7 +4,7 @@ choice's sampling parameters."""
 import pytest
 
 from max.pipelines.lib import SamplingParams
-from max.pipelines.lib.structured_output import StructuredOutput
+from max.pipelines.lib.sampling.structured_output import StructuredOutput
 from max.serve.api_errors import ApiError
 from max.serve.completion_request import CompletionRequest
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from max.errors import MaxError
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 from max.serve.engine_messages import (
     AbortRequest,
     AddRequest,

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from max.pipelines.lib import EngineStats, RequestOutput, SamplingParams
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 
 
 @runtime_checkable

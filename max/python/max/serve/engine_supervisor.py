@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from max.pipelines.lib import EngineStats, PipelineConfig, RequestOutput, SamplingParams
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 from max.serve.engine_client import EngineClient
 from max.serve.engine_handle import EngineHandle
 from max.serve.engine_messages import EngineReady

@@ -14,7 +14,7 @@ config's `engine_step_timeout` (a hung kernel, a deadlock) cannot be interrupted
 `StepWatchdog` reports `EngineFailed` and ends the process, with the same outcome.
 
 With `step_stats_dir` set (`serve --step-stats-dir DIR`) the engine's steps are recorded
-(`max.pipelines.lib.step_recorder`) and written to DIR/steps-PID.json when the loop ends.
+(`max.pipelines.lib.engine.step_recorder`) and written to DIR/steps-PID.json when the loop ends.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from multiprocessing.queues import Queue
 
 from max.errors import EngineDeadError, MaxError
 from max.pipelines.lib import PipelineConfig, RequestOutput, SamplingParams
-from max.pipelines.lib.step_recorder import StepRecorder
+from max.pipelines.lib.engine.step_recorder import StepRecorder
 from max.serve.engine_messages import (
     AbortRequest,
     AddRequest,

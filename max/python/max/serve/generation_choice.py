@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from max.errors import MaxError
 from max.pipelines.lib import RequestOutput, RequestTextStream, TextDelta, TokenLogprob
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 from max.serve.engine_handle import EngineHandle
 from max.serve.metrics import ServerMetrics
 

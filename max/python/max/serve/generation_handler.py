@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from max.errors import MaxError
 from max.pipelines.lib import RequestTextStream, TextDelta
-from max.pipelines.lib.multimodal import ImageInput
-from max.pipelines.lib.structured_output import StructuredOutput, grammar_for
+from max.pipelines.lib.model.multimodal import ImageInput
+from max.pipelines.lib.sampling.structured_output import StructuredOutput, grammar_for
 from max.serve import response_rendering as render
 from max.serve.api_errors import ApiError, invalid
 from max.serve.generation_choice import Choice, run_choice

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import PrivateAttr
 
 from max.pipelines.lib import SamplingParams
-from max.pipelines.lib.structured_output import StructuredOutput
+from max.pipelines.lib.sampling.structured_output import StructuredOutput
 from max.serve.api_errors import invalid
 from max.serve.json_kinds import boolean, check_text, integer, number, of_kind
 from max.serve.output_constraints import ResponseFormat, StructuredOutputs, output_constraint

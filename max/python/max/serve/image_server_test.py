@@ -23,9 +23,9 @@ import numpy as np
 import openai
 import pytest
 
-from max.pipelines.lib.model_source import ModelSource
-from max.pipelines.lib.tokenizer import TextTokenizer
-from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
+from max.pipelines.lib.hub.model_source import ModelSource
+from max.pipelines.lib.tokens.tokenizer import TextTokenizer
+from max.pipelines.lib.tokens.vision_tokenizer import VisionLanguageTokenizer
 from max.pipelines.lib.weights import WeightsFormat
 from max.serve.api_server import ServerState, create_app
 from max.serve.chat_images import MediaOptions

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from max.pipelines.lib.structured_output import StructuredOutput
+from max.pipelines.lib.sampling.structured_output import StructuredOutput
 from max.serve.api_errors import invalid
 from max.serve.request_body import AsSent, RequestBody
 

@@ -3,7 +3,7 @@ that set it; several, or a malformed one, are a 400 naming the field."""
 
 import pytest
 
-from max.pipelines.lib.structured_output import StructuredOutput
+from max.pipelines.lib.sampling.structured_output import StructuredOutput
 from max.serve.api_errors import ApiError
 from max.serve.output_constraints import ResponseFormat, StructuredOutputs, output_constraint
 

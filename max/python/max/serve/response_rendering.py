@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from max.pipelines.lib import TextDelta, TextTokenizer, TokenLogprob
-from max.pipelines.lib.harmony import HarmonyParser
-from max.pipelines.lib.tool_calls import ToolCall, ToolCallParser
+from max.pipelines.lib.tokens.harmony import HarmonyParser
+from max.pipelines.lib.tokens.tool_calls import ToolCall, ToolCallParser
 
 CHAT_COMPLETION = "chat.completion"
 CHAT_CHUNK = "chat.completion.chunk"

@@ -5,7 +5,7 @@ OpenAI's shape."""
 import json
 
 from max.pipelines.lib import TextDelta
-from max.pipelines.lib.tool_calls import ToolCall
+from max.pipelines.lib.tokens.tool_calls import ToolCall
 from max.serve.response_rendering import assistant_delta, chunk, sse, token_id_fields
 
 

@@ -108,7 +108,7 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         "--step-stats-dir",
         metavar="DIR",
         help="record every engine step (kind, tokens, host and GPU time) and write DIR/steps-PID.json "
-        "when the engine stops (max.pipelines.lib.step_recorder; tools/serve_timeline.py reads it)",
+        "when the engine stops (max.pipelines.lib.engine.step_recorder; tools/serve_timeline.py reads it)",
     )
     sup.add_argument(
         "--shutdown-grace-period",

@@ -18,8 +18,8 @@ import openai
 import pytest
 from PIL import Image
 
-from max.pipelines.lib.model_source import ModelSource
-from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
+from max.pipelines.lib.hub.model_source import ModelSource
+from max.pipelines.lib.tokens.vision_tokenizer import VisionLanguageTokenizer
 from max.pipelines.lib.weights import WeightsFormat
 from max.testing.images import png_data_url as _data_url
 from max.testing.images import random_picture as _picture
@@ -38,7 +38,7 @@ import os
 
 from max.pipelines.architectures.llama3 import llama3_arch
 from max.pipelines.architectures.llama3.model import Llama3Model
-from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
+from max.pipelines.lib.tokens.vision_tokenizer import VisionLanguageTokenizer
 
 
 class ImageRecordingLlama(Llama3Model):

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 
 from max.pipelines.lib import LLMEngine, SamplingParams
-from max.pipelines.lib.multimodal import ImageInput
-from max.pipelines.lib.request import Request
-from max.pipelines.lib.scheduler import ScheduledChunk
+from max.pipelines.lib.engine.request import Request
+from max.pipelines.lib.engine.scheduler import ScheduledChunk
+from max.pipelines.lib.model.multimodal import ImageInput
 
 
 def prompt_logits(engine: LLMEngine, ids: Sequence[int], images: Sequence[ImageInput] = ()) -> torch.Tensor:

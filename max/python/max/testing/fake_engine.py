@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from max.pipelines.lib import EngineStats, RequestOutput, SamplingParams
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 
 
 class FakeEngine:

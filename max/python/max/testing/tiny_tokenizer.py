@@ -15,7 +15,7 @@ TOKENIZER_VOCAB = 49152
 
 def tokenizer_dir() -> Path:
     """A folder with the SmolLM2 tokenizer (vocab 49152), converted from its GGUF once."""
-    from max.pipelines.lib.embedded_models import DEFAULT_MODEL
-    from max.pipelines.lib.tokenizer import _gguf_tokenizer_dir
+    from max.pipelines.lib.hub.embedded_models import DEFAULT_MODEL
+    from max.pipelines.lib.tokens.tokenizer import _gguf_tokenizer_dir
 
     return _gguf_tokenizer_dir(DEFAULT_MODEL.path())

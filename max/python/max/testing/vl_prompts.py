@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 from max.testing.tiny_configs import TINY_CONFIGS
 
 _CONFIG = TINY_CONFIGS["qwen2_5_vl"]

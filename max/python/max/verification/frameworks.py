@@ -18,7 +18,7 @@ import torch
 from max.errors import MaxError
 from max.pipelines.lib import FLOAT_ENCODINGS, PipelineConfig, TextTokenizer, resolve_model_source
 from max.pipelines.lib.config import WEIGHT_ONLY_SCHEMES
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 from max.verification.logits_file import PromptLogits, StepLogits
 from max.verification.prompts import DEFAULT_PROMPTS, VerificationPrompt, as_prompt
 
@@ -62,8 +62,8 @@ def tokenize_prompts(settings: FrameworkSettings, prompts: Sequence[Verification
     with images is one user message through the chat template and the image processor."""
     source = resolve_model_source(settings.model_path)
     if any(p.images for p in prompts):
-        from max.pipelines.lib.hf_config import load_hf_config
-        from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
+        from max.pipelines.lib.hub.hf_config import load_hf_config
+        from max.pipelines.lib.tokens.vision_tokenizer import VisionLanguageTokenizer
 
         hf_config = load_hf_config(source, settings.trust_remote_code)
         tokenizer = VisionLanguageTokenizer.from_source(source, hf_config, settings.trust_remote_code)
@@ -136,9 +136,9 @@ def run_max(
 
 
 def _run_max_prompts(engine, settings, prompts, encoded, forced) -> list[PromptLogits]:
-    from max.pipelines.lib.request import Request
-    from max.pipelines.lib.sampling_params import SamplingParams
-    from max.pipelines.lib.scheduler import ScheduledChunk
+    from max.pipelines.lib.engine.request import Request
+    from max.pipelines.lib.engine.scheduler import ScheduledChunk
+    from max.pipelines.lib.sampling.sampling_params import SamplingParams
 
     model, cache = engine.model, engine.kv_cache
     results = []
@@ -184,7 +184,7 @@ def load_torch_model(settings: FrameworkSettings):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from max.pipelines.lib.hf_config import architecture_name
+    from max.pipelines.lib.hub.hf_config import architecture_name
     from max.testing.tiny_checkpoints import reference_class
 
     hf_logging.set_verbosity_error()

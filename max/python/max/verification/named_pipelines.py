@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from max.errors import MaxError
-from max.pipelines.lib.embedded_models import cache_dir, find_embedded_model
+from max.pipelines.lib.hub.embedded_models import cache_dir, find_embedded_model
 from max.testing import tiny_configs
 from max.verification.prompts import DEFAULT_PROMPTS, VerificationPrompt, default_image_prompts
 

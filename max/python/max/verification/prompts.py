@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from max.errors import MaxError
-from max.pipelines.lib.embedded_models import cache_dir
+from max.pipelines.lib.hub.embedded_models import cache_dir
 
 DEFAULT_PROMPTS = [
     "The capital of France is",

@@ -13,10 +13,24 @@ from max.pipelines.lib.config import (
     parse_device,
     parse_memory,
 )
-from max.pipelines.lib.embedded_models import DEFAULT_MODEL, EMBEDDED_MODELS, find_embedded_model
-from max.pipelines.lib.engine import EngineStats, LLMEngine
-from max.pipelines.lib.hf_config import head_dim, layer_types, rope_parameters
-from max.pipelines.lib.model_source import ModelSource, resolve_model_source
+from max.pipelines.lib.engine.llm_engine import EngineStats, LLMEngine
+from max.pipelines.lib.engine.request import RequestOutput, TokenLogprob
+from max.pipelines.lib.engine.text_generator import Completion, TextGenerator
+from max.pipelines.lib.hub.embedded_models import (
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    find_embedded_model,
+)
+from max.pipelines.lib.hub.hf_config import head_dim, layer_types, rope_parameters
+from max.pipelines.lib.hub.model_source import ModelSource, resolve_model_source
+from max.pipelines.lib.model.pipeline_model import ModelInputs, ModelOutputs, PipelineModel
+from max.pipelines.lib.model.registry import (
+    PIPELINE_REGISTRY,
+    PipelineRegistry,
+    import_custom_architectures,
+    register_custom_architectures,
+)
+from max.pipelines.lib.model.supported_architecture import SupportedArchitecture, WeightAdapter
 from max.pipelines.lib.pipeline_builder import (
     ResolvedModel,
     build_engine,
@@ -24,19 +38,9 @@ from max.pipelines.lib.pipeline_builder import (
     resolve_model,
     tokenizer_source,
 )
-from max.pipelines.lib.pipeline_model import ModelInputs, ModelOutputs, PipelineModel
-from max.pipelines.lib.registry import (
-    PIPELINE_REGISTRY,
-    PipelineRegistry,
-    import_custom_architectures,
-    register_custom_architectures,
-)
-from max.pipelines.lib.request import RequestOutput, TokenLogprob
-from max.pipelines.lib.sampling_params import SamplingParams
-from max.pipelines.lib.supported_architecture import SupportedArchitecture, WeightAdapter
-from max.pipelines.lib.text_generator import Completion, TextGenerator
-from max.pipelines.lib.text_stream import RequestTextStream, TextDelta
-from max.pipelines.lib.tokenizer import TextTokenizer
+from max.pipelines.lib.sampling.sampling_params import SamplingParams
+from max.pipelines.lib.tokens.text_stream import RequestTextStream, TextDelta
+from max.pipelines.lib.tokens.tokenizer import TextTokenizer
 from max.pipelines.lib.weights import Checkpoint, CheckpointTensor, WeightsFormat
 
 __all__ = [

@@ -28,30 +28,29 @@ from max.pipelines.lib.config import (
     choose_cpu_encoding,
     torchrun_world,
 )
-from max.pipelines.lib.engine import LLMEngine
-from max.pipelines.lib.hf_config import (
+from max.pipelines.lib.engine.llm_engine import LLMEngine
+from max.pipelines.lib.hub.hf_config import (
     architecture_name,
     eos_token_ids,
     load_hf_config,
     text_config,
 )
-from max.pipelines.lib.memory_plan import MemoryReport
-from max.pipelines.lib.model_runner import ModelRunner
-from max.pipelines.lib.model_source import (
+from max.pipelines.lib.hub.model_source import (
     ModelSource,
     has_tokenizer_files,
     resolve_model_source,
     resolve_tokenizer_source,
 )
-from max.pipelines.lib.pipeline_model import PipelineModel
-from max.pipelines.lib.registry import (
+from max.pipelines.lib.model.memory_plan import MemoryReport
+from max.pipelines.lib.model.pipeline_model import PipelineModel
+from max.pipelines.lib.model.registry import (
     PIPELINE_REGISTRY,
     PipelineRegistry,
     register_custom_architectures,
 )
-from max.pipelines.lib.structured_output import GrammarBackend
-from max.pipelines.lib.supported_architecture import SupportedArchitecture
-from max.pipelines.lib.tensor_parallel import (
+from max.pipelines.lib.model.supported_architecture import SupportedArchitecture
+from max.pipelines.lib.runner.model_runner import ModelRunner
+from max.pipelines.lib.runner.tensor_parallel import (
     RankGroup,
     TensorParallelRunner,
     exit_with_parent,
@@ -60,7 +59,8 @@ from max.pipelines.lib.tensor_parallel import (
     receive_inputs,
     start_tensor_parallel,
 )
-from max.pipelines.lib.tokenizer import TextTokenizer
+from max.pipelines.lib.sampling.structured_output import GrammarBackend
+from max.pipelines.lib.tokens.tokenizer import TextTokenizer
 from max.pipelines.lib.weights import (
     Checkpoint,
     GGUFFile,

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from max.nn import DecoderConfig
-from max.pipelines.lib.decoder_config import decoder_config_from_hf
-from max.pipelines.lib.hf_config import rope_parameters
+from max.pipelines.lib.hub.hf_config import rope_parameters
+from max.pipelines.lib.model.decoder_config import decoder_config_from_hf
 
 
 @dataclass

@@ -33,7 +33,7 @@ def test_packed_mxfp4_experts_match_the_decoded_ones(tmp_path, monkeypatch):
     against the same checkpoint decoded to bfloat16 on load: the reference decodes each
     expert to exactly the weights the decoded path holds, so the logits are the same."""
     from max.nn.expert_weights import Mxfp4ExpertWeights
-    from max.pipelines.lib.pipeline_model import PipelineModel
+    from max.pipelines.lib.model.pipeline_model import PipelineModel
     from max.testing.engine_probes import greedy_tokens, prompt_logits
     from max.testing.parity import PROMPTS, build_tiny_engine
 

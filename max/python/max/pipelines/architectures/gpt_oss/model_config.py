@@ -7,7 +7,7 @@ from typing import Any
 
 from max.nn import DecoderConfig, MoEConfig
 from max.nn.moe import TOPK_SOFTMAX
-from max.pipelines.lib.decoder_config import decoder_config_from_hf
+from max.pipelines.lib.model.decoder_config import decoder_config_from_hf
 
 
 @dataclass

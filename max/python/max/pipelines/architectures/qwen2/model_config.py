@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from max.nn import DecoderConfig
-from max.pipelines.lib.decoder_config import decoder_config_from_hf
+from max.pipelines.lib.model.decoder_config import decoder_config_from_hf
 
 
 @dataclass

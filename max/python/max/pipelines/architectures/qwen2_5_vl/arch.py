@@ -1,7 +1,7 @@
 """Declaration of the Qwen2.5-VL architecture."""
 
 from max.pipelines.lib import SupportedArchitecture, WeightsFormat
-from max.pipelines.lib.vision_tokenizer import VisionLanguageTokenizer
+from max.pipelines.lib.tokens.vision_tokenizer import VisionLanguageTokenizer
 
 from . import weight_adapters
 from .model import Qwen25VLModel

@@ -7,7 +7,7 @@ from torch import nn
 from max.nn import Transformer
 from max.nn.rotary_embedding import MultimodalRotaryEmbedding
 from max.nn.vision import VisionTransformer
-from max.pipelines.lib.vision_language_model import VisionLanguageModel
+from max.pipelines.lib.model.vision_language_model import VisionLanguageModel
 
 from .model_config import Qwen25VLConfig
 

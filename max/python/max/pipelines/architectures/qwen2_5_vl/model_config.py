@@ -7,8 +7,8 @@ from typing import Any
 
 from max.nn import DecoderConfig
 from max.nn.vision import VisionConfig
-from max.pipelines.lib.decoder_config import decoder_config_from_hf
-from max.pipelines.lib.hf_config import rope_parameters, text_config
+from max.pipelines.lib.hub.hf_config import rope_parameters, text_config
+from max.pipelines.lib.model.decoder_config import decoder_config_from_hf
 
 
 @dataclass

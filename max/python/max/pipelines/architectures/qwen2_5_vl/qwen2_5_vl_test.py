@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from max.pipelines.lib import SamplingParams
-from max.pipelines.lib.multimodal import ImageInput
+from max.pipelines.lib.model.multimodal import ImageInput
 from max.testing.engine_probes import greedy_tokens, prompt_logits
 from max.testing.parity import PROMPTS, build_tiny_engine
 from max.testing.tiny_checkpoints import reference_class, write_tiny_checkpoint

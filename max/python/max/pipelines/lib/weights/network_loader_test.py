@@ -18,8 +18,8 @@ from max.nn.fp8_linear import fp8_replacements, quantize_linears_fp8
 from max.nn.quantized_linear import quantize_linears, weight_only_replacements
 from max.pipelines.architectures import register_all
 from max.pipelines.lib import PipelineConfig, resolve_model
+from max.pipelines.lib.model.pipeline_model import skip_parameter_init
 from max.pipelines.lib.pipeline_builder import open_checkpoint
-from max.pipelines.lib.pipeline_model import skip_parameter_init
 from max.pipelines.lib.weights import fill_dummy_weights, load_checkpoint_into
 from max.pipelines.lib.weights.network_loader import LayerTransform, load_network
 from max.testing.tiny_checkpoints import llama_config, write_config_only, write_tiny_checkpoint

@@ -1,0 +1,336 @@
+"""The engine: continuous batching over a paged KV cache, token ids in, token ids out.
+
+`LLMEngine.step()` reads as schedule -> run -> process: the scheduler picks the batch, the
+model runner builds the step's inputs and runs it (replaying CUDA graphs for decode
+batches), one token is sampled for each request whose tokens are all computed, and the
+output processor turns the draws into what each request produced. Requests join (`add_request`) and leave (`abort`, or finishing) between
+steps; a finished or aborted request's pages are freed at once.
+
+With asynchronous scheduling (on by default on a GPU, as in vLLM v1 and SGLang) a step is
+launched before the previous one's tokens have reached the host: each request that drew a
+token gets a placeholder (-1) that the next step's inputs take from the device, and
+`step()` then reads and reports the previous step's tokens while the GPU computes the new
+one. The host's scheduling, bookkeeping and messaging thus overlap the GPU's work. A
+request that stopped (EOS, stop token) is computed one step too many, and that step's
+result is dropped. Steps that need sampled tokens on the host before the next one can be
+prepared (penalties, prompt logprobs, structured outputs) are read at once.
+
+Structured outputs: a constrained request's matcher must have consumed every token it drew
+before its next mask is built, so a step with a constrained request in it is read before
+the next one is launched (`needs_host`), as for penalties: batches with constrained requests
+run synchronously, the others keep the overlap. (The alternative, building the mask of step
+N+1 on the device from step N's tokens, would need the grammar on the device.)
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from max.errors import MaxError
+from max.pipelines.lib.engine.output_processor import LaunchedStep, OutputProcessor
+from max.pipelines.lib.engine.request import Request, RequestOutput
+from max.pipelines.lib.engine.scheduler import Scheduler
+from max.pipelines.lib.engine.step_observer import StepObserver
+from max.pipelines.lib.model.multimodal import ImageInput
+from max.pipelines.lib.model.pipeline_model import PipelineModel
+from max.pipelines.lib.runner.input_batch import ModelInputs, PendingTokens
+from max.pipelines.lib.runner.model_runner import ModelRunner
+from max.pipelines.lib.sampling.sampler import SampledTokens, SamplingBatch, sample_on_device
+from max.pipelines.lib.sampling.sampling_params import SamplingParams
+from max.pipelines.lib.sampling.structured_output import GrammarBackend
+
+logger = logging.getLogger("max.pipelines.engine")
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of the engine's load, for metrics and tests."""
+
+    num_running: int
+    num_waiting: int
+    kv_pages_in_use: int
+    kv_pages_total: int
+    kv_pages_cached: int
+    num_preemptions: int
+
+
+def _as_seed(seed: int | None) -> int:
+    """A signed 64-bit seed (random when None)."""
+    value = random.getrandbits(64) if seed is None else seed & (2**64 - 1)
+    return value - 2**64 if value >= 2**63 else value
+
+
+class LLMEngine:
+    """Runs many generation requests together; see the module docstring."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        max_batch_size: int,
+        max_num_batched_tokens: int,
+        eos_token_ids: set[int],
+        vocab_size: int,
+        enable_prefix_caching: bool = True,
+        async_scheduling: bool = False,
+        grammar: Callable[[], GrammarBackend] | None = None,
+        freeze_startup_objects: bool = False,
+    ) -> None:
+        self.runner = runner
+        self.kv_cache = kv_cache = runner.kv_cache
+        self.async_scheduling = async_scheduling
+        self.scheduler = Scheduler(kv_cache, max_batch_size, max_num_batched_tokens, enable_prefix_caching)
+        self.eos_token_ids = set(eos_token_ids)
+        self.vocab_size = vocab_size
+        self.max_seq_len = runner.max_seq_len
+        self._requests: dict[str, Request] = {}
+        self.outputs = OutputProcessor(self.scheduler, kv_cache, self.eos_token_ids, self._requests)
+        self.observers: list[StepObserver] = []
+        self._arrivals = itertools.count()
+        self._step_ids = itertools.count()
+        self._inflight: LaunchedStep | None = None
+        # The last launched step whose draws are not read yet: its placeholders' source.
+        self._inflight_source: LaunchedStep | None = None
+        # Structured outputs: builds the grammar backend on the first constrained request
+        # (None: no tokenizer, constraints are refused).
+        self._grammar_factory = grammar
+        self._grammar: GrammarBackend | None = None
+        # The start-up objects (modules, graphs, the KV cache's tables) live as long as the
+        # engine. Frozen, they are left out of Python's full collections, which otherwise
+        # walk them all and stall a step for tens of milliseconds now and then (vLLM and
+        # SGLang do the same after start-up); `close` unfreezes them.
+        self._froze_startup_objects = freeze_startup_objects
+        if freeze_startup_objects:
+            gc.collect()
+            gc.freeze()
+
+    # -- requests ------------------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        images: Sequence[ImageInput] = (),
+    ) -> None:
+        """Queues a request; raises MaxError if it cannot be served. `images` are the
+        prompt's images, each on its run of image tokens (see `multimodal.ImageInput`)."""
+        if request_id in self._requests:
+            raise MaxError(f"request id {request_id!r} is already in use")
+        if not prompt_tokens:
+            raise MaxError("the prompt is empty")
+        params.validate(self.vocab_size)
+        bad = next((t for t in prompt_tokens if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise MaxError(f"prompt token id {bad} is outside the vocabulary (size {self.vocab_size})")
+        n = len(prompt_tokens)
+        limit = self.max_seq_len
+        if n > limit or (n == limit and params.max_new_tokens != 0):
+            raise MaxError(
+                f"the prompt has {n} tokens; the model's maximum length is {limit} tokens "
+                "(prompt and output together)"
+            )
+        if params.max_new_tokens is not None and n + params.max_new_tokens > limit:
+            raise MaxError(
+                f"the prompt ({n} tokens) plus max_new_tokens ({params.max_new_tokens}) exceeds "
+                f"the model's maximum length of {limit} tokens"
+            )
+        total = limit if params.max_new_tokens is None else n + params.max_new_tokens
+        images = tuple(images)
+        self.runner.check_images(images, prompt_tokens)
+        matcher = self._matcher(params) if params.structured_output is not None else None
+        request = Request(
+            request_id=request_id,
+            tokens=list(prompt_tokens),
+            num_prompt_tokens=n,
+            params=params,
+            seed=_as_seed(params.seed),
+            max_total_tokens=total,
+            arrival=next(self._arrivals),
+            matcher=matcher,
+            images=images,
+        )
+        self._requests[request_id] = request
+        self.scheduler.add(request)
+        for observer in self.observers:
+            observer.request_added(request_id, n)
+
+    def _matcher(self, params: SamplingParams):
+        """A matcher of the request's grammar (raises MaxError if it cannot have one)."""
+        if self._grammar is None:
+            if self._grammar_factory is None:
+                raise MaxError("structured outputs need the model's tokenizer (this engine runs without one)")
+            try:
+                self._grammar = self._grammar_factory()
+            except MaxError:
+                raise
+            except Exception as e:  # e.g. llguidance takes only fast (Rust) tokenizers
+                raise MaxError(f"structured outputs are not available with this tokenizer: {e}") from None
+        return self._grammar.matcher(params.structured_output)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Cancels a request (no-op if unknown or finished); its pages are freed now."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return None
+        self.scheduler.remove(request)
+        request.finish_reason = "abort"
+        return RequestOutput(request_id, [], True, "abort", num_prompt_tokens=request.num_prompt_tokens)
+
+    def close(self) -> None:
+        """Stops what the engine started (the other tensor-parallel ranks), and returns the
+        objects frozen at start-up to the garbage collector."""
+        self.runner.close()
+        if self._froze_startup_objects:
+            gc.unfreeze()
+            self._froze_startup_objects = False
+
+    def request_ids(self) -> list[str]:
+        """Ids of the requests waiting or running."""
+        return list(self._requests)
+
+    def has_unfinished(self) -> bool:
+        """Any request is waiting or running, or a step's results are still to be read."""
+        return self.scheduler.has_work() or self._inflight is not None
+
+    def stats(self) -> EngineStats:
+        """Current load."""
+        pool = self.kv_cache.pool
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_pages_in_use=pool.num_in_use,
+            kv_pages_total=pool.num_pages,
+            kv_pages_cached=pool.num_cached,
+            num_preemptions=self.scheduler.num_preemptions,
+        )
+
+    # -- stepping ------------------------------------------------------------------------
+    def add_observer(self, observer: StepObserver) -> None:
+        """Calls `observer` around every step from now on (see `step_observer`)."""
+        self.observers.append(observer)
+
+    def step(self) -> list[RequestOutput]:
+        """Runs one batch; returns what the requests produced (with asynchronous scheduling,
+        the tokens of the step launched by the previous call)."""
+        for observer in self.observers:
+            observer.step_started()
+        previous = self._inflight
+        self._inflight = None
+        outputs: list[RequestOutput] = []
+        if previous is not None and (previous.needs_host or not self.async_scheduling):
+            outputs = self._process(previous)
+            previous = None
+        launched = self._launch()
+        if previous is not None:
+            outputs = self._process(previous)
+        if launched is not None:
+            if self.async_scheduling:
+                self._inflight = launched
+            else:
+                outputs = self._process(launched)
+        for observer in self.observers:
+            observer.step_finished(outputs)
+        return outputs
+
+    @property
+    def model(self) -> PipelineModel:
+        """The runner's pipeline model (for tools and tests that look inside it)."""
+        return self.runner.model
+
+    def _launch(self) -> LaunchedStep | None:
+        """Schedules a batch and queues its work on the device (the forward pass and the
+        draws); reads nothing back."""
+        plan = self.scheduler.schedule()
+        for victim in plan.preempted:
+            self.outputs.drop_pending(victim)
+        chunks = plan.chunks
+        if not chunks:
+            self.runner.record_draws(None, None)
+            return None
+        wants_all = [c.request.wants_prompt_logprobs for c in chunks]
+        all_logits = wants_all if any(wants_all) else None
+        inputs = self.runner.prepare(chunks, all_logits, self._pending())
+        if self.observers:
+            kind = self.runner.step_kind(inputs)
+            for observer in self.observers:
+                observer.step_launching(inputs, kind)
+        logits = self.runner.execute(inputs)
+        for observer in self.observers:
+            observer.step_launched(inputs)
+        # A request draws a token once all its tokens are computed, unless it is at its limit
+        # already (max_new_tokens == 0: the caller only wanted the prompt processed).
+        drawing = [
+            b
+            for b, c in enumerate(chunks)
+            if c.completes and len(c.request.tokens) < c.request.max_total_tokens
+        ]
+        sampled = self._sample([chunks[b].request for b in drawing], drawing, logits, inputs) if drawing else None
+        step = LaunchedStep(
+            next(self._step_ids),
+            chunks,
+            drawing,
+            [c.completes for c in chunks],
+            sampled,
+            inputs,
+            logits=logits if all_logits is not None else None,
+            all_logits=all_logits,
+            needs_host=all_logits is not None
+            or any(c.request.params.has_penalties or c.request.matcher is not None for c in chunks),
+            request_ids=[c.request.request_id for c in chunks],
+        )
+        self.outputs.book(step)
+        # The next decode step can be derived from this one only if everyone drew.
+        everyone = len(drawing) == len(chunks)
+        self.runner.record_draws(inputs, sampled.tokens if everyone and sampled is not None else None)
+        self._inflight_source = step
+        return step
+
+    def _sample(
+        self, reqs: list[Request], drawing: list[int], logits: torch.Tensor, inputs: ModelInputs
+    ) -> SampledTokens:
+        """Draws a token for each request of `reqs` (chunks `drawing` of the step) from its
+        last logits row, on the device; starts copying the draws to the host."""
+        if len(drawing) == logits.shape[0]:
+            rows = logits  # the usual case: every row draws, in order
+        else:
+            last_rows = [inputs.logits_rows[b].stop - 1 for b in drawing]
+            rows = logits[torch.tensor(last_rows, device=logits.device)]
+        params = [r.params for r in reqs]
+        # Token histories only matter to penalties; copying them every step is not free.
+        penalized = any(p.has_penalties for p in params)
+        constrained = [row for row, r in enumerate(reqs) if r.matcher is not None]
+        bitmask = self._grammar.fill_bitmask([reqs[row].matcher for row in constrained]) if constrained else None
+        sampled = sample_on_device(
+            rows,
+            SamplingBatch(
+                params=params,
+                seeds=[r.seed for r in reqs],
+                steps=[r.num_output_tokens for r in reqs],
+                prompt_tokens=[r.tokens[: r.num_prompt_tokens] for r in reqs] if penalized else (),
+                output_tokens=[r.output_tokens for r in reqs] if penalized else (),
+                token_bitmask=bitmask,
+                bitmask_rows=constrained,
+            ),
+        )
+        sampled.start_copy()
+        return sampled
+
+    def _pending(self) -> PendingTokens | None:
+        """Where the draws of the launched step that have not reached the host yet are."""
+        launched = self._inflight_source
+        if launched is None or launched.sampled is None:
+            return None
+        rows = {launched.chunks[b].request.request_id: i for i, b in enumerate(launched.drawing)}
+        return PendingTokens(launched.sampled.tokens, rows)
+
+    def _process(self, step: LaunchedStep) -> list[RequestOutput]:
+        """Reads a launched step's tokens and reports them (waits for the device)."""
+        if self._inflight_source is step:
+            self._inflight_source = None
+        return self.outputs.process(step)
