@@ -8,7 +8,7 @@ implementation for the tensors' device in one module, `max_kernels.ops` (through
 `backend.use_triton`). The benchmarks live apart, in `max.benchmark.kernels`.
 """
 
-from max_kernels.backend import backend, get_backend, set_backend
+from max_kernels.backend import backend, configure, get_backend, set_backend
 from max_kernels.ops import (
     apply_penalties,
     argmax_rows,
@@ -32,6 +32,7 @@ __all__ = [
     "apply_penalties",
     "argmax_rows",
     "backend",
+    "configure",
     "fp8_linear",
     "fused_moe",
     "fused_moe_mxfp4",

@@ -2,8 +2,10 @@
 
 Every public op in `max_kernels` asks `use_triton(tensor)` once and calls either its Triton
 implementation or its plain-torch reference. The backend can be forced to the reference
-for comparison (`set_backend("torch")`, or `MAX_KERNELS=torch` in the environment), which is
-what `--kernels torch` on the command line does.
+for comparison (`set_backend("torch")`), which is what `--kernels torch` on the command line
+does. `configure` also sets the two switches of the GPU's decode path (the one-row GEMV and
+programmatic dependent launch), as the resolved plan says; the library reads no
+environment variable of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 
 BACKENDS = ("auto", "torch", "triton")
 
-_backend = os.environ.get("MAX_KERNELS", "auto")
+_backend = "auto"
+# The one-row Triton GEMV (off: cuBLAS) and programmatic dependent launch (off: plain launches).
+_switches = {"gemv": True, "pdl": True}
 
 
 def set_backend(name: str) -> None:
@@ -27,6 +31,21 @@ def set_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r} (choose from {', '.join(BACKENDS)})")
     _backend = name
+
+
+def configure(backend: str | None = None, gemv: bool | None = None, pdl: bool | None = None) -> None:
+    """Sets the backend and the decode path's switches (each left as it is when None)."""
+    if backend is not None:
+        set_backend(backend)
+    if gemv is not None:
+        _switches["gemv"] = gemv
+    if pdl is not None:
+        _switches["pdl"] = pdl
+
+
+def switch(name: str) -> bool:
+    """Whether the decode path's switch `name` ("gemv" or "pdl") is on."""
+    return _switches[name]
 
 
 def get_backend() -> str:

@@ -15,7 +15,6 @@ rounds once, so it differs from cuBLAS by the order of the float32 sums only.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from max_kernels.backend import switch
 from max_kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_launch
 
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
@@ -60,8 +60,9 @@ def default_config(n: int, k: int) -> GemvConfig:
 
 
 def gemv_enabled() -> bool:
-    """`MAX_GEMV=0` in the environment sends one-row products to cuBLAS (for comparison)."""
-    return os.environ.get("MAX_GEMV", "1") != "0"
+    """Whether one-row products take the GEMV (`configure(gemv=False)`, the CLI's
+    `--no-gemv`, sends them to cuBLAS, for comparison)."""
+    return switch("gemv")
 
 
 def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

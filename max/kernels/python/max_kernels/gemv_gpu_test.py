@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from max_kernels import linear
+from max_kernels import configure, linear
 from max_kernels.activation import silu_and_mul
 from max_kernels.cuda_graph import capture_graph
 from max_kernels.gemv import gemv
@@ -54,7 +54,7 @@ def _chain(h, res, norm_w, w_up, w_down):
     return gemv(silu_and_mul(gemv(x, w_up)), w_down), summed
 
 
-def test_a_graph_of_pdl_kernels_matches_the_same_chain_without_pdl(monkeypatch):
+def test_a_graph_of_pdl_kernels_matches_the_same_chain_without_pdl():
     g = torch.Generator(device="cuda").manual_seed(0)
     dim, inter, layers = 2048, 5632, 6
     params = [
@@ -75,12 +75,13 @@ def test_a_graph_of_pdl_kernels_matches_the_same_chain_without_pdl(monkeypatch):
         return h + res
 
     def eager(h0, r0):
-        monkeypatch.setenv("MAX_PDL", "0")
-        h_in.copy_(h0)
-        res_in.copy_(r0)
-        out = forward().clone()
-        monkeypatch.delenv("MAX_PDL")
-        return out
+        configure(pdl=False)
+        try:
+            h_in.copy_(h0)
+            res_in.copy_(r0)
+            return forward().clone()
+        finally:
+            configure(pdl=True)
 
     graph, out = capture_graph(forward)
     for seed in range(3):

@@ -11,20 +11,19 @@ programmatic edge).
 Each kernel that takes part has a `USE_PDL: tl.constexpr` parameter and calls
 `pdl_prologue(USE_PDL)` (or the two primitives, with independent loads between them)
 before its first dependent access; its wrapper passes `**pdl_launch(tensor)`, which turns
-both on where the GPU and the installed Triton support it. `MAX_PDL=0` in the environment
+both on where the GPU and the installed Triton support it. `configure(pdl=False)` (the CLI's `--no-pdl`)
 turns PDL off (for comparison).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from max_kernels.backend import interpreting
+from max_kernels.backend import interpreting, switch
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -71,8 +70,9 @@ def _device_supports_pdl(index: int) -> bool:
 
 def pdl_enabled(t: torch.Tensor) -> bool:
     """Whether kernels on `t`'s device launch with PDL: a CUDA GPU of capability 9.0+, a
-    Triton with grid dependency control, not the interpreter, and `MAX_PDL` not 0."""
-    if not t.is_cuda or interpreting() or os.environ.get("MAX_PDL", "1") == "0":
+    Triton with grid dependency control, not the interpreter, and the switch on
+    (`configure(pdl=False)`, the CLI's `--no-pdl`, turns it off)."""
+    if not t.is_cuda or interpreting() or not switch("pdl"):
         return False
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     return _launch_option_supported() and _device_supports_pdl(index)

@@ -1,6 +1,6 @@
 """Token selection on the device: penalties, then greedy or a seeded draw after the filters.
 
-The semantics are those of the batched sampler (`max.pipelines.lib.sampler`), row by row:
+The semantics are those of the batched sampler (`max.pipelines.lib.sampling.sampler`), row by row:
 greedy rows (temperature 0, or top_k 1) take the argmax of the logits; the others divide by
 the temperature, keep the top-k tokens, then the smallest prefix of the sorted probabilities
 whose mass reaches top_p (at least one token), then drop tokens whose probability is below

@@ -194,7 +194,7 @@ def test_greedy_ties_take_the_first_index():
 
 
 def _sampler_before_kernels(logits, rows, seeds, steps):
-    """The batched sampler as max.pipelines.lib.sampler computed it before it called these
+    """The batched sampler as max.pipelines.lib.sampling.sampler computed it before it called these
     kernels (commit dd253ae), kept here as an independent oracle: Python lists of settings,
     a row subset for the sampled rows, the filter only when some sampled row asks for it."""
     vocab = logits.shape[1]

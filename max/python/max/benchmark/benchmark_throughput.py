@@ -419,8 +419,8 @@ def _run(args: argparse.Namespace) -> int:
         raise MaxError("--request-rate must be positive (inf: all at once)")
     if args.hf_batch_size is not None and args.hf_batch_size < 1:
         raise MaxError("--hf-batch-size must be at least 1")
-    config = pipeline_config_from_args(args)
-    resolved = resolve_model(config, register_all())
+    resolved = resolve_model(pipeline_config_from_args(args), register_all())
+    config = resolved.config  # pinned: the encoding `auto` resolved to, the Hub commit
     requests = _workload(resolved, args)
     print(
         f"model: {resolved.source.name} ({resolved.architecture.name}, {config.load_format} weights); "
@@ -452,7 +452,7 @@ def _run(args: argparse.Namespace) -> int:
             "num_prompts": len(requests),
             "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
             "max_batch_size": config.max_batch_size,
-            "max_num_batched_tokens": config.token_budget(),
+            "max_num_batched_tokens": resolved.plan.token_budget,
             "seed": args.seed,
             "pipeline_config": asdict(config),  # every engine setting (flags included)
             "results": {r.backend: r.to_json() for r in results},

@@ -182,15 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_as_other_rank(args: argparse.Namespace) -> int | None:
     """Under torchrun (several hosts), the processes of RANK > 0 serve as tensor-parallel
     ranks of the one engine that RANK 0 runs; returns their exit status, or None on rank 0."""
-    from max.pipelines.lib.config import torchrun_world
-
-    world = torchrun_world()
-    if world is None or world[0] == 0 or args.command not in ("generate", "serve"):
+    if args.command not in ("generate", "serve"):
+        return None
+    config = pipeline_config_from_args(args)
+    if config.torchrun is None or config.torchrun.rank == 0:
         return None
     from max.pipelines.lib.pipeline_builder import run_tensor_parallel_rank
 
     _registry()
-    run_tensor_parallel_rank(pipeline_config_from_args(args))
+    run_tensor_parallel_rank(config)
     return 0
 
 

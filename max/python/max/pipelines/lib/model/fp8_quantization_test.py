@@ -100,7 +100,7 @@ def test_auto_encoding_reads_a_quantized_gguf_as_float_under_fp8():
 
 
 def test_the_start_up_line_names_fp8():
-    from max.pipelines.lib.pipeline_builder import describe_encoding
+    from max.pipelines.lib.model_resolution import describe_encoding
 
-    line = describe_encoding(PipelineConfig(quantization_encoding="bfloat16", quantization="fp8"), torch.bfloat16)
+    line = describe_encoding(resolve_model(PipelineConfig(quantization_encoding="bfloat16", quantization="fp8"), register_all()))
     assert "--quantization fp8" in line and "e4m3" in line

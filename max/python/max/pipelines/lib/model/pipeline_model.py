@@ -34,6 +34,7 @@ from max.pipelines.lib.hub.hf_config import quantization_method, text_config
 from max.pipelines.lib.model.memory_plan import check_fits as check_device_memory
 from max.pipelines.lib.model.memory_plan import planned_weight_bytes
 from max.pipelines.lib.model.multimodal import ImageInput, check_images
+from max.pipelines.lib.plan import ExecutionPlan, WeightScheme
 from max.pipelines.lib.runner.input_batch import EncoderOutputs, ModelInputs, ModelOutputs
 from max.pipelines.lib.weights import Checkpoint
 from max.pipelines.lib.weights.network_loader import LayerTransform, load_network
@@ -97,16 +98,16 @@ class PipelineModel:
     def __init__(
         self,
         pipeline_config: PipelineConfig,
+        plan: ExecutionPlan,
         hf_config: Any,
         checkpoint: Checkpoint | None,
         weight_adapter: Any,
-        dtype: torch.dtype,
-        device: torch.device,
     ) -> None:
         self.pipeline_config = pipeline_config
+        self.plan = plan
         self.hf_config = hf_config
-        self.dtype = dtype
-        self.device = device
+        self.dtype = plan.dtype
+        self.device = plan.device
         self.max_seq_len = self.calculate_max_seq_len(pipeline_config, hf_config)
         self.model_config = self.config_class.from_huggingface(hf_config, self.max_seq_len)
         self.choose_expert_weights()
@@ -180,7 +181,7 @@ class PipelineModel:
         config = self.pipeline_config
         kv = self.get_kv_params(self.hf_config, config, self.dtype)
         activations = self.estimate_activation_memory(
-            max(config.token_budget(), config.max_batch_size), config.max_batch_size
+            max(self.plan.token_budget, config.max_batch_size), config.max_batch_size
         )
         check_device_memory(
             self.device,
@@ -224,18 +225,18 @@ class PipelineModel:
         the CPU, read in float32 and quantized from those values) are replaced as soon as
         their weights are in, so the peak is the final weights plus one layer.
         """
-        scheme = self.pipeline_config.weight_quantization()
+        scheme = self.plan.weight_scheme
         with torch.device("meta"), skip_parameter_init():
             network = self.build_network()
         state = None if checkpoint is None else weight_adapter(checkpoint, self.hf_config)
         transforms: dict[str, LayerTransform] = {}
         replaced_bytes: dict[str, int] = {}
-        if self.pipeline_config.quantization == "fp8":
+        if scheme == WeightScheme.FP8:
             transforms = {path: LayerTransform(fn) for path, fn in fp8_replacements(network).items()}
             replaced_bytes = {p: fp8_layer_bytes(network.get_submodule(p), self.dtype) for p in transforms}
-        if scheme:
+        if scheme in (WeightScheme.INT8, WeightScheme.INT4):
             keep_int8 = () if state is None else _wide_layers(network, state)
-            replacements = weight_only_replacements(network, scheme, self.dtype, keep_int8)
+            replacements = weight_only_replacements(network, scheme.value, self.dtype, keep_int8)
             transforms = {path: LayerTransform(fn, torch.float32) for path, fn in replacements.items()}
         self.check_fits(planned_weight_bytes(network, self.dtype, replaced_bytes))
         self.load_report = load_network(network, state, self.device, self.dtype, transforms, self.pipeline_config.seed)

@@ -11,8 +11,8 @@ from max.errors import MaxError
 from max.nn.quantized_linear import Int4WeightOnlyLinear, Int8WeightOnlyLinear
 from max.pipelines.architectures import register_all
 from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
-from max.pipelines.lib.config import choose_cpu_encoding
-from max.pipelines.lib.pipeline_builder import gguf_weights_encoding
+from max.pipelines.lib.model_resolution import gguf_weights_encoding
+from max.pipelines.lib.plan import choose_cpu_encoding
 from max.pipelines.lib.weights import GGUFFile
 from max.testing.engine_probes import greedy_tokens, prompt_logits
 from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
@@ -90,13 +90,13 @@ def test_auto_picks_the_checkpoint_s_encoding_when_the_cpu_has_bfloat16():
 
 
 def test_auto_is_resolved_once_and_pinned_in_the_config(q4_1_gguf, monkeypatch):
-    monkeypatch.setattr("max.pipelines.lib.config.cpu_supports_bfloat16", lambda: True)
+    monkeypatch.setattr("max.pipelines.lib.plan.cpu_supports_bfloat16", lambda: True)
     resolved = resolve_model(
         PipelineConfig(model_path=str(q4_1_gguf), quantization_encoding="auto"), register_all()
     )
     assert resolved.config.quantization_encoding == "q4_1"
     assert resolved.dtype == torch.bfloat16
-    monkeypatch.setattr("max.pipelines.lib.config.cpu_supports_bfloat16", lambda: False)
+    monkeypatch.setattr("max.pipelines.lib.plan.cpu_supports_bfloat16", lambda: False)
     resolved = resolve_model(
         PipelineConfig(model_path=str(q4_1_gguf), quantization_encoding="auto"), register_all()
     )
@@ -119,15 +119,24 @@ def test_bad_combinations_are_usage_errors(checkpoint):
         )
 
 
-def test_cpu_threads_follow_the_affinity_unless_the_environment_says(monkeypatch):
-    from max.pipelines.lib.pipeline_builder import set_cpu_threads
+def test_cpu_threads_follow_the_affinity_unless_the_environment_says():
+    """The entry point reads MAX_CPU_THREADS (or OMP_NUM_THREADS) into --cpu-threads'
+    default; the plan falls back to the cores this process may run on."""
+    import argparse
 
+    from max.entrypoints.cli_args import add_model_args, pipeline_config_from_args
+    from max.pipelines.lib.pipeline_builder import set_cpu_threads
+    from max.pipelines.lib.plan import resolve_plan
+
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
     before = torch.get_num_threads()
     try:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setenv("MAX_CPU_THREADS", "1")
-        assert set_cpu_threads() == 1 and torch.get_num_threads() == 1
-        monkeypatch.delenv("MAX_CPU_THREADS")
-        assert set_cpu_threads() == len(os.sched_getaffinity(0))
+        config = pipeline_config_from_args(parser.parse_args([]), env={"MAX_CPU_THREADS": "1", "OMP_NUM_THREADS": "3"})
+        assert set_cpu_threads(resolve_plan(config)) == 1 and torch.get_num_threads() == 1
+        config = pipeline_config_from_args(parser.parse_args(["--cpu-threads", "2"]), env={"MAX_CPU_THREADS": "1"})
+        assert config.cpu_threads == 2  # the flag wins over the environment
+        config = pipeline_config_from_args(parser.parse_args([]), env={})
+        assert set_cpu_threads(resolve_plan(config)) == len(os.sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,8 +28,19 @@ from max.pipelines.lib.runner.device_transfer import upload
 from max_kernels import RaggedLayout
 from max_kernels.decode_attention import default_num_splits
 
-if TYPE_CHECKING:
-    from max.pipelines.lib.model.pipeline_model import PipelineModel
+class StepModel(Protocol):
+    """What the builder needs of a model (`PipelineModel` is one): its device and its two
+    hooks into a step's inputs."""
+
+    device: torch.device
+
+    def rotary_positions(self, batch: Sequence[ScheduledChunk], cache_index: np.ndarray) -> np.ndarray:
+        """The rotary positions of the step's tokens, given their cache indices."""
+        ...
+
+    def encoder_outputs(self, batch: Sequence[ScheduledChunk]) -> EncoderOutputs | None:
+        """Image embeddings and M-RoPE positions of the step, or None."""
+        ...
 
 
 @dataclass
@@ -155,7 +166,7 @@ class InputBatchBuilder:
     """Builds each step's `ModelInputs` for one model and its KV cache (see the module
     docstring); remembers the last step for the decode fast path."""
 
-    def __init__(self, model: PipelineModel, kv_cache: PagedKVCache) -> None:
+    def __init__(self, model: StepModel, kv_cache: PagedKVCache) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.device = model.device

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from max.errors import EngineDeadError, MaxError
 from max.kv_cache import PagedKVCache
 from max.nn import TensorParallel
-from max.pipelines.lib.config import PipelineConfig, torchrun_world
+from max.pipelines.lib.config import PipelineConfig
 from max.pipelines.lib.runner.input_batch import ModelInputs
 from max.pipelines.lib.runner.model_runner import ModelRunner
 
@@ -127,13 +127,13 @@ def start_tensor_parallel(config: PipelineConfig, architecture, rank_main: Calla
     """Rank 0: starts the other ranks on this host (unless torchrun did) and joins them.
     Each runs `rank_main(config, arch_bytes, rank, size, addr, port, parent_pid)` (the
     builder's `run_tensor_parallel_rank`)."""
-    world = torchrun_world()
+    world = config.torchrun
     if world is not None:
-        rank, size, _ = world
-        if rank != 0:
+        if world.rank != 0:
             raise MaxError("start_tensor_parallel runs on rank 0; other ranks run the rank main")
-        addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
-        return join_group(0, size, addr, port, config.device, config.engine_step_timeout)
+        return join_group(
+            0, world.world_size, world.master_addr, world.master_port, config.device, config.engine_step_timeout
+        )
     size = config.tp_size
     devices = config.rank_devices()
     addr, port = "127.0.0.1", _free_port()

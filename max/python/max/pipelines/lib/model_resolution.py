@@ -1,0 +1,190 @@
+"""Resolving a `PipelineConfig`: find the model, read its config, pick its architecture,
+settle `auto` into a concrete encoding and the whole run into an `ExecutionPlan`.
+
+Cheap (no weights are read) and done wherever it is needed: the HTTP process resolves the
+model to fail fast and to load the tokenizer; the engine process and every tensor-parallel
+rank resolve it again from the pinned config (the Hub commit and the encoding fixed), and
+`pipeline_builder` then loads the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from max.errors import MaxError
+from max.pipelines.lib.config import (
+    AUTO_ENCODING,
+    FLOAT_ENCODINGS,
+    WEIGHT_ONLY_SCHEMES,
+    PipelineConfig,
+)
+from max.pipelines.lib.hub.hf_config import architecture_name, eos_token_ids, load_hf_config
+from max.pipelines.lib.hub.model_source import (
+    ModelSource,
+    has_tokenizer_files,
+    resolve_model_source,
+    resolve_tokenizer_source,
+)
+from max.pipelines.lib.model.registry import (
+    PIPELINE_REGISTRY,
+    PipelineRegistry,
+    register_custom_architectures,
+)
+from max.pipelines.lib.model.supported_architecture import SupportedArchitecture
+from max.pipelines.lib.plan import ExecutionPlan, WeightScheme, choose_cpu_encoding, resolve_plan
+from max.pipelines.lib.tokens.tokenizer import TextTokenizer
+from max.pipelines.lib.weights import GGUFFile, WeightsFormat
+
+
+@dataclass
+class ResolvedModel:
+    """A model located and identified, with its pinned config and its execution plan; no
+    weights loaded yet."""
+
+    config: PipelineConfig
+    source: ModelSource
+    architecture: SupportedArchitecture
+    hf_config: Any
+    gguf: GGUFFile | None
+    plan: ExecutionPlan
+
+    @property
+    def max_seq_len(self) -> int:
+        """Longest prompt + output served."""
+        return self.architecture.pipeline_model.calculate_max_seq_len(self.config, self.hf_config)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float dtype the model computes in."""
+        return self.plan.dtype
+
+    def eos_token_ids(self) -> set[int]:
+        """End-of-sequence ids from the config and generation_config.json."""
+        ids = eos_token_ids(self.hf_config)
+        gen = self.source.directory / "generation_config.json"
+        if self.source.weights_format == WeightsFormat.safetensors and gen.is_file():
+            try:
+                eos = json.loads(gen.read_text()).get("eos_token_id")
+            except ValueError:
+                eos = None
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, list):
+                ids.update(int(e) for e in eos)
+        return ids
+
+
+def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_REGISTRY) -> ResolvedModel:
+    """Locates the model, reads its config, finds its architecture and resolves the plan.
+
+    The returned `config` is `config` pinned: the Hub commit it resolved to and the
+    encoding `auto` stood for, so that the processes started from it (engine, ranks,
+    replicas) load the same files and compute the same way. `config` itself is unchanged.
+    """
+    config.validate()
+    register_custom_architectures(config.custom_architectures, registry)
+    auto = config.quantization_encoding == AUTO_ENCODING
+    source = resolve_model_source(
+        config.model_path, config.weight_path, config.load_format, config.revision,
+        None if auto else config.quantization_encoding,
+    )
+    if source.commit is not None:
+        config = dataclasses.replace(config, revision=source.commit)
+    gguf = GGUFFile(source.gguf_file) if source.gguf_file is not None else None
+    arch = registry.retrieve(architecture_name(source, gguf))
+    if source.weights_format not in arch.weight_adapters:
+        raise MaxError(
+            f"architecture {arch.name} cannot read {source.weights_format.value} weights "
+            f"(it reads: {', '.join(f.value for f in arch.weight_adapters)})"
+        )
+    if auto:
+        config = dataclasses.replace(config, quantization_encoding=_auto_encoding(config, gguf, arch))
+    enc = config.quantization_encoding
+    if enc in WEIGHT_ONLY_SCHEMES and config.device.type == "cpu" and config.tp_size > 1:
+        raise MaxError(
+            f"--quantization-encoding {enc} keeps weights quantized on the CPU, which runs in one "
+            "process: drop --tensor-parallel-size, or use float32 or bfloat16"
+        )
+    if enc in FLOAT_ENCODINGS and enc not in arch.supported_encodings:
+        raise MaxError(
+            f"encoding {enc} is not supported by {arch.name} "
+            f"(supported: {', '.join(arch.supported_encodings)})"
+        )
+    hf_config = load_hf_config(source, config.trust_remote_code, gguf)
+    plan = resolve_plan(config, arch.default_encoding)
+    return ResolvedModel(config, source, arch, hf_config, gguf, plan)
+
+
+def gguf_weights_encoding(gguf: GGUFFile) -> str:
+    """The encoding (lower-case GGML type name, e.g. `q4_1`) that holds most of a GGUF
+    file's matrix elements."""
+    counts: dict[str, int] = {}
+    for info in gguf.tensors.values():
+        if len(info.shape) == 2:
+            name = info.type_name.lower()
+            counts[name] = counts.get(name, 0) + info.shape[0] * info.shape[1]
+    return max(counts, key=counts.get) if counts else "float32"
+
+
+def _auto_encoding(config: PipelineConfig, gguf: GGUFFile | None, arch: SupportedArchitecture) -> str | None:
+    """What `--quantization-encoding auto` means for this model: on the CPU the fastest
+    encoding it allows (`choose_cpu_encoding`); elsewhere the device's default (None)."""
+    if config.device.type != "cpu" or config.tp_size > 1:
+        return None
+    checkpoint = gguf_weights_encoding(gguf) if gguf is not None and config.load_format != "dummy" else None
+    # `--quantization` quantizes float weights: a quantized GGUF is then read as float.
+    enc = choose_cpu_encoding(None if config.quantization else checkpoint)
+    if enc in FLOAT_ENCODINGS and enc not in arch.supported_encodings:
+        return "float32"
+    return enc
+
+
+def describe_encoding(resolved: ResolvedModel) -> str:
+    """One line saying how the weights are held and what the model computes in."""
+    plan = resolved.plan
+    enc = resolved.config.quantization_encoding or "default"
+    dt = str(plan.dtype).removeprefix("torch.")
+    if plan.weight_scheme in (WeightScheme.INT8, WeightScheme.INT4):
+        held = (
+            "int8 per channel" if plan.weight_scheme == WeightScheme.INT8
+            else "int4 in groups of 32 (int8 where the file has more bits)"
+        )  # fmt: skip
+        return f"encoding {enc}: linear weights kept as {held}, embeddings and LM head {dt}, compute {dt}, on {plan.device}"
+    if plan.weight_scheme == WeightScheme.FP8:
+        return (
+            f"encoding {enc} with --quantization fp8: decoder linear weights e4m3 per channel, activations "
+            f"per token; embeddings and LM head {dt}, on {plan.device}"
+        )
+    return f"encoding {enc}: weights and compute {dt}, on {plan.device}"
+
+
+def tokenizer_source(resolved: ResolvedModel) -> ModelSource:
+    """Where the tokenizer comes from: `--tokenizer`, else the model's own files.
+
+    Cheap (no tokenizer is built), so callers can fail before loading any weights.
+    """
+    config = resolved.config
+    if config.tokenizer is not None:
+        return resolve_tokenizer_source(config.tokenizer)
+    source = resolved.source
+    if source.gguf_file is None and not has_tokenizer_files(source.directory):
+        raise MaxError(
+            f"{source.directory} holds no tokenizer: pass --tokenizer PATH_OR_REPO to use "
+            "another model's tokenizer, or --skip-tokenizer-init to run without one "
+            "(prompts and outputs as token ids)"
+        )
+    return source
+
+
+def load_tokenizer(resolved: ResolvedModel) -> TextTokenizer | None:
+    """The tokenizer (None with `skip_tokenizer_init`: prompts and outputs are token ids)."""
+    if resolved.config.skip_tokenizer_init:
+        return None
+    return resolved.architecture.tokenizer.from_source(
+        tokenizer_source(resolved), resolved.hf_config, resolved.config.trust_remote_code
+    )

@@ -1,0 +1,162 @@
+"""The execution plan: every setting a built pipeline runs with, resolved once.
+
+`PipelineConfig` is what the user asked for, in the user's words (device specs, encoding
+names, `auto`). `resolve_plan` turns it, once, when the model is resolved, into a frozen
+`ExecutionPlan`: this process's device and the tensor-parallel group's, the compute dtype,
+how the linear weights are held (`WeightScheme`), the KV cache's dtype, the kernel backend
+and switches, whether decode steps replay CUDA graphs, the step's token budget, the CPU's
+thread count. Nothing below the builder re-derives these from strings or the environment.
+
+An encoding name means the same on every device: `q4_k` (and the other GGUF encodings)
+keeps the linear weights quantized (int4 or int8). That is a CPU path for now, so a GPU
+refuses it and says to decode the file with `bfloat16` (issue 29 brings quantized GGUF
+weights to the GPU).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+import torch
+
+from max.errors import MaxError
+from max.kv_cache import kv_cache_dtype
+from max.pipelines.lib.config import (
+    FLOAT_ENCODINGS,
+    QUANTIZED_ENCODINGS,
+    WEIGHT_ONLY_SCHEMES,
+    PipelineConfig,
+    TorchrunWorld,
+)
+
+# Tokens per step (the chunked-prefill budget) unless --max-num-batched-tokens says.
+CPU_TOKEN_BUDGET = 512
+GPU_TOKEN_BUDGET = 8192
+
+
+class WeightScheme(enum.StrEnum):
+    """How the decoder's linear layers hold their weights."""
+
+    FLOAT = "float"  # in the compute dtype
+    INT8 = "int8"  # CPU weight-only int8 per channel (GGUF encodings of 5 to 8 bits)
+    INT4 = "int4"  # CPU weight-only int4 in groups (GGUF encodings of 4 bits)
+    FP8 = "fp8"  # e4m3 per channel, quantized on load (--quantization fp8)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How this process runs its pipeline (see the module docstring)."""
+
+    device: torch.device
+    rank_devices: tuple[torch.device, ...]
+    tp_rank: int
+    tp_size: int
+    torchrun: TorchrunWorld | None
+    dtype: torch.dtype
+    weight_scheme: WeightScheme
+    kv_cache_dtype: torch.dtype
+    kernels: str  # "auto" (Triton on CUDA) or "torch" (the references everywhere)
+    gemv: bool
+    pdl: bool
+    cuda_graphs: bool
+    warm_eager_kernels: bool
+    async_scheduling: bool
+    token_budget: int
+    cpu_threads: int
+
+    @property
+    def on_gpu(self) -> bool:
+        """The model runs on a CUDA device."""
+        return self.device.type == "cuda"
+
+
+def resolve_plan(config: PipelineConfig, default_encoding: str | None = None) -> ExecutionPlan:
+    """The plan of `config` (its encoding already resolved from `auto`), for an architecture
+    whose default encoding is `default_encoding`. Raises MaxError for an encoding the device
+    cannot run."""
+    device = config.device
+    enc = config.quantization_encoding
+    gpu = device.type == "cuda"
+    if gpu and enc in QUANTIZED_ENCODINGS:
+        raise MaxError(
+            f"--quantization-encoding {enc} keeps the linear weights quantized, which runs on the CPU "
+            "only for now; on the GPU use --quantization-encoding bfloat16 (the GGUF file's weights "
+            "are decoded) or --quantization fp8"
+        )
+    if config.quantization == "fp8":
+        scheme = WeightScheme.FP8
+    elif enc in WEIGHT_ONLY_SCHEMES:
+        scheme = WeightScheme(WEIGHT_ONLY_SCHEMES[enc])
+    else:
+        scheme = WeightScheme.FLOAT
+    dtype = _dtype(enc, gpu, scheme, default_encoding)
+    triton = gpu and config.kernels == "auto"
+    return ExecutionPlan(
+        device=device,
+        rank_devices=tuple(config.rank_devices()),
+        tp_rank=config.tp_rank,
+        tp_size=config.tp_size,
+        torchrun=config.torchrun,
+        dtype=dtype,
+        weight_scheme=scheme,
+        kv_cache_dtype=kv_cache_dtype(config.kv_cache_dtype, dtype),
+        kernels=config.kernels,
+        gemv=config.gemv,
+        pdl=config.pdl,
+        # Graphs replay the Triton kernels only; the torch reference ops are shaped on the host.
+        cuda_graphs=triton and not config.enforce_eager,
+        warm_eager_kernels=triton,
+        async_scheduling=gpu and config.async_scheduling,
+        token_budget=config.max_num_batched_tokens or (GPU_TOKEN_BUDGET if gpu else CPU_TOKEN_BUDGET),
+        cpu_threads=config.cpu_threads or _cores(),
+    )
+
+
+def _dtype(enc: str | None, gpu: bool, scheme: WeightScheme, default_encoding: str | None) -> torch.dtype:
+    """The float dtype weights and activations use: a float encoding as is; otherwise the
+    device's natural one (float32 on the CPU, the verification reference, but bfloat16
+    under weight-only int8/int4, whose float32 kernels are reference loops; on a GPU the
+    architecture's default float encoding, else bfloat16)."""
+    if enc in FLOAT_ENCODINGS:
+        return FLOAT_ENCODINGS[enc]
+    if not gpu:
+        return torch.bfloat16 if scheme in (WeightScheme.INT8, WeightScheme.INT4) else torch.float32
+    if default_encoding in FLOAT_ENCODINGS:
+        return FLOAT_ENCODINGS[default_encoding]
+    return torch.bfloat16
+
+
+def _cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and `taskset`
+    narrow; torch's own default counts the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_supports_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so that bfloat16
+    compute is faster than float32 rather than emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def choose_cpu_encoding(checkpoint_encoding: str | None, bfloat16_native: bool | None = None) -> str:
+    """The encoding `auto` means on the CPU, for a checkpoint whose weights are mostly in
+    `checkpoint_encoding` (a GGUF type name such as `q4_1`, or None for float weights).
+
+    With native bfloat16: a quantized GGUF keeps its weights quantized (`q4_1` -> int4), a
+    float checkpoint computes in bfloat16. Without it: float32, as before."""
+    native = cpu_supports_bfloat16() if bfloat16_native is None else bfloat16_native
+    if not native:
+        return "float32"
+    if checkpoint_encoding in WEIGHT_ONLY_SCHEMES:
+        return checkpoint_encoding
+    return "bfloat16"
