@@ -7,7 +7,7 @@ up), the launch calls the host makes (kernels, graph launches, copies) and the k
 GPU runs, with torch.profiler. Run it once per mode to see what graphs, kernels and
 overlap each change:
 
-    python3 -m max.benchmark.profile_step --model-path max/python/max/benchmark/configs/llama-3.1-8b \\
+    python3 -m max.benchmark.profile_step --model-path max/python/max/benchmark/configs/Llama-3.1-8B \\
         --load-format dummy --devices gpu --batch-size 1 [--kernels torch] [--enforce-eager] [--no-async-scheduling]
 """
 
