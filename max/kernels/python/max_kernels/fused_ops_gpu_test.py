@@ -1,8 +1,9 @@
 """The fused elementwise kernels at full size on a CUDA GPU, against their torch references.
 
-RMSNorm (+ residual) over hidden sizes 4096/8192 and per-head norms, rope + KV-cache write
-at Hq 32 / Hkv 8 for head dims 64/80/128/256, and the gated activations, each for 1 to
-8192 tokens in float32, bfloat16 and float16; and each op replayed from a CUDA graph. The
+RMSNorm (+ residual) over hidden sizes 4096/8192 and per-head norms (q and k in one launch
+at Qwen3-30B-A3B's heads too), rope + KV-cache write at Hq 32 / Hkv 8 for head dims
+64/80/128/256, and the gated activations, each for 1 to 8192 tokens in float32, bfloat16
+and float16; and each op replayed from a CUDA graph. The
 reference runs on the same GPU. On the GPU float32 -> bfloat16 rounds to nearest even (the
 CPU interpreter truncates), so the tolerances here are tighter than in fused_ops_test.py and
 the residual sum must match bit for bit.
@@ -21,7 +22,12 @@ from max_kernels.activation import (
     silu_and_mul_reference,
 )
 from max_kernels.cuda_graph import capture_graph
-from max_kernels.normalization import rms_norm, rms_norm_reference
+from max_kernels.normalization import (
+    rms_norm,
+    rms_norm_qk,
+    rms_norm_qk_reference,
+    rms_norm_reference,
+)
 from max_kernels.rotary_kv import rope_and_write_kv, rope_and_write_kv_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -93,6 +99,24 @@ def test_rms_norm_per_head_on_fused_qkv_view(dtype, head_dim, tokens):
     got = rms_norm(q, w, EPS, out=out)
     assert not out.isnan().any()
     torch.testing.assert_close(got, rms_norm_reference(q, w, EPS), **RMS_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 16, 8192])
+def test_rms_norm_qk_at_qwen3_30b_a3b_heads(dtype, tokens):
+    # Qwen3-30B-A3B: 32 query and 4 key heads of 128, q_norm and k_norm in one launch.
+    hq, hkv, hd = 32, 4, 128
+    qkv = _randn(tokens, (hq + 2 * hkv) * hd, dtype=dtype, seed=8)
+    qk = qkv[:, : (hq + hkv) * hd].view(tokens, hq + hkv, hd)
+    wq = _norm_weight(hd, dtype, gemma=False, seed=9)
+    wk = _norm_weight(hd, dtype, gemma=False, seed=10)
+    got = rms_norm_qk(qk, wq, wk, hq, EPS)
+    torch.testing.assert_close(got, rms_norm_qk_reference(qk, wq, wk, hq, EPS), **RMS_TOL[dtype])
+    graph, out = capture_graph(lambda: rms_norm_qk(qk, wq, wk, hq, EPS))
+    qkv.copy_(_randn(tokens, (hq + 2 * hkv) * hd, dtype=dtype, seed=11))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, rms_norm_qk(qk, wq, wk, hq, EPS))
 
 
 def _rotate_half(x):

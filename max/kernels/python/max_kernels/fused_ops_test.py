@@ -26,7 +26,12 @@ from max_kernels.activation import (
     silu_and_mul,
     silu_and_mul_reference,
 )
-from max_kernels.normalization import rms_norm, rms_norm_reference
+from max_kernels.normalization import (
+    rms_norm,
+    rms_norm_qk,
+    rms_norm_qk_reference,
+    rms_norm_reference,
+)
 from max_kernels.rotary_kv import rope_and_write_kv, rope_and_write_kv_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -127,6 +132,26 @@ def test_rms_norm_per_head_on_strided_view_into_poisoned_out(dtype, gemma):
     assert not got.isnan().any()
     torch.testing.assert_close(got, want, **RMS_TOL[dtype])
     _assert_residual_sum(got_sum, want_sum)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gemma", [False, True])
+def test_rms_norm_qk_normalizes_q_and_k_heads_of_a_fused_qkv_in_one_launch(dtype, gemma):
+    # Qwen3's q_norm and k_norm: 6 query and 2 key heads, read in place from the qkv row.
+    t, hq, hkv, hd = 3, 6, 2, 32
+    qkv = _randn(t, (hq + 2 * hkv) * hd, dtype=dtype, seed=12)
+    qk = qkv[:, : (hq + hkv) * hd].view(t, hq + hkv, hd)
+    wq = _norm_weight(hd, dtype, gemma, seed=13)
+    wk = _norm_weight(hd, dtype, gemma, seed=14)
+    want = rms_norm_qk_reference(qk, wq, wk, hq, EPS, gemma=gemma)
+    # The reference is the two per-head norms the attention layer runs, bit for bit.
+    assert torch.equal(want[:, :hq], rms_norm_reference(qk[:, :hq], wq, EPS, gemma=gemma))
+    assert torch.equal(want[:, hq:], rms_norm_reference(qk[:, hq:], wk, EPS, gemma=gemma))
+    got = rms_norm_qk(qk, wq, wk, hq, EPS, gemma=gemma)
+    assert got.dtype == want.dtype and got.shape == (t, hq + hkv, hd)
+    torch.testing.assert_close(got, want, **RMS_TOL[dtype])
+    with pytest.raises(ValueError, match="Hq"):
+        rms_norm_qk(qk, wq, wk, hq + hkv, EPS)
 
 
 def test_rms_norm_float32_weight_promotes_like_torch():

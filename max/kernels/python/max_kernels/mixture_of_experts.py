@@ -4,11 +4,12 @@ For each token t and each of its k chosen experts e (with router weight w):
     out[t] += w * down_e(act(gate_e(x[t])) * up_e(x[t]))
 with the gate and up projections stacked in one weight per expert ([E, 2I, H]: rows [0, I)
 gate, [I, 2I) up, as nn.Linear stores [out, in]) and optional biases (gpt-oss has them).
-`act(gate) * up` is SwiGLU ("silu"), GeGLU ("gelu_tanh"), or gpt-oss's clamped SwiGLU
-("clamped_swiglu"): with the gate clamped above and up clamped on both sides at `limit`,
-    (up + 1) * gate * sigmoid(alpha * gate).
+`act(gate) * up` is one of `moe_activation`'s gated activations: SwiGLU ("silu"), GeGLU
+("gelu_tanh") or gpt-oss's clamped SwiGLU ("clamped_swiglu").
 
-The Triton path works as vLLM's and SGLang's fused MoE do, without host synchronisation:
+Up to `moe_gemv.GEMV_MAX_TOKENS` tokens (decode steps) the Triton path is `moe_gemv`'s
+GEMVs over each pair's expert rows, with no alignment. Above, it works as vLLM's and
+SGLang's fused MoE do, without host synchronisation:
 1. align: the T*k (token, slot) pairs are sorted by expert and each expert's group is padded
    to a multiple of BLOCK_M, in a buffer of the static upper bound of padded rows, with the
    expert of every BLOCK_M block beside it (blocks past the end get expert E: idle);
@@ -33,16 +34,18 @@ import triton
 import triton.language as tl
 
 from max_kernels.backend import interpreting
+from max_kernels.moe_activation import (
+    SWIGLU_ALPHA,
+    SWIGLU_LIMIT,
+    _gated_activation,
+    _weighted_output,
+    activation_fn,
+    check_activation,
+)
+from max_kernels.moe_gemv import GEMV_MAX_TOKENS, fused_moe_gemv
 
 # Triton kernels name their sizes and compile-time constants in capitals.
 # ruff: noqa: N803
-
-_ACTIVATIONS = ("silu", "gelu_tanh", "clamped_swiglu")
-# The kernels' compile-time code of each activation.
-_ACT_CODES = {"silu": 0, "gelu_tanh": 1, "clamped_swiglu": 2}
-# gpt-oss's constants (transformers' `swiglu_alpha`, `swiglu_limit` defaults).
-SWIGLU_ALPHA = 1.702
-SWIGLU_LIMIT = 7.0
 
 
 def fused_moe_reference(
@@ -77,7 +80,7 @@ def fused_moe_reference(
         (F.linear in x's dtype) and weighted outputs are added to their tokens' rows expert
         by expert (in x's dtype), as transformers' MoE layers do with index_add.
     """
-    act = _activation_fn(activation, alpha, limit)
+    act = activation_fn(activation, alpha, limit)
     inter = w_gate_up.shape[1] // 2
 
     def expert_mlp(e: int, xe: torch.Tensor) -> torch.Tensor:
@@ -130,24 +133,6 @@ def _sum_routed_experts(
             out[tokens] += y * weights[rows, None]
         start += count
     return out
-
-
-def _activation_fn(name: str, alpha: float, limit: float):
-    """(gate, up) -> the gated activation, in the inputs' dtype."""
-    if name == "silu":
-        return lambda gate, up: F.silu(gate) * up
-    if name == "gelu_tanh":
-        return lambda gate, up: F.gelu(gate, approximate="tanh") * up
-    if name == "clamped_swiglu":
-        return lambda gate, up: clamped_swiglu(gate, up, alpha, limit)
-    raise ValueError(f"unknown MoE activation {name!r} (choose from {', '.join(_ACTIVATIONS)})")
-
-
-def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
-    """gpt-oss's gated activation, in the order transformers computes it (GptOssExperts)."""
-    gate = gate.clamp(max=limit)
-    up = up.clamp(min=-limit, max=limit)
-    return (up + 1) * (gate * torch.sigmoid(gate * alpha))
 
 
 # ----------------------------------------------------------------------------- Triton
@@ -213,30 +198,6 @@ def _mma(acc, a, b, DOT_F32: tl.constexpr):
         return acc + tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
-
-
-@triton.jit
-def _gated_activation(acc_g, acc_u, DT: tl.constexpr, ACT: tl.constexpr, alpha, limit):
-    """act(gate) * up in DT from the float32 gate and up projections (biases added), any
-    shape. Rounds where the reference rounds: each projection, then the activation, to DT.
-    ACT: 0 silu, 1 gelu_tanh, 2 clamped_swiglu (`_ACT_CODES`)."""
-    g = acc_g.to(DT).to(tl.float32)
-    u = acc_u.to(DT).to(tl.float32)
-    if ACT == 2:
-        # Clamped SwiGLU: (up + 1) * glu, each factor rounded as the reference rounds it.
-        g = tl.minimum(g, limit)
-        u = tl.minimum(tl.maximum(u, -limit), limit)
-        ga = (g * alpha).to(DT).to(tl.float32)
-        sig = (1.0 / (1.0 + tl.exp(-ga))).to(DT).to(tl.float32)
-        act = g * sig
-        u = (u + 1.0).to(DT).to(tl.float32)
-    elif ACT == 1:
-        inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        # tanh(y) = 1 - 2 / (exp(2y) + 1): saturates cleanly at both ends.
-        act = 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0))
-    else:
-        act = g / (1.0 + tl.exp(-g))
-    return (act.to(DT).to(tl.float32) * u).to(DT)
 
 
 @triton.jit
@@ -361,10 +322,8 @@ def _down_kernel(
         b_ok = offs_n < tl.where(active, H, 0)
         bias = b_ptr + e64 * stride_be + offs_n
         acc += tl.load(bias, mask=b_ok, other=0.0).to(tl.float32)[None, :]
-    dt = y_ptr.dtype.element_ty
-    # The expert's output and the router weight are each in x's dtype, as in the reference.
-    weight = tl.load(weights_ptr + pair64, mask=row_ok, other=0.0).to(dt).to(tl.float32)
-    y = (acc.to(dt).to(tl.float32) * weight[:, None]).to(dt)
+    weight = tl.load(weights_ptr + pair64, mask=row_ok, other=0.0)
+    y = _weighted_output(acc, weight[:, None], y_ptr.dtype.element_ty)
     y_ptrs = y_ptr + pair64[:, None] * stride_yt + offs_n[None, :]
     tl.store(y_ptrs, y, mask=row_ok[:, None] & n_ok[None, :])
 
@@ -382,7 +341,13 @@ def fused_moe(
     alpha: float = SWIGLU_ALPHA,
     limit: float = SWIGLU_LIMIT,
 ) -> torch.Tensor:
-    """Triton `fused_moe_reference`: align, two grouped GEMMs, a sum over the k slots."""
+    """Triton `fused_moe_reference`: up to `GEMV_MAX_TOKENS` tokens `moe_gemv`'s GEMVs,
+    above them the alignment, two grouped GEMMs and a sum over the k slots."""
+    if x.shape[0] <= GEMV_MAX_TOKENS:
+        return fused_moe_gemv(
+            x, w_gate_up, w_down, topk_weights, topk_ids, activation=activation,
+            b_gate_up=b_gate_up, b_down=b_down, alpha=alpha, limit=limit,
+        )  # fmt: skip
     num_pairs = topk_ids.numel()
     blocks = _pick_blocks(num_pairs, w_gate_up.shape[0])
     return _fused_moe(
@@ -403,10 +368,7 @@ def _fused_moe(
     alpha=SWIGLU_ALPHA,
     limit=SWIGLU_LIMIT,
 ):
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"unknown MoE activation {activation!r} (choose from {', '.join(_ACTIVATIONS)})"
-        )
+    act = check_activation(activation)
     num_tokens, hidden = x.shape
     num_experts, two_i, _ = w_gate_up.shape
     inter = two_i // 2
@@ -454,7 +416,7 @@ def _fused_moe(
         float(alpha),
         float(limit),
         HAS_BIAS=b_gate_up is not None,
-        ACT=_ACT_CODES[activation],
+        ACT=act,
         DOT_F32=dot_f32,
         BLOCK_M=bm,
         BLOCK_N=bn1,

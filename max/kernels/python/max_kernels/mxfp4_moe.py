@@ -19,30 +19,22 @@ float32 sums. gpt-oss-20b's experts (24 layers of 32) take 10.2 GB packed (block
 scales, 13.2 MB an expert) against 38.2 GB decoded to bfloat16.
 
 Two Triton paths, each two kernels (gate/up with the activation in its epilogue, then
-down times the router weight, both per (token, slot) pair) and a sum over the k slots:
-- few tokens (decode steps, up to `GEMV_MAX_TOKENS`): CUDA-core GEMVs with no alignment
-  step. A program takes one pair and a slice of output rows and streams that expert's
-  packed rows once (rows 2n and 2n + 1 together for gate/up), requesting the next slice of
-  K before it multiplies the current one. At one token the k active experts are distinct,
-  so every packed byte they hold is read exactly once; at a few tokens, pairs that share
-  an expert are neighbours in the launch order and share its bytes through L2. The bytes
-  are read as 32-bit words and decoded two codes per shift-and-mask (`_decode_word`); the
-  32 products of a block are summed before its power-of-two scale is applied (exact), so a
-  weight costs about five instructions: its share of the decode, a conversion and a fused
-  multiply-add (sm_90 SASS of triton 3.9).
+down times the router weight):
+- few tokens (decode steps, up to `GEMV_MAX_TOKENS`): CUDA-core GEMVs per (token, slot)
+  pair with no alignment step, the sum over the k slots done by the down launch itself;
+  in `mxfp4_gemv`;
 - more tokens (prefill): the grouped GEMMs of `mixture_of_experts` (its alignment of the
   pairs by expert, padded to BLOCK_M rows) on the tensor cores, each [BLOCK_K, BLOCK_N]
-  weight tile decoded to x's dtype in registers before `tl.dot`.
+  weight tile decoded to x's dtype in registers before `tl.dot`, then a sum over the k
+  slots; here.
 
 The decode is arithmetic, with no table: a code's three magnitude bits shifted into a
 float16's exponent and mantissa give the value times 2 ** -14 (the subnormal 0.5 becomes
 a float16 subnormal, which the conversion to float32 keeps exact), and the block's scale,
-built as float32 bits, supplies 2 ** (scale - 113).
+built as float32 bits, supplies 2 ** (scale - 113); both paths decode so.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -50,19 +42,22 @@ import triton.language as tl
 
 from max_kernels.backend import interpreting
 from max_kernels.mixture_of_experts import (
-    _ACT_CODES,
-    _ACTIVATIONS,
-    SWIGLU_ALPHA,
-    SWIGLU_LIMIT,
     MoeBlocks,
-    _activation_fn,
     _align,
-    _gated_activation,
     _gated_mlp,
     _mma,
     _sum_routed_experts,
 )
-from max_kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_launch, pdl_prologue
+from max_kernels.moe_activation import (
+    SWIGLU_ALPHA,
+    SWIGLU_LIMIT,
+    _gated_activation,
+    _weighted_output,
+    activation_fn,
+    check_activation,
+)
+from max_kernels.mxfp4_gemv import GEMV_MAX_TOKENS, GemvBlocks, launch_gemv, pick_gemv_blocks
+from max_kernels.pdl import pdl_launch, pdl_prologue
 
 # Triton kernels name their sizes and compile-time constants in capitals.
 # ruff: noqa: N803
@@ -73,9 +68,6 @@ SCALE_BIAS = 127
 # Weights per MXFP4 block (one scale), and bytes per block.
 BLOCK_SIZE = 32
 BLOCK_BYTES = 16
-
-# Up to this many tokens the GEMV path runs; above, the tensor-core grouped GEMMs.
-GEMV_MAX_TOKENS = 4
 
 
 def decode_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -147,7 +139,7 @@ def fused_moe_mxfp4_reference(
     the packed weights is one expert's decoded weights (float32), never all of them.
     Arguments as `fused_moe_mxfp4`.
     """
-    act = _activation_fn(activation, alpha, limit)
+    act = activation_fn(activation, alpha, limit)
     num_experts, _, _ = _expert_shapes(gate_up_blocks, gate_up_scales, down_blocks, down_scales)
 
     def expert_mlp(e: int, xe: torch.Tensor) -> torch.Tensor:
@@ -188,176 +180,6 @@ def _decode_codes(packed):
         lo.to(tl.float16, bitcast=True).to(tl.float32),
         hi.to(tl.float16, bitcast=True).to(tl.float32),
     )
-
-
-@triton.jit
-def _decode_word(w):
-    """The 8 E2M1 codes of uint32 words w (code e in bits 4e..4e + 3: little-endian bytes,
-    low nibble first) as float32 values times 2 ** -14, for e = 0..7.
-
-    As `_decode_codes`, but codes e and e + 4 sit 16 bits apart, so one shift and mask of
-    the word moves both into the two float16 halves of a register: about two integer
-    operations per weight instead of four when each byte is taken apart. (Helpers are
-    written out inline here: under the interpreter each call of a jit function costs ~2 ms.)
-    """
-    p04 = ((w << 9) & 0x0E000E00) | ((w << 12) & 0x80008000)
-    p15 = ((w << 5) & 0x0E000E00) | ((w << 8) & 0x80008000)
-    p26 = ((w << 1) & 0x0E000E00) | ((w << 4) & 0x80008000)
-    p37 = ((w >> 3) & 0x0E000E00) | (w & 0x80008000)
-    d0 = (p04 & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    d4 = (p04 >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    d1 = (p15 & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    d5 = (p15 >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    d2 = (p26 & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    d6 = (p26 >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    d3 = (p37 & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    d7 = (p37 >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    return d0, d1, d2, d3, d4, d5, d6, d7
-
-
-@triton.jit
-def _group_dots(words, scale, xv, G: tl.constexpr, DT: tl.constexpr, ROUND_W: tl.constexpr):
-    """[R, G] float32: for each row r and MXFP4 block g, the dot product of the block's 32
-    decoded weights (words [R, G, 4] uint32, scales [R, G]) with xv [G, 32] (float32, the
-    block's columns of x).
-
-    Without ROUND_W the 32 products of a block are summed, then scaled by its power of two
-    (an exact reordering: one multiply-add per weight). With ROUND_W (float16 x, whose
-    range cannot hold every decoded value) each weight is scaled and rounded to DT first,
-    as the reference rounds the decoded weight.
-    """
-    # Column 8 i + e of a block meets code e of the block's word i: x's columns split by e
-    # (halving the last dimension three times: e even / odd, then e mod 4, then e // 4).
-    x_even, x_odd = tl.split(tl.reshape(xv, (G, 4, 4, 2)))
-    x04, x26 = tl.split(tl.reshape(x_even, (G, 4, 2, 2)))
-    x15, x37 = tl.split(tl.reshape(x_odd, (G, 4, 2, 2)))
-    x0, x4 = tl.split(x04)
-    x2, x6 = tl.split(x26)
-    x1, x5 = tl.split(x15)
-    x3, x7 = tl.split(x37)
-    d0, d1, d2, d3, d4, d5, d6, d7 = _decode_word(words)
-    # 2 ** (scale - 113) as float32 bits (`_scale_factor`, inline).
-    sf = ((scale.to(tl.int32) + 14) << 23).to(tl.float32, bitcast=True)
-    if ROUND_W:
-        f = sf[:, :, None]
-        d0, d1 = (d0 * f).to(DT).to(tl.float32), (d1 * f).to(DT).to(tl.float32)
-        d2, d3 = (d2 * f).to(DT).to(tl.float32), (d3 * f).to(DT).to(tl.float32)
-        d4, d5 = (d4 * f).to(DT).to(tl.float32), (d5 * f).to(DT).to(tl.float32)
-        d6, d7 = (d6 * f).to(DT).to(tl.float32), (d7 * f).to(DT).to(tl.float32)
-    # A chain, not a tree: one fused multiply-add per weight.
-    acc = d0 * x0[None, :, :]
-    acc += d1 * x1[None, :, :]
-    acc += d2 * x2[None, :, :]
-    acc += d3 * x3[None, :, :]
-    acc += d4 * x4[None, :, :]
-    acc += d5 * x5[None, :, :]
-    acc += d6 * x6[None, :, :]
-    acc += d7 * x7[None, :, :]
-    part = tl.sum(acc, axis=2)
-    if not ROUND_W:
-        part = part * sf
-    return part
-
-
-@triton.jit
-def _gemv_kernel(
-    x_ptr,
-    ww_ptr,
-    ws_ptr,
-    b_ptr,
-    ids_ptr,
-    weights_ptr,
-    out_ptr,
-    top_k,
-    N,
-    K,
-    stride_xt,
-    stride_wwe,
-    stride_wwr,
-    stride_wse,
-    stride_wsr,
-    stride_be,
-    stride_ot,
-    alpha,
-    limit,
-    GATED: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr,
-    ROUND_W: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    USE_PDL: tl.constexpr,
-):
-    """One (token, slot) pair's product with its expert's packed weight [N, K], for a slice
-    of BLOCK_N outputs. GATED (gate/up): x is the token's row of x, the weight's rows are
-    the interleaved gate/up rows of N = I features (2 BLOCK_N rows per slice), the output
-    act(gate) * up [I]. Otherwise (down): x is the pair's row of h, the output the expert's
-    output times the router weight [H]. out's row is the pair."""
-    # Pairs vary fastest: programs of the same slice run together, so pairs that chose the
-    # same expert read its rows while they are in L2.
-    pair = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    if USE_PDL:
-        if GATED:
-            # The down kernel that follows starts once every program here is past its wait:
-            # the routing it reads before its own wait is then complete.
-            gdc_wait()
-            gdc_launch_dependents()
-        else:
-            gdc_launch_dependents()
-    ROWS: tl.constexpr = 2 * BLOCK_N if GATED else BLOCK_N  # noqa: N806
-    num_rows = 2 * N if GATED else N
-    expert = tl.load(ids_ptr + pair).to(tl.int64)
-    rows = pid_n * ROWS + tl.arange(0, ROWS)
-    r_ok = rows < num_rows
-    offs_g = tl.arange(0, BLOCK_G)
-    ww = (
-        ww_ptr
-        + expert * stride_wwe
-        + rows.to(tl.int64)[:, None, None] * stride_wwr
-        + offs_g[None, :, None] * 4
-        + tl.arange(0, 4)[None, None, :]
-    )
-    ws = ws_ptr + expert * stride_wse + rows.to(tl.int64)[:, None] * stride_wsr + offs_g[None, :]
-    x_row = pair // top_k if GATED else pair
-    xp = x_ptr + x_row.to(tl.int64) * stride_xt + offs_g[:, None] * 32 + tl.arange(0, 32)[None, :]
-    num_groups = K // 32
-    g_ok = offs_g < num_groups
-    words = tl.load(ww, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
-    scale = tl.load(ws, mask=r_ok[:, None] & g_ok[None, :], other=0)
-    if USE_PDL:
-        if not GATED:
-            # The first weights (above) stream in while the gate/up kernel finishes; h,
-            # its output, only after it has.
-            gdc_wait()
-    xv = tl.load(xp, mask=g_ok[:, None], other=0.0)
-    acc = tl.zeros([ROWS, BLOCK_G], dtype=tl.float32)
-    for g0 in range(0, num_groups, BLOCK_G):
-        # The next slice is requested before this one is multiplied (nothing past the end).
-        g_ok = offs_g < num_groups - (g0 + BLOCK_G)
-        xv_next = tl.load(xp + (g0 + BLOCK_G) * 32, mask=g_ok[:, None], other=0.0)
-        words_next = tl.load(ww + (g0 + BLOCK_G) * 4, mask=r_ok[:, None, None] & g_ok[None, :, None], other=0)
-        scale_next = tl.load(ws + g0 + BLOCK_G, mask=r_ok[:, None] & g_ok[None, :], other=0)
-        acc += _group_dots(
-            words.to(tl.uint32, bitcast=True), scale, xv.to(tl.float32), BLOCK_G,
-            out_ptr.dtype.element_ty, ROUND_W,
-        )  # fmt: skip
-        xv, words, scale = xv_next, words_next, scale_next
-    y = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + expert * stride_be + rows, mask=r_ok, other=0.0).to(tl.float32)
-    dt = out_ptr.dtype.element_ty
-    out_row = out_ptr + pair.to(tl.int64) * stride_ot
-    if GATED:
-        gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
-        h = _gated_activation(gate, up, dt, ACT, alpha, limit)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        tl.store(out_row + offs_n, h, mask=offs_n < N)
-    else:
-        # The expert's output and the router weight are each in x's dtype, as in the
-        # reference.
-        weight = tl.load(weights_ptr + pair).to(dt).to(tl.float32)
-        tl.store(out_row + rows, (y.to(dt).to(tl.float32) * weight).to(dt), mask=r_ok)
 
 
 @triton.jit
@@ -522,35 +344,13 @@ def _mma_down_kernel(
     if HAS_BIAS:
         b_ok = rows < tl.where(active, H, 0)
         acc += tl.load(b_ptr + e64 * stride_be + rows, mask=b_ok, other=0.0).to(tl.float32)[None, :]
-    dt = y_ptr.dtype.element_ty
-    # The expert's output and the router weight are each in x's dtype, as in the reference.
-    weight = tl.load(weights_ptr + pair64, mask=row_ok, other=0.0).to(dt).to(tl.float32)
-    y = (acc.to(dt).to(tl.float32) * weight[:, None]).to(dt)
+    weight = tl.load(weights_ptr + pair64, mask=row_ok, other=0.0)
+    y = _weighted_output(acc, weight[:, None], y_ptr.dtype.element_ty)
     y_ptrs = y_ptr + pair64[:, None] * stride_yt + rows[None, :]
     tl.store(y_ptrs, y, mask=row_ok[:, None] & r_ok[None, :])
 
 
 # ----------------------------------------------------------------------------- launch
-
-
-@dataclass(frozen=True)
-class GemvBlocks:
-    """Tiles of the few-token path: per projection, the outputs per program (block_n:
-    features for gate/up, whose programs read 2 * block_n interleaved rows; output rows for
-    down) and the MXFP4 blocks of K per loop step (block_g: 32 weights, 16 bytes each)."""
-
-    block_n_gate_up: int
-    block_g_gate_up: int
-    block_n_down: int
-    block_g_down: int
-    num_warps: int
-
-
-# Four rows of 16 bytes per thread and step (two warps): x, which every row of a step
-# shares, is fetched once per four rows. At gpt-oss-20b's sizes (H = I = 2880) and one
-# token that is 1,440 gate/up and 720 down programs of two warps, all resident at once on
-# an H100 and a few per SM, for an even spread of the bytes in flight.
-DEFAULT_GEMV = GemvBlocks(block_n_gate_up=8, block_g_gate_up=16, block_n_down=16, block_g_down=8, num_warps=2)
 
 
 def pick_mma_blocks(num_pairs: int, num_experts: int, dtype: torch.dtype) -> MoeBlocks:
@@ -624,7 +424,7 @@ def fused_moe_mxfp4(
         alpha,
         limit,
         path=path,
-        gemv_blocks=DEFAULT_GEMV,
+        gemv_blocks=pick_gemv_blocks(topk_ids.numel()),
         mma_blocks=pick_mma_blocks(topk_ids.numel(), num_experts, x.dtype),
     )
 
@@ -656,14 +456,14 @@ def _fused_moe_mxfp4(
     limit,
     *,
     path: str,
-    gemv_blocks: GemvBlocks = DEFAULT_GEMV,
+    gemv_blocks: GemvBlocks | None = None,
     mma_blocks: MoeBlocks | None = None,
+    sum_slots_in_kernel: bool = True,
 ):
-    """`fused_moe_mxfp4` with its path ("gemv" or "mma") and tiles chosen by the caller."""
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"unknown MoE activation {activation!r} (choose from {', '.join(_ACTIVATIONS)})"
-        )
+    """`fused_moe_mxfp4` with its path ("gemv" or "mma") and tiles chosen by the caller
+    (None: the defaults for the token count); `sum_slots_in_kernel=False` leaves the GEMV
+    path's sum over the k slots to torch (for comparison)."""
+    act = check_activation(activation)
     num_experts, hidden, inter = _expert_shapes(gate_up_blocks, gate_up_scales, down_blocks, down_scales)
     num_tokens = x.shape[0]
     if x.dim() != 2 or x.shape[1] != hidden:
@@ -680,7 +480,6 @@ def _fused_moe_mxfp4(
     ids = topk_ids.reshape(-1)
     ids = ids if ids.is_contiguous() else ids.contiguous()
     weights = topk_weights.reshape(-1).contiguous()
-    act = _ACT_CODES[activation]
     # h: the pairs' activations; y: their weighted expert outputs, summed over k at the end.
     h = torch.empty(num_pairs, inter, dtype=x.dtype, device=x.device)
     y = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)
@@ -689,27 +488,12 @@ def _fused_moe_mxfp4(
     pdl = pdl_launch(x)
 
     if path == "gemv":
-        cfg = gemv_blocks
-        # The packed bytes as little-endian 32-bit words (8 codes each), for `_decode_word`.
-        gu_words, dn_words = (t.view(torch.int32) for t in (gate_up_blocks, down_blocks))
-        bn1 = min(cfg.block_n_gate_up, triton.next_power_of_2(inter))
-        bn2 = min(cfg.block_n_down, triton.next_power_of_2(hidden))
-        # Loads are prefetched by hand (Triton does not pipeline loads that feed no dot).
-        common = dict(ROUND_W=x.dtype == torch.float16, ACT=act, num_warps=cfg.num_warps, num_stages=1, **pdl)
-        _gemv_kernel[(num_pairs, triton.cdiv(inter, bn1))](
-            x, gu_words, gate_up_scales, b_gate_up if b_gate_up is not None else x, ids, weights, h,
-            k, inter, hidden, x.stride(0), gu_words.stride(0), gu_words.stride(1),
-            gate_up_scales.stride(0), gate_up_scales.stride(1), bgu_stride, h.stride(0),
-            float(alpha), float(limit), GATED=True, HAS_BIAS=b_gate_up is not None,
-            BLOCK_N=bn1, BLOCK_G=min(cfg.block_g_gate_up, triton.next_power_of_2(hidden // 32)), **common,
-        )  # fmt: skip
-        _gemv_kernel[(num_pairs, triton.cdiv(hidden, bn2))](
-            h, dn_words, down_scales, b_down if b_down is not None else x, ids, weights, y,
-            k, hidden, inter, h.stride(0), dn_words.stride(0), dn_words.stride(1),
-            down_scales.stride(0), down_scales.stride(1), bd_stride, y.stride(0),
-            float(alpha), float(limit), GATED=False, HAS_BIAS=b_down is not None,
-            BLOCK_N=bn2, BLOCK_G=min(cfg.block_g_down, triton.next_power_of_2(inter // 32)), **common,
-        )  # fmt: skip
+        out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=x.device)
+        cfg = gemv_blocks or pick_gemv_blocks(num_pairs)
+        gate_up, down = (gate_up_blocks, gate_up_scales), (down_blocks, down_scales)
+        args = (x, gate_up, down, b_gate_up, b_down, ids, weights, h, y, out, k, act, alpha, limit, cfg)
+        if launch_gemv(*args, sum_slots=sum_slots_in_kernel):
+            return out
     elif path == "mma":
         blocks = mma_blocks or pick_mma_blocks(num_pairs, num_experts, x.dtype)
         bm = blocks.block_m

@@ -3,8 +3,11 @@
 gpt-oss-20b's routed experts: E=32, k=4, H=2880, I=2880, biases, clamped SwiGLU (alpha
 1.702, limit 7). Packed weights are random bytes with scales 117..123 (decoded weights
 of magnitude ~2**-7, as the checkpoint's); x ~ N(0, 1); router softmax, top-4,
-renormalized. T = 1, 8, 256 and 2048 tokens by `fused_moe_mxfp4`'s own choice of path,
-and each path forced at 1 and 8 tokens (the GEMV at one token is batch-1 decode).
+renormalized. T = 1..4, 8, 256 and 2048 tokens by `fused_moe_mxfp4`'s own choice of path
+(and of GEMV tiles: one-token ones up to 8 routed rows, few-token ones above), each path
+forced at 1 and 8 tokens (the GEMV at one token is batch-1 decode), and the GEMV path
+with the sum over the k slots left to torch (no arrival counters) as well as in its down
+launch.
 
 Tolerances as `sampling_moe_gpu_test`'s fused_moe (bfloat16 and float16): the reference
 rounds every intermediate and adds the k weighted outputs in the dtype, the kernels sum
@@ -17,6 +20,7 @@ The op is also captured in a CUDA graph and replayed on new inputs (no host sync
 import pytest
 import torch
 
+import max_kernels.mxfp4_gemv as gemv_module
 from max_kernels.cuda_graph import capture_graph
 from max_kernels.mxfp4_moe import (
     GEMV_MAX_TOKENS,
@@ -73,7 +77,7 @@ def weights():
     return _weights()
 
 
-@pytest.mark.parametrize("tokens", [1, 8, 256, 2048])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 8, 256, 2048])
 def test_fused_moe_mxfp4_gpt_oss_20b(weights, tokens):
     packed, biases = weights
     x, w, ids = _tokens(tokens, seed=tokens)
@@ -90,6 +94,16 @@ def test_each_path_at_full_size(weights, path, tokens):
     expected = fused_moe_mxfp4_reference(*args, **KWARGS, **biases)
     got = _fused_moe_mxfp4(*args, "clamped_swiglu", biases["b_gate_up"], biases["b_down"], 1.702, 7.0, path=path)
     _check(got, expected, x.dtype)
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_gemv_path_without_arrival_counters(weights, tokens, monkeypatch):
+    packed, biases = weights
+    x, w, ids = _tokens(tokens, seed=150 + tokens)
+    args = (x, *packed, w, ids)
+    expected = fused_moe_mxfp4_reference(*args, **KWARGS, **biases)
+    monkeypatch.setattr(gemv_module.grid_counters, "counters", lambda device, needed=1: None)
+    _check(fused_moe_mxfp4(*args, **KWARGS, **biases), expected, x.dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

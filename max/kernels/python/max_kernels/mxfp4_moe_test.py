@@ -25,9 +25,9 @@ import torch
 
 import max_kernels
 from max_kernels.mixture_of_experts import MoeBlocks, fused_moe_reference
+from max_kernels.mxfp4_gemv import GEMV_FEW_TOKENS, GEMV_ONE_TOKEN, GemvBlocks, pick_gemv_blocks
 from max_kernels.mxfp4_moe import (
     FP4_VALUES,
-    GemvBlocks,
     _fused_moe_mxfp4,
     decode_mxfp4,
     fused_moe_mxfp4,
@@ -222,3 +222,41 @@ def test_ops_dispatch_runs_triton_with_default_tiles():
         one = tuple(a[:1] if i in (0, 5, 6) else a for i, a in enumerate(args))
         _check(max_kernels.fused_moe_mxfp4(*one, activation="clamped_swiglu", **kwargs), expected[:1])
         _check(fused_moe_mxfp4(*args, activation="clamped_swiglu", **kwargs), expected)
+
+
+def test_gemv_tiles_are_picked_by_routed_rows():
+    assert pick_gemv_blocks(4) == GEMV_ONE_TOKEN  # gpt-oss-20b at one token
+    assert pick_gemv_blocks(8) == GEMV_ONE_TOKEN
+    assert pick_gemv_blocks(16) == GEMV_FEW_TOKENS  # at four tokens
+    assert GEMV_ONE_TOKEN == GemvBlocks(8, 8, 8, 16, num_warps=4)
+    assert GEMV_FEW_TOKENS == GemvBlocks(8, 8, 32, 4, num_warps=1)
+
+
+def test_gemv_path_sums_the_slots_itself_and_leaves_counters_zeroed(monkeypatch):
+    # Three tokens, four slots: the last of each token's four programs per slice adds them.
+    import max_kernels.mxfp4_gemv as gemv_module
+    from max_kernels import grid_counters
+
+    args, kwargs = _packed_inputs(3, 64, 64, 8, 4, torch.bfloat16, True, seed=50)
+    expected = fused_moe_mxfp4_reference(*args, activation="clamped_swiglu", **kwargs)
+    _poison_empty(monkeypatch)
+    run = lambda: _fused_moe_mxfp4(  # noqa: E731
+        *args, "clamped_swiglu", kwargs["b_gate_up"], kwargs["b_down"], 1.702, 7.0, path="gemv", gemv_blocks=SMALL_GEMV
+    )
+    folded = run()
+    _check(folded, expected)
+    assert int(grid_counters.counters(args[0].device).abs().sum()) == 0
+    # Asked not to, or without counters (first use inside a graph capture): summed by torch.
+    unfolded = _fused_moe_mxfp4(
+        *args, "clamped_swiglu", kwargs["b_gate_up"], kwargs["b_down"], 1.702, 7.0, path="gemv",
+        gemv_blocks=SMALL_GEMV, sum_slots_in_kernel=False,
+    )  # fmt: skip
+    _check(unfolded, expected)
+    monkeypatch.setattr(gemv_module.grid_counters, "counters", lambda device, needed=1: None)
+    _check(run(), expected)
+
+
+def test_default_few_token_tiles_match_reference():
+    args, kwargs = _packed_inputs(3, 96, 64, 6, 4, torch.float16, True, seed=60)
+    expected = fused_moe_mxfp4_reference(*args, activation="silu", **kwargs)
+    _check(fused_moe_mxfp4(*args, activation="silu", **kwargs), expected)

@@ -4,6 +4,8 @@
 the result (it is `max.nn.norm.RMSNorm` / `GemmaRMSNorm`, with vLLM's fused residual add in
 front). The kernel normalizes whole rows held in registers: one program per row, or several
 rows per program when rows are short (the per-head q/k norms of Qwen3 and Gemma 3).
+`rms_norm_qk` normalizes the query and the key heads of a fused qkv projection in one
+launch, each with its own weight (Qwen3 runs two norms per layer there, Gemma 3 too).
 """
 
 from __future__ import annotations
@@ -95,29 +97,71 @@ def rms_norm(
     out3 = _rows_3d(out, allow_copy=False)
     res3 = _rows_3d(residual) if residual is not None else x3
     sum3 = _rows_3d(summed, allow_copy=False) if summed is not None else x3
-    weight = weight.contiguous()
-    outer, inner = x3.shape[0], x3.shape[1]
-    n_rows = outer * inner
+    _launch(x3, res3, weight.contiguous(), out3, sum3, eps, has_residual=residual is not None, gemma=gemma)
+    return out if summed is None else (out, summed)
 
+
+def rms_norm_qk_reference(
+    qk: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, num_q_heads: int, eps: float, *, gemma: bool = False
+) -> torch.Tensor:
+    """The query heads qk[:, :num_q_heads] normalized with q_weight and the key heads
+    qk[:, num_q_heads:] with k_weight, as two `rms_norm_reference` calls; [T, Hq + Hkv, D]
+    in a new tensor (q and k are views of it)."""
+    q = rms_norm_reference(qk[:, :num_q_heads], q_weight, eps, gemma=gemma)
+    k = rms_norm_reference(qk[:, num_q_heads:], k_weight, eps, gemma=gemma)
+    return torch.cat((q, k), dim=1)
+
+
+def rms_norm_qk(
+    qk: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, num_q_heads: int, eps: float, *, gemma: bool = False
+) -> torch.Tensor:
+    """`rms_norm_qk_reference` in one launch of the RMSNorm kernel.
+
+    qk: [T, Hq + Hkv, D] with a contiguous last dimension, typically the query and key
+    columns of the fused qkv projection's output viewed per head (no copy):
+    `qkv[:, :(Hq + Hkv) * D].view(T, Hq + Hkv, D)`. Returns [T, Hq + Hkv, D] in the dtype
+    `rms_norm` gives; out[:, :Hq] and out[:, Hq:] are the normalized q and k.
+    """
+    if qk.dim() != 3 or not 0 < num_q_heads < qk.shape[1]:
+        raise ValueError(f"rms_norm_qk takes [T, Hq + Hkv, D] with 0 < Hq < Hq + Hkv, got {tuple(qk.shape)}, Hq={num_q_heads}")
+    d = qk.shape[-1]
+    if d > MAX_TRITON_DIM:
+        return rms_norm_qk_reference(qk, q_weight, k_weight, num_q_heads, eps, gemma=gemma)
+    weight_dtype = torch.promote_types(q_weight.dtype, k_weight.dtype)
+    out_dtype = qk.dtype if gemma else torch.promote_types(weight_dtype, qk.dtype)
+    out = torch.empty(qk.shape, dtype=out_dtype, device=qk.device)
+    if qk.numel() == 0:
+        return out
+    x3 = qk if qk.stride(-1) == 1 else qk.contiguous()
+    _launch(x3, x3, q_weight.contiguous(), out, x3, eps, has_residual=False, gemma=gemma,
+            k_weight=k_weight.contiguous(), num_q_heads=num_q_heads)  # fmt: skip
+    return out
+
+
+def _launch(x3, res3, weight, out3, sum3, eps, *, has_residual, gemma, k_weight=None, num_q_heads=0):
+    """The kernel over rows (outer, inner) of [outer, inner, D] views; with k_weight, rows
+    whose inner index is num_q_heads or more take it instead of `weight`."""
+    outer, inner, d = x3.shape
+    n_rows = outer * inner
     block_d = triton.next_power_of_2(d)
     # Short rows are batched so that a program still handles ~2k elements.
     block_rows = max(1, min(64, 2048 // block_d))
     num_warps = max(1, min(16, block_rows * block_d // 512))
     grid = (triton.cdiv(n_rows, block_rows),)
     _rms_norm_kernel[grid](
-        x3, res3, weight, out3, sum3,
-        n_rows, inner, d,
+        x3, res3, weight, k_weight if k_weight is not None else weight, out3, sum3,
+        n_rows, inner, d, num_q_heads if k_weight is not None else inner,
         x3.stride(0), x3.stride(1), res3.stride(0), res3.stride(1),
         out3.stride(0), out3.stride(1), sum3.stride(0), sum3.stride(1),
         eps,
-        HAS_RESIDUAL=residual is not None,
+        HAS_RESIDUAL=has_residual,
         GEMMA=gemma,
+        TWO_WEIGHTS=k_weight is not None,
         BLOCK_ROWS=block_rows,
         BLOCK_D=block_d,
         num_warps=num_warps,
         **pdl_launch(x3),
     )  # fmt: skip
-    return out if summed is None else (out, summed)
 
 
 def _rows_3d(t: torch.Tensor, allow_copy: bool = True) -> torch.Tensor:
@@ -143,12 +187,13 @@ def _rows_3d(t: torch.Tensor, allow_copy: bool = True) -> torch.Tensor:
 
 @triton.jit(**unspecialized(ints=("n_rows",)))
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr,
-    n_rows, inner, D,
+    x_ptr, res_ptr, w_ptr, w2_ptr, out_ptr, sum_ptr,
+    n_rows, inner, D, split,
     sx0, sx1, sr0, sr1, so0, so1, ss0, ss1,
     eps,
     HAS_RESIDUAL: tl.constexpr,
     GEMMA: tl.constexpr,
+    TWO_WEIGHTS: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr,
@@ -171,12 +216,16 @@ def _rms_norm_kernel(
     xf = x.to(tl.float32)
     inv_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
     y = xf * inv_rms[:, None]
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if TWO_WEIGHTS:
+        # Heads from `split` on (the keys of a fused q/k) take the second weight.
+        w2 = tl.load(w2_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        w = tl.where((b >= split)[:, None], w2, w)
     if GEMMA:
-        y = y * (1.0 + w)[None, :]
+        y = y * (1.0 + w)
     else:
         # Llama casts the normalized value to x's dtype before the weight multiplies it.
-        y = y.to(x_ptr.dtype.element_ty).to(tl.float32) * w[None, :]
+        y = y.to(x_ptr.dtype.element_ty).to(tl.float32) * w
     tl.store(
         out_ptr + (a * so0 + b * so1)[:, None] + cols[None, :],
         y.to(out_ptr.dtype.element_ty),

@@ -15,6 +15,7 @@ from max_kernels import argmax as _argmax
 from max_kernels import fp8 as _fp8
 from max_kernels import gemv as _gemv
 from max_kernels import mixture_of_experts as _moe
+from max_kernels import moe_router as _router
 from max_kernels import mxfp4_moe as _mxfp4_moe
 from max_kernels import normalization as _rms_norm
 from max_kernels import rotary_kv as _rotary_kv
@@ -41,6 +42,16 @@ def rms_norm(
     returned too."""
     fn = _rms_norm.rms_norm if use_triton(x) else _rms_norm.rms_norm_reference
     return fn(x, weight, eps, residual=residual, gemma=gemma)
+
+
+def rms_norm_qk(
+    qk: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, num_q_heads: int, eps: float, *, gemma: bool = False
+) -> torch.Tensor:
+    """The per-head RMSNorms of the query heads qk[:, :num_q_heads] (q_weight) and the key
+    heads qk[:, num_q_heads:] (k_weight) of [T, Hq + Hkv, D] in one launch on CUDA (Qwen3's
+    and Gemma 3's q_norm and k_norm); [T, Hq + Hkv, D], whose two slices are q and k."""
+    fn = _rms_norm.rms_norm_qk if use_triton(qk) else _rms_norm.rms_norm_qk_reference
+    return fn(qk, q_weight, k_weight, num_q_heads, eps, gemma=gemma)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,6 +215,27 @@ def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
     return fn(x)
 
 
+def moe_route(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    top_k: int,
+    *,
+    routing: str = _router.SOFTMAX_TOPK,
+    renormalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's top-k experts by router logits x @ weight.T (+ bias): (float32 weights
+    [T, k], int64 ids [T, k]), by `routing` "softmax_topk" (Qwen3-MoE; `renormalize` is
+    its norm_topk_prob) or "topk_softmax" (gpt-oss). On CUDA up to
+    `moe_router.ROUTER_MAX_TOKENS` tokens the one-kernel router; elsewhere the torch rule
+    (`max_kernels.moe_router.moe_route_reference`), which defines the result."""
+    if use_triton(x) and _router.kernel_applies(x, weight, bias, top_k):
+        fn = _router.moe_route
+    else:
+        fn = _router.moe_route_reference
+    return fn(x, weight, bias, top_k, routing=routing, renormalize=renormalize)
+
+
 def fused_moe(
     x: torch.Tensor,
     w_gate_up: torch.Tensor,
@@ -218,7 +250,8 @@ def fused_moe(
     limit: float = _moe.SWIGLU_LIMIT,
 ) -> torch.Tensor:
     """The routed experts' gated MLPs, summed by router weight, for every token (`alpha` and
-    `limit` are those of the "clamped_swiglu" activation)."""
+    `limit` are those of the "clamped_swiglu" activation). On CUDA GEMVs over each chosen
+    expert's rows up to `moe_gemv.GEMV_MAX_TOKENS` tokens, grouped GEMMs above."""
     fn = _moe.fused_moe if use_triton(x) else _moe.fused_moe_reference
     return fn(
         x,

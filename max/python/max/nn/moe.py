@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import max_kernels
 from max.nn.expert_weights import EXPERT_WEIGHTS
 from max.nn.parallel import all_reduce, tensor_parallel
+from max_kernels.moe_router import SOFTMAX_TOPK, TOPK_SOFTMAX
+
+# The routing rules (SOFTMAX_TOPK, TOPK_SOFTMAX: how router logits become the chosen
+# experts' weights) are named once, by the kernel library's router (`max_kernels.moe_route`).
 
 # Gated activations the grouped-expert kernel knows, by Hugging Face `hidden_act` name (and
 # gpt-oss's clamped SwiGLU, which its config does not name).
@@ -20,10 +24,6 @@ _MOE_ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "clamped_swiglu": "clamped_swiglu",
 }
-
-# How router logits become the chosen experts' weights.
-SOFTMAX_TOPK = "softmax_topk"
-TOPK_SOFTMAX = "topk_softmax"
 
 
 @dataclass
@@ -99,17 +99,13 @@ class SparseMoE(nn.Module):
         return self.expert_weights.fill_dummy(name, value, generator)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(float32 weights [T, k], expert ids [T, k]) of each token's chosen experts."""
+        """(float32 weights [T, k], int64 expert ids [T, k]) of each token's chosen experts:
+        the router `gate` (an nn.Linear, whose product `max_kernels.moe_route` computes
+        itself, fused with the top-k on the GPU for a few tokens) under `config.routing`."""
         c = self.config
-        logits = self.gate(x)
-        if c.routing == TOPK_SOFTMAX:
-            top, chosen = torch.topk(logits, c.num_experts_per_tok, dim=-1)
-            return F.softmax(top, dim=-1, dtype=torch.float32), chosen
-        probs = F.softmax(logits, dim=-1, dtype=torch.float32)
-        weights, chosen = torch.topk(probs, c.num_experts_per_tok, dim=-1)
-        if c.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
-        return weights, chosen
+        return max_kernels.moe_route(
+            x, self.gate.weight, self.gate.bias, c.num_experts_per_tok, routing=c.routing, renormalize=c.norm_topk_prob
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, chosen = self.route(x)

@@ -76,3 +76,30 @@ def test_gpt_oss_routing_biases_and_clamped_swiglu():
     assert sources["experts_gate_up_bias"].parts[1] == Concat(("experts.1.gate_proj.bias", "experts.1.up_proj.bias"))
     assert sources["experts_down_bias"].parts[4] == "experts.4.down_proj.bias"
     assert sources["gate.bias"] == "gate.bias"
+
+
+def test_route_on_the_cpu_is_the_torch_rule_bit_for_bit():
+    """The router's CPU path is the torch rule the layer always ran (nn.Linear, softmax,
+    topk), whatever the kernel library does on a GPU, for both rules and in bfloat16."""
+    torch.manual_seed(2)
+    for routing, bias, norm in (("softmax_topk", False, True), ("softmax_topk", True, False), ("topk_softmax", True, True)):
+        config = MoEConfig(
+            num_experts=12, num_experts_per_tok=3, moe_intermediate_size=8, routing=routing,
+            router_bias=bias, norm_topk_prob=norm,
+        )  # fmt: skip
+        moe = SparseMoE(16, config, "silu").to(torch.bfloat16)
+        with torch.no_grad():
+            for p in moe.parameters():
+                p.normal_(0, 0.5)
+        x = torch.randn(5, 16, dtype=torch.bfloat16)
+        logits = moe.gate(x)
+        if routing == "topk_softmax":
+            top, chosen = torch.topk(logits, 3, dim=-1)
+            expected = F.softmax(top, dim=-1, dtype=torch.float32)
+        else:
+            expected, chosen = torch.topk(F.softmax(logits, dim=-1, dtype=torch.float32), 3, dim=-1)
+            if norm:
+                expected = expected / expected.sum(dim=-1, keepdim=True)
+        weights, ids = moe.route(x)
+        assert weights.dtype == torch.float32 and ids.dtype == torch.int64
+        assert torch.equal(weights, expected) and torch.equal(ids, chosen)

@@ -82,3 +82,9 @@ def copy_bandwidth_gbps(num_bytes: int = 2 * 2**30) -> float:
 def tensor_bytes(*tensors: torch.Tensor) -> int:
     """Bytes of the given tensors together."""
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def bandwidth_row(label: str, us: float, moved: int, copy_gbps: float) -> str:
+    """One Markdown row: label, µs per call, MB moved, GB/s and the share of the copy rate."""
+    gbps = moved / (us * 1e-6) / 1e9
+    return f"| {label} | {us:.1f} | {moved / 1e6:.1f} | {gbps:.0f} | {100 * gbps / copy_gbps:.0f} % |"

@@ -13,8 +13,11 @@ blocks and scales, or bfloat16) and biases, x and the routing, and the output wr
 is compared with the device-to-device copy rate measured at the start. At one token the
 used experts are the k = 4 chosen ones: 4 x 13.2 MB packed.
 
---paths: both paths (GEMV, tensor cores) at 1..16 tokens, to place `GEMV_MAX_TOKENS`.
+--paths: both paths (GEMV, tensor cores) at 1..16 tokens, to place `GEMV_MAX_TOKENS`, and
+the GEMV path with its sum over the k slots left to torch (the in-kernel sum should win).
 --sweep: GEMV tiles at 1 and 4 tokens (gate/up tiles first, then down's with the best).
+The defaults (`mxfp4_gemv.GEMV_ONE_TOKEN`, `GEMV_FEW_TOKENS`) are this sweep's best on one
+H100; rerun it after changing the kernel and update them.
 
 `bench_cases()` gives the same shapes to `//max/python/max/benchmark/kernels:bench`'s table (its reference
 column is the torch path, `fused_moe_mxfp4_reference`).
@@ -31,15 +34,15 @@ import torch
 
 from max.benchmark.kernels.bench_harness import (
     BenchCase,
+    bandwidth_row,
     copy_bandwidth_gbps,
     graph_time_us,
     tensor_bytes,
 )
 from max.entrypoints.process_setup import run_main
 from max_kernels.mixture_of_experts import fused_moe
+from max_kernels.mxfp4_gemv import GemvBlocks, pick_gemv_blocks
 from max_kernels.mxfp4_moe import (
-    DEFAULT_GEMV,
-    GemvBlocks,
     _fused_moe_mxfp4,
     decode_mxfp4,
     fused_moe_mxfp4,
@@ -120,11 +123,6 @@ def _moved(layer: Layer, per_expert: int, x, w, ids) -> int:
     return used * per_expert + 2 * tensor_bytes(x) + tensor_bytes(w, ids)
 
 
-def _row(label: str, us: float, moved: int, copy: float) -> str:
-    gbps = moved / (us * 1e-6) / 1e9
-    return f"| {label} | {us:.1f} | {moved / 1e6:.1f} | {gbps:.0f} | {100 * gbps / copy:.0f} % |"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Prints the table (and the sweeps asked for)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -147,15 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     for tokens in args.tokens:
         x, w, ids = make_tokens(tokens)
         us = graph_time_us(lambda i, x=x, w=w, ids=ids: _mxfp4_call(layers[i], x, w, ids), len(layers))
-        print(_row(f"fused_moe_mxfp4 T={tokens}", us, _moved(layers[0], packed_pe, x, w, ids), copy), flush=True)
+        print(bandwidth_row(f"fused_moe_mxfp4 T={tokens}", us, _moved(layers[0], packed_pe, x, w, ids), copy), flush=True)
         us = graph_time_us(lambda i, x=x, w=w, ids=ids: _bf16_call(layers[i], x, w, ids), len(layers))
-        print(_row(f"fused_moe bf16 decoded T={tokens}", us, _moved(layers[0], decoded_pe, x, w, ids), copy), flush=True)
+        print(bandwidth_row(f"fused_moe bf16 decoded T={tokens}", us, _moved(layers[0], decoded_pe, x, w, ids), copy), flush=True)
     if args.paths:
         print()
         for tokens, path in itertools.product([1, 2, 4, 8, 16], ["gemv", "mma"]):
             x, w, ids = make_tokens(tokens)
             us = graph_time_us(lambda i, x=x, w=w, ids=ids, path=path: _mxfp4_call(layers[i], x, w, ids, path=path), len(layers))
-            print(_row(f"{path} T={tokens}", us, _moved(layers[0], packed_pe, x, w, ids), copy), flush=True)
+            print(bandwidth_row(f"{path} T={tokens}", us, _moved(layers[0], packed_pe, x, w, ids), copy), flush=True)
+        # The GEMV path's sum over the k slots: in its down launch (default) or by torch.
+        for tokens in (1, 2, 4):
+            x, w, ids = make_tokens(tokens)
+            call = lambda i, x=x, w=w, ids=ids: _mxfp4_call(layers[i], x, w, ids, path="gemv", sum_slots_in_kernel=False)  # noqa: E731
+            us = graph_time_us(call, len(layers))
+            print(bandwidth_row(f"gemv T={tokens}, slots summed by torch", us, _moved(layers[0], packed_pe, x, w, ids), copy), flush=True)
     if args.sweep:
         _sweep(layers, copy, packed_pe)
     return 0
@@ -172,9 +176,10 @@ def _time_gemv(layers: list[Layer], cfg: GemvBlocks, x, w, ids) -> float:
 
 def _sweep(layers: list[Layer], copy: float, packed_pe: int) -> None:
     """GEMV tiles: gate/up's (block_n, block_g, warps) with down's default, then down's with
-    gate/up's best; the best of each token count printed last."""
-    best = DEFAULT_GEMV
+    gate/up's best; the best of each token count printed last. Each sweep starts from the
+    default tiles of its token count (`pick_gemv_blocks`)."""
     for tokens in (1, 4):
+        best = pick_gemv_blocks(tokens * TOP_K)
         x, w, ids = make_tokens(tokens)
         moved = _moved(layers[0], packed_pe, x, w, ids)
         print(f"\nGEMV tiles at T={tokens}")
@@ -182,12 +187,12 @@ def _sweep(layers: list[Layer], copy: float, packed_pe: int) -> None:
         for bn, bg, warps in itertools.product([4, 8, 16, 32], [8, 16], [1, 2, 4]):
             cfg = dataclasses.replace(best, block_n_gate_up=bn, block_g_gate_up=bg, num_warps=warps)
             results[cfg] = _time_gemv(layers, cfg, x, w, ids)
-            print(_row(str(cfg), results[cfg], moved, copy), flush=True)
+            print(bandwidth_row(str(cfg), results[cfg], moved, copy), flush=True)
         best = min(results, key=results.get)
         for bn, bg in itertools.product([8, 16, 32, 64], [4, 8, 16]):
             cfg = dataclasses.replace(best, block_n_down=bn, block_g_down=bg)
             results[cfg] = _time_gemv(layers, cfg, x, w, ids)
-            print(_row(str(cfg), results[cfg], moved, copy), flush=True)
+            print(bandwidth_row(str(cfg), results[cfg], moved, copy), flush=True)
         best = min(results, key=results.get)
         print(f"best at T={tokens}: {best} ({results[best]:.1f} µs)")
 

@@ -28,6 +28,7 @@ from max.pipelines.lib.runner.device_transfer import upload
 from max_kernels import RaggedLayout
 from max_kernels.decode_attention import default_num_splits
 
+
 class StepModel(Protocol):
     """What the builder needs of a model (`PipelineModel` is one): its device and its two
     hooks into a step's inputs."""
