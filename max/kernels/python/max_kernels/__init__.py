@@ -9,6 +9,7 @@ implementation for the tensors' device in one module, `max_kernels.ops` (through
 """
 
 from max_kernels.backend import backend, configure, get_backend, set_backend
+from max_kernels.lora_sgmv import LoRASegments
 from max_kernels.ops import (
     apply_penalties,
     argmax_rows,
@@ -16,7 +17,10 @@ from max_kernels.ops import (
     fused_moe,
     fused_moe_mxfp4,
     gelu_tanh_and_mul,
+    int4_linear,
     linear,
+    lora_add,
+    mla_decode_attention,
     moe_route,
     paged_attention,
     rms_norm,
@@ -25,11 +29,13 @@ from max_kernels.ops import (
     sample_tokens,
     silu_and_mul,
     write_kv_cache,
+    write_latent_rows,
 )
 from max_kernels.ragged_layout import RaggedLayout
 from max_kernels.sampling import hash32, uniform_noise
 
 __all__ = [
+    "LoRASegments",
     "RaggedLayout",
     "apply_penalties",
     "argmax_rows",
@@ -41,7 +47,10 @@ __all__ = [
     "gelu_tanh_and_mul",
     "get_backend",
     "hash32",
+    "int4_linear",
     "linear",
+    "lora_add",
+    "mla_decode_attention",
     "moe_route",
     "paged_attention",
     "rms_norm",
@@ -52,4 +61,5 @@ __all__ = [
     "silu_and_mul",
     "uniform_noise",
     "write_kv_cache",
+    "write_latent_rows",
 ]

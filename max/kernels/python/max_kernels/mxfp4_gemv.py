@@ -118,7 +118,7 @@ def _decode_word(w):
     """The 8 E2M1 codes of uint32 words w (code e in bits 4e..4e + 3: little-endian bytes,
     low nibble first) as float32 values times 2 ** -14, for e = 0..7.
 
-    As `mxfp4_moe._decode_codes`, but codes e and e + 4 sit 16 bits apart, so one shift
+    As `mxfp4_dequant._decode_codes`, but codes e and e + 4 sit 16 bits apart, so one shift
     and mask of the word moves both into the two float16 halves of a register: about two
     integer operations per weight instead of four when each byte is taken apart. (Helpers
     are written out inline here: under the interpreter each call of a jit function costs

@@ -18,15 +18,18 @@ the same numbers as the decoded path and differ from it only in the order of the
 float32 sums. gpt-oss-20b's experts (24 layers of 32) take 10.2 GB packed (blocks and
 scales, 13.2 MB an expert) against 38.2 GB decoded to bfloat16.
 
-Two Triton paths, each two kernels (gate/up with the activation in its epilogue, then
-down times the router weight):
+Three Triton paths; the first two are each two kernels (gate/up with the activation in
+its epilogue, then down times the router weight):
 - few tokens (decode steps, up to `GEMV_MAX_TOKENS`): CUDA-core GEMVs per (token, slot)
   pair with no alignment step, the sum over the k slots done by the down launch itself;
   in `mxfp4_gemv`;
 - more tokens (prefill): the grouped GEMMs of `mixture_of_experts` (its alignment of the
   pairs by expert, padded to BLOCK_M rows) on the tensor cores, each [BLOCK_K, BLOCK_N]
   weight tile decoded to x's dtype in registers before `tl.dot`, then a sum over the k
-  slots; here.
+  slots; here;
+- many tokens (from `DEQUANT_MIN_TOKENS`, large prefill steps): every expert decoded once
+  into a bfloat16 scratch (`mxfp4_dequant`) and the bfloat16 grouped GEMMs of
+  `mixture_of_experts` run on it, so no weight is decoded once per block of rows.
 
 The decode is arithmetic, with no table: a code's three magnitude bits shifted into a
 float16's exponent and mantissa give the value times 2 ** -14 (the subnormal 0.5 becomes
@@ -44,6 +47,7 @@ from max_kernels.backend import interpreting
 from max_kernels.mixture_of_experts import (
     MoeBlocks,
     _align,
+    _fused_moe,
     _gated_mlp,
     _mma,
     _sum_routed_experts,
@@ -56,11 +60,21 @@ from max_kernels.moe_activation import (
     activation_fn,
     check_activation,
 )
+from max_kernels.mxfp4_dequant import _decode_codes, _scale_factor, decode_mxfp4_rows
 from max_kernels.mxfp4_gemv import GEMV_MAX_TOKENS, GemvBlocks, launch_gemv, pick_gemv_blocks
 from max_kernels.pdl import pdl_launch, pdl_prologue
 
 # Triton kernels name their sizes and compile-time constants in capitals.
 # ruff: noqa: N803
+
+# From this many tokens a step decodes every expert once and runs the bfloat16 grouped
+# GEMMs (the "dequant" path) with DEQUANT_BLOCKS; below it the tensor-core kernels decode
+# tiles in registers. `mxfp4_moe_bench --large`, one H100, gpt-oss-20b's layer: at 1024
+# tokens the tensor-core path takes 1333 us against 1585, at 2048 2165 against 1956, at
+# 8192 8322 against 5135 (318 TFLOP/s, as bfloat16 `fused_moe` on weights decoded
+# beforehand).
+DEQUANT_MIN_TOKENS = 2048
+DEQUANT_BLOCKS = MoeBlocks(128, 64, 128, 64, num_warps=8, num_stages=3)
 
 # The 16 E2M1 values, by 4-bit code (bit 3 is the sign).
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -158,28 +172,6 @@ def fused_moe_mxfp4_reference(
 
 
 # ----------------------------------------------------------------------------- Triton
-
-
-@triton.jit
-def _scale_factor(scales):
-    """float32 2 ** (scale - 113) of E8M0 scales (any integer dtype), built as float32 bits:
-    the block's 2 ** (scale - 127) times the 2 ** 14 that `_decode_codes` leaves out."""
-    return ((scales.to(tl.int32) + 14) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _decode_codes(packed):
-    """(low, high) float32 values times 2 ** -14 of the two E2M1 codes in each byte of
-    `packed` (uint8): the sign goes to a float16's bit 15 and the three exponent/mantissa
-    bits to bits 9-11, the top of the mantissa and the bottom of the exponent, so that code
-    e m reads as 2 ** (e - 15) * (1 + m / 2), or m * 2 ** -15 (a subnormal) for e = 0."""
-    b = packed.to(tl.uint16)
-    lo = ((b & 0x7) << 9) | ((b & 0x8) << 12)
-    hi = ((b & 0x70) << 5) | ((b & 0x80) << 8)
-    return (
-        lo.to(tl.float16, bitcast=True).to(tl.float32),
-        hi.to(tl.float16, bitcast=True).to(tl.float32),
-    )
 
 
 @triton.jit
@@ -356,15 +348,20 @@ def _mma_down_kernel(
 def pick_mma_blocks(num_pairs: int, num_experts: int, dtype: torch.dtype) -> MoeBlocks:
     """Tensor-core tiles for num_pairs (token, slot) pairs over num_experts experts.
     block_n_gate_up counts features (the gate/up tile has twice as many weight rows);
-    block_k is in weights, a multiple of 32. Compiled for sm_90 without register spills."""
+    block_k is in weights, a multiple of 32. From `mxfp4_moe_bench --large` on one H100
+    (2026-12-07, gpt-oss-20b's layer): every block of rows decodes its expert's weights
+    again, so blocks as tall as the rows an expert gets win (64 rows at 32-64 rows per
+    expert: 625 against 708 us at 256 tokens, 871 against 1138 at 512; 128 rows above);
+    narrow N tiles (32 features) keep the decoded tiles in registers (64 features with 8
+    warps spilled: 2.5-3x slower)."""
     if dtype == torch.float32:  # IEEE float32 dots: small tiles (a CPU-side dtype on GPUs)
         return MoeBlocks(16, 16, 32, 64, num_warps=4, num_stages=2)
     rows_per_expert = num_pairs / num_experts
     if rows_per_expert <= 16:
         return MoeBlocks(16, 32, 64, 128, num_warps=4, num_stages=3)
-    if rows_per_expert <= 48:
-        return MoeBlocks(32, 32, 64, 64, num_warps=4, num_stages=3)
-    return MoeBlocks(64, 64, 128, 64, num_warps=8, num_stages=3)
+    if rows_per_expert <= 96:
+        return MoeBlocks(64, 32, 64, 64, num_warps=4, num_stages=3)
+    return MoeBlocks(128, 32, 64, 64, num_warps=8, num_stages=3)
 
 
 def fused_moe_mxfp4(
@@ -408,7 +405,8 @@ def fused_moe_mxfp4(
         (2 ** -125 .. 2 ** 113); float16 x rounds them to float16 as the reference does.
         H and I must be multiples of 32. No host synchronisation: safe in a CUDA graph.
     """
-    path = "gemv" if x.shape[0] <= GEMV_MAX_TOKENS else "mma"
+    tokens = x.shape[0]
+    path = "gemv" if tokens <= GEMV_MAX_TOKENS else "mma" if tokens < DEQUANT_MIN_TOKENS else "dequant"
     num_experts = gate_up_blocks.shape[0]
     return _fused_moe_mxfp4(
         x,
@@ -521,6 +519,22 @@ def _fused_moe_mxfp4(
             down_scales.stride(0), down_scales.stride(1), bd_stride, y.stride(0),
             HAS_BIAS=b_down is not None, DOT_F32=dot_f32, BLOCK_M=bm, BLOCK_N=bn2, BLOCK_G=bg2, **launch,
         )  # fmt: skip
+    elif path == "dequant":
+        return _dequantized_moe(
+            x, (gate_up_blocks, gate_up_scales), (down_blocks, down_scales), b_gate_up, b_down,
+            topk_weights, topk_ids, activation, alpha, limit, mma_blocks,
+        )  # fmt: skip
     else:
-        raise ValueError(f"unknown path {path!r} (gemv or mma)")
+        raise ValueError(f"unknown path {path!r} (gemv, mma or dequant)")
     return y.view(num_tokens, k, hidden).sum(dim=1)
+
+
+def _dequantized_moe(x, gate_up, down, b_gate_up, b_down, topk_weights, topk_ids, activation, alpha, limit, blocks):
+    """The "dequant" path: every expert decoded to x's dtype ([gate; up] rows, as
+    `fused_moe` takes them), then its grouped GEMMs (tiles `blocks`, or its own choice)."""
+    w_gate_up = decode_mxfp4_rows(*gate_up, x.dtype, deinterleave=True)
+    w_down = decode_mxfp4_rows(*down, x.dtype)
+    if b_gate_up is not None:
+        b_gate_up = torch.cat((b_gate_up[:, 0::2], b_gate_up[:, 1::2]), dim=1)
+    blocks = blocks or DEQUANT_BLOCKS
+    return _fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids, activation, b_gate_up, b_down, blocks, alpha, limit)

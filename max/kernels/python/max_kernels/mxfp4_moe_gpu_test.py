@@ -85,8 +85,9 @@ def test_fused_moe_mxfp4_gpt_oss_20b(weights, tokens):
     _check(fused_moe_mxfp4(*args, **KWARGS, **biases), fused_moe_mxfp4_reference(*args, **KWARGS, **biases), x.dtype)
 
 
-@pytest.mark.parametrize("path", ["gemv", "mma"])
-@pytest.mark.parametrize("tokens", [1, 8])
+@pytest.mark.parametrize(
+    "path,tokens", [("gemv", 1), ("gemv", 8), ("mma", 1), ("mma", 8), ("mma", 1500), ("dequant", 8), ("dequant", 1500)]
+)
 def test_each_path_at_full_size(weights, path, tokens):
     packed, biases = weights
     x, w, ids = _tokens(tokens, seed=100 + tokens)
@@ -115,7 +116,7 @@ def test_other_dtypes(dtype, tokens):
     _check(fused_moe_mxfp4(*args, **KWARGS, **biases), fused_moe_mxfp4_reference(*args, **KWARGS, **biases), dtype)
 
 
-@pytest.mark.parametrize("tokens", [1, GEMV_MAX_TOKENS + 60])
+@pytest.mark.parametrize("tokens", [1, GEMV_MAX_TOKENS + 60, 1100])
 def test_replays_from_a_cuda_graph(weights, tokens):
     packed, biases = weights
     x, w, ids = _tokens(tokens, seed=300)

@@ -25,6 +25,7 @@ import torch
 
 import max_kernels
 from max_kernels.mixture_of_experts import MoeBlocks, fused_moe_reference
+from max_kernels.mxfp4_dequant import decode_mxfp4_rows
 from max_kernels.mxfp4_gemv import GEMV_FEW_TOKENS, GEMV_ONE_TOKEN, GemvBlocks, pick_gemv_blocks
 from max_kernels.mxfp4_moe import (
     FP4_VALUES,
@@ -185,14 +186,30 @@ def test_gemv_path_matches_reference(tokens, dtype, activation, bias, monkeypatc
         (6, torch.float16, "silu", False),
     ],
 )
-def test_tensor_core_path_matches_reference(tokens, dtype, activation, bias, monkeypatch):
+@pytest.mark.parametrize("path", ["mma", "dequant"])
+def test_tensor_core_path_matches_reference(tokens, dtype, activation, bias, path, monkeypatch):
     args, kwargs = _packed_inputs(tokens, 96, 64, 5, 3, dtype, bias, seed=20 + tokens)
     expected = fused_moe_mxfp4_reference(*args, activation=activation, **kwargs)
     _poison_empty(monkeypatch)
     got = _fused_moe_mxfp4(
-        *args, activation, kwargs["b_gate_up"], kwargs["b_down"], 1.702, 7.0, path="mma", mma_blocks=SMALL_MMA
+        *args, activation, kwargs["b_gate_up"], kwargs["b_down"], 1.702, 7.0, path=path, mma_blocks=SMALL_MMA
     )
     _check(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_decode_rows_writes_the_decoded_weights_and_splits_gate_from_up(dtype):
+    # A tensor-parallel rank's slice (strided rows, groups [1, 3) of 4), every byte value.
+    g = torch.Generator().manual_seed(3)
+    blocks = torch.randint(0, 256, (3, 12, 4, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(118, 131, (3, 12, 4), generator=g, dtype=torch.uint8)
+    blocks, scales = blocks[:, 2:10, 1:3], scales[:, 2:10, 1:3]
+    decoded = decode_mxfp4(blocks, scales).to(dtype)
+    assert torch.equal(decode_mxfp4_rows(blocks, scales, dtype), decoded)
+    split = torch.cat((decoded[:, 0::2], decoded[:, 1::2]), dim=1)
+    assert torch.equal(decode_mxfp4_rows(blocks, scales, dtype, deinterleave=True), split)
+    with pytest.raises(ValueError, match="odd"):
+        decode_mxfp4_rows(blocks[:, :3], scales[:, :3], dtype, deinterleave=True)
 
 
 def test_tensor_parallel_slices_are_read_in_place():
@@ -204,7 +221,7 @@ def test_tensor_parallel_slices_are_read_in_place():
     sliced = (x, gub[:, 2 * i0 : 2 * i1], gus[:, 2 * i0 : 2 * i1], db[:, :, i0 // 32 : i1 // 32], ds[:, :, i0 // 32 : i1 // 32], w, ids)
     b_gate_up = kwargs["b_gate_up"][:, 2 * i0 : 2 * i1]
     expected = fused_moe_mxfp4_reference(*sliced, activation="clamped_swiglu", b_gate_up=b_gate_up, b_down=kwargs["b_down"])
-    for path in ("gemv", "mma"):
+    for path in ("gemv", "mma", "dequant"):
         got = _fused_moe_mxfp4(
             *sliced, "clamped_swiglu", b_gate_up, kwargs["b_down"], 1.702, 7.0, path=path,
             gemv_blocks=SMALL_GEMV, mma_blocks=SMALL_MMA,

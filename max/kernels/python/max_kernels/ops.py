@@ -7,6 +7,8 @@ and is the CPU path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +16,13 @@ from max_kernels import activation as _activation
 from max_kernels import argmax as _argmax
 from max_kernels import fp8 as _fp8
 from max_kernels import gemv as _gemv
+from max_kernels import int4_gemm as _int4_gemm
+from max_kernels import int4_gemv as _int4_gemv
+from max_kernels import int4_layout as _int4_layout
+from max_kernels import lora_bgmv as _lora_bgmv
+from max_kernels import lora_sgmv as _lora_sgmv
 from max_kernels import mixture_of_experts as _moe
+from max_kernels import mla_decode as _mla
 from max_kernels import moe_router as _router
 from max_kernels import mxfp4_moe as _mxfp4_moe
 from max_kernels import normalization as _rms_norm
@@ -23,6 +31,7 @@ from max_kernels import sampling as _sampling
 from max_kernels.backend import use_triton
 from max_kernels.decode_attention import decode_attention
 from max_kernels.fp8_kv_cache import is_fp8
+from max_kernels.lora_reference import lora_expand_reference, lora_shrink_reference
 
 # By name: the package exports the op `paged_attention`, which hides the module's name.
 from max_kernels.paged_attention import paged_attention_reference, write_kv_cache_reference
@@ -89,6 +98,25 @@ def fp8_linear(
     else:
         fn = _fp8.fp8_weight_only_linear_reference if small else _fp8.fp8_linear_reference
     return fn(x, w_q, w_scale, bias)
+
+
+def int4_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x [M, K] times an int4 weight in our layout (`max_kernels.int4_layout`: packed codes
+    [N, K/2], scales and zeros [N, K/G]) -> [M, N] in x's dtype. On CUDA the Triton GEMV
+    (up to 16 rows: decode) or GEMM (prefill); elsewhere, and for group sizes the kernels
+    do not take, the reference (exact dequantization, then the product)."""
+    if use_triton(x) and _int4_gemv.int4_kernels_take(group_size):
+        if x.shape[0] <= _int4_gemv.GEMV_MAX_ROWS:
+            return _int4_gemv.int4_gemv(x, qweight, scales, zeros, group_size, bias)
+        return _int4_gemm.int4_gemm(x, qweight, scales, zeros, group_size, bias)
+    return _int4_layout.int4_linear_reference(x, qweight, scales, zeros, group_size, bias)
 
 
 def rope_and_write_kv(
@@ -201,6 +229,34 @@ def paged_attention(
             **options,
         )
     return out
+
+
+def mla_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    rank: int,
+    *,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Multi-head latent attention of one decode token per request with absorbed weights:
+    q [B, H, rank + rope] (q_nope · W_UK, then the rotary query) over the cached latent
+    rows; [B, H, rank] output latents (see `max_kernels.mla_decode`). On CUDA the split-K
+    Triton kernel, elsewhere its float32 reference."""
+    fn = _mla.mla_decode if use_triton(q) else _mla.mla_decode_reference
+    return fn(q, k_cache, v_cache, page_table, context_lens, scale, rank, num_splits=num_splits)
+
+
+def write_latent_rows(
+    rows: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Stores latent cache rows [T, rank + rope] at their slots, split over the layer's two
+    cache halves; slots < 0 (padding) are skipped. Capture-safe on CUDA."""
+    fn = _mla.write_latent_rows if use_triton(rows) else _mla.write_latent_rows_reference
+    fn(rows, k_cache, v_cache, slot_mapping)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -335,3 +391,33 @@ def sample_tokens(
     temperature and the top-k / top-p / min-p filters."""
     fn = _sampling.sample_tokens if use_triton(logits) else _sampling.sample_tokens_reference
     return fn(logits, temperature, top_k, top_p, min_p, seeds, steps)
+
+
+def lora_add(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scales: torch.Tensor,
+    token_slots: torch.Tensor,
+    segments: _lora_sgmv.LoRASegments | None,
+    slices: Sequence[tuple[int, int]],
+) -> torch.Tensor:
+    """Adds each token's LoRA product into y [T, N] in place and returns y: for token t in
+    adapter slot s (int32 `token_slots`, -1: the base model), output slice j = (offset, size)
+    gets scales[s] * (x[t] @ a[s, jR:(j+1)R].T) @ b[s, offset:offset+size].T, with x [T, K],
+    a [S, len(slices) * R, K], b [S, N, R], float32 scales [S]. On CUDA the gathered
+    per-row kernels (BGMV) when `segments` is None (decode rows), else the segmented ones
+    (SGMV); elsewhere `lora_reference`, which defines the result."""
+    if not use_triton(x):
+        v = lora_shrink_reference(x, a, token_slots)
+        return lora_expand_reference(y, v, b, scales.tolist(), token_slots, slices)
+    if segments is None:  # decode rows: two launches, whatever the number of slices
+        v = _lora_bgmv.lora_shrink_bgmv(x, a, token_slots)
+        return _lora_bgmv.lora_expand_bgmv(y, v, b, scales, token_slots, slices)
+    rank = b.shape[2]
+    v = _lora_sgmv.lora_shrink_sgmv(x, a, segments)
+    for j, (offset, size) in enumerate(slices):
+        yj, vj, bj = y[:, offset : offset + size], v[:, j * rank : (j + 1) * rank], b[:, offset : offset + size]
+        _lora_sgmv.lora_expand_sgmv(yj, vj, bj, scales, segments)
+    return y

@@ -1,0 +1,73 @@
+"""The batched LoRA kernels on a CUDA GPU at an 8B model's shapes: BGMV (decode rows) and
+SGMV (prefill segments) against the float32 reference, in bfloat16 and float32, with
+adapters mixed with base-model rows; and BGMV replayed from a CUDA graph whose slot buffer
+changes between replays. Skipped without a GPU.
+
+    PYTHONPATH=max/python:max/kernels/python python3 -m pytest -q max/kernels/python/max_kernels/lora_gpu_test.py
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from max_kernels import LoRASegments, backend, lora_add
+from max_kernels.lora_sgmv import segment_tiles
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+HIDDEN, RANK, SLOTS = 4096, 16, 8
+QKV = [(0, 4096), (4096, 1024), (5120, 1024)]
+
+
+def _weights(k, slices, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    n = slices[-1][0] + slices[-1][1]
+    a = (torch.randn(SLOTS, len(slices) * RANK, k, device="cuda", generator=g) * k**-0.5).to(dtype)
+    b = (torch.randn(SLOTS, n, RANK, device="cuda", generator=g) * RANK**-0.5).to(dtype)
+    scales = torch.linspace(0.5, 2.0, SLOTS, device="cuda")
+    return a, b, scales, n
+
+
+def _segments(lengths, slots):
+    start = np.concatenate([[0], np.cumsum(lengths)])
+    tiles = torch.from_numpy(segment_tiles(start, np.array(slots, dtype=np.int32))).cuda()
+    token_slots = torch.repeat_interleave(torch.tensor(slots, dtype=torch.int32), torch.tensor(lengths)).cuda()
+    return LoRASegments(tiles), token_slots
+
+
+@pytest.mark.parametrize(("k", "slices"), [(HIDDEN, QKV), (HIDDEN, [(0, 14336), (14336, 14336)]), (14336, [(0, HIDDEN)])])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("segmented", [False, True])
+def test_kernels_match_the_reference(k, slices, dtype, segmented):
+    a, b, scales, n = _weights(k, slices, dtype)
+    lengths = [1] * 40 + [300, 7, 129] if segmented else [1] * 64
+    slots = [(i * 3) % (SLOTS + 1) - 1 for i in range(len(lengths))]  # every slot and -1
+    segments, token_slots = _segments(lengths, slots)
+    t = sum(lengths)
+    x = torch.randn(t, k, device="cuda").to(dtype)
+    y = torch.randn(t, n, device="cuda").to(dtype)
+    with backend("torch"):
+        want = lora_add(y.float().clone(), x.float(), a.float(), b.float(), scales, token_slots, None, slices)
+    got = lora_add(y.clone(), x, a, b, scales, token_slots, segments if segmented else None, slices)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+    base_rows = token_slots < 0
+    assert torch.equal(got[base_rows], y[base_rows])
+
+
+def test_bgmv_in_a_cuda_graph_reads_the_slots_at_replay():
+    a, b, scales, n = _weights(HIDDEN, QKV, torch.bfloat16)
+    x = torch.randn(32, HIDDEN, device="cuda").bfloat16()
+    y0 = torch.randn(32, n, device="cuda").bfloat16()
+    slots = torch.full((32,), -1, dtype=torch.int32, device="cuda")
+    y = y0.clone()
+    lora_add(y, x, a, b, scales, slots, None, QKV)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y.copy_(y0)
+        lora_add(y, x, a, b, scales, slots, None, QKV)
+    for pattern in ([-1] * 32, [i % SLOTS for i in range(32)], [3] * 16 + [-1] * 16):
+        slots.copy_(torch.tensor(pattern, dtype=torch.int32))
+        graph.replay()
+        want = lora_add(y0.clone(), x, a, b, scales, slots.clone(), None, QKV)
+        torch.testing.assert_close(y, want)
