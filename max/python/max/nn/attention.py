@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from max.errors import MaxError
 from max.nn.checkpoint_layout import Concat, whole_or_shard
 from max.nn.linear import Linear
 from max.nn.parallel import RowParallelLinear, tensor_parallel
@@ -20,7 +21,8 @@ class Attention(nn.Module):
 
     Projects the step's tokens to queries, keys and values (one fused `qkv_proj`, filled
     from the checkpoint's q_proj, k_proj and v_proj), optionally normalizes q and k per
-    head (Qwen3, Gemma 3), rotates them by position while appending k and v to this
+    head (Qwen3, Gemma 3) or over the whole projection (`qk_norm_per_head=False`: OLMo 2),
+    rotates them by position while appending k and v to this
     layer's pages of the KV cache, and attends over each request's whole cached context.
     With `sinks` (gpt-oss) each head has a learned logit that joins its softmax's
     denominator, so a head can attend to "nothing". Under tensor parallelism a rank holds a
@@ -40,6 +42,7 @@ class Attention(nn.Module):
         qkv_bias: bool = False,
         o_bias: bool = False,
         qk_norm: Callable[[int], nn.Module] | None = None,
+        qk_norm_per_head: bool = True,
         scale: float | None = None,
         sliding_window: int | None = None,
         softcap: float | None = None,
@@ -58,8 +61,12 @@ class Attention(nn.Module):
         self.split_sizes = (q_size, kv_size, kv_size)
         self.qkv_proj = Linear(hidden_size, q_size + 2 * kv_size, bias=qkv_bias)
         self.o_proj = RowParallelLinear(q_size, hidden_size, o_bias, tp)
-        self.q_norm = qk_norm(head_dim) if qk_norm else None
-        self.k_norm = qk_norm(head_dim) if qk_norm else None
+        if qk_norm is not None and not qk_norm_per_head and tp.size > 1:
+            # The statistic spans every head, which a rank does not hold.
+            raise MaxError("q/k norms over the whole projection do not support tensor parallelism yet")
+        self.qk_norm_per_head = qk_norm_per_head
+        self.q_norm = qk_norm(head_dim if qk_norm_per_head else q_size) if qk_norm else None
+        self.k_norm = qk_norm(head_dim if qk_norm_per_head else kv_size) if qk_norm else None
         self.rotary = rotary
         self.scale = scale if scale is not None else head_dim**-0.5
         self.sliding_window = sliding_window
@@ -94,10 +101,12 @@ class Attention(nn.Module):
         """x [T, hidden] of the step's ragged tokens -> [T, hidden]."""
         t, d = x.shape[0], self.head_dim
         q, k, v = self.qkv_proj(x).split(self.split_sizes, dim=-1)
+        if self.q_norm is not None and not self.qk_norm_per_head:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(t, self.num_heads, d)
         k = k.view(t, self.num_kv_heads, d)
         v = v.view(t, self.num_kv_heads, d)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.qk_norm_per_head:
             q, k = self.q_norm(q), self.k_norm(k)
         step = current_step()
         k_cache, v_cache = step.kv_cache.layer(self.layer_index)

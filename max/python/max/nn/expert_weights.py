@@ -95,6 +95,15 @@ class Mxfp4ExpertWeights:
         (the hidden size, and this rank's intermediate features) in whole blocks."""
         return hidden % MXFP4_BLOCK == 0 and bounds[0] % MXFP4_BLOCK == 0 and bounds[1] % MXFP4_BLOCK == 0
 
+    @staticmethod
+    def scratch_bytes(num_experts: int, hidden: int, inter: int, dtype: torch.dtype, max_tokens: int) -> int:
+        """Device memory a step of `max_tokens` tokens may take beyond its activations: from
+        `max_kernels.mxfp4_moe.DEQUANT_MIN_TOKENS` tokens the kernel decodes one layer's
+        experts at a time into a scratch of `dtype`."""
+        if max_tokens < max_kernels.mxfp4_moe.DEQUANT_MIN_TOKENS:
+            return 0
+        return num_experts * 3 * inter * hidden * torch.empty((), dtype=dtype).element_size()
+
     def create(self, moe: nn.Module, hidden: int, local: int, bias: bool) -> None:
         """Registers the packed blocks and scales, and the float biases."""
         e = moe.config.num_experts

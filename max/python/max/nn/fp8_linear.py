@@ -23,7 +23,7 @@ from max.nn.parallel import RowParallelLinear, TensorParallel, all_reduce
 from max.nn.quantized_linear import quantizable_linears, replace_layers
 from max.nn.transformer import Transformer
 from max_kernels import fp8_linear
-from max_kernels.fp8 import quantize_fp8_weight
+from max_kernels.fp8 import FP8_DTYPE, FP8_MAX, quantize_fp8_weight
 
 logger = logging.getLogger("max.nn")
 
@@ -38,15 +38,26 @@ def fp8_shape_supported(out_features: int, in_features: int) -> bool:
 
 class Fp8Linear(nn.Module):
     """`y = x @ (w_scale * w_q).T + bias` with e4m3 codes w_q kept in memory; the input is
-    quantized per row on each call. Under tensor parallelism (`tp` of a row-parallel layer)
-    the ranks' partial outputs are summed before the bias is added."""
+    quantized per row on each call. `scales` (float32 [N]): the per-row scales of a
+    pre-quantized checkpoint whose dequantized values `weight` holds, whose codes are then
+    kept exactly (else the weight is quantized per row). Under tensor parallelism (`tp` of
+    a row-parallel layer) the ranks' partial outputs are summed before the bias is added."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, tp: TensorParallel | None = None) -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        tp: TensorParallel | None = None,
+        scales: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         if not fp8_shape_supported(self.out_features, self.in_features):
             raise MaxError(f"an FP8 weight needs both dimensions to be multiples of {_ALIGN}, got {tuple(weight.shape)}")
-        codes, scales = quantize_fp8_weight(weight.detach())
+        if scales is None:
+            codes, scales = quantize_fp8_weight(weight.detach())
+        else:
+            codes, scales = fp8_codes_of(weight.detach(), scales)
         self.register_buffer("weight", codes)
         self.register_buffer("weight_scale", scales)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
@@ -64,6 +75,16 @@ class Fp8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 per channel"
+
+
+def fp8_codes_of(weight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 codes, float32 scales [N]) of a weight an FP8 checkpoint dequantized with these
+    per-row scales: w / scale rounds back to the checkpoint's own codes (the dequantized
+    value's rounding error is far below half an e4m3 step)."""
+    scales = scales.to(device=weight.device, dtype=torch.float32)
+    safe = torch.where(scales == 0, torch.ones_like(scales), scales)
+    codes = (weight.float() / safe[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return codes, scales
 
 
 def fp8_replacements(network: nn.Module) -> dict[str, Callable[[nn.Module], nn.Module]]:

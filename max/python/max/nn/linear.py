@@ -10,7 +10,11 @@ from max_kernels import linear
 
 class Linear(nn.Linear):
     """`nn.Linear` (same parameters, same checkpoint names) whose product is
-    `max_kernels.linear`: a Triton GEMV for one row on the GPU, `F.linear` otherwise."""
+    `max_kernels.linear`: a Triton GEMV for one row on the GPU, `F.linear` otherwise.
+    `lora`, when set (`max.nn.lora.attach_lora`), adds the step's adapter products."""
+
+    lora: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
+        return y if self.lora is None else self.lora(x, y)

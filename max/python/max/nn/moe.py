@@ -1,14 +1,17 @@
-"""Mixture of experts: a router picks the top-k experts of each token (Qwen3-MoE, gpt-oss)."""
+"""Mixture of experts: a router picks the top-k experts of each token (Qwen3-MoE, gpt-oss,
+DeepSeek-V2 with its shared experts and group-limited routing)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import max_kernels
 from max.nn.expert_weights import EXPERT_WEIGHTS
+from max.nn.mlp import GatedMLP
 from max.nn.parallel import all_reduce, tensor_parallel
 from max_kernels.moe_router import SOFTMAX_TOPK, TOPK_SOFTMAX
 
@@ -51,6 +54,35 @@ class MoEConfig:
     # How the experts' weights are held: "dense" (float) or "mxfp4" (packed, gpt-oss); see
     # max.nn.expert_weights.
     expert_weights: str = "dense"
+    # DeepSeek-V2: experts every token runs (one gated MLP `num_shared_experts` times as
+    # wide), routed weights scaled by `routed_scaling_factor`, and, with `num_groups`, the
+    # top-k taken only among the `topk_groups` groups whose best expert scores highest.
+    num_shared_experts: int = 0
+    routed_scaling_factor: float = 1.0
+    num_groups: int | None = None
+    topk_groups: int | None = None
+
+    @property
+    def grouped(self) -> bool:
+        """Whether routing is DeepSeek's (group-limited, scaled): the torch rule below."""
+        return self.num_groups is not None or self.routed_scaling_factor != 1.0
+
+
+def grouped_route(x: torch.Tensor, weight: torch.Tensor, config: MoEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V2's routing: a float32 softmax over all experts; with groups, experts outside
+    the `topk_groups` groups of highest best score are zeroed; the top k kept (renormalized
+    under `norm_topk_prob`) and scaled by `routed_scaling_factor`."""
+    scores = F.linear(x.float(), weight.float()).softmax(dim=-1)
+    groups = config.num_groups or 1
+    if groups > 1:
+        per_group = scores.view(-1, groups, config.num_experts // groups)
+        best = per_group.max(dim=-1).values.topk(config.topk_groups or groups, dim=-1).indices
+        keep = torch.zeros_like(per_group[..., 0], dtype=torch.bool).scatter_(1, best, True)
+        scores = per_group.masked_fill(~keep[..., None], 0.0).view_as(scores)
+    weights, chosen = scores.topk(config.num_experts_per_tok, dim=-1)
+    if config.norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights * config.routed_scaling_factor, chosen
 
 
 class SparseMoE(nn.Module):
@@ -89,6 +121,8 @@ class SparseMoE(nn.Module):
             raise ValueError(f"expert weights {config.expert_weights!r} are not supported ({', '.join(EXPERT_WEIGHTS)})")
         self.expert_weights = scheme()
         self.expert_weights.create(self, hidden_size, local, config.expert_bias)
+        if config.num_shared_experts:
+            self.shared_experts = GatedMLP(hidden_size, i * config.num_shared_experts, act)
 
     def checkpoint_layout(self) -> dict:
         """Where the checkpoint keeps the experts' weights (the scheme's layout)."""
@@ -103,11 +137,20 @@ class SparseMoE(nn.Module):
         the router `gate` (an nn.Linear, whose product `max_kernels.moe_route` computes
         itself, fused with the top-k on the GPU for a few tokens) under `config.routing`."""
         c = self.config
+        if c.grouped:
+            return grouped_route(x, self.gate.weight, c)
         return max_kernels.moe_route(
             x, self.gate.weight, self.gate.bias, c.num_experts_per_tok, routing=c.routing, renormalize=c.norm_topk_prob
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.routed(x)
+        if self.config.num_shared_experts:
+            out = out + self.shared_experts(x)
+        return out
+
+    def routed(self, x: torch.Tensor) -> torch.Tensor:
+        """The routed experts' sum (without the shared ones)."""
         weights, chosen = self.route(x)
         single = self.tp.size == 1
         down_bias = self.experts_down_bias

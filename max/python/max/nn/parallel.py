@@ -110,6 +110,7 @@ class RowParallelLinear(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return linear(x, self.weight, self.bias)
+            y = linear(x, self.weight, self.bias)
+            return y if self.lora is None else self.lora(x, y)
         y = all_reduce(linear(x, self.weight), self.tp)
         return y if self.bias is None else y + self.bias

@@ -1,7 +1,8 @@
 """Rotary position embeddings (RoPE) and the frequency schedules of their scaling variants.
 
 The rope parameters come as Hugging Face standardizes them (`config.rope_parameters`):
-`rope_type` one of default, linear, llama3, yarn; `rope_theta`; and the type's own keys.
+`rope_type` one of default, linear, llama3, yarn, longrope; `rope_theta`; and the type's own
+keys.
 Frequencies are computed in the same order and dtype as transformers does, so that float32
 logits match the reference to rounding.
 """
@@ -16,7 +17,7 @@ from torch import nn
 
 from max.errors import MaxError
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 
 
 # Frequencies are always computed on the CPU (explicitly, even while a model is being
@@ -84,11 +85,42 @@ def _yarn_inv_freq(
     return inv_freq, float(attention_factor)
 
 
-def rope_frequencies(
-    rope_parameters: Mapping, head_dim: int, max_position_embeddings: int
+def _longrope_inv_freq(
+    base: float, dim: int, params: Mapping, max_position_embeddings: int, served_len: int | None
 ) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies [rotary_dim // 2] and the cos/sin scaling factor of a rope config."""
+    """LongRoPE (Phi-3): per-frequency divisors, `long_factor` for a context longer than
+    `original_max_position_embeddings`, `short_factor` otherwise; cos and sin scaled by
+    sqrt(1 + log(factor) / log(original)) unless the config sets `attention_factor`.
+
+    transformers picks the set by the length of the sequence at hand, and re-prefills a
+    sequence that grows past the original length. A paged cache shared across requests and
+    steps needs one set for every position, so the set is chosen once, by the longest
+    sequence served (`served_len`): a server limited to the original length uses the short
+    factors, one serving longer contexts the long ones (as llama.cpp chooses by context size).
+    """
+    original = int(params["original_max_position_embeddings"])
+    factor = params.get("factor") or max_position_embeddings / original
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    key = "long_factor" if served_len is not None and served_len > original else "short_factor"
+    ext = torch.tensor(params[key], dtype=torch.float32, device=_CPU)
+    if ext.shape[0] != dim // 2:
+        raise MaxError(f"rope {key} has {ext.shape[0]} entries; the rotary width {dim} needs {dim // 2}")
+    return 1.0 / (ext * base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=_CPU).float() / dim)), float(
+        attention_factor
+    )
+
+
+def rope_frequencies(
+    rope_parameters: Mapping, head_dim: int, max_position_embeddings: int, served_len: int | None = None
+) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [rotary_dim // 2] and the cos/sin scaling factor of a rope config.
+
+    `served_len`, the longest sequence the model will serve, matters only to longrope."""
     rope_type = rope_parameters.get("rope_type", rope_parameters.get("type", "default"))
+    if rope_type == "su":  # LongRoPE's first name (early Phi-3 configs)
+        rope_type = "longrope"
     base = float(rope_parameters["rope_theta"])
     dim = int(head_dim * rope_parameters.get("partial_rotary_factor", 1.0))
     if rope_type == "default":
@@ -99,6 +131,8 @@ def rope_frequencies(
         return _llama3_inv_freq(_base_inv_freq(base, dim), rope_parameters), 1.0
     if rope_type == "yarn":
         return _yarn_inv_freq(base, dim, rope_parameters, max_position_embeddings)
+    if rope_type == "longrope":
+        return _longrope_inv_freq(base, dim, rope_parameters, max_position_embeddings, served_len)
     raise MaxError(
         f"rope type {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
     )
@@ -134,7 +168,7 @@ class RotaryEmbedding(nn.Module):
     def init_buffers(self, device: torch.device | str) -> None:
         """(Re)computes the cos/sin tables, e.g. after the module moved off the meta device."""
         inv_freq, self.scaling = rope_frequencies(
-            self.rope_parameters, self.head_dim, self.max_position_embeddings
+            self.rope_parameters, self.head_dim, self.max_position_embeddings, self.max_positions
         )
         self.rotary_dim = 2 * inv_freq.shape[0]
         self._init_tables(inv_freq, device)

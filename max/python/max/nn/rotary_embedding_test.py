@@ -90,5 +90,40 @@ def test_rotate_half():
 
 
 def test_unknown_rope_type_is_a_clear_error():
-    with pytest.raises(MaxError, match="rope type 'longrope' is not supported"):
-        rope_frequencies({"rope_type": "longrope", "rope_theta": 1.0}, 8, 16)
+    with pytest.raises(MaxError, match="rope type 'dynamic' is not supported"):
+        rope_frequencies({"rope_type": "dynamic", "rope_theta": 1.0}, 8, 16)
+
+
+_LONGROPE = {
+    "rope_type": "longrope",
+    "rope_theta": 10000.0,
+    "original_max_position_embeddings": 64,
+    "short_factor": [1.0 + 0.05 * i for i in range(12)],
+    "long_factor": [1.5 + 0.3 * i for i in range(12)],
+}
+
+
+@pytest.mark.parametrize("served_len", [64, 65, 1024])
+@pytest.mark.parametrize("partial", [1.0, 0.75])
+def test_longrope_factors_and_scale_match_transformers(served_len, partial):
+    """Short factors while the served length fits the original context, long beyond it; the
+    attention factor from max_position_embeddings / original; a partial rotary width."""
+    from transformers import Phi3Config
+
+    params = dict(_LONGROPE, partial_rotary_factor=partial)
+    if partial == 1.0:
+        params["short_factor"] = params["short_factor"] + [1.0] * 4
+        params["long_factor"] = params["long_factor"] + [2.0] * 4
+    config = Phi3Config(
+        hidden_size=128, num_attention_heads=4, max_position_embeddings=1024, rope_parameters=dict(params),
+        original_max_position_embeddings=64, partial_rotary_factor=partial,
+    )  # fmt: skip
+    expected, expected_scale = ROPE_INIT_FUNCTIONS["longrope"](config, "cpu", seq_len=served_len)
+    ours, scale = rope_frequencies(config.rope_parameters, 32, 1024, served_len)
+    torch.testing.assert_close(ours, expected.float(), rtol=0, atol=0)
+    assert scale == pytest.approx(expected_scale) and scale > 1.0
+
+
+def test_longrope_factor_count_must_match_the_rotary_width():
+    with pytest.raises(MaxError, match="short_factor has 12 entries; the rotary width 32 needs 16"):
+        rope_frequencies(_LONGROPE, 32, 1024, 64)
