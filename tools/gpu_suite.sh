@@ -199,6 +199,25 @@ for s in "$@"; do
           --max-length 4096 --max-batch-size 512 $q
       done
       ;;
+    int4-tests)  # the int4 GEMV / GEMM against the reference at the 8B shapes
+      stage int4-tests 300 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/int4_gpu_test.py
+      ;;
+    int4-bench)  # int4 products at the 8B shapes: cuBLAS bfloat16 against the Triton tiles
+      stage int4-bench 600 $PY -m max.benchmark.kernels.int4_bench ${INT4_BENCH_ARGS:-}
+      ;;
+    quantized)  # Llama-3.1-8B shape: bfloat16 beside pre-quantized layouts (config-only, dummy weights)
+      for kind in gptq fp8 fp8-block; do
+        $PY -m max.benchmark.quantized_configs --base Llama-3.1-8B --kind "$kind" --output "$OUT/configs/8B-$kind" >/dev/null
+      done
+      for model in "$CONFIGS/Llama-3.1-8B" "$OUT/configs/8B-gptq" "$OUT/configs/8B-fp8" "$OUT/configs/8B-fp8-block"; do
+        label=$(basename "$model")
+        stage quantized 300 $PY -m max.benchmark.profile_step --model-path "$model" --load-format dummy --devices gpu \
+          --quantization-encoding bfloat16 --max-length 4096 --batch-size 1 --steps 300 --top-kernels 14 --label "8B b1 $label"
+        stage quantized 600 $PY -m max.benchmark.benchmark_throughput --model-path "$model" --load-format dummy --devices gpu \
+          --disable-tqdm --result-file "$OUT/throughput-1000-$label.json" --num-prompts 1000 --random-input-len 200 \
+          --random-output-len 180 --max-length 4096 --max-batch-size 512
+      done
+      ;;
     serving-fp8)  # serve at concurrency 256: bfloat16 beside --quantization fp8
       for q in "" "--quantization fp8"; do
         label=$([ -n "$q" ] && echo fp8 || echo bf16)

@@ -8,6 +8,12 @@ Measures, in one run on one machine, for the same model and dtype:
 
     ./bazelw run //max/python/max/benchmark:benchmark_generate -- [--model-path X] [--devices gpu]
         [--encodings float32,bfloat16,q8_0,q4_1 --hf-encodings float32,bfloat16 --llama-cpp]
+
+With `--speculative-config JSON` ours runs twice, without and with speculation, on the same
+prompts: the report gives both speeds, their ratio, whether the outputs were identical and
+the drafts' acceptance. `--workload FILE` takes the prompts from a ShareGPT-format file
+(e.g. benchmark/workloads/repetition_sharegpt.json, where answers copy their prompts); the
+batch-1 row is then every prompt run alone in turn.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 
 from max.entrypoints.process_setup import run_main
 from max.entrypoints.tool_flags import add_result_file_arg
+from max.errors import MaxError
 
 
 @dataclass
@@ -58,12 +65,30 @@ PROMPTS = [
 ]
 
 
+def workload_prompts(path: str) -> list[str]:
+    """The first human turn of each conversation of a ShareGPT-format JSON file."""
+    with open(path) as f:
+        entries = json.load(f)
+    prompts = []
+    for entry in entries:
+        turns = entry.get("conversations") or []
+        first = next((t.get("value") for t in turns if t.get("from") in ("human", "user")), None)
+        if first:
+            prompts.append(first)
+    if not prompts:
+        raise MaxError(f"--workload {path}: no conversation with a human turn")
+    return prompts
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def bench_ours(args, prompts_ids: list[list[int]], encoding: str | None = None) -> tuple[float, Result, Result]:
+def bench_ours(
+    args, prompts_ids: list[list[int]], encoding: str | None = None, speculative: str | None = None
+) -> tuple[float, Result, Result, dict]:
+    """(load seconds, batch-1 row, concurrent row, details: outputs and spec_decode counts)."""
     from max.pipelines.architectures import register_all
     from max.pipelines.lib import PipelineConfig, SamplingParams, build_engine, resolve_model
 
@@ -74,34 +99,56 @@ def bench_ours(args, prompts_ids: list[list[int]], encoding: str | None = None) 
         max_length=args.max_length,
         max_batch_size=max(args.concurrency, 1),
         kv_cache_page_size=args.page_size,
+        speculative_config=speculative,
     )
+    config.validate()
     start = time.perf_counter()
     engine = build_engine(resolve_model(config, register_all()))
     _sync(config.device)
     load = time.perf_counter() - start
     label = f"ours {config.quantization_encoding or 'default'}"
+    if speculative is not None:
+        spec = config.speculative_config
+        label += f" + {spec.method} k={spec.num_speculative_tokens}"
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
+    outputs: list[list[int]] = []
 
     def run(batch: list[list[int]]) -> tuple[int, float, float]:
-        for i, ids in enumerate(batch):
-            engine.add_request(f"r{i}-{time.perf_counter_ns()}", ids, params)
+        ids_of = [f"r{i}-{time.perf_counter_ns()}" for i in range(len(batch))]
+        tokens: dict[str, list[int]] = {rid: [] for rid in ids_of}
+        for rid, ids in zip(ids_of, batch):
+            engine.add_request(rid, ids, params)
         t0 = time.perf_counter()
         first = None
         count = 0
         while engine.has_unfinished():
             for out in engine.step():
                 count += len(out.new_token_ids)
+                tokens[out.request_id].extend(out.new_token_ids)
                 if first is None and out.new_token_ids:
                     first = time.perf_counter()
         _sync(config.device)
+        outputs.extend(tokens[rid] for rid in ids_of)
         return count, time.perf_counter() - t0, first - t0
 
     run([prompts_ids[0]])  # warm-up
-    n, total, ttft = run([prompts_ids[0]])
-    single = Result(f"{label}, 1 request (decode)", n - 1, total - ttft, ttft)
+    outputs.clear()
+    spec_before = engine.stats().spec_decode
+    # Batch 1: the first prompt, or every workload prompt alone in turn.
+    decoded, seconds, ttfts = 0, 0.0, []
+    for ids in prompts_ids[: len(args.workload_prompts)] if args.workload_prompts else [prompts_ids[0]]:
+        n, total, ttft = run([ids])
+        decoded, seconds = decoded + n - 1, seconds + total - ttft
+        ttfts.append(ttft)
+    single = Result(f"{label}, 1 request (decode)", decoded, seconds, sum(ttfts) / len(ttfts))
+    spec_single = engine.stats().spec_decode - spec_before
     n, total, _ = run(prompts_ids[: args.concurrency])
     many = Result(f"{label}, {args.concurrency} concurrent requests", n, total)
-    return load, single, many
+    details = {"outputs": outputs}
+    if engine.speculator is not None:
+        details["spec_decode_batch1"] = spec_single.to_json()
+    engine.close()
+    return load, single, many, details
 
 
 class _TimingStreamer:
@@ -225,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-size", type=int, default=128)
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument(
+        "--speculative-config", metavar="JSON",
+        help="ours also with speculative decoding (vLLM's JSON, see --help of generate), side by side with plain",
+    )  # fmt: skip
+    parser.add_argument("--workload", metavar="FILE", help="ShareGPT-format JSON whose first human turns are the prompts")
+    parser.add_argument(
         "--no-hf-sequential",
         dest="hf_sequential",
         action="store_false",
@@ -240,9 +292,10 @@ def _run(args: argparse.Namespace) -> int:
 
     source = resolve_model_source(args.model_path)
     tokenizer = TextTokenizer.from_source(source)
+    args.workload_prompts = workload_prompts(args.workload) if args.workload else None
     prompts_ids = [
         tokenizer.encode_chat([{"role": "user", "content": p}]) if tokenizer.has_chat_template else tokenizer.encode(p)
-        for p in PROMPTS
+        for p in (args.workload_prompts or PROMPTS)
     ]
     while len(prompts_ids) < args.concurrency:
         prompts_ids += prompts_ids
@@ -252,11 +305,22 @@ def _run(args: argparse.Namespace) -> int:
     rows: list[Result] = []
     loads: dict[str, float] = {}
     singles: dict[str, Result] = {}
+    speculation: dict[str, dict] = {}
     for enc in ours_encodings:
-        load, single, many = bench_ours(args, prompts_ids, enc)
+        load, single, many, plain = bench_ours(args, prompts_ids, enc)
         rows += [single, many]
         loads[f"ours {enc}"] = load
         singles[f"ours {enc}"] = single
+        if args.speculative_config:
+            _, spec_single, spec_many, spec = bench_ours(args, prompts_ids, enc, args.speculative_config)
+            rows += [spec_single, spec_many]
+            singles[spec_single.name.split(",")[0]] = spec_single
+            speculation[enc] = {
+                "batch1_speedup": spec_single.tokens_per_second / single.tokens_per_second,
+                "concurrent_speedup": spec_many.tokens_per_second / many.tokens_per_second,
+                "outputs_identical": spec["outputs"] == plain["outputs"],
+                "spec_decode_batch1": spec["spec_decode_batch1"],
+            }
     if not args.skip_transformers:
         gguf = source.gguf_file.name if source.gguf_file else None
         for enc in hf_encodings:
@@ -279,9 +343,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"load time, {name}: {seconds:.2f} s")
     print()
     print("batch 1 decode, ms per token: " + ", ".join(f"{k} {1000 / r.tokens_per_second:.1f}" for k, r in singles.items()))
+    for enc, s in speculation.items():
+        spec = s["spec_decode_batch1"]
+        print(
+            f"speculation, ours {enc}: batch 1 {s['batch1_speedup']:.2f}x, {args.concurrency} concurrent "
+            f"{s['concurrent_speedup']:.2f}x the plain tokens/s; outputs identical: {s['outputs_identical']}; "
+            f"batch 1 acceptance rate {spec['acceptance_rate']:.3f}, mean accepted length {spec['mean_accepted_length']:.2f}, "
+            f"accepted per position {spec['accepted_per_pos']}"
+        )
     if args.result_file:
         with open(args.result_file, "w") as f:
-            json.dump({"rows": [asdict(r) | {"tokens_per_second": r.tokens_per_second} for r in rows], "load_seconds": loads}, f, indent=2)
+            rows_json = [asdict(r) | {"tokens_per_second": r.tokens_per_second} for r in rows]
+            json.dump({"rows": rows_json, "load_seconds": loads, "speculation": speculation}, f, indent=2)
     return 0
 
 

@@ -153,6 +153,7 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
     # The warm-up ran prompts of the workload: their cached pages must not serve the
     # measured requests (the first one would skip most of its prefill).
     engine.kv_cache.pool.reset_prefix_cache()
+    spec_before = engine.stats().spec_decode  # the warm-up's drafts are not the workload's
 
     # A vision-language model times its encoder: the measured run's share is reported.
     timer = getattr(engine.model, "encoder_timer", None)
@@ -204,6 +205,8 @@ def run_ours(resolved, requests: list[SampleRequest], args: argparse.Namespace) 
     elapsed = time.perf_counter() - start
     progress.close()
     extra: dict[str, Any] = {"num_preemptions": engine.stats().num_preemptions}
+    if engine.speculator is not None:
+        extra["spec_decode"] = (engine.stats().spec_decode - spec_before).to_json()
     report = getattr(engine.model, "memory_report", None)
     if report is not None:
         extra["memory_bytes"] = report.components()  # weights, load peak, KV cache, graphs...
@@ -403,6 +406,16 @@ def format_results(results: list[ThroughputResult]) -> str:
     return "\n".join(lines)
 
 
+def format_spec_decode(spec: dict[str, Any]) -> str:
+    """One line of speculative decoding's counts (vLLM's spec_decode metrics)."""
+    per_pos = ", ".join(str(n) for n in spec["accepted_per_pos"])
+    return (
+        f"speculative decoding: {spec['num_drafts']} drafts, {spec['num_draft_tokens']} draft tokens, "
+        f"{spec['num_accepted_tokens']} accepted (acceptance rate {spec['acceptance_rate']:.3f}, "
+        f"mean accepted length {spec['mean_accepted_length']:.2f}); accepted per position: {per_pos}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the chosen backends on the workload; prints the table (and writes JSON)."""
     args = build_parser().parse_args(argv)
@@ -435,6 +448,9 @@ def _run(args: argparse.Namespace) -> int:
         results.append(run_hf(resolved, requests, args))
         _free_device_memory(config.device)
     print(format_results(results))
+    for r in results:
+        if "spec_decode" in r.extra:
+            print(format_spec_decode(r.extra["spec_decode"]))
     for r in results:
         if "step_stats" in r.extra or "kernel_profile" in r.extra:
             from max.benchmark.step_stats import format_stats

@@ -99,3 +99,17 @@ def test_step_stats_count_every_step(tmp_path, model_dir, capsys):
     assert set(kinds) <= {"graph_decode", "graph_prefill", "eager_decode", "eager_mixed", "eager_prefill"}
     assert sum(run[1] for run in stats["timeline"]) == stats["steps"]
     assert "| kind | steps |" in capsys.readouterr().out
+
+
+def test_speculative_config_reports_spec_decode_counts(tmp_path, model_dir, capsys):
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 2}
+    result = _run(
+        tmp_path, model_dir, "--num-prompts", "3", "--random-input-len", "8", "--random-output-len", "24",
+        "--speculative-config", json.dumps(spec),
+    )
+    counts = result["results"]["ours"]["extra"]["spec_decode"]
+    assert counts["num_accepted_tokens"] <= counts["num_draft_tokens"] <= 3 * counts["num_drafts"]
+    assert sum(counts["accepted_per_pos"]) == counts["num_accepted_tokens"]
+    assert result["pipeline_config"]["speculative_config"]["num_speculative_tokens"] == 3
+    assert result["results"]["ours"]["output_tokens"] == 72
+    assert "speculative decoding:" in capsys.readouterr().out

@@ -69,3 +69,19 @@ def test_gpt_oss_reads_yarn_sinks_windows_and_experts():
     assert (moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size) == (32, 4, 2880)
     assert (moe.routing, moe.activation, moe.swiglu_limit, moe.swiglu_alpha) == ("topk_softmax", "clamped_swiglu", 7.0, 1.702)
     assert config.moe_layers == list(range(24))
+
+
+def test_phi3_128k_reads_longrope_and_an_unbinding_window():
+    resolved = resolve_model(
+        PipelineConfig(model_path=str(config_dir("Phi-3-mini-128k")), load_format="dummy", max_length=4096), register_all()
+    )
+    config = resolved.architecture.pipeline_model.config_class.from_huggingface(resolved.hf_config, 4096)
+    rope = config.rope_parameters
+    assert rope["rope_type"] == "longrope" and rope["original_max_position_embeddings"] == 4096
+    assert len(rope["long_factor"]) == len(rope["short_factor"]) == 48
+    assert config.layer_types == ["full_attention"] * 32  # its 262144 window never binds
+    mini_4k = resolve_model(
+        PipelineConfig(model_path=str(config_dir("Phi-3-mini-4k")), load_format="dummy", max_length=4096), register_all()
+    )
+    config = mini_4k.architecture.pipeline_model.config_class.from_huggingface(mini_4k.hf_config, 4096)
+    assert config.layer_types == ["sliding_attention"] * 32 and config.sliding_window == 2047

@@ -4,7 +4,8 @@
 the given fractions, malformed (bad JSON, wrong types, JSON nested 100,000 deep, a prompt
 over the character limit, an unknown model: it must get a 4xx), a stream the client drops
 after a few chunks (the server must abort it), or valid: a stream read to its end or a
-plain request, on /v1/completions or /v1/chat/completions, with random short prompts.
+plain request, on /v1/completions, /v1/chat/completions, /v1/messages (Anthropic's) or
+/v1/responses, with random short prompts.
 
 Reports valid requests answered and lost (not a well-formed 200), 5xx answers of any kind,
 latency percentiles of the valid requests (end to end, and time to first token of streams),
@@ -100,7 +101,7 @@ _WORDS = "the a server model token stream cache page engine request answer quick
 
 def _malformed(rng: random.Random, model: str) -> tuple[str, bytes]:
     """A request that must be refused with a 4xx."""
-    path = rng.choice(["/v1/completions", "/v1/chat/completions"])
+    path = rng.choice(["/v1/completions", "/v1/chat/completions", "/v1/messages", "/v1/responses"])
     choices = [
         b"{not json",
         b"[" * 100_000 + b"]" * 100_000,
@@ -120,9 +121,22 @@ def _valid(rng: random.Random, model: str, args: argparse.Namespace, stream: boo
     if args.token_ids_only or rng.random() < 0.3:
         ids = [rng.randrange(1, 1000) for _ in range(rng.randint(3, 40))]
         return "/v1/completions", {**common, "prompt": ids}
-    if rng.random() < 0.5:
+    roll = rng.random()
+    if roll < 0.4:
         return "/v1/completions", {**common, "prompt": text}
+    if roll < 0.6:
+        return "/v1/messages", {**common, "temperature": common["temperature"] / 2, "messages": [{"role": "user", "content": text}]}
+    if roll < 0.8:
+        body = {key: value for key, value in common.items() if key != "max_tokens"}
+        return "/v1/responses", {**body, "max_output_tokens": max_tokens, "input": text, "store": rng.random() < 0.5}
     return "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": text}]}
+
+
+# What ends a well-formed answer of each route: its non-streamed body's key, and the last
+# event of a stream (OpenAI's routes: `data: [DONE]` after a chunk with a finish_reason).
+_ANSWER_KEY = {"/v1/messages": "content", "/v1/responses": "output"}
+_LAST_EVENT = {"/v1/messages": "message_stop", "/v1/responses": "response.completed"}
+_ERROR_EVENTS = ("error", "response.failed")
 
 
 async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: SoakStats) -> None:
@@ -133,7 +147,7 @@ async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: S
             r = await client.post(path, json=body)
             if r.status_code >= 500:
                 stats.status_5xx += 1
-            if r.status_code != 200 or not r.json().get("choices"):
+            if r.status_code != 200 or not r.json().get(_ANSWER_KEY.get(path, "choices")):
                 stats.lost(f"{r.status_code}: {r.text[:200]}")
                 return
         else:
@@ -152,9 +166,16 @@ async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: S
                         done = True
                         break
                     event = json.loads(line[6:])
-                    if "error" in event:
-                        stats.lost(f"stream error: {event['error']}")
+                    if "error" in event or event.get("type") in _ERROR_EVENTS:
+                        stats.lost(f"stream error: {event.get('error') or event}")
                         return
+                    if path in _LAST_EVENT:  # Anthropic's and the Responses API's events
+                        delta = event.get("delta")  # Anthropic's: an object; the Responses API's: text
+                        text = delta.get("text") if isinstance(delta, dict) else delta
+                        if first_token is None and text:
+                            first_token = time.monotonic() - start
+                        done = finished = event.get("type") == _LAST_EVENT[path]
+                        continue
                     for choice in event.get("choices", []):
                         if first_token is None and (choice.get("text") or choice.get("delta", {}).get("content")):
                             first_token = time.monotonic() - start
@@ -162,7 +183,7 @@ async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: S
                 if first_token is not None:
                     stats.ttfts.append(first_token)
                 if not (done and finished):
-                    stats.lost("stream ended without a finish_reason and [DONE]")
+                    stats.lost("stream ended without a finish_reason and [DONE] (or its API's last event)")
                     return
     except (httpx.HTTPError, ValueError) as e:
         stats.lost(f"{type(e).__name__}: {e}")

@@ -54,9 +54,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generates text for one prompt and streams it to stdout."""
     from max.pipelines.lib import TextGenerator, build_engine, load_tokenizer, resolve_model
+    from max.pipelines.lib.lora.engine_lora import with_one_adapter
 
     config = pipeline_config_from_args(args)
     params = sampling_params_from_args(args)
+    lora = None
+    if args.lora is not None:  # one adapter for this run: named "lora", its own rank allowed
+        lora, config = "lora", with_one_adapter(config, "lora", args.lora)
     if config.data_parallel_size > 1:
         raise MaxError("--data-parallel-size is for serve (replicas behind one endpoint); generate runs one engine")
     if (args.prompt is None) == (args.prompt_token_ids is None):
@@ -75,9 +79,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if tokenizer is None:
         prompt_ids = list(args.prompt_token_ids)
-        pieces = _stream_token_ids(engine, prompt_ids, params)
+        pieces = _stream_token_ids(engine, prompt_ids, params, lora)
     else:
-        generator = TextGenerator(engine, tokenizer)
+        generator = TextGenerator(engine, tokenizer, lora)
         if args.prompt_token_ids is not None:
             prompt_ids = list(args.prompt_token_ids)
         else:
@@ -98,9 +102,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream_token_ids(engine, prompt_ids: list[int], params) -> Iterator[str]:
+def _stream_token_ids(engine, prompt_ids: list[int], params, lora: str | None = None) -> Iterator[str]:
     """Runs one request on an engine without a tokenizer; yields its new ids as text."""
-    engine.add_request("gen-0", prompt_ids, params)
+    engine.add_request("gen-0", prompt_ids, params, lora=lora)
     first = True
     while engine.has_unfinished():
         for output in engine.step():
@@ -129,6 +133,13 @@ def cmd_new_architecture(args: argparse.Namespace) -> int:
     print(f"try it:  pipelines serve --custom-architectures {output} --model-path <checkpoint>")
     print(f"verify:  generate_llm_logits --custom-architectures {output} --pipeline <checkpoint> ...")
     return 0
+
+
+def cmd_bring_up(args: argparse.Namespace) -> int:
+    """Runs the bring-up workflow (resolve, verify, eval, bench) and writes its report."""
+    from max.entrypoints.bring_up import cmd_bring_up as run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="wrap the prompt in the model's chat template (default: if the model has one)",
     )
+    p_gen.add_argument("--lora", metavar="PATH", help="run a LoRA adapter (PEFT folder or Hub repo id) on the model")
     p_gen.set_defaults(func=cmd_generate)
 
     p_new = sub.add_parser("new-architecture", help="copy an architecture folder under a new name")
@@ -176,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_server_args(p_serve)
     p_serve.set_defaults(func=cmd_serve)
+
+    from max.entrypoints.bring_up_args import add_bring_up_args
+
+    p_bring_up = sub.add_parser(
+        "bring-up", help="verify, evaluate and benchmark a model against transformers; write a report"
+    )
+    add_bring_up_args(p_bring_up)
+    p_bring_up.set_defaults(func=cmd_bring_up)
     return parser
 
 

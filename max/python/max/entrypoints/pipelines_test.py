@@ -80,9 +80,10 @@ def test_unknown_architecture(tmp_path):
     path = write_tiny_checkpoint(tmp_path / "m", llama_config(architectures=["FooForCausalLM"]))
     assert_one_error_line(
         run_cli("generate", "--model-path", str(path), "--prompt", "x"),
-        "architecture 'FooForCausalLM' is not supported; supported architectures: Gemma3ForCausalLM, "
-        "GptOssForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen3ForCausalLM, "
-            "Qwen3MoeForCausalLM",
+        "architecture 'FooForCausalLM' is not supported; supported architectures: DeepseekV2ForCausalLM, "
+        "Gemma3ForCausalLM, GptOssForCausalLM, LlamaForCausalLM, MistralForCausalLM, Olmo2ForCausalLM, "
+        "Phi3ForCausalLM, Qwen2ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen3ForCausalLM, "
+        "Qwen3MoeForCausalLM",
     )
 
 

@@ -39,6 +39,28 @@ class ApiError(Exception):
         return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+# Anthropic's names of the error kinds, by status (its clients raise their exceptions from them).
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}  # fmt: skip
+ANTHROPIC_PATH_PREFIX = "/v1/messages"
+
+
+class AnthropicError(ApiError):
+    """An error answered in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`."""
+
+    def body(self) -> dict[str, Any]:
+        message = redact(self.message) if self.status >= 500 else self.message
+        kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def for_path(error: ApiError, path: str) -> ApiError:
+    """`error` in the shape the route's clients read: Anthropic's on /v1/messages routes."""
+    if path.startswith(ANTHROPIC_PATH_PREFIX) and not isinstance(error, AnthropicError):
+        return AnthropicError(error.status, error.message, error.type, error.param, error.code, error.headers)
+    return error
+
+
 def invalid(param: str, message: str) -> ApiError:
     """A 400 about one parameter."""
     return ApiError(400, message, param=param, code="invalid_parameter")

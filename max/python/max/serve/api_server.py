@@ -25,12 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from max.serve.api_errors import ApiError
+from max.serve.api_errors import ApiError, for_path
 from max.serve.chat_handler import ChatCompletionHandler
 from max.serve.completion_handler import CompletionHandler
 from max.serve.error_redaction import redact
 from max.serve.http_guard import HttpGuard
+from max.serve.lora_handler import LoRAHandler, adapter_model_cards
+from max.serve.messages_handler import MessagesHandler
 from max.serve.openapi import openapi_document
+from max.serve.responses_handler import ResponsesHandler
 from max.serve.server_state import ServerState
 from max.serve.tokenize_handler import TokenizeHandler
 
@@ -48,6 +51,9 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
     chat = ChatCompletionHandler(state)
     completion = CompletionHandler(state)
     tokens = TokenizeHandler(state)
+    messages = MessagesHandler(state)
+    responses = ResponsesHandler(state)
+    lora = LoRAHandler(state)
     state.metrics.vllm.model_name = state.served_model_name
     openapi = openapi_document()
 
@@ -65,7 +71,8 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
                         "created": int(time.time()),
                         "owned_by": "max",
                         "max_model_len": state.max_seq_len,
-                    }
+                    },
+                    *adapter_model_cards(state, int(time.time())),
                 ],
             }
         )
@@ -84,25 +91,34 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
         state.metrics.read_engine(state.engine)
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    # Each error in the shape the route's clients read (Anthropic's on /v1/messages).
     async def api_error(request: Request, exc: ApiError) -> Response:
         state.metrics.error_answered(exc.code)
-        return _error_response(exc)
+        return _error_response(for_path(exc, request.url.path))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         state.metrics.error_answered(kind)
-        return _error_response(ApiError(exc.status_code, str(exc.detail), code=kind))
+        return _error_response(for_path(ApiError(exc.status_code, str(exc.detail), code=kind), request.url.path))
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         logger.exception("internal error on %s", request.url.path)
         state.metrics.error_answered("internal_error")
-        return _error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+        error = ApiError(500, f"internal error: {type(exc).__name__}", type="server_error")
+        return _error_response(for_path(error, request.url.path))
 
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat.handle, methods=["POST"]),
             Route("/v1/completions", completion.handle, methods=["POST"]),
+            Route("/v1/messages", messages.handle, methods=["POST"]),
+            Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
+            Route("/v1/responses", responses.handle, methods=["POST"]),
+            Route("/v1/responses/{response_id}", responses.get, methods=["GET"]),
+            Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/load_lora_adapter", lora.load, methods=["POST"]),
+            Route("/v1/unload_lora_adapter", lora.unload, methods=["POST"]),
             Route("/tokenize", tokens.tokenize, methods=["POST"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/detokenize", tokens.detokenize, methods=["POST"]),
@@ -118,7 +134,7 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=state.allowed_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     return app

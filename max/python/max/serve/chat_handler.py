@@ -15,10 +15,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from max.errors import MaxError
 from max.pipelines.lib import RequestTextStream, TextDelta, TextTokenizer
 from max.pipelines.lib.model.multimodal import ImageInput
 from max.pipelines.lib.sampling.structured_output import StructuredOutput
 from max.pipelines.lib.tokens.harmony import HarmonyParser, HarmonyTokens
+from max.pipelines.lib.tokens.reasoning import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    ReasoningParser,
+    constraint_after_reasoning,
+    prompt_opens_reasoning,
+)
+from max.pipelines.lib.tokens.tool_call_stream import ToolCallStreamer
 from max.pipelines.lib.tokens.tool_calls import TAGS, ToolCallParser, tool_call_grammar
 from max.serve import response_rendering as render
 from max.serve.api_errors import ApiError, invalid
@@ -28,14 +37,19 @@ from max.serve.generation_choice import Choice
 from max.serve.generation_handler import EncodedPrompts, GenerationHandler
 from max.serve.server_state import ServerState
 
+# The prompt's last tokens, where a chat template that opens the reasoning put `<think>`.
+PROMPT_TAIL_TOKENS = 16
+
 
 @dataclass
 class AssistantChoice(Choice):
     """A chat choice: an assistant message, which may hold reasoning and tool calls."""
 
     harmony: HarmonyParser | None = None  # a harmony model's chat: splits final from analysis
+    reasoning: ReasoningParser | None = None  # --reasoning-parser: splits <think> from the answer
     tools: ToolCallParser | None = None  # a chat with tools: splits calls from content
     tool_calls_sent: int = 0  # streaming: calls sent so far (their `index`)
+    streamer: ToolCallStreamer | None = None  # streaming: sends calls' arguments in fragments
 
     @property
     def finish_reason(self) -> str | None:
@@ -53,6 +67,9 @@ class ChatCompletionHandler(GenerationHandler):
     id_prefix = "chatcmpl"
     completion_kind = render.CHAT_COMPLETION
     chunk_kind = render.CHAT_CHUNK
+    # A stream sends a call's name, then its arguments in fragments as they are written
+    # (the APIs built on this handler, whose events carry whole calls, turn it off).
+    streams_call_fragments = True
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
@@ -89,16 +106,45 @@ class ChatCompletionHandler(GenerationHandler):
         tokenizer = self.state.tokenizer
         tags = [tokenizer.encode(tag, add_special_tokens=False) for tag in TAGS]
         tag_ids = (tags[0][0], tags[1][0]) if all(len(ids) == 1 for ids in tags) else None
-        grammar = tool_call_grammar(gen.callable_tools, tool_format(tokenizer), gen.parallel_tool_calls, tag_ids)
+        try:
+            grammar = tool_call_grammar(
+                gen.callable_tools, tool_format(tokenizer, self.state.tool_call_parser), gen.parallel_tool_calls, tag_ids
+            )
+        except ValueError as e:
+            raise invalid("tool_choice", str(e)) from None
         return "tools", StructuredOutput("lark", grammar)
 
     # -- the choices -----------------------------------------------------------------------
+    def _choices(self, gen: ChatCompletionRequest, prompts: EncodedPrompts, base_id: str,
+                 constraint: StructuredOutput | None) -> list[Choice]:  # fmt: skip
+        """With --reasoning-parser, an output constraint holds the answer after the reasoning."""
+        family, tokenizer = self.state.reasoning_parser, self.state.tokenizer
+        if constraint is not None and family is not None and tokenizer is not None:
+            tail = tokenizer.decode(prompts.ids[0][-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+            try:
+                constraint = constraint_after_reasoning(constraint, family, prompt_opens_reasoning(tail), _tag_ids(tokenizer))
+            except MaxError as e:
+                raise invalid(self._output_constraint(gen)[0], str(e)) from None
+        return super()._choices(gen, prompts, base_id, constraint)
+
     def _new_choice(self, gen: ChatCompletionRequest, index: int, request_id: str, prompt_index: int,
                     ids: list[int], stream: RequestTextStream, images: tuple[ImageInput, ...]) -> AssistantChoice:  # fmt: skip
-        tools = ToolCallParser(tool_format(self.state.tokenizer)) if gen.uses_tools else None
+        tools = ToolCallParser(tool_format(self.state.tokenizer, self.state.tool_call_parser)) if gen.uses_tools else None
+        streamer = ToolCallStreamer(tools) if tools is not None and gen.stream and self.streams_call_fragments else None
+        harmony = self._harmony_parser(ids)  # a harmony model's channels say what is reasoning
         return AssistantChoice(
-            index, request_id, prompt_index, ids, stream, images, harmony=self._harmony_parser(ids), tools=tools
-        )
+            index, request_id, prompt_index, ids, stream, images, harmony=harmony, tools=tools,
+            reasoning=self._reasoning_parser(ids) if harmony is None else None, streamer=streamer,
+        )  # fmt: skip
+
+    def _reasoning_parser(self, prompt_ids: list[int]) -> ReasoningParser | None:
+        """A `<think>` splitter (--reasoning-parser), started inside the reasoning when the
+        prompt's end (the chat template) opened the block."""
+        family, tokenizer = self.state.reasoning_parser, self.state.tokenizer
+        if family is None or tokenizer is None:
+            return None
+        tail = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+        return ReasoningParser(family, prompt_opens_reasoning(tail))
 
     def _harmony_parser(self, prompt_ids: list[int]) -> HarmonyParser | None:
         """A parser of the harmony channels, for a harmony model's chat choice (else None)."""
@@ -111,8 +157,10 @@ class ChatCompletionHandler(GenerationHandler):
     def _shape_delta(self, choice: AssistantChoice, delta: TextDelta) -> TextDelta:
         if choice.harmony is not None:
             delta = choice.harmony.split(delta)
+        if choice.reasoning is not None:
+            delta = choice.reasoning.split(delta)
         if choice.tools is not None:
-            delta = _split_tool_calls(choice.tools, delta)
+            delta = _split_tool_calls(choice.tools, delta, choice.streamer)
         if delta.logprobs and delta.finished:
             delta = self._without_end_token(delta)
         return delta
@@ -132,7 +180,7 @@ class ChatCompletionHandler(GenerationHandler):
             logprobs = render.chat_logprobs(self.state.tokenizer, choice.logprobs)
         return {
             "index": choice.index,
-            "message": render.assistant_message(choice.stream.text, choice.harmony, choice.tools),
+            "message": render.assistant_message(choice.stream.text, choice.harmony or choice.reasoning, choice.tools),
             "logprobs": logprobs,
             "finish_reason": choice.finish_reason,
             **self._ids_fields(gen, choice),
@@ -164,11 +212,17 @@ def _choice_value(gen: ChatCompletionRequest) -> str | dict[str, Any]:
     return {"type": "function", "function": {"name": choice.function.name}}
 
 
-def _split_tool_calls(parser: ToolCallParser, delta: TextDelta) -> TextDelta:
+def _tag_ids(tokenizer: TextTokenizer) -> tuple[int, int] | None:
+    """The ids of `<think>` and `</think>` where each is one token of the tokenizer."""
+    tags = [tokenizer.encode(tag, add_special_tokens=False) for tag in (THINK_OPEN, THINK_CLOSE)]
+    return (tags[0][0], tags[1][0]) if all(len(ids) == 1 for ids in tags) else None
+
+
+def _split_tool_calls(parser: ToolCallParser, delta: TextDelta, streamer: ToolCallStreamer | None) -> TextDelta:
     """`delta` with the text of tool calls taken out of its content and the calls it
-    completes in `tool_calls`."""
+    completes in `tool_calls` (with a `streamer`: the fragments of calls it writes)."""
     content, calls = parser.feed(delta.text)
     if delta.finished:
         rest, more = parser.finish()
         content, calls = content + rest, calls + more
-    return dataclasses.replace(delta, text=content, tool_calls=calls)
+    return dataclasses.replace(delta, text=content, tool_calls=streamer.fragments(calls) if streamer else calls)

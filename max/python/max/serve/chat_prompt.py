@@ -40,8 +40,11 @@ def template_inputs(
     return messages, template_kwargs or None
 
 
-def tool_format(tokenizer: TextTokenizer) -> str:
-    """The tool-call format of the served model (hermes for templates without tools)."""
+def tool_format(tokenizer: TextTokenizer, chosen: str | None = None) -> str:
+    """The tool-call format of the served model: `chosen` (--tool-call-parser), else the
+    one its chat template shows (hermes for templates without tools)."""
+    if chosen is not None:
+        return chosen
     template = tokenizer.hf.chat_template
     return detect_format(template) if template_knows_tools(template) else HERMES
 

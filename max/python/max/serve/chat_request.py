@@ -32,6 +32,8 @@ ROLES = ("system", "user", "assistant", "developer", "tool")
 # The efforts gpt-oss's chat template knows (OpenAI's reasoning models take the same names).
 REASONING_EFFORTS = ("low", "medium", "high")
 MAX_TOP_LOGPROBS = 20
+# Variables the server gives the chat template itself.
+RESERVED_TEMPLATE_VARIABLES = ("messages", "tools", "add_generation_prompt", "conversation", "tokenize")
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,9 @@ class ChatCompletionRequest(GenerationRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: Annotated[bool | None, AsSent] = None
     reasoning_effort: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="extra variables of the chat template, e.g. {'enable_thinking': false}"
+    )
 
     _conversation: list[dict[str, Any]] = PrivateAttr(default_factory=list)
     _images: list[ImagePart] = PrivateAttr(default_factory=list)
@@ -145,6 +150,9 @@ class ChatCompletionRequest(GenerationRequest):
         effort = self.reasoning_effort
         if effort is not None and effort not in REASONING_EFFORTS:
             raise invalid("reasoning_effort", f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
+        for key in self.chat_template_kwargs or {}:
+            if key in RESERVED_TEMPLATE_VARIABLES:
+                raise invalid("chat_template_kwargs", f"'chat_template_kwargs' may not set {key!r} (the server sets it)")
         self._tool_specs, self.tool_choice, self.parallel_tool_calls = check_tools(
             self.tools, self.tool_choice, self.parallel_tool_calls
         )
@@ -211,5 +219,9 @@ class ChatCompletionRequest(GenerationRequest):
         return sum(_text_length(m["content"]) for m in self._conversation)
 
     def template_kwargs(self) -> dict[str, Any]:
-        """The template variables the request sets itself (the reasoning effort)."""
-        return {"reasoning_effort": self.reasoning_effort} if self.reasoning_effort else {}
+        """The template variables the request sets itself (`chat_template_kwargs`, e.g.
+        Qwen3's enable_thinking, and the reasoning effort)."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort:
+            kwargs["reasoning_effort"] = self.reasoning_effort
+        return kwargs

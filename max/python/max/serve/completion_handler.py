@@ -79,7 +79,15 @@ class CompletionHandler(GenerationHandler):
             "logprobs": logprobs,
             "finish_reason": choice.stream.finish_reason,
             **self._ids_fields(gen, choice),
+            **self._prompt_logprobs_field(gen, choice),
         }
+
+    def _prompt_logprobs_field(self, gen: CompletionRequest, choice: Choice) -> dict[str, Any]:
+        """vLLM's `prompt_logprobs`, when asked for (see render.prompt_logprobs)."""
+        if gen.prompt_logprobs_asked is None:
+            return {}
+        entries = choice.stream.prompt_logprobs or [None] * len(choice.prompt_ids)
+        return {"prompt_logprobs": render.prompt_logprobs(self.state.tokenizer, entries, gen.prompt_logprobs_asked)}
 
     def _stream_opening(self, gen: CompletionRequest, choices: list[Choice]) -> list[dict[str, Any]]:
         """With echo, each choice's prompt comes first."""
@@ -96,7 +104,10 @@ class CompletionHandler(GenerationHandler):
         if gen.logprobs is not None and delta.logprobs:
             entries = list(delta.logprobs)
             logprobs = render.completion_logprobs(self.state.tokenizer, entries, [e.token_id for e in entries])
-        return {"index": choice.index, "text": delta.text, "logprobs": logprobs, "finish_reason": finish}
+        item = {"index": choice.index, "text": delta.text, "logprobs": logprobs, "finish_reason": finish}
+        if finish is not None:  # the prompt's logprobs come with the choice's last chunk
+            item.update(self._prompt_logprobs_field(gen, choice))
+        return item
 
 
 def _refuse_image_tokens(prompts: list[list[int]], image_token_id: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from max.serve.api_errors import invalid
 from max.serve.generation_request import GenerationRequest
@@ -49,6 +49,8 @@ class CompletionRequest(GenerationRequest):
     prompt: Annotated[str | list[str] | list[int] | list[list[int]], AsSent]
     echo: Annotated[bool | None, AsSent] = None
     logprobs: Annotated[int | None, AsSent] = None
+    # vLLM's: each prompt token's logprob and this many alternatives, in `prompt_logprobs`.
+    prompt_logprobs_asked: Annotated[int | None, AsSent] = Field(default=None, alias="prompt_logprobs")
 
     _prompts: list[str | list[int]] = PrivateAttr(default_factory=list)
 
@@ -64,6 +66,7 @@ class CompletionRequest(GenerationRequest):
             raise invalid("max_tokens", "'max_tokens' may be 0 only with 'echo': true")
         self._check_sampling()
         self.logprobs = integer(self.logprobs, "logprobs", None, 0, MAX_LOGPROBS)
+        self.prompt_logprobs_asked = integer(self.prompt_logprobs_asked, "prompt_logprobs", None, 0, MAX_LOGPROBS)
         self._check_constraint()
 
     @property
@@ -77,8 +80,10 @@ class CompletionRequest(GenerationRequest):
 
     @property
     def prompt_logprobs(self) -> int | None:
-        """With echo, the prompt's tokens get logprobs too."""
-        return self.logprobs if self.echo else None
+        """The prompt's tokens get logprobs with echo and logprobs, or when asked for."""
+        echoed = self.logprobs if self.echo else None
+        asked = [n for n in (echoed, self.prompt_logprobs_asked) if n is not None]
+        return max(asked) if asked else None
 
     def prompt_chars(self) -> int:
         return sum(len(p) for p in self._prompts if isinstance(p, str))

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -25,6 +26,7 @@ from max.serve.engine_messages import (
     AddRequest,
     EngineFailed,
     EngineReady,
+    LoRAAdapterOp,
     Shutdown,
     StepOutputs,
 )
@@ -166,8 +168,10 @@ class EngineClient:
         prompt_ids: list[int],
         params: SamplingParams,
         images: Sequence[ImageInput] = (),
+        lora: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Submits a request (with its prompt's images) and yields its outputs until it finishes.
+        """Submits a request (with its prompt's images, under LoRA adapter `lora`) and yields
+        its outputs until it finishes.
 
         If the consumer stops early (client gone), the request is aborted in the engine.
         """
@@ -175,7 +179,7 @@ class EngineClient:
             raise MaxError(self.failure or "the engine is not running")
         stream = OutputStream(merge=not params.stop)
         self._streams[request_id] = stream
-        self._inbox.put(AddRequest(request_id, prompt_ids, params, tuple(images)))
+        self._inbox.put(AddRequest(request_id, prompt_ids, params, tuple(images), lora))
         finished = False
         try:
             while not finished:
@@ -185,6 +189,18 @@ class EngineClient:
         finally:
             if not finished:
                 self.abort(request_id)
+
+    async def lora_op(self, name: str, path: str | None) -> None:
+        """Loads adapter folder `path` as `name` in the engine (None: unloads `name`) between
+        two steps; raises MaxError with the engine's reason if it refused."""
+        if not self.alive:
+            raise MaxError(self.failure or "the engine is not running")
+        op_id = f"lora-op-{uuid.uuid4().hex}"
+        stream = self._streams[op_id] = OutputStream()
+        self._inbox.put(LoRAAdapterOp(op_id, name, path))
+        output = await stream.get()
+        if output.error is not None:
+            raise MaxError(output.error)
 
     def abort(self, request_id: str) -> None:
         """Stops a request: its pages are freed in the engine's next loop turn."""

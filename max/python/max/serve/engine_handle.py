@@ -44,9 +44,11 @@ class EngineHandle(Protocol):
         prompt_ids: list[int],
         params: SamplingParams,
         images: Sequence[ImageInput] = (),
+        lora: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Runs one request and yields its outputs until it finishes. Closing the iterator
-        before then (the client left) aborts the request in the engine."""
+        """Runs one request (under LoRA adapter `lora`, if named) and yields its outputs until
+        it finishes. Closing the iterator before then (the client left) aborts the request
+        in the engine. (Engines that serve LoRA also answer `lora_op(name, path)`.)"""
         ...
 
     def abort(self, request_id: str) -> None:

@@ -17,6 +17,17 @@ class AddRequest:
     prompt_ids: list[int]
     params: SamplingParams
     images: tuple[ImageInput, ...] = ()
+    lora: str | None = None  # the LoRA adapter it runs (None: the base model)
+
+
+@dataclass
+class LoRAAdapterOp:
+    """Load the LoRA adapter in local folder `path` as `name` (`path` None: unload it); the
+    engine answers with a finished `RequestOutput` of id `op_id` (its `error` if it failed)."""
+
+    op_id: str
+    name: str
+    path: str | None
 
 
 @dataclass

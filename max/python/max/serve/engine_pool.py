@@ -113,6 +113,7 @@ class EnginePool(EngineHandle):
         prompt_ids: list[int],
         params: SamplingParams,
         images: Sequence[ImageInput] = (),
+        lora: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Runs the request on the running replica with the fewest tokens in flight."""
         up = [i for i, replica in enumerate(self.replicas) if replica.alive]
@@ -125,7 +126,8 @@ class EnginePool(EngineHandle):
         self.tokens_in_flight[index] += held
         try:
             # Closed explicitly: a consumer that stops early aborts the request now.
-            async with contextlib.aclosing(self.replicas[index].generate(request_id, prompt_ids, params, images)) as outputs:
+            replica = self.replicas[index]
+            async with contextlib.aclosing(replica.generate(request_id, prompt_ids, params, images, lora)) as outputs:
                 async for output in outputs:
                     self.tokens_in_flight[index] += len(output.new_token_ids)
                     held += len(output.new_token_ids)
@@ -133,6 +135,11 @@ class EnginePool(EngineHandle):
         finally:
             self.tokens_in_flight[index] -= held
             self._owner.pop(request_id, None)
+
+    async def lora_op(self, name: str, path: str | None) -> None:
+        """Loads (path None: unloads) a LoRA adapter on every replica, one after another."""
+        for replica in self.replicas:
+            await replica.lora_op(name, path)
 
     def abort(self, request_id: str) -> None:
         """Stops a request on the replica that runs it."""

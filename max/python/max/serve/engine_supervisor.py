@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -139,17 +140,25 @@ class SupervisedEngine(EngineHandle):
         prompt_ids: list[int],
         params: SamplingParams,
         images: Sequence[ImageInput] = (),
+        lora: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Runs a request on the current engine (see `EngineClient.generate`)."""
         client = self._client
         self._owner[request_id] = client
         try:
             # Closed explicitly: a consumer that stops early aborts the request now.
-            async with contextlib.aclosing(client.generate(request_id, prompt_ids, params, images)) as outputs:
+            async with contextlib.aclosing(client.generate(request_id, prompt_ids, params, images, lora)) as outputs:
                 async for output in outputs:
                     yield output
         finally:
             self._owner.pop(request_id, None)
+
+    async def lora_op(self, name: str, path: str | None) -> None:
+        """Loads (path None: unloads) a LoRA adapter on the current engine; a restarted
+        engine loads the adapters loaded so far (they join its config's --lora-modules)."""
+        await self._client.lora_op(name, path)
+        kept = [m for m in self.config.lora_modules if m.partition("=")[0] != name]
+        self.config = dataclasses.replace(self.config, lora_modules=kept + ([f"{name}={path}"] if path else []))
 
     def abort(self, request_id: str) -> None:
         """Stops a request on the engine that runs it."""

@@ -38,9 +38,11 @@ from max.serve.engine_messages import (
     AddRequest,
     EngineFailed,
     EngineReady,
+    LoRAAdapterOp,
     Shutdown,
     StepOutputs,
 )
+from max.serve.lora_engine_op import apply_lora_op, finished_lora_ops, lora_reading
 
 logger = logging.getLogger("max.serve.engine")
 
@@ -124,9 +126,13 @@ def _serve(engine, inbox: Queue, outbox: Queue, parent: int, watchdog: StepWatch
     """Steps the engine while there is work; applies the inbox between steps."""
     while True:
         produced: list[RequestOutput] = []
-        handled = _drain_inbox(inbox, engine, produced, block=not engine.has_unfinished())
+        handled = _drain_inbox(inbox, engine, produced, block=not engine.has_unfinished() and not lora_reading(engine))
         if handled is None:
             return  # Shutdown
+        loaded = finished_lora_ops(engine, idle=not engine.has_unfinished())
+        if loaded:
+            produced.extend(loaded)
+            handled = True
         if engine.has_unfinished():
             try:
                 with watchdog.step():
@@ -203,13 +209,19 @@ def _drain_inbox(inbox: Queue, engine, produced: list[RequestOutput], block: boo
             return None
         if isinstance(message, AddRequest):
             try:
-                engine.add_request(message.request_id, message.prompt_ids, message.params, images=message.images)
+                engine.add_request(
+                    message.request_id, message.prompt_ids, message.params, images=message.images, lora=message.lora
+                )
             except MaxError as e:
                 produced.append(RequestOutput(message.request_id, [], True, "error", error=str(e)))
             except Exception as e:  # a bug: fail this request, keep the engine
                 logger.error("adding request %s failed", message.request_id, exc_info=e)
                 error = f"the engine could not take this request ({type(e).__name__})"
                 produced.append(RequestOutput(message.request_id, [], True, "error", error=error, server_error=True))
+        elif isinstance(message, LoRAAdapterOp):
+            answer = apply_lora_op(engine, message)
+            if answer is not None:
+                produced.append(answer)
         elif isinstance(message, AbortRequest):
             out = engine.abort(message.request_id)
             if out is not None:

@@ -7,8 +7,9 @@ Two phases: a sweep that sets every field of each route, one at a time, to each 
 of its type (numbers past every integer width, NaN, unpaired surrogates, huge strings...)
 and to a few values of other types; then random cases.
 
-Properties: no answer is a 5xx; every error is OpenAI's error shape without tracebacks or
-paths; every stream is well-formed; afterwards the server is healthy and nothing is left in
+Routes: chat and text completions, Anthropic's Messages and OpenAI's Responses.
+Properties: no answer is a 5xx; every error is OpenAI's error shape (Anthropic's on
+/v1/messages) without tracebacks or paths; every stream is well-formed; afterwards the server is healthy and nothing is left in
 flight (HTTP requests, engine requests, KV pages).
 
 A seeded fuzzer of our own (hypothesis is not a dependency): MAX_FUZZ_SEED picks the seed
@@ -103,7 +104,38 @@ ROUTES: dict[str, dict[str, Any]] = {
         "logprobs": lambda r: r.randint(0, 5),
     },
 }
-REQUIRED = {"/v1/chat/completions": ("model", "messages"), "/v1/completions": ("model", "prompt")}
+ROUTES["/v1/messages"] = {  # Anthropic's Messages API
+    "model": lambda r: MODEL,
+    "max_tokens": lambda r: r.randint(1, 6),
+    "messages": lambda r: [{"role": "user", "content": r.choice([_text(r) or "hi", [{"type": "text", "text": _text(r)}]])}],
+    "system": lambda r: r.choice([_text(r), [{"type": "text", "text": _text(r)}]]),
+    "stop_sequences": lambda r: [_text(r) or "x"],
+    "temperature": lambda r: r.choice([0, 0.5, 1.0]),
+    "top_k": lambda r: r.choice([1, 5]),
+    "stream": lambda r: r.random() < 0.5,
+    "tools": lambda r: [{"name": "f", "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}],
+    "tool_choice": lambda r: {"type": r.choice(["auto", "none"])},
+}
+ROUTES["/v1/responses"] = {  # OpenAI's Responses API
+    "model": lambda r: MODEL,
+    "input": lambda r: r.choice([_text(r) or "hi", [{"role": "user", "content": [{"type": "input_text", "text": _text(r)}]}]]),
+    "instructions": lambda r: _text(r),
+    "max_output_tokens": lambda r: r.randint(1, 6),
+    "temperature": lambda r: r.choice([0, 0.5, 1.0]),
+    "stream": lambda r: r.random() < 0.5,
+    "store": lambda r: r.random() < 0.5,
+    "previous_response_id": lambda r: "resp_missing",
+    "tools": lambda r: [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
+    "text": lambda r: {"format": {"type": r.choice(["text", "json_object"])}},
+}
+REQUIRED = {
+    "/v1/chat/completions": ("model", "messages"),
+    "/v1/completions": ("model", "prompt"),
+    "/v1/messages": ("model", "max_tokens", "messages"),
+    "/v1/responses": ("model", "input"),
+}
+# The last event of a well-formed stream on the routes whose events are not OpenAI's chunks.
+LAST_EVENT = {"/v1/messages": "message_stop", "/v1/responses": "response.completed"}
 
 ADVERSARIAL = [
     None, True, False, 0, -1, 1, 2**31, 2**63, 2**64, -(2**70), 10**400 // 10**300, 1e308, -1e308, 0.5, -0.0,
@@ -124,9 +156,12 @@ TEXT_EDGES = ["", "\ud800", "a\udfffb", "\x00", "\U0010ffff", "x" * 3000, "\r\n"
 def _valid_body(rng: random.Random, route: str) -> dict:
     schema = ROUTES[route]
     body = {name: schema[name](rng) for name in REQUIRED[route]}
-    body["max_tokens"] = rng.randint(1, 6)  # sampling on the CPU is slow: keep answers short
+    # Sampling on the CPU is slow: keep answers short.
+    body["max_output_tokens" if route == "/v1/responses" else "max_tokens"] = rng.randint(1, 6)
     for name in rng.sample(sorted(schema), rng.randint(0, 6)):
         body[name] = schema[name](rng)
+    if route == "/v1/responses" and body.get("previous_response_id") and rng.random() < 0.7:
+        del body["previous_response_id"]  # mostly answerable: an unknown id is a 404
     return body
 
 
@@ -243,7 +278,8 @@ def _case(rng: random.Random) -> dict:
         method, path = rng.choice(
             [("GET", route), ("PUT", route), ("POST", "/v1/models"), ("GET", "/v1/models?x=%00&y=" + "a" * 2000),
              ("DELETE", "/health"), ("GET", "/v1/../etc/passwd"), ("GET", "/v1/chat/completions/x"),
-             ("POST", "/metrics"), ("GET", "/v1/%ff%fe"), ("OPTIONS", route)]
+             ("POST", "/metrics"), ("GET", "/v1/%ff%fe"), ("OPTIONS", route), ("GET", "/v1/responses/x"),
+             ("DELETE", "/v1/responses/%00"), ("POST", "/v1/messages/count_tokens")]
         )  # fmt: skip
         return {"method": method, "path": path, "headers": headers, "content": b"{}"}
     if rng.random() < 0.1:
@@ -256,14 +292,24 @@ def _case(rng: random.Random) -> dict:
 
 # -- the properties ----------------------------------------------------------------------------
 def _check_error_body(text: str, status: int, case: dict) -> None:
-    error = json.loads(text)["error"]
-    assert set(error) == {"message", "type", "param", "code"}, (status, text, case)
+    body = json.loads(text)
+    error = body["error"]
+    if case["path"].startswith("/v1/messages"):  # Anthropic's shape
+        assert body["type"] == "error" and set(error) == {"type", "message"}, (status, text, case)
+    else:
+        assert set(error) == {"message", "type", "param", "code"}, (status, text, case)
     assert "Traceback" not in error["message"] and "/work/" not in error["message"], (text, case)
     assert ".py" not in error["message"] or "faulty" in error["message"], (text, case)
 
 
 def _check_stream(text: str, case: dict) -> None:
     events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    if case["path"] in LAST_EVENT:
+        payloads = [json.loads(event) for event in events]
+        assert payloads and payloads[-1]["type"] in (LAST_EVENT[case["path"]], "error"), (text[-500:], case)
+        for payload in payloads:
+            assert payload["type"] != "response.failed" and (payload.get("error") or {}).get("type") != "api_error", (payload, case)
+        return
     assert events and events[-1] == "[DONE]", (text[-500:], case)
     for event in events[:-1]:
         payload = json.loads(event)

@@ -35,6 +35,7 @@ class Choice:
     prompt_ids: list[int]
     stream: RequestTextStream
     images: tuple[ImageInput, ...] = ()  # the prompt's images, on its image tokens
+    lora: str | None = None  # the LoRA adapter it runs (None: the base model)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     error: str | None = None
     server_error: bool = False
@@ -55,7 +56,7 @@ async def run_choice(
     """Drives one choice to its end; pushes (choice, delta) to `sink` when streaming, and
     (choice, None) when the choice ends with an error."""
     start = time.monotonic()
-    outputs = engine.generate(choice.request_id, choice.prompt_ids, choice.stream.params, images=choice.images)
+    outputs = engine.generate(choice.request_id, choice.prompt_ids, choice.stream.params, images=choice.images, lora=choice.lora)
     try:
         await _consume(choice, outputs, engine, metrics, shape, sink, start)
     except Exception as e:  # the engine went down since the check, or a bug: end the choice

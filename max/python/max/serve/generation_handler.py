@@ -36,6 +36,7 @@ from max.serve.api_errors import ApiError, invalid
 from max.serve.generation_choice import Choice, run_choice
 from max.serve.generation_request import GenerationRequest
 from max.serve.http_guard import queue_full
+from max.serve.lora_handler import served_adapter
 from max.serve.request_limits import check_prompt_chars, read_json
 from max.serve.server_state import ServerState
 
@@ -62,6 +63,11 @@ class GenerationHandler(ABC):
         self.state = state
 
     # -- what an endpoint adds -------------------------------------------------------------
+    def _parse(self, body: Any) -> GenerationRequest:
+        """The request a body asks for, validated (an endpoint may add what the server
+        remembers, e.g. an earlier response)."""
+        return self.request_model.from_json(body)
+
     @abstractmethod
     def _check_tokenizer_free(self, gen: GenerationRequest) -> None:
         """Refuses what needs a tokenizer, on a server started without one."""
@@ -99,7 +105,7 @@ class GenerationHandler(ABC):
     async def handle(self, request: Request) -> Response:
         """Answers one request to the endpoint (a JSON body, or a stream)."""
         state = self.state
-        gen = self.request_model.from_json(await read_json(request, state.limits))
+        gen = self._parse(await read_json(request, state.limits))
         self._check_served(gen)
         check_prompt_chars(gen.prompt_chars(), gen.prompt_param, state.limits.prompt_chars(state.max_seq_len))
         constraint = self._output_constraint(gen)
@@ -108,6 +114,8 @@ class GenerationHandler(ABC):
         prompts = await self._encoded_prompts(gen)
         base_id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         choices = self._choices(gen, prompts, base_id, constraint[1] if constraint else None)
+        for choice in choices:
+            choice.lora = served_adapter(state, gen.model)
         if state.metrics.in_flight + len(choices) > state.limits.max_queue_size:
             raise queue_full(state.limits.max_queue_size, state.limits.retry_after_seconds)
         prompt_tokens = sum(len(ids) for ids in prompts.ids)
@@ -126,13 +134,7 @@ class GenerationHandler(ABC):
     def _check_served(self, gen: GenerationRequest) -> None:
         """The request names this server's model, and the engine runs."""
         state = self.state
-        if gen.model != state.served_model_name:
-            raise ApiError(
-                400,
-                f"model {gen.model!r} is not served here; this server serves {state.served_model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
+        served_adapter(state, gen.model)  # the base model or a LoRA adapter, else 400/404
         if not state.engine.alive:
             raise ApiError(
                 503, "the engine is not running; retry later", type="server_error", code="engine_unavailable",
@@ -229,9 +231,13 @@ class GenerationHandler(ABC):
             state.metrics.in_flight -= len(choices)
         failed = next((c for c in choices if c.error), None)
         if failed is not None:
-            raise _generation_error(failed.error, failed.server_error)
+            raise generation_error(failed.error, failed.server_error)
+        return JSONResponse(self._answer(gen, choices, base_id, prompt_ids))
+
+    def _answer(self, gen: GenerationRequest, choices: list[Choice], base_id: str, prompt_ids: list[list[int]]) -> dict[str, Any]:
+        """The whole answer's body: OpenAI's completion object (another API writes its own)."""
         body = [self._render_choice(gen, c) for c in choices]
-        return JSONResponse(render.completion(base_id, self.completion_kind, gen.model, body, _usage(choices, prompt_ids)))
+        return render.completion(base_id, self.completion_kind, gen.model, body, request_usage(choices, prompt_ids))
 
     async def _stream(
         self, gen: GenerationRequest, choices: list[Choice], base_id: str, prompt_ids: list[list[int]]
@@ -240,43 +246,9 @@ class GenerationHandler(ABC):
         sink: asyncio.Queue = asyncio.Queue()
         state.metrics.in_flight += len(choices)
         tasks = [asyncio.create_task(self._run(c, sink)) for c in choices]
-        remaining = len(choices)
-
-        def event(items: list[dict[str, Any]], use: dict[str, int] | None = None) -> str:
-            return render.sse(render.chunk(base_id, self.chunk_kind, gen.model, items, use))
-
         try:
-            for item in self._stream_opening(gen, choices):
-                yield event([item])
-            want_ids = self._want_ids(gen)
-            want_logprobs = gen.logprob_alternatives is not None
-            while remaining:
-                waiting = [await sink.get()]
-                while not sink.empty():
-                    waiting.append(sink.get_nowait())
-                for choice, delta in merge_waiting(waiting):
-                    if delta is None:  # the engine refused or failed this request
-                        yield render.sse(_generation_error(choice.error or "generation failed", choice.server_error).body())
-                        remaining -= 1
-                        continue
-                    if (
-                        not delta.text
-                        and not delta.reasoning_text
-                        and not delta.finished
-                        and not (want_logprobs and delta.logprobs)
-                        and not (want_ids and delta.token_ids)
-                        and not delta.tool_calls
-                    ):
-                        continue
-                    item = self._stream_item(gen, choice, delta, choice.finish_reason if delta.finished else None)
-                    if want_ids:
-                        item.update(render.token_id_fields(delta.token_ids))
-                    yield event([item])
-                    if delta.finished:
-                        remaining -= 1
-            if gen.include_usage:
-                yield event([], _usage(choices, prompt_ids))
-            yield render.STREAM_END
+            async for event in self._events(gen, choices, base_id, prompt_ids, choice_deltas(sink, len(choices))):
+                yield event
         finally:
             # Reached also when the client disconnects (the response task is cancelled):
             # cancelling the choice tasks aborts their requests in the engine.
@@ -284,8 +256,57 @@ class GenerationHandler(ABC):
                 t.cancel()
             state.metrics.in_flight -= len(choices)
 
+    async def _events(
+        self, gen: GenerationRequest, choices: list[Choice], base_id: str, prompt_ids: list[list[int]],
+        deltas: AsyncIterator[tuple[Choice, TextDelta | None]],
+    ) -> AsyncIterator[str]:  # fmt: skip
+        """The stream's events for the choices' deltas: OpenAI's chunks (an endpoint with
+        other events, e.g. Anthropic's, writes its own)."""
 
-def _generation_error(message: str, server_error: bool = False) -> ApiError:
+        def event(items: list[dict[str, Any]], use: dict[str, Any] | None = None) -> str:
+            return render.sse(render.chunk(base_id, self.chunk_kind, gen.model, items, use))
+
+        for item in self._stream_opening(gen, choices):
+            yield event([item])
+        want_ids = self._want_ids(gen)
+        want_logprobs = gen.logprob_alternatives is not None
+        async for choice, delta in deltas:
+            if delta is None:  # the engine refused or failed this request
+                yield render.sse(generation_error(choice.error or "generation failed", choice.server_error).body())
+                continue
+            if (
+                not delta.text
+                and not delta.reasoning_text
+                and not delta.finished
+                and not (want_logprobs and delta.logprobs)
+                and not (want_ids and delta.token_ids)
+                and not delta.tool_calls
+            ):
+                continue
+            item = self._stream_item(gen, choice, delta, choice.finish_reason if delta.finished else None)
+            if want_ids:
+                item.update(render.token_id_fields(delta.token_ids))
+            yield event([item])
+        if gen.include_usage:
+            yield event([], request_usage(choices, prompt_ids))
+        yield render.STREAM_END
+
+
+async def choice_deltas(sink: asyncio.Queue, count: int) -> AsyncIterator[tuple[Choice, TextDelta | None]]:
+    """The (choice, delta) pairs `count` running choices push to `sink` (merged where they
+    waited: merge_waiting), until each has finished or failed (its delta None)."""
+    remaining = count
+    while remaining:
+        waiting = [await sink.get()]
+        while not sink.empty():
+            waiting.append(sink.get_nowait())
+        for choice, delta in merge_waiting(waiting):
+            if delta is None or delta.finished:
+                remaining -= 1
+            yield choice, delta
+
+
+def generation_error(message: str, server_error: bool = False) -> ApiError:
     """The error of a request the engine refused (400) or could not run (engine down: 500)."""
     if server_error:
         return ApiError(500, message, type="server_error")
@@ -307,9 +328,13 @@ def merge_waiting(waiting: list[tuple[Choice, TextDelta | None]]) -> list[tuple[
     return merged
 
 
-def _usage(choices: list[Choice], prompt_ids: list[list[int]]) -> dict[str, int]:
-    """Usage of a request: each prompt counted once, every choice's tokens."""
-    return render.usage(sum(len(ids) for ids in prompt_ids), sum(len(c.stream.token_ids) for c in choices))
+def request_usage(choices: list[Choice], prompt_ids: list[list[int]]) -> dict[str, Any]:
+    """Usage of a request: each prompt counted once (and its tokens the prefix cache held,
+    as its first choice found them), every choice's tokens."""
+    cached = {c.prompt_index: c.stream.num_cached_tokens for c in reversed(choices)}
+    return render.usage(
+        sum(len(ids) for ids in prompt_ids), sum(len(c.stream.token_ids) for c in choices), sum(cached.values())
+    )
 
 
 async def _wait_for_disconnect(request: Request) -> None:

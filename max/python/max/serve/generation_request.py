@@ -21,6 +21,21 @@ from max.serve.request_body import AsSent, RequestBody
 MAX_TOP_K = 2**31 - 1  # the sampler reads top_k as int32
 MAX_STOP_STRINGS = 16
 MAX_CHOICES = 16  # `n`
+MAX_LOGIT_BIAS = 1024  # tokens one request may bias
+
+
+def _logit_bias(value: Any) -> dict[int, float]:
+    """`logit_bias` ({"token id": bias from -100 to 100}) with integer keys; 400 otherwise."""
+    if value is None:
+        return {}
+    if len(value) > MAX_LOGIT_BIAS:
+        raise invalid("logit_bias", f"'logit_bias' may name at most {MAX_LOGIT_BIAS} tokens")
+    out = {}
+    for key, bias in value.items():
+        if not key.isdigit():
+            raise invalid("logit_bias", f"'logit_bias' keys are token ids (digits), got {key!r}")
+        out[int(key)] = number(bias, f"logit_bias.{key}", 0.0, -100.0, 100.0)
+    return out
 
 
 class StreamOptions(RequestBody):
@@ -63,6 +78,8 @@ class GenerationRequest(RequestBody):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    logit_bias: Annotated[dict[str, Any] | None, AsSent] = None
+    priority: Annotated[int | None, AsSent] = None
 
     _include_usage: bool = PrivateAttr(default=False)
     _constraint: tuple[str, StructuredOutput] | None = PrivateAttr(default=None)
@@ -120,6 +137,8 @@ class GenerationRequest(RequestBody):
             logprobs=self.logprob_alternatives,
             prompt_logprobs=self.prompt_logprobs,
             structured_output=structured_output,
+            logit_bias=self.logit_bias or None,
+            priority=self.priority,
         )
 
     # -- the rules, applied by the endpoints' `_check` in their order ----------------------
@@ -165,6 +184,8 @@ class GenerationRequest(RequestBody):
         self.frequency_penalty = number(self.frequency_penalty, "frequency_penalty", 0.0, -2.0, 2.0)
         self.presence_penalty = number(self.presence_penalty, "presence_penalty", 0.0, -2.0, 2.0)
         self.ignore_eos = boolean(self.ignore_eos, "ignore_eos", False)
+        self.logit_bias = _logit_bias(self.logit_bias)
+        self.priority = integer(self.priority, "priority", 0, -(2**31), 2**31 - 1)
 
     def _check_constraint(self) -> None:
         """At most one output constraint, well formed."""

@@ -21,10 +21,10 @@ import asyncio
 import hmac
 import json
 
-from max.serve.api_errors import ApiError
+from max.serve.api_errors import ApiError, for_path
 from max.serve.server_state import ServerState
 
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"})
 HEALTH_PATHS = frozenset({"/health", "/v1/health"})
 METRICS_PATH = "/metrics"
 
@@ -70,13 +70,16 @@ class HttpGuard:
         return path != METRICS_PATH or self.state.metrics_need_api_key
 
     def _key_matches(self, scope) -> bool:
-        auth = b""
+        # `Authorization: Bearer KEY` (OpenAI's clients), or `x-api-key: KEY` (Anthropic's).
+        auth = api_key = b""
         for name, value in scope.get("headers") or ():
             if name == b"authorization":
                 auth = value
-                break
-        expected = f"Bearer {self.state.api_key}".encode()
-        return hmac.compare_digest(auth, expected)
+            elif name == b"x-api-key":
+                api_key = value
+        expected = self.state.api_key.encode()
+        bearer = hmac.compare_digest(auth, b"Bearer " + expected)
+        return hmac.compare_digest(api_key, expected) if api_key else bearer
 
     def _admission_refusal(self) -> ApiError | None:
         state, limits = self.state, self.state.limits
@@ -109,11 +112,11 @@ class HttpGuard:
                 code="request_timeout",
             )
             self.state.metrics.error_answered(error.code)
-            await response.end_with(error)
+            await response.end_with(for_path(error, scope["path"]))
 
     async def _refuse(self, error: ApiError, scope, receive, send) -> None:
         self.state.metrics.error_answered(error.code)
-        await _json_error(error, send)
+        await _json_error(for_path(error, scope["path"]), send)
 
     def _counting(self, send):
         async def counting_send(message) -> None:

@@ -263,3 +263,27 @@ class _EngineCollector:
         family = CounterMetricFamily("vllm:num_preemptions", "Cumulative number of preemption from the engine.", labels=["model_name"])
         family.add_metric([name], stats.num_preemptions if stats else 0)
         yield family
+        yield from _spec_decode_families(stats.spec_decode if stats else None, name)
+
+
+def _spec_decode_families(spec, name: str):
+    """vLLM's speculative-decoding counters (`vllm:spec_decode_*`), from the engine's totals;
+    absent while nothing was drafted (speculation off, or no draft yet)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    if spec is None or spec.num_drafts == 0:
+        return
+    for metric, doc, value in (
+        ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", spec.num_drafts),
+        ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", spec.num_draft_tokens),
+        ("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.", spec.num_accepted_tokens),
+    ):
+        family = CounterMetricFamily(metric, doc, labels=["model_name"])
+        family.add_metric([name], value)
+        yield family
+    family = CounterMetricFamily(
+        "vllm:spec_decode_num_accepted_tokens_per_pos", "Accepted tokens per draft position.", labels=["model_name", "position"]
+    )
+    for position, value in enumerate(spec.accepted_per_pos):
+        family.add_metric([name, str(position)], value)
+    yield family

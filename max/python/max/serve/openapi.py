@@ -7,8 +7,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from max.serve.api_answer_models import (
+    AnthropicError,
+    AnthropicMessageAnswer,
+    ResponseDeleted,
+    ResponseObject,
+    TokenCount,
+)
 from max.serve.chat_request import ChatCompletionRequest
 from max.serve.completion_request import CompletionRequest
+from max.serve.lora_handler import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from max.serve.messages_request import CountTokensRequest, MessagesRequest
 from max.serve.response_models import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -19,6 +28,7 @@ from max.serve.response_models import (
     ModelList,
     TokenizeResponse,
 )
+from max.serve.responses_request import ResponsesRequest
 from max.serve.tokenize_request import DetokenizeRequest, TokenizeRequest
 
 
@@ -64,7 +74,44 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
 
     health = simple("get", "Whether the engine serves (503 while it is down or draining)", json_content(Health))
     health["get"]["responses"]["503"] = {"description": "not serving", "content": json_content(Health)}
+    anthropic_error = {"description": "an error, in Anthropic's shape", "content": json_content(AnthropicError)}
+    anthropic_errors = {status: anthropic_error for status in errors}
+
+    def api_route(summary: str, request: type[BaseModel], response: type[BaseModel], answer_errors: dict, events: str):
+        return {
+            "post": {
+                "summary": summary,
+                "requestBody": {"required": True, "content": json_content(request, "validation")},
+                "responses": {
+                    "200": {
+                        "description": "the answer (`stream`: the events)",
+                        "content": {**json_content(response), "text/event-stream": {"schema": {"type": "string", "description": events}}},
+                    },
+                    **answer_errors,
+                },
+            }
+        }
+
+    stored = {"description": "not stored on this server", "content": json_content(ErrorResponse)}
+    response_by_id = {
+        "get": {"summary": "A stored response", "responses": {"200": {"description": "OK", "content": json_content(ResponseObject)}, "404": stored}},
+        "delete": {"summary": "Forget a stored response", "responses": {"200": {"description": "OK", "content": json_content(ResponseDeleted)}, "404": stored}},
+        "parameters": [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+    }  # fmt: skip
+    text = {"text/plain": {"schema": {"type": "string"}}}
     paths = {
+        "/v1/messages": api_route("Anthropic Messages", MessagesRequest, AnthropicMessageAnswer, anthropic_errors,
+                                  "Anthropic's events: message_start, content_block_start, content_block_delta, "
+                                  "content_block_stop, message_delta, message_stop"),  # fmt: skip
+        "/v1/messages/count_tokens": {"post": {
+            "summary": "Tokens of a Messages prompt",
+            "requestBody": {"required": True, "content": json_content(CountTokensRequest, "validation")},
+            "responses": {"200": {"description": "OK", "content": json_content(TokenCount)}, **anthropic_errors},
+        }},  # fmt: skip
+        "/v1/responses": api_route("OpenAI Responses", ResponsesRequest, ResponseObject, {**errors, "404": stored},
+                                   "OpenAI's events: response.created, response.in_progress, response.output_item.added, "
+                                   "... response.completed"),  # fmt: skip
+        "/v1/responses/{response_id}": response_by_id,
         "/v1/chat/completions": generation("Chat completion", ChatCompletionRequest, ChatCompletion, ChatCompletionChunk),
         "/v1/completions": generation("Text completion", CompletionRequest, Completion, Completion),
         "/v1/models": simple("get", "The served model", json_content(ModelList)),
@@ -74,6 +121,8 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         "/v1/health": health,
         "/metrics": simple("get", "Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}}),
         "/openapi.json": simple("get", "This document", {"application/json": {"schema": {"type": "object"}}}),
+        "/v1/load_lora_adapter": simple("post", "Load a LoRA adapter (--enable-lora)", text, LoadLoRAAdapterRequest),
+        "/v1/unload_lora_adapter": simple("post", "Unload a LoRA adapter (--enable-lora)", text, UnloadLoRAAdapterRequest),
     }
     return {
         "openapi": "3.1.0",

@@ -14,10 +14,15 @@ from pydantic import BaseModel
 from max.serve.chat_tools import FunctionCall
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # prompt tokens the prefix cache held
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ToolCallOut(BaseModel):

@@ -14,6 +14,8 @@ from typing import Any
 
 from max.pipelines.lib import TextDelta, TextTokenizer, TokenLogprob
 from max.pipelines.lib.tokens.harmony import HarmonyParser
+from max.pipelines.lib.tokens.reasoning import ReasoningParser
+from max.pipelines.lib.tokens.tool_call_stream import ToolCallFragment
 from max.pipelines.lib.tokens.tool_calls import ToolCall, ToolCallParser
 
 CHAT_COMPLETION = "chat.completion"
@@ -23,12 +25,13 @@ STREAM_END = "data: [DONE]\n\n"
 
 
 # -- whole answers and chunks ---------------------------------------------------------------
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """The `usage` object."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """The `usage` object; `cached_tokens`: prompt tokens the prefix cache held."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -71,13 +74,26 @@ def tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
     return body if index is None else {"index": index, **body}
 
 
-def assistant_message(text: str, harmony: HarmonyParser | None, tools: ToolCallParser | None) -> dict[str, Any]:
-    """A chat choice's message; a harmony model's reasoning goes to `reasoning_content`,
-    tool calls to `tool_calls` (the content is then what is left, or null)."""
-    if harmony is None:
+def call_fragment(fragment: ToolCallFragment) -> dict[str, Any]:
+    """A streamed piece of a tool call: its header (id, name) and/or argument text."""
+    function = {"arguments": fragment.arguments} if fragment.name is None else {"name": fragment.name, "arguments": fragment.arguments}
+    body: dict[str, Any] = {"index": fragment.index}
+    if fragment.id is not None:
+        body.update(id=fragment.id, type="function")
+    body["function"] = function
+    return body
+
+
+def assistant_message(
+    text: str, reasoning: HarmonyParser | ReasoningParser | None, tools: ToolCallParser | None
+) -> dict[str, Any]:
+    """A chat choice's message; the reasoning (a harmony model's analysis channel, or the
+    `<think>` block --reasoning-parser splits off) goes to `reasoning_content`, tool calls
+    to `tool_calls` (the content is then what is left, or null)."""
+    if reasoning is None:
         message = {"role": "assistant", "content": text}
     else:
-        message = {"role": "assistant", "content": harmony.content, "reasoning_content": harmony.reasoning or None}
+        message = {"role": "assistant", "content": reasoning.content, "reasoning_content": reasoning.reasoning or None}
     if tools is not None:
         message["content"] = tools.content.strip() or None
         if tools.calls:
@@ -93,7 +109,10 @@ def assistant_delta(delta: TextDelta, finish: str | None, first_call_index: int)
     if delta.reasoning_text:
         body["reasoning_content"] = delta.reasoning_text
     if delta.tool_calls:
-        body["tool_calls"] = [tool_call(call, first_call_index + i) for i, call in enumerate(delta.tool_calls)]
+        body["tool_calls"] = [
+            call_fragment(call) if isinstance(call, ToolCallFragment) else tool_call(call, first_call_index + i)
+            for i, call in enumerate(delta.tool_calls)
+        ]
     if delta.text or not (finish or body):
         body["content"] = delta.text
     return body
@@ -118,6 +137,27 @@ def chat_logprobs(tokenizer: TextTokenizer | None, entries: list[TokenLogprob]) 
             for e in entries
         ]
     }
+
+
+def prompt_logprobs(
+    tokenizer: TextTokenizer | None, entries: list[TokenLogprob | None], alternatives: int
+) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's `prompt_logprobs`: per prompt token, None (the first) or {"token id": {logprob,
+    rank, decoded_token}} for the token itself and its `alternatives` most likely ones (rank:
+    1 for the most likely; null for the token itself when it is not among them)."""
+    out: list[dict[str, dict[str, Any]] | None] = []
+    for entry in entries:
+        if entry is None:
+            out.append(None)
+            continue
+        top = entry.top[:alternatives]
+        ranks = {token_id: r + 1 for r, (token_id, _) in enumerate(top)}
+        position = {str(entry.token_id): (entry.logprob, ranks.get(entry.token_id), entry.token_id)}
+        for token_id, logprob in top:
+            position.setdefault(str(token_id), (logprob, ranks[token_id], token_id))
+        out.append({key: {"logprob": lp, "rank": rank, "decoded_token": token_text(tokenizer, tid)}
+                    for key, (lp, rank, tid) in position.items()})  # fmt: skip
+    return out
 
 
 def completion_logprobs(

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from max.errors import MaxError
 from max.pipelines.lib import parse_memory
+from max.pipelines.lib.tokens.reasoning import REASONING_PARSERS
+from max.pipelines.lib.tokens.tool_calls import FORMATS as TOOL_CALL_FORMATS
 from max.serve.chat_images import DEFAULT_MAX_IMAGES, MediaOptions
 from max.serve.engine_supervisor import RestartPolicy
 from max.serve.request_limits import PROMPT_CHARS_PER_TOKEN, ServerLimits
@@ -24,6 +26,19 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--served-model-name", help="model name clients use (default: the model path)")
     g.add_argument("--seed", type=int, default=0, help="seed of dummy weights")
     g.add_argument("--log-requests", action="store_true", help="log each request")
+    g.add_argument(
+        "--reasoning-parser",
+        choices=REASONING_PARSERS,
+        help="split the model's <think>...</think> from its answer into `reasoning_content` "
+        "(qwen3: the model opens the block; deepseek_r1: the chat template does); harmony "
+        "models (gpt-oss) are split without it",
+    )
+    g.add_argument(
+        "--tool-call-parser",
+        choices=TOOL_CALL_FORMATS,
+        help="the format of the model's tool calls (default: the one its chat template shows; "
+        "hermes for templates that render no tools)",
+    )
     s = parser.add_argument_group("security")
     s.add_argument(
         "--api-key",

@@ -34,3 +34,6 @@ class ServerState:
     active_requests: int = 0  # generation requests admitted and not yet answered
     allowed_origins: list[str] = field(default_factory=list)  # CORS: none unless configured
     media: MediaOptions = field(default_factory=MediaOptions)  # which images chats may hold
+    reasoning_parser: str | None = None  # --reasoning-parser: qwen3, deepseek_r1 (None: no split)
+    tool_call_parser: str | None = None  # --tool-call-parser (None: the chat template's format)
+    lora_adapters: dict[str, str] | None = None  # LoRA adapters by name -> path (None: --enable-lora off)

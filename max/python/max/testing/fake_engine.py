@@ -35,6 +35,7 @@ class FakeEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         images: Sequence[ImageInput] = (),
+        lora: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yields one token per output until max_new_tokens (3 when unset)."""
         self.received[request_id] = (list(prompt_ids), tuple(images))

@@ -37,13 +37,18 @@ def hf_greedy(model, prompt: Sequence[int], steps: int) -> list[int]:
 
 
 def assert_matches_transformers(
-    path: Path | str, steps: int = 24, tolerance: float = 1e-4, prompts: Sequence[Sequence[int]] = PROMPTS
+    path: Path | str,
+    steps: int = 24,
+    tolerance: float = 1e-4,
+    prompts: Sequence[Sequence[int]] = PROMPTS,
+    **engine_overrides,
 ) -> None:
-    """float32 logits of every prompt position and greedy continuations equal transformers'."""
+    """float32 logits of every prompt position and greedy continuations equal transformers'
+    (`engine_overrides`: PipelineConfig fields of our engine, e.g. max_length)."""
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    engine = build_tiny_engine(path)
+    engine = build_tiny_engine(path, **engine_overrides)
     for prompt in prompts:
         with torch.no_grad():
             expected = reference(torch.tensor([list(prompt)])).logits[0]
@@ -62,3 +67,23 @@ def assert_batching_invariant(path: Path | str, steps: int = 12, prompts: Sequen
     assert engine.kv_cache.pool.num_in_use == 0 and chunked.kv_cache.pool.num_in_use == 0
 
 
+
+
+def assert_gpu_matches_cpu(path: Path | str, steps: int = 16, prompts: Sequence[Sequence[int]] = PROMPTS, **overrides) -> None:
+    """On a CUDA GPU (Triton kernels, CUDA-graph decode, chunked prefill): float32 prompt
+    logits and greedy tokens equal the CPU's; bfloat16 logits point the same way
+    (cosine similarity of each position's logits above 0.99)."""
+    settings = dict(quantization_encoding="float32", kv_cache_page_size=16, max_batch_size=8, **overrides)
+    cpu = build_tiny_engine(path, devices="cpu", **settings)
+    gpu = build_tiny_engine(path, devices="gpu", **settings)
+    for prompt in prompts:
+        torch.testing.assert_close(prompt_logits(gpu, prompt).cpu(), prompt_logits(cpu, prompt), rtol=1e-4, atol=1e-4)
+    expected = greedy_tokens(cpu, prompts, steps)
+    assert greedy_tokens(gpu, prompts, steps) == expected
+    assert gpu.runner.num_replays > 0  # decode steps replayed CUDA graphs
+    chunked = build_tiny_engine(path, devices="gpu", **{**settings, "max_num_batched_tokens": 7})
+    assert greedy_tokens(chunked, prompts, steps) == expected
+    bf16 = build_tiny_engine(path, devices="gpu", **{**settings, "quantization_encoding": "bfloat16"})
+    for prompt in prompts:
+        ours, reference = prompt_logits(bf16, prompt).float().cpu(), prompt_logits(cpu, prompt)
+        assert torch.nn.functional.cosine_similarity(ours, reference, dim=-1).min() > 0.99

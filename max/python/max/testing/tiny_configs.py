@@ -118,6 +118,83 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         },
         "tie_word_embeddings": False,
     },
+    # Every layer over a sliding window of 6 (Mistral v0.1's layout); head_dim 32 is not
+    # hidden / heads (as Mistral-Nemo's).
+    "mistral": {
+        **_COMMON,
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        "num_hidden_layers": 3,
+        "head_dim": 32,
+        "sliding_window": 6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+    },
+    # Fused qkv_proj and gate_up_proj; LongRoPE (short and long factors, original context
+    # 16, so the test prompts run past it) over half of each head (partial_rotary_factor);
+    # a sliding window of 8 on every layer.
+    "phi3": {
+        **_COMMON,
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        "num_hidden_layers": 3,
+        "partial_rotary_factor": 0.5,
+        "max_position_embeddings": 512,
+        "original_max_position_embeddings": 16,
+        "rope_scaling": {
+            "rope_type": "longrope",
+            "short_factor": [1.0, 1.1, 1.3, 1.6],
+            "long_factor": [1.5, 3.0, 7.0, 15.0],
+        },
+        "sliding_window": 8,
+        "tie_word_embeddings": False,
+    },
+    # Norms after attention and after the MLP (none before); q and k normalized over the
+    # whole projection, not per head.
+    "olmo2": {
+        **_COMMON,
+        "architectures": ["Olmo2ForCausalLM"],
+        "model_type": "olmo2",
+        "num_hidden_layers": 3,
+        # Olmo2Config's default pad id (1) is the prompts' BOS, which generate would mask.
+        "pad_token_id": 0,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+    },
+    # Latent attention (rank 32, rotary part 8 of each 24-wide query head, values 16 wide)
+    # with YaRN and its mscale on the scores; a dense first layer, then 8 routed experts in 4
+    # groups (top-2 groups, 2 experts per token, weights scaled by 2) beside 2 shared ones.
+    "deepseek_v2": {
+        **_COMMON,
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "model_type": "deepseek_v2",
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 4,
+        "q_lora_rank": None,
+        "kv_lora_rank": 32,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+        "n_routed_experts": 8,
+        "n_shared_experts": 2,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "first_k_dense_replace": 1,
+        "topk_method": "group_limited_greedy",
+        "n_group": 4,
+        "topk_group": 2,
+        "routed_scaling_factor": 2.0,
+        "rope_scaling": {
+            "type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 128,
+            "mscale": 0.707,
+            "mscale_all_dim": 0.707,
+            "beta_fast": 32,
+            "beta_slow": 1,
+        },
+        "tie_word_embeddings": False,
+    },
     # M-RoPE in sections of 2/3/3 frequencies (head_dim 16); q/k/v biases. The vision tower:
     # 4 blocks, windows of 2 x 2 merge blocks (56 px) with full attention in blocks 1 and 3.
     # Image token ids follow the SmolLM2 vocabulary (max.testing.tiny_vl_processor's tokenizer).

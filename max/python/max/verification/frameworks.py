@@ -41,6 +41,11 @@ class FrameworkSettings:
     quantization: str | None = None
     # Ours only: the KV cache's storage (`--kv-cache-dtype`, e.g. `fp8`).
     kv_cache_dtype: str = "auto"
+    # The torch reference's own checkpoint, where transformers cannot read ours (a GPTQ / AWQ
+    # / FP8 checkpoint: its dequantized float weights). None: the same `model_path`.
+    reference_model_path: str | None = None
+    # A LoRA adapter (PEFT folder or Hub repo id): ours serves it, the reference applies PEFT.
+    lora: str | None = None
 
 
 def _torch_device(device: str) -> torch.device:
@@ -118,6 +123,10 @@ def build_max_engine(settings: FrameworkSettings):
         quantization=settings.quantization,
         kv_cache_dtype=settings.kv_cache_dtype,
     )
+    if settings.lora is not None:
+        from max.pipelines.lib.lora.engine_lora import with_one_adapter
+
+        config = with_one_adapter(config, "lora", settings.lora)
     return build_engine(resolve_model(config, register_all()))
 
 
@@ -148,6 +157,9 @@ def _run_max_prompts(engine, settings, prompts, encoded, forced) -> list[PromptL
         request = Request(
             "verify", tokens, len(tokens), SamplingParams(), 0, len(tokens) + settings.num_steps, 0, images=tuple(enc.images)
         )
+        if engine.lora is not None:  # the one adapter of `settings.lora`
+            request.lora = engine.lora.ref("lora")
+            engine.lora.assign([request])
         if not cache.reserve("verify", len(tokens) + settings.num_steps):
             raise MaxError("the KV cache is too small for this prompt")
         result = PromptLogits(prompt.key)
@@ -188,7 +200,7 @@ def load_torch_model(settings: FrameworkSettings):
     from max.testing.tiny_checkpoints import reference_class
 
     hf_logging.set_verbosity_error()
-    source = resolve_model_source(settings.model_path)
+    source = resolve_model_source(settings.reference_model_path or settings.model_path)
     encoding = reference_encoding(settings.encoding)
     kwargs = {"gguf_file": source.gguf_file.name} if source.gguf_file is not None else {}
     cls = AutoModelForCausalLM if source.gguf_file is not None else reference_class(architecture_name(source))
@@ -198,6 +210,12 @@ def load_torch_model(settings: FrameworkSettings):
         trust_remote_code=settings.trust_remote_code,
         **kwargs,
     )
+    if settings.lora is not None:  # PEFT puts its LoRA layers into the model itself
+        from peft import PeftModel
+
+        from max.pipelines.lib.lora.peft_adapter import adapter_folder
+
+        model = PeftModel.from_pretrained(model, str(adapter_folder(settings.lora))).get_base_model()
     return model.to(_torch_device(settings.device)).eval()
 
 

@@ -41,10 +41,17 @@ class NamedPipeline:
     thresholds: dict[str, Thresholds]
     max_length: int = 1024
     takes_images: bool = False  # a vision-language model: its default prompts show images
+    # The torch reference's checkpoint where it differs (a pre-quantized checkpoint's
+    # dequantized weights, which transformers reads without GPTQ/AWQ/FP8 kernels).
+    locate_reference: Callable[[], str] | None = None
 
     def model_path(self) -> str:
         """The model's path (tiny checkpoints are written on first use)."""
         return self.locate()
+
+    def reference_path(self) -> str | None:
+        """The torch reference's checkpoint, None where it is `model_path()`'s."""
+        return None if self.locate_reference is None else self.locate_reference()
 
     def prompts(self) -> list[VerificationPrompt]:
         """The prompts verification runs by default."""
@@ -106,6 +113,14 @@ _FP8 = _BF16
 _FP8_KV = Thresholds(kl=1e-4, cos=5e-3)
 _FP8_KV_GPT_OSS = Thresholds(kl=1e-3, cos=3e-2)
 _FP8_KV_REAL = Thresholds(kl=1e-1, cos=5e-2)
+
+
+def default_thresholds(encoding: str) -> Thresholds:
+    """The thresholds of a model that no named pipeline describes (e.g. a new architecture's
+    checkpoint under `bring-up`): a real model's in float32, bfloat16's otherwise."""
+    return _REAL_F32 if encoding == "float32" else _BF16
+
+
 # Encodings of the pipeline table that are a float encoding plus a quantization method.
 QUANTIZATION_ENCODINGS = {"fp8": ("bfloat16", "fp8")}
 # Encodings of the pipeline table that are a float encoding plus a KV cache dtype of ours.
@@ -150,6 +165,51 @@ def _tiny(
     )
 
 
+def tiny_prequantized_paths(kind: str, group: int = 32) -> tuple[Path, Path]:
+    """(quantized, dequantized reference) tiny Llama checkpoints of `kind` (see
+    `max.testing.quantized_checkpoints`), written once beside the tiny random ones."""
+    from max.testing.quantized_checkpoints import quantize_tiny_checkpoint
+
+    config = tiny_configs.TINY_CONFIGS["llama3"]
+    source = tiny_random_path("tiny-random-llama3", config)
+    target = source.with_name(f"{source.name}-{kind}-g{group}")
+    if not (target / "reference" / "config.json").is_file():
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        quantize_tiny_checkpoint(source, tmp, kind, group)
+        try:
+            tmp.rename(target)
+        except OSError:  # written by another process meanwhile
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target / "quantized", target / "reference"
+
+
+# Pre-quantized checkpoints (detected from config.json) against transformers on their
+# dequantized weights. float32 on the CPU: the same weights (FP8 dequantized, int4 through
+# the exact reference product), so the tiny float thresholds; bfloat16 (a GPU: the FP8
+# kernels with activations quantized per token, the int4 kernels): bfloat16's.
+_PREQUANTIZED = {
+    "FP8-dynamic": ("ct-channel", 32),
+    "FP8-block": ("fp8-block", 32),
+    "GPTQ-Int4": ("gptq-sym-actorder", 32),
+    "AWQ": ("awq", 32),
+}
+
+
+def _prequantized(suffix: str) -> NamedPipeline:
+    kind, group = _PREQUANTIZED[suffix]
+    return NamedPipeline(
+        name=f"tiny-random-llama3-{suffix.lower()}",
+        display_name=f"tiny-random-llama3-{suffix}",
+        architecture="LlamaForCausalLM",
+        locate=lambda: str(tiny_prequantized_paths(kind, group)[0]),
+        locate_reference=lambda: str(tiny_prequantized_paths(kind, group)[1]),
+        thresholds={"float32": _TINY_F32, "bfloat16": _BF16},
+        max_length=512,
+    )
+
+
 NAMED_PIPELINES: list[NamedPipeline] = [
     NamedPipeline(
         name="smollm2-135m",
@@ -184,6 +244,22 @@ NAMED_PIPELINES: list[NamedPipeline] = [
     _tiny("qwen3-moe", "Qwen3MoeForCausalLM", tiny_configs.TINY_CONFIGS["qwen3_moe"]),
     _tiny("gemma3", "Gemma3ForCausalLM", tiny_configs.TINY_CONFIGS["gemma3"], int8=False, fp8kv=None),
     _tiny("gpt-oss", "GptOssForCausalLM", tiny_configs.TINY_CONFIGS["gpt_oss"], fp8kv=_FP8_KV_GPT_OSS),
+    *(_prequantized(suffix) for suffix in _PREQUANTIZED),
+    _tiny("mistral", "MistralForCausalLM", tiny_configs.TINY_CONFIGS["mistral"]),
+    # Not fp8kv: as Gemma 3's, its normalized keys (RMS ~1) make sharp scores that e4m3's
+    # rounding moves past any useful threshold (max KL 3.6e-3, cos 0.13 measured).
+    _tiny("olmo2", "Olmo2ForCausalLM", tiny_configs.TINY_CONFIGS["olmo2"], fp8kv=None),
+    # The reference decodes on its own cache without the re-prefill by which transformers'
+    # generate switches LongRoPE to the long factors, so here sequences stay within the
+    # original context (short factors, scaled by the 4x extension's attention factor);
+    # phi3_test checks the long factors.
+    _tiny(
+        "phi3",
+        "Phi3ForCausalLM",
+        {**tiny_configs.TINY_CONFIGS["phi3"], "original_max_position_embeddings": 512, "max_position_embeddings": 2048},
+    ),
+    # Not fp8kv: latent attention refuses an FP8 cache.
+    _tiny("deepseek-v2", "DeepseekV2ForCausalLM", tiny_configs.TINY_CONFIGS["deepseek_v2"], fp8kv=None),
     # Not int8: weight-only quantization would reach the vision tower's linears too.
     _tiny(
         "qwen2.5-vl",

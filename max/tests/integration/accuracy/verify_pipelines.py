@@ -50,6 +50,7 @@ def verify_one(
     kernels: str = "auto",
     tensor_parallel_size: int = 1,
     prompts: list[VerificationPrompt] | None = None,
+    lora: str | None = None,
 ) -> Outcome:
     """Runs one `Name-encoding` pipeline on `prompts` (default: the pipeline's own); never raises."""
     start = time.perf_counter()
@@ -59,6 +60,7 @@ def verify_one(
     try:
         settings = FrameworkSettings(
             model_path=pipeline.model_path(),
+            reference_model_path=pipeline.reference_path(),
             device=device,
             encoding=base_encoding,
             quantization=quantization,
@@ -67,6 +69,7 @@ def verify_one(
             max_length=pipeline.max_length,
             kernels=kernels,
             tensor_parallel_size=tensor_parallel_size,
+            lora=lora,
         )
         prompts = prompts or pipeline.prompts()
         reference = run_framework("torch", settings, prompts)
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a prompts file for every pipeline (as generate_llm_logits --prompts: a JSON list of strings and "
         "{'prompt': str, 'images': [file, ...]}); default: each pipeline's own prompts",
     )
+    parser.add_argument("--lora", metavar="PATH", help="verify every pipeline with this LoRA adapter (PEFT folder or repo id)")
     parser.add_argument("--report", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     specs = args.pipeline or [f"{p.display_name}-float32" for p in NAMED_PIPELINES if "float32" in p.thresholds]
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for spec in specs:
         print(f"verifying {spec} on {args.devices}...", file=sys.stderr)
-        outcomes.append(verify_one(spec, args.devices, args.num_steps, args.kernels, args.tensor_parallel_size, prompts))
+        outcomes.append(verify_one(spec, args.devices, args.num_steps, args.kernels, args.tensor_parallel_size, prompts, args.lora))
     table = format_table(outcomes, f"{args.devices} (kernels: {args.kernels})")
     print(table)
     if args.report:

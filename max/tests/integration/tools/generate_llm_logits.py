@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="ours only: the KV cache's storage, e.g. fp8 (e4m3, per-tensor scales 1.0)",
     )
+    parser.add_argument("--lora", metavar="PATH", help="a LoRA adapter (PEFT folder or Hub repo id): torch applies it with PEFT")
     args = parser.parse_args(argv)
     if args.num_steps < 1:
         parser.error("--num-steps must be at least 1")
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         tensor_parallel_size=args.tensor_parallel_size,
         quantization=args.quantization,
         kv_cache_dtype=args.kv_cache_dtype,
+        reference_model_path=pipeline.reference_path() if pipeline else None,
+        lora=args.lora,
     )
     prompts = read_prompts(args.prompts) if args.prompts else (pipeline.prompts() if pipeline else DEFAULT_PROMPTS)
     reference = read_logits(args.reference) if args.reference else None

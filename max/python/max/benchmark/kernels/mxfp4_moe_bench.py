@@ -15,6 +15,10 @@ used experts are the k = 4 chosen ones: 4 x 13.2 MB packed.
 
 --paths: both paths (GEMV, tensor cores) at 1..16 tokens, to place `GEMV_MAX_TOKENS`, and
 the GEMV path with its sum over the k slots left to torch (the in-kernel sum should win).
+--large: 256..8192 tokens (batched decode and prefill steps): the tensor-core path with its
+default and other tiles, the "dequant" path (every expert decoded once, then the bfloat16
+grouped GEMMs) and bfloat16 `fused_moe` on weights decoded beforehand, in µs and TFLOP/s,
+to place `DEQUANT_MIN_TOKENS` and the tiles of `pick_mma_blocks`.
 --sweep: GEMV tiles at 1 and 4 tokens (gate/up tiles first, then down's with the best).
 The defaults (`mxfp4_gemv.GEMV_ONE_TOKEN`, `GEMV_FEW_TOKENS`) are this sweep's best on one
 H100; rerun it after changing the kernel and update them.
@@ -40,7 +44,7 @@ from max.benchmark.kernels.bench_harness import (
     tensor_bytes,
 )
 from max.entrypoints.process_setup import run_main
-from max_kernels.mixture_of_experts import fused_moe
+from max_kernels.mixture_of_experts import MoeBlocks, fused_moe
 from max_kernels.mxfp4_gemv import GemvBlocks, pick_gemv_blocks
 from max_kernels.mxfp4_moe import (
     _fused_moe_mxfp4,
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=4, help="layers' weights the calls rotate over")
     parser.add_argument("--paths", action="store_true", help="GEMV against tensor cores at 1..16 tokens")
     parser.add_argument("--sweep", action="store_true", help="GEMV tiles at 1 and 4 tokens")
+    parser.add_argument("--large", action="store_true", help="paths and tiles at 256..8192 tokens")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("the benchmark needs a CUDA GPU", file=sys.stderr)
@@ -162,7 +167,40 @@ def main(argv: list[str] | None = None) -> int:
             print(bandwidth_row(f"gemv T={tokens}, slots summed by torch", us, _moved(layers[0], packed_pe, x, w, ids), copy), flush=True)
     if args.sweep:
         _sweep(layers, copy, packed_pe)
+    if args.large:
+        _large(layers)
     return 0
+
+
+LARGE_MMA_TILES = [
+    MoeBlocks(32, 32, 64, 64, num_warps=4, num_stages=3),
+    MoeBlocks(64, 32, 64, 64, num_warps=4, num_stages=3),
+    MoeBlocks(64, 64, 128, 64, num_warps=8, num_stages=3),
+    MoeBlocks(128, 64, 128, 64, num_warps=8, num_stages=3),
+    MoeBlocks(128, 32, 64, 64, num_warps=8, num_stages=3),
+]
+LARGE_DEQUANT_TILES = [None, MoeBlocks(128, 64, 128, 64, num_warps=8, num_stages=3)]
+
+
+def _large(layers: list[Layer]) -> None:
+    """µs and TFLOP/s per call at 256..8192 tokens for each path and tile set."""
+    print("\n| tokens | call | µs | TFLOP/s |")
+    print("|---|---|---|---|")
+    for tokens in (256, 512, 1024, 2048, 4096, 8192):
+        x, w, ids = make_tokens(tokens)
+        flops = 2 * tokens * TOP_K * (2 * INTER * HIDDEN + HIDDEN * INTER)
+        calls = [("mma default", dict(path="mma"))]
+        calls += [(f"mma {b}", dict(path="mma", mma_blocks=b)) for b in LARGE_MMA_TILES]
+        calls += [(f"dequant {b or 'default'}", dict(path="dequant", mma_blocks=b)) for b in LARGE_DEQUANT_TILES]
+        for name, over in calls:
+            try:
+                us = graph_time_us(lambda i, x=x, w=w, ids=ids, over=over: _mxfp4_call(layers[i], x, w, ids, **over), len(layers))
+            except Exception as e:  # a tile that does not compile must not end the table
+                print(f"| {tokens} | {name} | failed: {type(e).__name__} | |", flush=True)
+                continue
+            print(f"| {tokens} | {name} | {us:.1f} | {flops / us / 1e6:.0f} |", flush=True)
+        us = graph_time_us(lambda i, x=x, w=w, ids=ids: _bf16_call(layers[i], x, w, ids), len(layers))
+        print(f"| {tokens} | fused_moe bf16, decoded beforehand | {us:.1f} | {flops / us / 1e6:.0f} |", flush=True)
 
 
 def _time_gemv(layers: list[Layer], cfg: GemvBlocks, x, w, ids) -> float:

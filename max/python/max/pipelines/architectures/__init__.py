@@ -4,7 +4,18 @@ To add one, copy a folder (or run `pipelines new-architecture`), then add it her
 this package's BUILD.bazel.
 """
 
-from max.pipelines.architectures import gemma3, gpt_oss, llama3, qwen2, qwen2_5_vl, qwen3
+from max.pipelines.architectures import (
+    deepseek_v2,
+    gemma3,
+    gpt_oss,
+    llama3,
+    mistral,
+    olmo2,
+    phi3,
+    qwen2,
+    qwen2_5_vl,
+    qwen3,
+)
 from max.pipelines.lib import PIPELINE_REGISTRY, PipelineRegistry, SupportedArchitecture
 
 ARCHITECTURES: list[SupportedArchitecture] = [
@@ -14,6 +25,10 @@ ARCHITECTURES: list[SupportedArchitecture] = [
     *gemma3.ARCHITECTURES,
     *gpt_oss.ARCHITECTURES,
     *qwen2_5_vl.ARCHITECTURES,
+    *mistral.ARCHITECTURES,
+    *phi3.ARCHITECTURES,
+    *olmo2.ARCHITECTURES,
+    *deepseek_v2.ARCHITECTURES,
 ]
 
 

@@ -13,6 +13,10 @@ import torch
 from max.errors import MaxError
 from max.kv_cache import KV_CACHE_DTYPES
 from max.pipelines.lib.config_flags import setting
+from max.pipelines.lib.speculative.speculative_config import (
+    SpeculativeConfig,
+    parse_speculative_config,
+)
 
 FLOAT_ENCODINGS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GGUF quantized encodings: weights are read in this encoding and decoded to a float dtype.
@@ -39,8 +43,15 @@ LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 KERNEL_BACKENDS = ("auto", "torch")
 # Quantization applied on load to a float checkpoint (vLLM's `--quantization`): `fp8` holds
 # the decoder's linear weights in e4m3 and quantizes activations per token
-# (max.nn.fp8_linear).
-QUANTIZATION_METHODS = ("fp8",)
+# (max.nn.fp8_linear); `int4` holds them as int4 codes in groups of 128, round-to-nearest
+# (max.nn.int4_linear: the layout GPTQ/AWQ checkpoints load into).
+QUANTIZATION_METHODS = ("fp8", "int4")
+SPECULATIVE_HELP = (
+    'speculative decoding, vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4, '
+    '"prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), or {"method": "draft_model" | '
+    '"eagle" | "eagle3", "model": PATH_OR_REPO, "num_speculative_tokens": 4} (a draft model with the '
+    'target\'s vocabulary; EAGLE heads); "disable_by_batch_size": N turns it off while N requests run'
+)
 
 
 def parse_device(spec: str) -> torch.device:
@@ -147,7 +158,9 @@ class PipelineConfig:
         help="quantize a float checkpoint on load. fp8: the decoder's linear weights in FP8 "
         "e4m3 with per-channel scales, activations quantized per token (GPU with compute "
         "capability 8.9+, e.g. H100/H200/L40S; on the CPU an exact but slow emulation, for "
-        "verification)",
+        "verification). int4: int4 weights in groups of 128, round-to-nearest (the layout GPTQ/AWQ "
+        "checkpoints load into). Pre-quantized checkpoints (FP8, GPTQ, AWQ) are detected from "
+        "config.json: no flag",
     )  # fmt: skip
     devices: str = setting(
         "cpu", "--devices", group="model", help="cpu, gpu, gpu:N, or a list gpu:0,1,2,3 (default: cpu)"
@@ -222,6 +235,25 @@ class PipelineConfig:
     enable_prefix_caching: bool = setting(
         True, "--enable-prefix-caching", action=argparse.BooleanOptionalAction, help="reuse KV pages of shared prompt prefixes"
     )
+    scheduling_policy: str = setting(
+        "fcfs", "--scheduling-policy", choices=["fcfs", "priority"],
+        help="admit waiting requests in arrival order (fcfs), or by each request's `priority` (lower first)",
+    )  # fmt: skip
+    # Speculative decoding, in vLLM's JSON shape (a dict or a SpeculativeConfig in the API).
+    speculative_config: SpeculativeConfig | None = setting(
+        None, "--speculative-config", metavar="JSON", parse=parse_speculative_config, help=SPECULATIVE_HELP
+    )
+    # -- LoRA adapters ---------------------------------------------------------------------
+    enable_lora: bool = setting(
+        False, "--enable-lora", group="lora", action="store_true", help="serve LoRA adapters (PEFT format); a request picks one by its model name"
+    )  # fmt: skip
+    lora_modules: list[str] = setting(
+        None, "--lora-modules", default_factory=list, group="lora", action="extend", nargs="+", metavar="NAME=PATH",
+        help="adapters to load at start-up, PATH a PEFT adapter folder or Hub repo id (needs --enable-lora)",
+    )  # fmt: skip
+    max_loras: int = setting(4, "--max-loras", group="lora", type=int, help="adapters on the device at once (default 4)")
+    max_cpu_loras: int | None = setting(None, "--max-cpu-loras", group="lora", type=int, help="adapters in host memory, LRU (default: --max-loras)")
+    max_lora_rank: int = setting(16, "--max-lora-rank", group="lora", type=int, help="highest adapter rank served (default 16)")
     # -- the kernels and the host -----------------------------------------------------------
     cpu_threads: int | None = setting(
         None, "--cpu-threads", group="kernels", type=int,
@@ -253,6 +285,7 @@ class PipelineConfig:
         if self.kernels not in KERNEL_BACKENDS:
             raise MaxError(f"unknown kernel backend {self.kernels!r} ({', '.join(KERNEL_BACKENDS)})")
         self._check_quantization()
+        self.speculative_config = parse_speculative_config(self.speculative_config)
         if self.load_format not in LOAD_FORMATS:
             raise MaxError(f"unknown load format {self.load_format!r} ({', '.join(LOAD_FORMATS)})")
         if self.tokenizer is not None and self.skip_tokenizer_init:
@@ -271,6 +304,7 @@ class PipelineConfig:
         if not 0.0 < self.device_memory_utilization <= 1.0:
             raise MaxError("device_memory_utilization must be in (0, 1]")
         self._check_parallel_sizes()
+        check_lora_settings(self)
 
     @property
     def device_list(self) -> list[torch.device]:
@@ -343,7 +377,7 @@ class PipelineConfig:
         from max_kernels.fp8 import fp8_supported  # only when asked for: it imports Triton
 
         device = self.device_list[0]
-        if device.type == "cuda" and not fp8_supported(device):
+        if method == "fp8" and device.type == "cuda" and not fp8_supported(device):
             major, minor = torch.cuda.get_device_capability(device)
             raise MaxError(
                 f"--quantization {method} needs a GPU with FP8 tensor cores (compute capability "
@@ -369,3 +403,14 @@ class PipelineConfig:
                 f"{needed} ranks ({tp} tensor-parallel x {dp} data-parallel) need {needed} GPUs from "
                 f"gpu:{devices[0].index}; only {torch.cuda.device_count()} are present"
             )
+
+
+def check_lora_settings(config: PipelineConfig) -> None:
+    """Raises MaxError naming the first LoRA flag out of range."""
+    if config.lora_modules and not config.enable_lora:
+        raise MaxError("--lora-modules needs --enable-lora")
+    for flag, value in (("--max-loras", config.max_loras), ("--max-lora-rank", config.max_lora_rank), ("--max-cpu-loras", config.max_cpu_loras)):
+        if value is not None and value < 1:
+            raise MaxError(f"{flag} must be at least 1 (got {value})")
+    if config.enable_lora and config.tp_size > 1:
+        raise MaxError("--enable-lora with tensor parallelism is not supported yet")

@@ -30,6 +30,7 @@ class Flag:
     choices: Sequence[str] | None = None
     action: str | type[argparse.Action] | None = None
     metavar: str | None = None
+    nargs: str | None = None
     # Turns the flag's text into the field's value after parsing (e.g. "2GiB" -> bytes).
     parse: Callable[[Any], Any] | None = None
     # The command line's default when it is not the field's (e.g. `auto` encodings).
@@ -63,7 +64,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, groups: Sequence[str] 
         if default is _MISSING:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kwargs: dict[str, Any] = {"dest": f.name, "help": flag.help, "default": default}
-        for name in ("type", "choices", "action", "metavar"):
+        for name in ("type", "choices", "action", "metavar", "nargs"):
             value = getattr(flag, name)
             if value is not None:
                 kwargs[name] = value

@@ -39,6 +39,7 @@ from max.pipelines.lib.model.supported_architecture import SupportedArchitecture
 from max.pipelines.lib.plan import ExecutionPlan, WeightScheme, choose_cpu_encoding, resolve_plan
 from max.pipelines.lib.tokens.tokenizer import TextTokenizer
 from max.pipelines.lib.weights import GGUFFile, WeightsFormat
+from max.pipelines.lib.weights.quantization_config import read_quantization
 
 
 @dataclass
@@ -116,7 +117,10 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
             f"(supported: {', '.join(arch.supported_encodings)})"
         )
     hf_config = load_hf_config(source, config.trust_remote_code, gguf)
-    plan = resolve_plan(config, arch.default_encoding)
+    # A pre-quantized safetensors checkpoint says how in config.json (GGUF files carry their
+    # own encodings); with --load-format dummy its layout gets random weights of that scheme.
+    quant = read_quantization(hf_config) if source.weights_format == WeightsFormat.safetensors else None
+    plan = resolve_plan(config, arch.default_encoding, quant)
     return ResolvedModel(config, source, arch, hf_config, gguf, plan)
 
 
@@ -155,6 +159,21 @@ def describe_encoding(resolved: ResolvedModel) -> str:
             else "int4 in groups of 32 (int8 where the file has more bits)"
         )  # fmt: skip
         return f"encoding {enc}: linear weights kept as {held}, embeddings and LM head {dt}, compute {dt}, on {plan.device}"
+    quant = plan.checkpoint_quantization
+    if quant is not None:
+        if plan.weight_scheme == WeightScheme.FLOAT:
+            return (
+                f"checkpoint of {quant.describe()}: dequantized to {dt} on load (this device has no FP8 "
+                f"tensor cores: the dequantizing fallback), compute {dt}, on {plan.device}"
+            )
+        held = "e4m3 (per-row scales), activations per token" if plan.weight_scheme == WeightScheme.FP8 else "int4 in groups"
+        return f"checkpoint of {quant.describe()}: decoder linear weights kept {held}; embeddings and LM head {dt}, on {plan.device}"
+    if plan.weight_scheme == WeightScheme.W4A16:
+        how = (
+            f"encoding {enc}: decoder linear weights int4 in groups of 32 (the file's wider layers {dt})"
+            if enc in WEIGHT_ONLY_SCHEMES else "--quantization int4: decoder linear weights int4 in groups of 128"
+        )  # fmt: skip
+        return f"{how}; embeddings and LM head {dt}, compute {dt}, on {plan.device}"
     if plan.weight_scheme == WeightScheme.FP8:
         return (
             f"encoding {enc} with --quantization fp8: decoder linear weights e4m3 per channel, activations "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -16,9 +17,11 @@ import torch.distributed as dist
 from max.errors import MaxError
 from max.kv_cache import PagedKVCache
 from max.nn import TensorParallel, tensor_parallel_context
+from max.nn.lora import attach_lora
 from max.pipelines.lib.config import PipelineConfig
 from max.pipelines.lib.engine.llm_engine import LLMEngine
 from max.pipelines.lib.hub.hf_config import text_config
+from max.pipelines.lib.lora.engine_lora import enable_lora
 from max.pipelines.lib.model.memory_plan import MemoryReport
 from max.pipelines.lib.model.pipeline_model import PipelineModel
 from max.pipelines.lib.model.registry import (
@@ -33,6 +36,7 @@ from max.pipelines.lib.model_resolution import (
     resolve_model,
 )
 from max.pipelines.lib.plan import ExecutionPlan
+from max.pipelines.lib.runner.lora_model_runner import LoRAModelRunner
 from max.pipelines.lib.runner.model_runner import ModelRunner
 from max.pipelines.lib.runner.tensor_parallel import (
     RankGroup,
@@ -44,7 +48,18 @@ from max.pipelines.lib.runner.tensor_parallel import (
     start_tensor_parallel,
 )
 from max.pipelines.lib.sampling.structured_output import GrammarBackend
+from max.pipelines.lib.speculative.proposer import DraftProposer
+from max.pipelines.lib.speculative.proposer_setup import (
+    EAGLE_METHODS,
+    EagleSetup,
+    build_draft_model,
+)
+from max.pipelines.lib.speculative.speculative_config import (
+    check_implemented,
+    parse_speculative_config,
+)
 from max.pipelines.lib.weights import Checkpoint, WeightsFormat, open_gguf, open_safetensors
+from max.pipelines.lib.weights.quantized_layers import dequantized_view
 from max_kernels import configure as configure_kernels
 
 logger = logging.getLogger("max.pipelines")
@@ -86,7 +101,11 @@ def open_checkpoint(resolved: ResolvedModel) -> Checkpoint | None:
         return None
     if resolved.source.weights_format == WeightsFormat.gguf:
         return open_gguf(resolved.gguf)
-    return open_safetensors(resolved.source.weight_files)
+    checkpoint = open_safetensors(resolved.source.weight_files)
+    quant = resolved.plan.checkpoint_quantization
+    # A pre-quantized checkpoint's layers are offered as their exact dequantization; the
+    # model's quantized layers get their codes back from it (weights.quantized_layers).
+    return checkpoint if quant is None else dequantized_view(checkpoint, quant)
 
 
 def load_pipeline_model(resolved: ResolvedModel) -> PipelineModel:
@@ -97,9 +116,14 @@ def load_pipeline_model(resolved: ResolvedModel) -> PipelineModel:
     return arch.pipeline_model(resolved.config, resolved.plan, resolved.hf_config, open_checkpoint(resolved), adapter)
 
 
-def build_rank(resolved: ResolvedModel, group: RankGroup | None = None) -> ModelRunner:
+def build_rank(
+    resolved: ResolvedModel,
+    group: RankGroup | None = None,
+    on_model_loaded: Callable[[PipelineModel], None] | None = None,
+) -> ModelRunner:
     """This process's runner, over its model (its shard, under tensor parallelism) and KV
-    cache.
+    cache. `on_model_loaded` sees the loaded model before the KV cache and the runner (and
+    its CUDA graphs) exist: an EAGLE head's feature tap goes in there.
 
     Every rank of a tensor-parallel group calls it with the same config: the KV cache gets
     the number of pages that fits on every rank's device.
@@ -114,6 +138,10 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None) -> Model
         torch.cuda.set_device(device)
     with tensor_parallel_context(group.tp if group is not None else TensorParallel()):
         model = load_pipeline_model(resolved)
+    if config.enable_lora:  # before the KV cache takes what is left of the device
+        model.lora = attach_lora(model.model, config.max_loras, config.max_lora_rank)
+    if on_model_loaded is not None:  # before the KV cache: a head's cache is taken first
+        on_model_loaded(model)
     logger.info(describe_encoding(resolved))
     params = model.get_kv_params(resolved.hf_config, config, dtype)
     needed = model.estimate_kv_cache_size(config, resolved.hf_config, dtype)
@@ -132,7 +160,7 @@ def build_rank(resolved: ResolvedModel, group: RankGroup | None = None) -> Model
     )
     use_graphs = plan.cuda_graphs
     free_before = torch.cuda.mem_get_info(device)[0] if use_graphs else 0
-    runner = ModelRunner(
+    runner = (ModelRunner if model.lora is None else LoRAModelRunner)(
         model,
         kv_cache,
         config.max_batch_size,
@@ -199,20 +227,29 @@ def run_tensor_parallel_rank(
             dist.destroy_process_group()
 
 
-def build_engine(resolved: ResolvedModel) -> LLMEngine:
+def build_engine(resolved: ResolvedModel, proposer: DraftProposer | None = None) -> LLMEngine:
     """Loads the weights, sizes and allocates the KV cache, and returns a ready engine.
 
     With tensor parallelism this process is rank 0: it starts (or, under torchrun, meets)
-    the other ranks, which build their shards alongside.
+    the other ranks, which build their shards alongside. `proposer` replaces the draft
+    proposer of the config's speculative method (tests and benchmarks: the oracle).
     """
     config, plan = resolved.config, resolved.plan
+    speculative = parse_speculative_config(config.speculative_config)
+    eagle = None
+    if speculative is not None and proposer is None:
+        check_implemented(speculative)  # before the weights load: a usage error is quick
+        if speculative.method == "draft_model":
+            proposer = build_draft_model(speculative, resolved, build_rank)
+        elif speculative.method in EAGLE_METHODS:
+            eagle = EagleSetup(speculative, resolved)
     group = None
     if plan.tp_size > 1:
         if not resolved.architecture.multi_gpu_supported:
             raise MaxError(f"architecture {resolved.architecture.name} does not support tensor parallelism")
         group = start_tensor_parallel(config, resolved.architecture, run_tensor_parallel_rank)
     try:
-        runner = build_rank(resolved, group)
+        runner = build_rank(resolved, group, eagle.install if eagle is not None else None)
     except BaseException:
         if group is not None:
             group.close()
@@ -228,7 +265,9 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
             raise MaxError("structured outputs need the model's tokenizer (--skip-tokenizer-init is set)")
         return GrammarBackend(tokenizer.hf, vocab, eos | tokenizer.eos_token_ids)
 
-    return LLMEngine(
+    if eagle is not None:
+        proposer = eagle.proposer
+    engine = LLMEngine(
         runner,
         config.max_batch_size,
         max(plan.token_budget, 1),
@@ -239,4 +278,10 @@ def build_engine(resolved: ResolvedModel) -> LLMEngine:
         grammar=grammar,
         # Where a step is short enough for a collection's pause to show (the GPU's).
         freeze_startup_objects=plan.on_gpu,
+        speculative_config=speculative,
+        proposer=proposer,
     )
+    engine.scheduler.policy = config.scheduling_policy
+    if config.enable_lora:
+        enable_lora(engine, config)
+    return engine

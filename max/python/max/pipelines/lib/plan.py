@@ -8,9 +8,10 @@ and switches, whether decode steps replay CUDA graphs, the step's token budget, 
 thread count. Nothing below the builder re-derives these from strings or the environment.
 
 An encoding name means the same on every device: `q4_k` (and the other GGUF encodings)
-keeps the linear weights quantized (int4 or int8). That is a CPU path for now, so a GPU
-refuses it and says to decode the file with `bfloat16` (issue 29 brings quantized GGUF
-weights to the GPU).
+keeps the linear weights quantized (int4 or int8). A GPU holds the 4-bit ones in the int4
+layout of its kernels (`W4A16`, groups of 32) and refuses the int8 ones (no int8 kernel
+yet: decode the file with `bfloat16`). A pre-quantized safetensors checkpoint (FP8, GPTQ,
+AWQ: config.json's `quantization_config`) picks its own scheme (`checkpoint_scheme`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from max.pipelines.lib.config import (
     PipelineConfig,
     TorchrunWorld,
 )
+from max.pipelines.lib.weights.quantization_config import FP8, CheckpointQuantization
 
 # Tokens per step (the chunked-prefill budget) unless --max-num-batched-tokens says.
 CPU_TOKEN_BUDGET = 512
@@ -42,7 +44,8 @@ class WeightScheme(enum.StrEnum):
     FLOAT = "float"  # in the compute dtype
     INT8 = "int8"  # CPU weight-only int8 per channel (GGUF encodings of 5 to 8 bits)
     INT4 = "int4"  # CPU weight-only int4 in groups (GGUF encodings of 4 bits)
-    FP8 = "fp8"  # e4m3 per channel, quantized on load (--quantization fp8)
+    FP8 = "fp8"  # e4m3 per row: quantized on load (--quantization fp8), or an FP8 checkpoint's codes
+    W4A16 = "w4a16"  # int4 in groups, our layout (max.nn.int4_linear): GPTQ/AWQ, --quantization int4, 4-bit GGUF on a GPU
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class ExecutionPlan:
     async_scheduling: bool
     token_budget: int
     cpu_threads: int
+    # A pre-quantized checkpoint's scheme (config.json's quantization_config), None for float.
+    checkpoint_quantization: CheckpointQuantization | None = None
 
     @property
     def on_gpu(self) -> bool:
@@ -72,25 +77,37 @@ class ExecutionPlan:
         return self.device.type == "cuda"
 
 
-def resolve_plan(config: PipelineConfig, default_encoding: str | None = None) -> ExecutionPlan:
+def resolve_plan(
+    config: PipelineConfig,
+    default_encoding: str | None = None,
+    checkpoint_quantization: CheckpointQuantization | None = None,
+) -> ExecutionPlan:
     """The plan of `config` (its encoding already resolved from `auto`), for an architecture
-    whose default encoding is `default_encoding`. Raises MaxError for an encoding the device
-    cannot run."""
+    whose default encoding is `default_encoding` and a checkpoint quantized as
+    `checkpoint_quantization` says (None: float). Raises MaxError for an encoding the device
+    cannot run, or flags that contradict the checkpoint."""
     device = config.device
     enc = config.quantization_encoding
     gpu = device.type == "cuda"
-    if gpu and enc in QUANTIZED_ENCODINGS:
+    if gpu and enc in QUANTIZED_ENCODINGS and WEIGHT_ONLY_SCHEMES.get(enc) != "int4":
         raise MaxError(
-            f"--quantization-encoding {enc} keeps the linear weights quantized, which runs on the CPU "
+            f"--quantization-encoding {enc} keeps the linear weights in int8, which runs on the CPU "
             "only for now; on the GPU use --quantization-encoding bfloat16 (the GGUF file's weights "
-            "are decoded) or --quantization fp8"
+            "are decoded), a 4-bit encoding (q4_0, q4_1, q4_k) or --quantization fp8"
         )
-    if config.quantization == "fp8":
+    if checkpoint_quantization is not None:
+        scheme = checkpoint_scheme(config, checkpoint_quantization)
+    elif config.quantization == "fp8":
         scheme = WeightScheme.FP8
+    elif config.quantization == "int4":
+        scheme = WeightScheme.W4A16
     elif enc in WEIGHT_ONLY_SCHEMES:
-        scheme = WeightScheme(WEIGHT_ONLY_SCHEMES[enc])
+        # A GPU holds 4-bit GGUF weights in the int4 layout of its Triton kernels.
+        scheme = WeightScheme.W4A16 if gpu else WeightScheme(WEIGHT_ONLY_SCHEMES[enc])
     else:
         scheme = WeightScheme.FLOAT
+    if scheme == WeightScheme.W4A16 and config.tp_size > 1:
+        raise MaxError("int4 weights (GPTQ / AWQ checkpoints, --quantization int4, 4-bit GGUF on a GPU) do not support tensor parallelism yet")
     dtype = _dtype(enc, gpu, scheme, default_encoding)
     triton = gpu and config.kernels == "auto"
     return ExecutionPlan(
@@ -111,7 +128,30 @@ def resolve_plan(config: PipelineConfig, default_encoding: str | None = None) ->
         async_scheduling=gpu and config.async_scheduling,
         token_budget=config.max_num_batched_tokens or (GPU_TOKEN_BUDGET if gpu else CPU_TOKEN_BUDGET),
         cpu_threads=config.cpu_threads or _cores(),
+        checkpoint_quantization=checkpoint_quantization,
     )
+
+
+def checkpoint_scheme(config: PipelineConfig, quant: CheckpointQuantization) -> WeightScheme:
+    """How a pre-quantized checkpoint's layers are held on this device: FP8 through the FP8
+    kernels where the GPU has FP8 tensor cores, else dequantized to the float dtype (the
+    CPU's reference path, and older GPUs); int4 in our int4 layout everywhere (the CPU
+    computes its exact reference). Raises MaxError for flags that contradict it."""
+    if config.quantization is not None:
+        raise MaxError(
+            f"--quantization {config.quantization} quantizes a float checkpoint on load, but this checkpoint "
+            f"is already quantized ({quant.describe()}): drop --quantization"
+        )
+    if config.quantization_encoding in QUANTIZED_ENCODINGS:
+        raise MaxError(
+            f"--quantization-encoding {config.quantization_encoding} is a GGUF encoding; this checkpoint is "
+            f"{quant.describe()}: use auto, float32, bfloat16 or float16 (the compute dtype)"
+        )
+    if quant.method == FP8:
+        from max_kernels.fp8 import fp8_supported  # only for FP8 checkpoints: it imports Triton
+
+        return WeightScheme.FP8 if fp8_supported(config.device) else WeightScheme.FLOAT
+    return WeightScheme.W4A16
 
 
 def _dtype(enc: str | None, gpu: bool, scheme: WeightScheme, default_encoding: str | None) -> torch.dtype:

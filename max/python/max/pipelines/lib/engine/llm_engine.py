@@ -20,6 +20,16 @@ before its next mask is built, so a step with a constrained request in it is rea
 the next one is launched (`needs_host`), as for penalties: batches with constrained requests
 run synchronously, the others keep the overlap. (The alternative, building the mask of step
 N+1 on the device from step N's tokens, would need the grammar on the device.)
+
+Speculative decoding (`speculative_config`): before scheduling, the `Speculator` proposes
+draft tokens for the decoding requests that may speculate; each such request runs its last
+token plus its drafts in one chunk, logits come back for all of them, the sampler draws at
+every one of those positions, and the output processor keeps the drafts up to the first
+one the target disagrees with, plus the target's own token there (see
+`speculative.rejection_sampler`). Rejected drafts' KV stays in slots past the request's
+computed length, overwritten by the next step. Proposing needs every token on the host, so
+while speculation is on (at most `disable_by_batch_size` requests running) steps are read
+before the next is launched: such steps run synchronously.
 """
 
 from __future__ import annotations
@@ -29,15 +39,16 @@ import itertools
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from max.errors import MaxError
 from max.pipelines.lib.engine.output_processor import LaunchedStep, OutputProcessor
 from max.pipelines.lib.engine.request import Request, RequestOutput
-from max.pipelines.lib.engine.scheduler import Scheduler
+from max.pipelines.lib.engine.scheduler import ScheduledChunk, Scheduler
 from max.pipelines.lib.engine.step_observer import StepObserver
+from max.pipelines.lib.lora.registry import LoRARegistry, adapter_ref
 from max.pipelines.lib.model.multimodal import ImageInput
 from max.pipelines.lib.model.pipeline_model import PipelineModel
 from max.pipelines.lib.runner.input_batch import ModelInputs, PendingTokens
@@ -45,6 +56,11 @@ from max.pipelines.lib.runner.model_runner import ModelRunner
 from max.pipelines.lib.sampling.sampler import SampledTokens, SamplingBatch, sample_on_device
 from max.pipelines.lib.sampling.sampling_params import SamplingParams
 from max.pipelines.lib.sampling.structured_output import GrammarBackend
+from max.pipelines.lib.speculative.draft_masks import step_bitmask
+from max.pipelines.lib.speculative.proposer import DraftProposer
+from max.pipelines.lib.speculative.spec_decode_stats import SpecDecodeStats
+from max.pipelines.lib.speculative.speculative_config import SpeculativeConfig
+from max.pipelines.lib.speculative.speculator import Speculator
 
 logger = logging.getLogger("max.pipelines.engine")
 
@@ -59,6 +75,7 @@ class EngineStats:
     kv_pages_total: int
     kv_pages_cached: int
     num_preemptions: int
+    spec_decode: SpecDecodeStats = field(default_factory=SpecDecodeStats)
 
 
 def _as_seed(seed: int | None) -> int:
@@ -81,6 +98,8 @@ class LLMEngine:
         async_scheduling: bool = False,
         grammar: Callable[[], GrammarBackend] | None = None,
         freeze_startup_objects: bool = False,
+        speculative_config: SpeculativeConfig | None = None,
+        proposer: DraftProposer | None = None,
     ) -> None:
         self.runner = runner
         self.kv_cache = kv_cache = runner.kv_cache
@@ -90,7 +109,11 @@ class LLMEngine:
         self.vocab_size = vocab_size
         self.max_seq_len = runner.max_seq_len
         self._requests: dict[str, Request] = {}
-        self.outputs = OutputProcessor(self.scheduler, kv_cache, self.eos_token_ids, self._requests)
+        self.lora: LoRARegistry | None = None  # LoRA adapters, when `enable_lora` sets them
+        # Speculative decoding: the proposer of `speculative_config` (or `proposer`, e.g. a test's).
+        self.speculator = Speculator(speculative_config, proposer) if speculative_config is not None else None
+        spec_stats = self.speculator.stats if self.speculator is not None else None
+        self.outputs = OutputProcessor(self.scheduler, kv_cache, self.eos_token_ids, self._requests, spec_stats)
         self.observers: list[StepObserver] = []
         self._arrivals = itertools.count()
         self._step_ids = itertools.count()
@@ -117,9 +140,11 @@ class LLMEngine:
         prompt_tokens: list[int],
         params: SamplingParams,
         images: Sequence[ImageInput] = (),
+        lora: str | None = None,
     ) -> None:
         """Queues a request; raises MaxError if it cannot be served. `images` are the
-        prompt's images, each on its run of image tokens (see `multimodal.ImageInput`)."""
+        prompt's images, each on its run of image tokens (see `multimodal.ImageInput`);
+        `lora` names the LoRA adapter it runs (None: the base model)."""
         if request_id in self._requests:
             raise MaxError(f"request id {request_id!r} is already in use")
         if not prompt_tokens:
@@ -154,6 +179,7 @@ class LLMEngine:
             arrival=next(self._arrivals),
             matcher=matcher,
             images=images,
+            lora=adapter_ref(self.lora, lora),
         )
         self._requests[request_id] = request
         self.scheduler.add(request)
@@ -180,6 +206,8 @@ class LLMEngine:
             return None
         self.scheduler.remove(request)
         request.finish_reason = "abort"
+        if self.speculator is not None:
+            self.speculator.release(request_id)
         return RequestOutput(request_id, [], True, "abort", num_prompt_tokens=request.num_prompt_tokens)
 
     def close(self) -> None:
@@ -208,6 +236,7 @@ class LLMEngine:
             kv_pages_total=pool.num_pages,
             kv_pages_cached=pool.num_cached,
             num_preemptions=self.scheduler.num_preemptions,
+            spec_decode=self.speculator.stats.copy() if self.speculator is not None else SpecDecodeStats(),
         )
 
     # -- stepping ------------------------------------------------------------------------
@@ -223,7 +252,8 @@ class LLMEngine:
         previous = self._inflight
         self._inflight = None
         outputs: list[RequestOutput] = []
-        if previous is not None and (previous.needs_host or not self.async_scheduling):
+        speculating = self.speculator is not None and self.speculator.active(len(self.scheduler.running))
+        if previous is not None and (previous.needs_host or not self.async_scheduling or speculating):
             outputs = self._process(previous)
             previous = None
         launched = self._launch()
@@ -246,13 +276,16 @@ class LLMEngine:
     def _launch(self) -> LaunchedStep | None:
         """Schedules a batch and queues its work on the device (the forward pass and the
         draws); reads nothing back."""
-        plan = self.scheduler.schedule()
+        drafts = self.speculator.drafts(self.scheduler.running) if self.speculator is not None else None
+        plan = self.scheduler.schedule(drafts)
         for victim in plan.preempted:
             self.outputs.drop_pending(victim)
         chunks = plan.chunks
         if not chunks:
             self.runner.record_draws(None, None)
             return None
+        if self.lora is not None:
+            self.lora.assign([c.request for c in chunks])
         wants_all = [c.request.wants_prompt_logprobs for c in chunks]
         all_logits = wants_all if any(wants_all) else None
         inputs = self.runner.prepare(chunks, all_logits, self._pending())
@@ -261,6 +294,8 @@ class LLMEngine:
             for observer in self.observers:
                 observer.step_launching(inputs, kind)
         logits = self.runner.execute(inputs)
+        if self.speculator is not None:
+            self.speculator.observe(inputs)
         for observer in self.observers:
             observer.step_launched(inputs)
         # A request draws a token once all its tokens are computed, unless it is at its limit
@@ -270,7 +305,7 @@ class LLMEngine:
             for b, c in enumerate(chunks)
             if c.completes and len(c.request.tokens) < c.request.max_total_tokens
         ]
-        sampled = self._sample([chunks[b].request for b in drawing], drawing, logits, inputs) if drawing else None
+        sampled, first_rows = _sample(chunks, drawing, logits, inputs, self._grammar) if drawing else (None, None)
         step = LaunchedStep(
             next(self._step_ids),
             chunks,
@@ -281,56 +316,77 @@ class LLMEngine:
             logits=logits if all_logits is not None else None,
             all_logits=all_logits,
             needs_host=all_logits is not None
-            or any(c.request.params.has_penalties or c.request.matcher is not None for c in chunks),
+            or any(c.request.params.has_penalties or c.request.matcher is not None or c.draft_tokens for c in chunks),
             request_ids=[c.request.request_id for c in chunks],
+            sampler_rows=first_rows,
         )
         self.outputs.book(step)
         # The next decode step can be derived from this one only if everyone drew.
-        everyone = len(drawing) == len(chunks)
+        everyone = len(drawing) == len(chunks) and first_rows is None
         self.runner.record_draws(inputs, sampled.tokens if everyone and sampled is not None else None)
         self._inflight_source = step
         return step
-
-    def _sample(
-        self, reqs: list[Request], drawing: list[int], logits: torch.Tensor, inputs: ModelInputs
-    ) -> SampledTokens:
-        """Draws a token for each request of `reqs` (chunks `drawing` of the step) from its
-        last logits row, on the device; starts copying the draws to the host."""
-        if len(drawing) == logits.shape[0]:
-            rows = logits  # the usual case: every row draws, in order
-        else:
-            last_rows = [inputs.logits_rows[b].stop - 1 for b in drawing]
-            rows = logits[torch.tensor(last_rows, device=logits.device)]
-        params = [r.params for r in reqs]
-        # Token histories only matter to penalties; copying them every step is not free.
-        penalized = any(p.has_penalties for p in params)
-        constrained = [row for row, r in enumerate(reqs) if r.matcher is not None]
-        bitmask = self._grammar.fill_bitmask([reqs[row].matcher for row in constrained]) if constrained else None
-        sampled = sample_on_device(
-            rows,
-            SamplingBatch(
-                params=params,
-                seeds=[r.seed for r in reqs],
-                steps=[r.num_output_tokens for r in reqs],
-                prompt_tokens=[r.tokens[: r.num_prompt_tokens] for r in reqs] if penalized else (),
-                output_tokens=[r.output_tokens for r in reqs] if penalized else (),
-                token_bitmask=bitmask,
-                bitmask_rows=constrained,
-            ),
-        )
-        sampled.start_copy()
-        return sampled
 
     def _pending(self) -> PendingTokens | None:
         """Where the draws of the launched step that have not reached the host yet are."""
         launched = self._inflight_source
         if launched is None or launched.sampled is None:
             return None
-        rows = {launched.chunks[b].request.request_id: i for i, b in enumerate(launched.drawing)}
+        first = launched.sampler_rows or range(len(launched.drawing))
+        rows = {launched.chunks[b].request.request_id: first[i] for i, b in enumerate(launched.drawing)}
         return PendingTokens(launched.sampled.tokens, rows)
 
     def _process(self, step: LaunchedStep) -> list[RequestOutput]:
         """Reads a launched step's tokens and reports them (waits for the device)."""
         if self._inflight_source is step:
             self._inflight_source = None
-        return self.outputs.process(step)
+        outputs = self.outputs.process(step)
+        if self.speculator is not None:
+            for out in outputs:
+                if out.finished:
+                    self.speculator.release(out.request_id)
+        return outputs
+
+
+def _sample(
+    chunks: list[ScheduledChunk],
+    drawing: list[int],
+    logits: torch.Tensor,
+    inputs: ModelInputs,
+    grammar: GrammarBackend | None,
+) -> tuple[SampledTokens, list[int] | None]:
+    """Draws a token for each of the chunks `drawing` from its last logits row (and from
+    each draft's row, at the output positions that follow), on the device; starts
+    copying the draws to the host. Also returns each chunk's first sampler row when
+    some chunk verifies drafts (None: row i is chunk drawing[i]'s)."""
+    widths = [len(chunks[b].draft_tokens) + 1 for b in drawing]
+    if len(drawing) == logits.shape[0]:
+        rows = logits  # the usual case: every row draws, in order
+    else:
+        ends = [inputs.logits_rows[b].stop for b in drawing]
+        index = [r for end, w in zip(ends, widths) for r in range(end - w, end)]
+        rows = logits[torch.tensor(index, device=logits.device)]
+    reqs = [chunks[b].request for b, w in zip(drawing, widths) for _ in range(w)]
+    steps = [chunks[b].request.num_output_tokens + i for b, w in zip(drawing, widths) for i in range(w)]
+    params = [r.params for r in reqs]
+    # Token histories only matter to penalties; copying them every step is not free.
+    penalized = any(p.has_penalties for p in params)
+    constrained = [row for row, r in enumerate(reqs) if r.matcher is not None]
+    # A speculating request's masks follow its matcher through the drafts (`draft_masks`).
+    matchers = [(c.request.matcher, c.draft_tokens) for c in (chunks[b] for b in drawing) if c.request.matcher is not None]
+    bitmask = step_bitmask(grammar, matchers) if constrained else None
+    sampled = sample_on_device(
+        rows,
+        SamplingBatch(
+            params=params,
+            seeds=[r.seed for r in reqs],
+            steps=steps,
+            prompt_tokens=[r.tokens[: r.num_prompt_tokens] for r in reqs] if penalized else (),
+            output_tokens=[r.output_tokens for r in reqs] if penalized else (),
+            token_bitmask=bitmask,
+            bitmask_rows=constrained,
+        ),
+    )
+    sampled.start_copy()
+    first_rows = list(itertools.accumulate(widths, initial=0))[:-1] if len(reqs) > len(drawing) else None
+    return sampled, first_rows

@@ -10,6 +10,12 @@ The engine launches a step and hands it here twice:
   logprobs recorded and the computed pages committed to the prefix cache; finished
   requests leave the scheduler.
 A preempted request forgets the draw it is still waiting for (`drop_pending`).
+
+A speculating request (a chunk with draft tokens) drew at its last token and at each
+draft; `process` keeps the drafts up to the first the target disagrees with, then the
+target's token there (`accepted_draws`), stops at a stop token, EOS or the length limit
+among them, and counts the accepted drafts as computed (their KV is in the cache); the
+rejected drafts' slots are past the computed length, to be overwritten.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from max.pipelines.lib.engine.request import Request, RequestOutput, TokenLogpro
 from max.pipelines.lib.engine.scheduler import ScheduledChunk, Scheduler
 from max.pipelines.lib.runner.input_batch import ModelInputs
 from max.pipelines.lib.sampling.sampler import SampledTokens
+from max.pipelines.lib.speculative.rejection_sampler import accepted_draws
+from max.pipelines.lib.speculative.spec_decode_stats import SpecDecodeStats
 
 logger = logging.getLogger("max.pipelines.engine")
 
@@ -45,6 +53,9 @@ class LaunchedStep:
     # structured outputs).
     needs_host: bool = False
     request_ids: list[str] = field(default_factory=list)
+    # Speculative decoding: each drawing chunk's first sampler row (its draws are the rows
+    # from there, one per verified position); None when every chunk drew one token (row i).
+    sampler_rows: list[int] | None = None
 
 
 class OutputProcessor:
@@ -57,7 +68,9 @@ class OutputProcessor:
         kv_cache: PagedKVCache,
         eos_token_ids: set[int],
         requests: Mapping[str, Request],
+        spec_stats: SpecDecodeStats | None = None,
     ) -> None:
+        self.spec_stats = spec_stats  # where verified drafts are counted
         self.scheduler = scheduler
         self.kv_cache = kv_cache
         self.eos_token_ids = eos_token_ids
@@ -68,11 +81,13 @@ class OutputProcessor:
         anything launched later reads them) and gives each drawing request a placeholder."""
         drew = set(step.drawing)
         for b, chunk in enumerate(step.chunks):
-            chunk.request.num_computed += chunk.num_tokens
+            # Drafts count as computed only once accepted (`process`).
+            chunk.request.num_computed += chunk.num_tokens - len(chunk.draft_tokens)
             if step.completes[b] and b not in drew:
                 self.scheduler.remove(chunk.request)  # prompt only: finished once read
-        for row, b in enumerate(step.drawing):
+        for i, b in enumerate(step.drawing):
             request = step.chunks[b].request
+            row = step.sampler_rows[i] if step.sampler_rows is not None else i
             request.pending.append((step.step_id, row, len(request.tokens)))
             request.tokens.append(-1)
             if len(request.tokens) >= request.max_total_tokens:
@@ -99,26 +114,35 @@ class OutputProcessor:
         for b, _ in live:
             if step.all_logits is not None and step.all_logits[b]:
                 record_prompt_logprobs(step.chunks[b], step.logits[step.inputs.logits_rows[b]])
-        for row, b in enumerate(step.drawing):
+        for b in step.drawing:
             request = step.chunks[b].request
             entry = next((p for p in request.pending if p[0] == step.step_id), None)
             if entry is None or self.requests.get(request.request_id) is not request:
                 continue  # preempted, aborted or finished since the launch
             request.pending.remove(entry)
-            index = entry[2]
-            token = host.tokens[row]
-            request.tokens[index] = token
+            _, row, index = entry
+            drafts = step.chunks[b].draft_tokens
+            if drafts:
+                accepted, emitted = accepted_draws(drafts, host.tokens[row : row + len(drafts) + 1])
+                if self.spec_stats is not None:
+                    self.spec_stats.record(len(drafts), accepted)
+            else:
+                emitted = [host.tokens[row]]
             out = outputs.setdefault(request.request_id, _output(request))
-            out.new_token_ids.append(token)
-            if request.params.logprobs is not None:
-                top = []
-                if request.params.logprobs > 0:
-                    k = request.params.logprobs
-                    top = list(zip(host.top_ids[row][:k], host.top_logprobs[row][:k]))
-                out.logprobs = [TokenLogprob(token, host.logprobs[row], top)]
-            self._check_finished(request, token, index + 1)
-            if request.matcher is not None and request.finish_reason is None:
-                _advance_matcher(request, token)
+            for i, token in enumerate(emitted):
+                if i == 0:
+                    request.tokens[index] = token
+                else:  # an accepted draft's successor: its KV is computed, the token is known
+                    request.tokens.append(token)
+                    request.num_computed += 1
+                out.new_token_ids.append(token)
+                if request.params.logprobs is not None:
+                    out.logprobs = (out.logprobs or []) + [_logprob(host, row + i, token, request.params.logprobs)]
+                self._check_finished(request, token, index + i + 1)
+                if request.matcher is not None and request.finish_reason is None:
+                    _advance_matcher(request, token)  # a finished grammar ends the request
+                if request.finish_reason is not None:
+                    break  # a stop among the accepted drafts: nothing after it is emitted
 
         drew = set(step.drawing)
         for b, request in live:
@@ -143,6 +167,12 @@ class OutputProcessor:
             request.finish_reason = "stop"
         elif length >= request.max_total_tokens:
             request.finish_reason = "length"
+
+
+def _logprob(host, row: int, token: int, k: int) -> TokenLogprob:
+    """The drawn token's log-probability at sampler row `row`, with the top `k` others."""
+    top = list(zip(host.top_ids[row][:k], host.top_logprobs[row][:k])) if k > 0 else []
+    return TokenLogprob(token, host.logprobs[row], top)
 
 
 def _output(request: Request) -> RequestOutput:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from max.pipelines.lib.lora.prefix_keys import AdapterKeyedTokens
 from max.pipelines.lib.model.multimodal import ImageInput, ImageKeyedTokens
 from max.pipelines.lib.sampling.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from max.pipelines.lib.lora.registry import LoRARef
 
 
 class RequestStatus(enum.Enum):
@@ -49,6 +54,10 @@ class Request:
     # What the model's encoders made of the prompt's inputs (a vision encoder's embeddings,
     # by image index) while its prefill needs them; dropped with the request at the latest.
     encoder_cache: dict[int, Any] = field(default_factory=dict)
+    # The LoRA adapter the request runs (a `lora.LoRARef`; None: the base model), and the
+    # device slot the engine gave it for the current step.
+    lora: LoRARef | None = None
+    lora_slot: int = -1
 
     @property
     def output_tokens(self) -> list[int]:
@@ -61,10 +70,12 @@ class Request:
         return len(self.tokens) - self.num_prompt_tokens
 
     @property
-    def prefix_key_tokens(self) -> list[int] | ImageKeyedTokens:
+    def prefix_key_tokens(self) -> Sequence[int]:
         """The tokens that name this request's pages in the prefix cache (an image's
         placeholder tokens stand for the image's content)."""
-        return ImageKeyedTokens(self.tokens, self.images) if self.images else self.tokens
+        tokens = ImageKeyedTokens(self.tokens, self.images) if self.images else self.tokens
+        # Pages computed under an adapter hold its keys and values: keyed apart (`prefix_keys`).
+        return tokens if self.lora is None else AdapterKeyedTokens(tokens, self.lora.uid)
 
     @property
     def num_uncomputed(self) -> int:

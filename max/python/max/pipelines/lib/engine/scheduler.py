@@ -11,29 +11,38 @@ of the queue, to be recomputed (prompt plus what it generated so far) when pages
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from max.kv_cache import PagedKVCache
 from max.pipelines.lib.engine.request import Request, RequestStatus
 
+FCFS, PRIORITY = "fcfs", "priority"
+
 
 @dataclass
 class ScheduledChunk:
-    """One request's share of a step: run `num_tokens` tokens from `start`."""
+    """One request's share of a step: run `num_tokens` tokens from `start`.
+
+    A speculating request's chunk ends with its `draft_tokens` (counted in `num_tokens`):
+    its last known token plus k drafts, all verified in this step.
+    """
 
     request: Request
     start: int
     num_tokens: int
+    draft_tokens: list[int] = field(default_factory=list)
 
     @property
     def token_ids(self) -> list[int]:
         """The token ids to run."""
-        return self.request.tokens[self.start : self.start + self.num_tokens]
+        known = self.request.tokens[self.start : self.start + self.num_tokens - len(self.draft_tokens)]
+        return known + self.draft_tokens if self.draft_tokens else known
 
     @property
     def completes(self) -> bool:
         """After this chunk every token of the request is computed (a token is drawn)."""
-        return self.start + self.num_tokens == len(self.request.tokens)
+        return self.start + self.num_tokens - len(self.draft_tokens) == len(self.request.tokens)
 
 
 @dataclass
@@ -66,10 +75,18 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        # LoRA: the most distinct adapters one step may use (the device's slots); None: no limit.
+        self.max_loras: int | None = None
+        self.policy = FCFS  # --scheduling-policy: the order in which waiting requests are admitted
 
     def add(self, request: Request) -> None:
-        """Queues a new request."""
+        """Queues a new request (with the `priority` policy, after every waiting request of
+        the same or a more urgent priority: lower numbers first, as vLLM orders them)."""
         request.status = RequestStatus.WAITING
+        if self.policy == PRIORITY and self.waiting and self.waiting[-1].params.priority > request.params.priority:
+            after = next(i for i, r in enumerate(self.waiting) if r.params.priority > request.params.priority)
+            self.waiting.insert(after, request)
+            return
         self.waiting.append(request)
 
     def has_work(self) -> bool:
@@ -88,6 +105,13 @@ class Scheduler:
         self.kv_cache.free(request.request_id)
         request.status = RequestStatus.FINISHED
 
+    def _adapter_fits(self, request: Request) -> bool:
+        """Whether admitting `request` keeps the running adapters within `max_loras`."""
+        if request.lora is None or self.max_loras is None:
+            return True
+        running = {r.lora.uid for r in self.running if r.lora is not None}
+        return request.lora.uid in running or len(running) < self.max_loras
+
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
         self.kv_cache.free(request.request_id)
@@ -96,8 +120,10 @@ class Scheduler:
         self.waiting.appendleft(request)
         self.num_preemptions += 1
 
-    def schedule(self) -> SchedulerOutput:
-        """The next step's batch."""
+    def schedule(self, drafts: Mapping[str, list[int]] | None = None) -> SchedulerOutput:
+        """The next step's batch. `drafts` (speculative decoding) are draft tokens by request
+        id: a decoding request that has some runs them after its last token, as many as the
+        budget leaves room for, and its pages are reserved for them too."""
         budget = self.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
         preempted: list[Request] = []
@@ -107,7 +133,13 @@ class Scheduler:
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted below while making room for an earlier request
             n = min(request.num_uncomputed, budget)
+            draft = drafts.get(request.request_id, []) if drafts and request.num_uncomputed == 1 else []
+            draft = draft[: budget - n]
+            n += len(draft)
             while not self.kv_cache.reserve(request.request_id, request.num_computed + n):
+                if draft:  # drafts are worth no preemption: verify none this step
+                    n, draft = n - len(draft), []
+                    continue
                 victim = self.running[-1]
                 for c in [c for c in chunks if c.request is victim]:
                     chunks.remove(c)
@@ -117,10 +149,12 @@ class Scheduler:
                 if victim is request:
                     break
             else:
-                chunks.append(ScheduledChunk(request, request.num_computed, n))
+                chunks.append(ScheduledChunk(request, request.num_computed, n, draft))
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size and not preempted:
             request = self.waiting[0]
+            if not self._adapter_fits(request):
+                break  # every adapter slot is taken by running requests: wait for one to free
             if request.num_computed == 0:
                 use_cache = self.enable_prefix_caching and not request.wants_prompt_logprobs
                 cached = self.kv_cache.match_prefix(request.request_id, request.prefix_key_tokens) if use_cache else 0

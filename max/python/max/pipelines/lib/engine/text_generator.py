@@ -34,9 +34,10 @@ Prompt = str | Sequence[int]
 class TextGenerator:
     """Generates text for prompts, many at once, through one engine."""
 
-    def __init__(self, engine: LLMEngine, tokenizer: TextTokenizer) -> None:
+    def __init__(self, engine: LLMEngine, tokenizer: TextTokenizer, lora: str | None = None) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
+        self.lora = lora  # the LoRA adapter every request runs (None: the base model)
         self._ids = itertools.count()
 
     def prompt_ids(self, prompt: Prompt, chat: bool = False) -> list[int]:
@@ -50,7 +51,7 @@ class TextGenerator:
     def _add(self, prompt: Prompt, params: SamplingParams, chat: bool) -> tuple[str, RequestTextStream]:
         ids = self.prompt_ids(prompt, chat)
         request_id = f"gen-{next(self._ids)}"
-        self.engine.add_request(request_id, ids, params)
+        self.engine.add_request(request_id, ids, params, lora=self.lora)
         return request_id, RequestTextStream(self.tokenizer, ids, params)
 
     def stream(self, prompt: Prompt, params: SamplingParams, chat: bool = False) -> Iterator[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from max.nn import DecoderConfig
+from max.nn.transformer import FULL, SLIDING
 from max.pipelines.lib.hub.hf_config import head_dim, layer_types, rope_parameters, text_config
 
 C = TypeVar("C", bound=DecoderConfig)
@@ -39,3 +40,13 @@ def decoder_config_from_hf(cls: type[C], hf_config: Any, max_seq_len: int, **spe
     )
     fields.update(special)
     return cls(**fields)
+
+
+def windowed_everywhere(hf_config: Any) -> list[str]:
+    """Layer types of a config whose `sliding_window`, when set, applies to every layer
+    (Mistral, Phi-3): all "sliding_attention", or all "full_attention" without a window or
+    with one no shorter than the model's positions (Phi-3-128k's 262144), which never binds."""
+    hf_config = text_config(hf_config)
+    window = getattr(hf_config, "sliding_window", None)
+    kind = SLIDING if window and window < hf_config.max_position_embeddings else FULL
+    return [kind] * hf_config.num_hidden_layers

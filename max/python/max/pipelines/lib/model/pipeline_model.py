@@ -27,8 +27,9 @@ from max.nn import DecoderConfig, TensorParallel, Transformer, step_context, ten
 from max.nn.checkpoint_layout import leaves, parameter_sources
 from max.nn.expert_weights import Mxfp4ExpertWeights
 from max.nn.fp8_linear import fp8_layer_bytes, fp8_replacements
+from max.nn.lora import LoRATargets, lora_step
 from max.nn.quantized_linear import weight_only_replacements
-from max.pipelines.lib.config import PipelineConfig
+from max.pipelines.lib.config import WEIGHT_ONLY_SCHEMES, PipelineConfig
 from max.pipelines.lib.engine.scheduler import ScheduledChunk
 from max.pipelines.lib.hub.hf_config import quantization_method, text_config
 from max.pipelines.lib.model.memory_plan import check_fits as check_device_memory
@@ -38,6 +39,7 @@ from max.pipelines.lib.plan import ExecutionPlan, WeightScheme
 from max.pipelines.lib.runner.input_batch import EncoderOutputs, ModelInputs, ModelOutputs
 from max.pipelines.lib.weights import Checkpoint
 from max.pipelines.lib.weights.network_loader import LayerTransform, load_network
+from max.pipelines.lib.weights.quantized_layers import quantized_layer_transforms
 
 logger = logging.getLogger("max.pipelines")
 
@@ -94,6 +96,9 @@ class PipelineModel:
     # The token id that marks an image's positions in a prompt (None: the model takes no
     # images; vision-language models set it from their config).
     image_token_id: int | None = None
+    # The device slots of LoRA adapters in the network's projections (`enable_lora`); None:
+    # no LoRA, and steps carry no adapter rows.
+    lora: LoRATargets | None = None
 
     def __init__(
         self,
@@ -172,7 +177,12 @@ class PipelineModel:
         if c.moe is not None:
             inter = max(inter, c.moe.moe_intermediate_size * c.moe.num_experts_per_tok)
         width = 6 * c.hidden_size + 3 * inter + 3 * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-        return max_batch_tokens * width * elem + 3 * max_batch_size * c.vocab_size * 4
+        scratch = 0
+        if c.moe is not None and c.moe.expert_weights == Mxfp4ExpertWeights.name:
+            scratch = Mxfp4ExpertWeights.scratch_bytes(
+                c.moe.num_experts, c.hidden_size, c.moe.moe_intermediate_size, self.dtype, max_batch_tokens
+            )
+        return max_batch_tokens * width * elem + 3 * max_batch_size * c.vocab_size * 4 + scratch
 
     def check_fits(self, weight_bytes: int) -> None:
         """Raises MaxError before the weights are allocated when the model cannot run on its
@@ -231,7 +241,9 @@ class PipelineModel:
         state = None if checkpoint is None else weight_adapter(checkpoint, self.hf_config)
         transforms: dict[str, LayerTransform] = {}
         replaced_bytes: dict[str, int] = {}
-        if scheme == WeightScheme.FP8:
+        if scheme == WeightScheme.W4A16 or (scheme == WeightScheme.FP8 and self.plan.checkpoint_quantization):
+            transforms, replaced_bytes = self.checkpoint_transforms(network, state)
+        elif scheme == WeightScheme.FP8:
             transforms = {path: LayerTransform(fn) for path, fn in fp8_replacements(network).items()}
             replaced_bytes = {p: fp8_layer_bytes(network.get_submodule(p), self.dtype) for p in transforms}
         if scheme in (WeightScheme.INT8, WeightScheme.INT4):
@@ -241,6 +253,23 @@ class PipelineModel:
         self.check_fits(planned_weight_bytes(network, self.dtype, replaced_bytes))
         self.load_report = load_network(network, state, self.device, self.dtype, transforms, self.pipeline_config.seed)
         return network.eval()
+
+    def checkpoint_transforms(self, network: nn.Module, state: Any) -> tuple[dict[str, LayerTransform], dict[str, int]]:
+        """FP8 / int4 layers (and their bytes) from a pre-quantized checkpoint's codes, or
+        from the loaded values: `--quantization int4`, dummy weights of a quantized config,
+        a GGUF 4-bit file on a GPU (groups of 32 as its blocks, the wider layers of a
+        Q4_K_M file kept in the float dtype)."""
+        quant = self.plan.checkpoint_quantization
+        method = "int4" if self.plan.weight_scheme == WeightScheme.W4A16 else "fp8"
+        gguf = quant is None and self.pipeline_config.quantization_encoding in WEIGHT_ONLY_SCHEMES
+        if gguf:
+            wide = () if state is None else _wide_layers(network, state)
+            return quantized_layer_transforms(
+                network, None, parameter_sources(network), method, self.dtype, 32, wide, integer_zeros=False
+            )
+        group = quant.group_size if quant is not None and quant.group_size else 128
+        codes = state if quant is not None else None
+        return quantized_layer_transforms(network, codes, parameter_sources(network), method, self.dtype, group)
 
     # -- steps ---------------------------------------------------------------------------
     def rotary_positions(self, batch: Sequence[ScheduledChunk], cache_index: np.ndarray) -> np.ndarray:
@@ -259,6 +288,6 @@ class PipelineModel:
         """Runs one step: writes the new tokens' keys and values, returns their logits."""
         positions = inputs.positions if inputs.rope_positions is None else inputs.rope_positions
         extra = () if inputs.embeds is None else (inputs.embeds,)
-        with step_context(inputs.layout, inputs.kv_cache):
+        with step_context(inputs.layout, inputs.kv_cache), lora_step(inputs.lora):
             logits = self.model(inputs.tokens, positions, inputs.logits_indices, *extra)
         return ModelOutputs(logits)

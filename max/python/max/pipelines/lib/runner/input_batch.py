@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from max.kv_cache import PagedKVCache
+from max.nn.lora import LoRABatch
 from max.pipelines.lib.engine.scheduler import ScheduledChunk
 from max.pipelines.lib.runner.device_transfer import upload
+from max.pipelines.lib.runner.lora_inputs import lora_batch, next_decode_lora
 from max_kernels import RaggedLayout
 from max_kernels.decode_attention import default_num_splits
 
@@ -66,6 +68,7 @@ class ModelInputs:
     kv_cache: PagedKVCache
     rope_positions: torch.Tensor | None = None  # int64 [3, T]
     embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # int64 [R], [R, hidden]
+    lora: LoRABatch | None = None  # each token's LoRA adapter slot (None: no LoRA)
 
     @property
     def has_images(self) -> bool:
@@ -224,7 +227,8 @@ class InputBatchBuilder:
         """Flat inputs for a step that runs `batch` (one-token chunks must come first).
 
         For each chunk, logits are computed for its last token when the chunk completes the
-        request's tokens, and for every token when `all_logits[b]` (prompt logprobs).
+        request's tokens (and for each of its draft tokens: speculative decoding), and for
+        every token when `all_logits[b]` (prompt logprobs).
         A token id of -1 is one sampled in the previous step that has not reached the host
         yet; `pending` says where it is on the device.
         """
@@ -282,6 +286,8 @@ class InputBatchBuilder:
             request_ids=request_ids,
             kv_cache=kv_cache,
         )
+        if getattr(self.model, "lora", None) is not None:
+            inputs.lora = lora_batch(batch, q_lens, cu, device)
         encoded = self.model.encoder_outputs(batch)
         if encoded is not None:
             inputs.rope_positions = upload(encoded.rope_positions, device)
@@ -324,6 +330,7 @@ class InputBatchBuilder:
             logits_rows=[slice(i, i + 1) for i in range(b)],
             request_ids=prev_inputs.request_ids,
             kv_cache=prev_inputs.kv_cache,
+            lora=next_decode_lora(prev_inputs.lora),
         )
 
 
@@ -338,6 +345,7 @@ def _logits_rows(
         if all_logits is not None and all_logits[b]:
             rows.extend(range(cu[b], cu[b + 1]))
         elif chunk.completes:
-            rows.append(int(cu[b + 1]) - 1)
+            # A speculating request needs its last known token's row and each draft's.
+            rows.extend(range(int(cu[b + 1]) - 1 - len(chunk.draft_tokens), int(cu[b + 1])))
         logits_rows.append(slice(first, len(rows)))
     return np.array(rows, dtype=np.int64), logits_rows

@@ -34,7 +34,12 @@ def _outputs(path, tp: int):
         engine.close()
 
 
-TEXT_CONFIGS = sorted(name for name, config in TINY_CONFIGS.items() if "vision_config" not in config)
+# OLMo 2's q/k norms span every head and DeepSeek-V2's latent attention is not sharded yet:
+# both refuse tensor parallelism at start-up (tested below).
+NO_TENSOR_PARALLEL = {"olmo2": "Olmo2ForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM"}
+TEXT_CONFIGS = sorted(
+    name for name, config in TINY_CONFIGS.items() if "vision_config" not in config and name not in NO_TENSOR_PARALLEL
+)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +53,13 @@ def test_sharded_model_gives_the_single_process_logits(name, tp, tmp_path):
     tp_tokens, tp_logits = _outputs(path, tp)
     assert tp_tokens == tokens
     torch.testing.assert_close(tp_logits, logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(NO_TENSOR_PARALLEL))
+def test_architectures_without_tensor_parallelism_refuse_it(name, tmp_path):
+    path = write_tiny_checkpoint(tmp_path, TINY_CONFIGS[name], seed=3)
+    with pytest.raises(MaxError, match=f"architecture {NO_TENSOR_PARALLEL[name]} does not support tensor parallelism"):
+        _outputs(path, 2)
 
 
 def test_vision_language_model_with_images_gives_the_single_process_logits(tmp_path):

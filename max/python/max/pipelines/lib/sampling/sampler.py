@@ -110,6 +110,19 @@ def _penalized(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     )
 
 
+def _biased(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """`logits` with each request's logit_bias added (rows without one stay as they were)."""
+    rows, cols, values = [], [], []
+    for r, p in enumerate(params):
+        for token, bias in (p.logit_bias or {}).items():
+            rows.append(r)
+            cols.append(token)
+            values.append(bias)
+    index = upload(np.array([rows, cols], dtype=np.int64), logits.device)
+    bias = upload(np.array(values, dtype=np.float32), logits.device)
+    return logits.index_put((index[0], index[1]), bias, accumulate=True)
+
+
 def sample_on_device(logits: torch.Tensor, batch: SamplingBatch) -> SampledTokens:
     """Chooses one token per row of `logits` [N, vocab] (float32); nothing waits for the
     device."""
@@ -121,6 +134,8 @@ def sample_on_device(logits: torch.Tensor, batch: SamplingBatch) -> SampledToken
         logits = apply_token_bitmask(logits, batch.token_bitmask, batch.bitmask_rows)
     if any(p.has_penalties for p in params):
         logits = _penalized(logits, batch)
+    if any(p.logit_bias for p in params):
+        logits = _biased(logits, params)
     if all(p.greedy for p in params):
         tokens = argmax_rows(logits)
     else:

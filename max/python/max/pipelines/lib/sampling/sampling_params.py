@@ -19,7 +19,8 @@ class SamplingParams:
     and EOS (unless `ignore_eos`) end generation at the token. `logprobs` asks for the
     sampled token's log-probability plus that many top alternatives; `prompt_logprobs`
     the same for each prompt token. `structured_output` limits the output to a grammar's
-    language (a JSON schema, a regex, choices; see structured_output.py).
+    language (a JSON schema, a regex, choices; see structured_output.py). `logit_bias` adds
+    its value to a token's logit before any filter (-100 all but bans it, 100 forces it).
     """
 
     max_new_tokens: int | None = None
@@ -37,6 +38,8 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     structured_output: StructuredOutput | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (OpenAI's, -100..100)
+    priority: int = 0  # --scheduling-policy priority: lower is admitted first (vLLM's order)
 
     @property
     def greedy(self) -> bool:
@@ -82,7 +85,13 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 20:
                 raise bad(name, "between 0 and 20")
+        for t, bias in (self.logit_bias or {}).items():
+            if not -100.0 <= bias <= 100.0:
+                raise MaxError(f"logit_bias of token {t} must be between -100 and 100 (got {bias!r})")
         if vocab_size is not None:
             for t in self.stop_token_ids:
                 if not 0 <= t < vocab_size:
                     raise MaxError(f"stop token id {t} is outside the vocabulary (size {vocab_size})")
+            for t in self.logit_bias or {}:
+                if not 0 <= t < vocab_size:
+                    raise MaxError(f"logit_bias names token id {t}, outside the vocabulary (size {vocab_size})")

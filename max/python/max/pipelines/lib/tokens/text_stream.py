@@ -6,6 +6,7 @@ Used in-process by `TextGenerator` and in the HTTP process by the server, which 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +73,32 @@ class RequestTextStream:
 
     def update(self, output: RequestOutput) -> TextDelta:
         """Adds one engine output; returns the text to emit. Finishes on a stop string."""
+        if self.params.stop and len(output.new_token_ids) > 1 and not self.finished:
+            return self._update_each(output)
+        return self._update_one(output)
+
+    def _update_each(self, output: RequestOutput) -> TextDelta:
+        """An output of several tokens (speculative decoding), fed one token at a time: a stop
+        string ends the request at the token it ends in, as with one token per step, and the
+        tokens after it are dropped."""
+        delta = None
+        last = len(output.new_token_ids) - 1
+        for i, token in enumerate(output.new_token_ids):
+            part = dataclasses.replace(
+                output,
+                new_token_ids=[token],
+                logprobs=output.logprobs[i : i + 1] if output.logprobs else output.logprobs,
+                finished=output.finished and i == last,
+                finish_reason=output.finish_reason if i == last else None,
+                prompt_logprobs=output.prompt_logprobs if i == 0 else None,
+            )
+            step = self._update_one(part)
+            delta = step if delta is None else delta.followed_by(step)
+            if self.finished:
+                break
+        return delta
+
+    def _update_one(self, output: RequestOutput) -> TextDelta:
         if self.finished:
             return TextDelta("", [], None, True, self.finish_reason)
         self.num_cached_tokens = output.num_cached_tokens

@@ -1,11 +1,18 @@
 """Tool calls in model output: the families' formats, their parsers and their grammars.
 
-Two formats are known:
+Four formats are known:
 - `hermes` (Qwen 2.5/3, Hermes, and the fallback for chat templates that know no tools):
   `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, one block per call,
   possibly after some text.
 - `llama3_json` (Llama 3.1+): the whole answer is `{"name": ..., "parameters": {...}}`
   (optionally after `<|python_tag|>`), several calls separated by `;`.
+- `mistral`: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]` (or, with newer
+  tokenizers, `[TOOL_CALLS]name[ARGS]{...}` per call), possibly after some text; the
+  marker is a special token that detokenized text may have lost, so an answer that is a
+  bare JSON list of calls counts too.
+- `pythonic` (Llama 3.2 and 4 style): the answer is a Python list of calls with keyword
+  arguments, `[get_weather(city="Paris"), get_time()]` (optionally between
+  `<|python_start|>` and `<|python_end|>`); the values are Python literals.
 
 `ToolCallParser` splits a streamed answer into content and complete calls (text that may
 still turn into a call is held back); `tool_call_grammar` is the Lark grammar (for
@@ -16,6 +23,7 @@ chat template ignores tools see them in the hermes format anyway.
 
 from __future__ import annotations
 
+import ast
 import json
 import uuid
 from collections.abc import Sequence
@@ -24,11 +32,16 @@ from typing import Any
 
 HERMES = "hermes"
 LLAMA3_JSON = "llama3_json"
-FORMATS = (HERMES, LLAMA3_JSON)
+MISTRAL = "mistral"
+PYTHONIC = "pythonic"
+FORMATS = (HERMES, LLAMA3_JSON, MISTRAL, PYTHONIC)
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 TAGS = (_OPEN, _CLOSE)
 _PYTHON_TAG = "<|python_tag|>"
+_MISTRAL_TAG, _MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
+_PYTHON_START, _PYTHON_END = "<|python_start|>", "<|python_end|>"
+_CALL_MARKERS = (_PYTHON_TAG, _MISTRAL_TAG, _PYTHON_START)  # what may open an answer made of calls
 
 
 @dataclass
@@ -43,6 +56,10 @@ class ToolCall:
 def detect_format(chat_template: str | None) -> str:
     """The tool-call format a model writes, judged from its chat template."""
     template = chat_template or ""
+    if _MISTRAL_TAG in template:
+        return MISTRAL
+    if "func_name1(" in template or _PYTHON_START in template:
+        return PYTHONIC
     if _PYTHON_TAG in template or "ipython" in template:
         return LLAMA3_JSON
     return HERMES
@@ -95,6 +112,57 @@ def _parse_llama3(text: str) -> list[ToolCall] | None:
     return calls or None
 
 
+def _parse_mistral(text: str) -> list[ToolCall] | None:
+    """The calls of a mistral answer's calls part, or None if it is not made of calls."""
+    chunks = [c.strip() for c in text.strip().split(_MISTRAL_TAG) if c.strip()]
+    calls: list[ToolCall] = []
+    for chunk in chunks:
+        if chunk.startswith("["):  # a JSON list of {"name", "arguments"}
+            try:
+                values = json.loads(chunk)
+            except ValueError:
+                return None
+            found = [_call_from_json(v) for v in values] if isinstance(values, list) else [None]
+        elif _MISTRAL_ARGS in chunk:  # name[ARGS]{...}
+            name, _, args = chunk.partition(_MISTRAL_ARGS)
+            try:
+                found = [_call_from_json({"name": name.strip(), "arguments": json.loads(args)})]
+            except ValueError:
+                return None
+        else:
+            return None
+        if not found or any(call is None for call in found):
+            return None
+        calls.extend(found)
+    return calls or None
+
+
+def _parse_pythonic(text: str) -> list[ToolCall] | None:
+    """The calls of a pythonic answer (`[f(a=1), g()]`), or None if it is not made of calls."""
+    text = text.strip().removeprefix(_PYTHON_START).removesuffix(_PYTHON_END).strip()
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+    nodes = tree.elts if isinstance(tree, ast.List) else [tree]
+    calls = []
+    for node in nodes:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args):
+            return None
+        try:
+            args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
+        except (ValueError, TypeError, SyntaxError):
+            return None
+        if len(args) != len(node.keywords):
+            return None  # **kwargs
+        calls.append(ToolCall(node.func.id, json.dumps(args, ensure_ascii=False)))
+    return calls or None
+
+
+# How each list-shaped format reads the calls part of an answer (others: llama3_json's reader).
+_CALL_LISTS = {MISTRAL: _parse_mistral, PYTHONIC: _parse_pythonic}
+
+
 class ToolCallParser:
     """Splits an answer, fed as text deltas, into content and tool calls.
 
@@ -112,6 +180,13 @@ class ToolCallParser:
         self._buffer = ""
         self._in_call = False
         self._mode: str | None = None  # "calls" (a bare JSON answer) or "text", from its first character
+        self.call_bodies: list[str] = []  # the text of each hermes block that became a call
+
+    @property
+    def open_call_text(self) -> str | None:
+        """The text written so far inside an open hermes `<tool_call>` block (None outside
+        one): what a streaming client may see of a call before it is whole."""
+        return self._buffer if self._in_call and self.format == HERMES else None
 
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
         """Content and calls that `text` (the next piece of the answer) completes."""
@@ -122,10 +197,16 @@ class ToolCallParser:
                 return "", []
             # An answer that opens with a JSON object may be a bare call (llama3_json's
             # format; small hermes models also drop the tags): it is read whole at the end.
-            self._mode = "calls" if head[0] == "{" or head.startswith(_PYTHON_TAG) else "text"
+            # So is a list, in the formats whose calls are a list (mistral, pythonic).
+            if any(marker.startswith(head) and marker != head for marker in _CALL_MARKERS):
+                return "", []  # may still become a marker
+            opens_calls = head[0] == "{" or head.startswith((_PYTHON_TAG, _MISTRAL_TAG, _PYTHON_START))
+            self._mode = "calls" if opens_calls or (head[0] == "[" and self.format in (MISTRAL, PYTHONIC)) else "text"
         if self._mode == "calls":
             return "", []
-        if self.format == LLAMA3_JSON:
+        if self.format == MISTRAL:
+            return self._feed_mistral()
+        if self.format in (LLAMA3_JSON, PYTHONIC):
             text, self._buffer = self._buffer, ""
             return self._emit(text, [])
         return self._feed_hermes()
@@ -134,11 +215,13 @@ class ToolCallParser:
         """Everything held back, at the end of the answer."""
         rest, self._buffer = self._buffer, ""
         if self._mode == "calls":
-            calls = _parse_llama3(rest)
+            calls = _CALL_LISTS.get(self.format, _parse_llama3)(rest)
             return self._emit("", calls) if calls else self._emit(rest, [])
         if self._in_call:
             self._in_call = False
             call = _parse_hermes_block(rest)
+            if call is not None:
+                self.call_bodies.append(rest)
             return self._emit("", [call]) if call else self._emit(_OPEN + rest, [])
         return self._emit(rest, [])
 
@@ -148,6 +231,17 @@ class ToolCallParser:
         self.content += content
         self.calls.extend(calls)
         return content, calls
+
+    def _feed_mistral(self) -> tuple[str, list[ToolCall]]:
+        """Text until `[TOOL_CALLS]`; after it, calls, read whole at the end."""
+        start = self._buffer.find(_MISTRAL_TAG)
+        if start >= 0:
+            content, self._buffer = self._buffer[:start], self._buffer[start:]
+            self._mode = "calls"
+            return self._emit(content, [])
+        keep = _held_back(self._buffer, _MISTRAL_TAG)
+        content, self._buffer = self._buffer[: len(self._buffer) - keep], self._buffer[len(self._buffer) - keep :]
+        return self._emit(content, [])
 
     def _feed_hermes(self) -> tuple[str, list[ToolCall]]:
         content, calls = "", []
@@ -161,6 +255,7 @@ class ToolCallParser:
                 call = _parse_hermes_block(body)
                 if call is not None:
                     calls.append(call)
+                    self.call_bodies.append(body)
                 else:  # not a call after all: give the text back as content
                     content += _OPEN + body + _CLOSE
             else:
@@ -215,6 +310,11 @@ def tool_call_grammar(
     schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     options = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     body = json.dumps({**schema, "x-guidance": options})
+    if format == PYTHONIC:
+        raise ValueError("forcing tool calls is not supported for the pythonic format yet")
+    if format == MISTRAL:
+        start = 'start: "[" call (", " call)* "]"' if parallel else 'start: "[" call "]"'
+        return f"{start}\ncall: %json {body}\n"
     if format == LLAMA3_JSON:
         call, separator = f"%json {body}", '"; "'
     else:

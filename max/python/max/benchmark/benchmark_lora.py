@@ -1,0 +1,204 @@
+"""LoRA serving cost: the same offline workload through the engine without LoRA, then with
+random adapters, side by side; and batch-1 decode with and without an adapter.
+
+Random rank-`--lora-rank` adapters (PEFT format, every projection of every layer, written
+into a temporary folder from the model's config) are spread round-robin over the requests.
+Phases, each after a warm-up: (1) the base engine (no `--enable-lora`): `--num-prompts`
+requests of `--input-len` random prompt tokens and `--output-len` output tokens (greedy,
+EOS ignored, all added at once), then one request's decode speed; (2) an engine with
+`--enable-lora --max-loras N` and the adapters loaded: the same workload with adapters,
+base-model requests on it, and one request's decode with an adapter. The issue's goals:
+adapters >= 85 % of the base throughput, batch-1 decode with an adapter >= 90 %.
+
+    PYTHONPATH=max/python:max/kernels/python python3 -m max.benchmark.benchmark_lora \\
+        --model-path max/python/max/benchmark/configs/Llama-3.1-8B --load-format dummy \\
+        --devices gpu --num-prompts 1000 --input-len 200 --output-len 180 --num-adapters 8 \\
+        --lora-rank 16 --max-batch-size 256 --result-file lora.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from max.entrypoints.process_setup import run_main
+from max.errors import MaxError
+
+_MODULES = {  # PEFT module -> (input width, output width) from the text config
+    "self_attn.q_proj": lambda c, d: (c.hidden_size, c.num_attention_heads * d),
+    "self_attn.k_proj": lambda c, d: (c.hidden_size, c.num_key_value_heads * d),
+    "self_attn.v_proj": lambda c, d: (c.hidden_size, c.num_key_value_heads * d),
+    "self_attn.o_proj": lambda c, d: (c.num_attention_heads * d, c.hidden_size),
+    "mlp.gate_proj": lambda c, d: (c.hidden_size, c.intermediate_size),
+    "mlp.up_proj": lambda c, d: (c.hidden_size, c.intermediate_size),
+    "mlp.down_proj": lambda c, d: (c.intermediate_size, c.hidden_size),
+}
+
+
+def write_random_adapter(folder: Path, hf_config, rank: int, seed: int) -> Path:
+    """A PEFT adapter of random A and B (bfloat16) on every projection of every layer."""
+    from safetensors.torch import save_file
+
+    from max.pipelines.lib.hub.hf_config import head_dim, text_config
+
+    config = text_config(hf_config)
+    d = head_dim(config)
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config.num_hidden_layers):
+        for module, shape in _MODULES.items():
+            fan_in, fan_out = shape(config, d)
+            key = f"base_model.model.model.layers.{layer}.{module}"
+            tensors[f"{key}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=g) * fan_in**-0.5).bfloat16()
+            tensors[f"{key}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=g) * 0.01).bfloat16()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none", "target_modules": [m.split(".")[-1] for m in _MODULES]}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_workload(engine, prompts: list[list[int]], output_len: int, loras: list[str | None]) -> dict:
+    """All requests at once, run to the end: output tokens per second and elapsed time."""
+    from max.pipelines.lib import SamplingParams
+
+    params = SamplingParams(max_new_tokens=output_len, temperature=0.0, ignore_eos=True)
+    engine.kv_cache.pool.reset_prefix_cache()
+    device = engine.model.device
+    _sync(device)
+    start = time.perf_counter()
+    for i, (prompt, lora) in enumerate(zip(prompts, loras)):
+        engine.add_request(f"r{i}-{time.monotonic_ns()}", prompt, params, lora=lora)
+    tokens = 0
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.error:
+                raise MaxError(f"request {out.request_id} failed: {out.error}")
+            tokens += len(out.new_token_ids)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return {"requests": len(prompts), "output_tokens": tokens, "elapsed_s": elapsed, "output_tok_s": tokens / elapsed}
+
+
+def run_decode(engine, prompt: list[int], output_len: int, lora: str | None) -> dict:
+    """One request: its decode speed after the first token."""
+    from max.pipelines.lib import SamplingParams
+
+    engine.kv_cache.pool.reset_prefix_cache()
+    params = SamplingParams(max_new_tokens=output_len, temperature=0.0, ignore_eos=True)
+    engine.add_request(f"decode-{time.monotonic_ns()}", prompt, params, lora=lora)
+    first, tokens = None, 0
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens += len(out.new_token_ids)
+            if first is None and out.new_token_ids:
+                first, first_count = time.perf_counter(), tokens
+    _sync(engine.model.device)
+    return {"decode_tok_s": (tokens - first_count) / (time.perf_counter() - first)}
+
+
+def _engine(config):
+    from max.pipelines.architectures import register_all
+    from max.pipelines.lib import build_engine, resolve_model
+
+    return build_engine(resolve_model(config, register_all()))
+
+
+def _release_memory(device: torch.device) -> None:
+    """Gives a closed engine's device memory back (the caller has dropped its reference:
+    the next engine sizes its KV cache by what is free)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _phase(engine, prompts, args, loras_cycle: list[str | None], decode_lora: str | None) -> dict:
+    warm = min(len(prompts), 2 * args.max_batch_size)
+    run_workload(engine, prompts[:warm], 8, [loras_cycle[i % len(loras_cycle)] for i in range(warm)])
+    loras = [loras_cycle[i % len(loras_cycle)] for i in range(len(prompts))]
+    result = run_workload(engine, prompts, args.output_len, loras)
+    result.update(run_decode(engine, prompts[0], args.decode_len, decode_lora))
+    return result
+
+
+def _run(args: argparse.Namespace) -> int:
+    from max.entrypoints.cli_args import pipeline_config_from_args
+    from max.pipelines.architectures import register_all
+    from max.pipelines.lib import resolve_model
+
+    config = pipeline_config_from_args(args)
+    resolved = resolve_model(config, register_all())
+    config = resolved.config
+    vocab = int(getattr(resolved.hf_config, "vocab_size", 0) or resolved.hf_config.get_text_config().vocab_size)
+    rng = np.random.default_rng(args.seed)
+    prompts = [rng.integers(10, vocab - 10, args.input_len).tolist() for _ in range(args.num_prompts)]
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="max-lora-bench-") as tmp:
+        names = [f"adapter{i}" for i in range(args.num_adapters)]
+        paths = [write_random_adapter(Path(tmp) / n, resolved.hf_config, args.lora_rank, i) for i, n in enumerate(names)]
+        print(f"{len(paths)} random rank-{args.lora_rank} adapters written", file=sys.stderr)
+        engine = _engine(config)
+        results["base engine, no adapters"] = _phase(engine, prompts, args, [None], None)
+        engine.close()
+        engine = None
+        _release_memory(config.device)
+        lora_config = dataclasses.replace(
+            config, enable_lora=True, lora_modules=[f"{n}={p}" for n, p in zip(names, paths)],
+            max_loras=args.num_adapters, max_lora_rank=args.lora_rank,
+        )  # fmt: skip
+        engine = _engine(lora_config)
+        results[f"LoRA engine, {args.num_adapters} adapters"] = _phase(engine, prompts, args, list(names), names[0])
+        results["LoRA engine, base requests"] = _phase(engine, prompts, args, [None], None)
+        engine.close()
+    base = results["base engine, no adapters"]
+    print(f"{'run':<34}{'output tok/s':>14}{'elapsed s':>11}{'batch-1 decode tok/s':>22}")
+    for name, r in results.items():
+        print(f"{name:<34}{r['output_tok_s']:>14.0f}{r['elapsed_s']:>11.2f}{r['decode_tok_s']:>22.1f}")
+    adapters = results[f"LoRA engine, {args.num_adapters} adapters"]
+    ratio, decode_ratio = adapters["output_tok_s"] / base["output_tok_s"], adapters["decode_tok_s"] / base["decode_tok_s"]
+    print(f"throughput with adapters: {ratio:.1%} of base (goal >= 85%); batch-1 decode: {decode_ratio:.1%} (goal >= 90%)")
+    if args.result_file:
+        record = {"model": resolved.source.name, "devices": config.devices, "dtype": str(resolved.dtype), "args": vars(args),
+                  "results": results, "throughput_ratio": ratio, "decode_ratio": decode_ratio}  # fmt: skip
+        Path(args.result_file).write_text(json.dumps(record, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags: the workload's, plus every model and engine flag of `serve`."""
+    from max.entrypoints.cli_args import add_model_args
+
+    parser = argparse.ArgumentParser(prog="benchmark_lora", description=__doc__.split("\n\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--num-prompts", type=int, default=1000)
+    parser.add_argument("--input-len", type=int, default=200)
+    parser.add_argument("--output-len", type=int, default=180)
+    parser.add_argument("--decode-len", type=int, default=256, help="tokens of the batch-1 decode runs")
+    parser.add_argument("--num-adapters", type=int, default=8)
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--result-file", help="write the results as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the phases and prints them side by side."""
+    return run_main(_run, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
