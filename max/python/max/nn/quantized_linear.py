@@ -76,7 +76,9 @@ class Int8WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.scales.dtype)
+        # The packed kernels read x as dense rows (a strided view, e.g. a column slice of a
+        # wider projection, crashed `_weight_int8pack_mm`).
+        x2 = x.reshape(-1, shape[-1]).to(self.scales.dtype).contiguous()
         y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
         if self.bias is not None:
             y = y + self.bias
@@ -114,7 +116,7 @@ class Int4WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype)
+        x2 = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype).contiguous()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x2, self.weight_int4, self.group_size, self.scales_and_zeros
         )

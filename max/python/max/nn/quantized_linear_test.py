@@ -78,6 +78,17 @@ def test_three_dimensional_inputs_and_bias():
         torch.testing.assert_close(y[1], layer(x[1]))
 
 
+def test_strided_inputs_are_read_as_their_values():
+    # A column slice of a wider activation (rows 96 apart, as DeepSeek-V2's latent split
+    # makes) and a transposed one (features 5 apart): the packed kernels need dense rows
+    # (the int8 one refused the second and crashed on a slice in the MLA layer).
+    w = _weight(32, 64)
+    for x in (torch.randn(5, 96).bfloat16()[:, 16:80], torch.randn(64, 5).bfloat16().t()):
+        assert not x.is_contiguous()
+        for layer in (Int8WeightOnlyLinear(w, None, torch.bfloat16), Int4WeightOnlyLinear(w, None, torch.bfloat16)):
+            assert torch.equal(layer(x), layer(x.contiguous()))
+
+
 def test_int4_falls_back_to_int8_where_the_kernel_cannot_pack_the_shape():
     assert isinstance(
         quantized_linear(_weight(24, 64), None, "int4", torch.bfloat16), Int8WeightOnlyLinear
