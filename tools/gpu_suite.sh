@@ -344,6 +344,25 @@ for s in "$@"; do
           --pipeline SmolLM2-135M-Instruct-float32 --pipeline SmolLM2-135M-Instruct-bfloat16 --report "$OUT/verify-smollm2-$kernels.md"
       done
       ;;
+    lora-tests)  # LoRA kernels at the 8B's shapes, and the engine's graphs (base and LoRA) against the CPU
+      stage lora-tests 420 $PY -m pytest -q -p no:cacheprovider max/kernels/python/max_kernels/lora_gpu_test.py \
+        max/python/max/pipelines/lib/lora/lora_gpu_test.py
+      ;;
+    lora-kernels)  # the LoRA products against the base projections, 1 / 16 / 256 rows over 8 slots
+      stage lora-kernels 300 $PY -m max.benchmark.kernels.lora_bench
+      ;;
+    lora-b1)  # batch-1 decode of the 8B with and without a rank-16 adapter: step time and top kernels
+      for rank in 0 16; do
+        stage lora-b1 300 $PY -m max.benchmark.profile_step --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+          --devices gpu --max-length 4096 --gpu-memory-utilization 0.45 --batch-size 1 --steps 200 --top-kernels 14 \
+          --lora-rank $rank --lora-adapters 8 --label "rank-$rank"
+      done
+      ;;
+    lora-bench)  # issue 28's figures: 1000 requests over 8 adapters and batch-1 decode, against the base engine
+      stage lora-bench 600 $PY -m max.benchmark.benchmark_lora --model-path "$CONFIGS/Llama-3.1-8B" --load-format dummy \
+        --devices gpu --num-prompts 1000 --input-len 200 --output-len 180 --num-adapters 8 --lora-rank 16 \
+        --max-batch-size 256 --max-length 4096 --gpu-memory-utilization 0.45 --result-file "$OUT/lora-bench.json"
+      ;;
     *) echo "unknown stage $s" | tee -a "$OUT/summary.txt" ;;
   esac
 done

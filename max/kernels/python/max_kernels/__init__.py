@@ -9,7 +9,7 @@ implementation for the tensors' device in one module, `max_kernels.ops` (through
 """
 
 from max_kernels.backend import backend, configure, get_backend, set_backend
-from max_kernels.lora_sgmv import LoRASegments
+from max_kernels.lora_sgmv import LoRAGroups
 from max_kernels.ops import (
     apply_penalties,
     argmax_rows,
@@ -18,6 +18,7 @@ from max_kernels.ops import (
     fused_moe_mxfp4,
     gelu_tanh_and_mul,
     int4_linear,
+    int8_linear,
     linear,
     lora_add,
     mla_decode_attention,
@@ -35,7 +36,7 @@ from max_kernels.ragged_layout import RaggedLayout
 from max_kernels.sampling import hash32, uniform_noise
 
 __all__ = [
-    "LoRASegments",
+    "LoRAGroups",
     "RaggedLayout",
     "apply_penalties",
     "argmax_rows",
@@ -48,6 +49,7 @@ __all__ = [
     "get_backend",
     "hash32",
     "int4_linear",
+    "int8_linear",
     "linear",
     "lora_add",
     "mla_decode_attention",

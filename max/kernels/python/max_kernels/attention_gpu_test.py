@@ -392,3 +392,27 @@ def test_fp8_cache_decode_replays_in_a_cuda_graph():
         graph.replay()
         torch.cuda.synchronize()
         _check(out, _decode_expected(batch, **_scales(batch)), torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokens that see keys ahead of them (Gemma 3's images: 256 tokens each).
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("window", [None, 200])
+def test_prefill_key_limits_gemma3_images(window, dtype):
+    cached, new = [40, 300, 0], [1, 600, 520]
+    spans = [[], [(310, 566)], [(5, 261), (263, 519)]]
+    batch = Paged(cached, new, 8, 4, 256, 16, dtype)
+    limits = []
+    for c, n, blocks in zip(cached, new, spans):
+        pos = torch.arange(c, c + n)
+        for start, end in blocks:
+            pos = torch.where((pos >= start) & (pos < end), end - 1, pos)
+        limits.append(pos)
+    opts = dict(sliding_window=window, key_limit=torch.cat(limits).cuda())
+    expected = _prefill(prefill_attention_reference, batch, out_dtype=torch.float32, **opts)
+    causal = _prefill(prefill_attention_reference, batch, out_dtype=torch.float32, sliding_window=window)
+    assert not torch.allclose(expected, causal)
+    _check(_prefill(prefill_attention, batch, **opts), expected, dtype)

@@ -108,8 +108,9 @@ def _decode_batch(contexts, **kw):
     return batch
 
 
-def _naive(q, k, v, first_pos, scale, sliding_window=None, softcap=None, sinks=None):
-    """Causal attention, in float64, of queries at first_pos.. over unpaged keys 0..len(k)-1."""
+def _naive(q, k, v, first_pos, scale, sliding_window=None, softcap=None, sinks=None, key_limit=None):
+    """Causal attention, in float64, of queries at first_pos.. over unpaged keys 0..len(k)-1
+    (each query up to its `key_limit` instead, where given)."""
     hq, hkv = q.shape[1], k.shape[1]
     k = k.double().repeat_interleave(hq // hkv, dim=1)
     v = v.double().repeat_interleave(hq // hkv, dim=1)
@@ -120,7 +121,7 @@ def _naive(q, k, v, first_pos, scale, sliding_window=None, softcap=None, sinks=N
         s = (q[:, h].double() @ k[:, h].T) * scale
         if softcap is not None:
             s = softcap * torch.tanh(s / softcap)
-        seen = k_pos[None, :] <= q_pos[:, None]
+        seen = k_pos[None, :] <= (q_pos if key_limit is None else key_limit)[:, None]
         if sliding_window is not None:
             seen &= k_pos[None, :] > q_pos[:, None] - sliding_window
         s = s.masked_fill(~seen, -math.inf)
@@ -138,9 +139,23 @@ def _naive(q, k, v, first_pos, scale, sliding_window=None, softcap=None, sinks=N
 def _naive_batch(batch, **opts):
     """Expected [T, Hq, D] of every request's new tokens (padding rows: zeros)."""
     parts = []
+    limits = opts.pop("key_limit", None)
     for k, v, n, q0 in zip(batch.keys, batch.values, batch.new, batch.query_start.tolist()):
         if n:
-            parts.append(_naive(batch.q[q0 : q0 + n], k, v, len(k) - n, batch.scale, **opts))
+            limit = None if limits is None else limits[q0 : q0 + n]
+            parts.append(_naive(batch.q[q0 : q0 + n], k, v, len(k) - n, batch.scale, key_limit=limit, **opts))
+    return torch.cat(parts)
+
+
+def _key_limits(batch, spans):
+    """`key_limit` [T] of a batch: request b's new tokens inside one of its blocks spans[b]
+    (start, end) see up to end - 1, the others up to themselves."""
+    parts = []
+    for k, n, blocks in zip(batch.keys, batch.new, spans):
+        pos = torch.arange(len(k) - n, len(k))
+        for start, end in blocks:
+            pos = torch.where((pos >= start) & (pos < end), end - 1, pos)
+        parts.append(pos)
     return torch.cat(parts)
 
 
@@ -310,3 +325,26 @@ def test_prefill_of_single_tokens_equals_decode():
     out = _run_prefill(prefill_attention, batch, sliding_window=20)
     dec = _run_decode(decode_attention, batch, 2, sliding_window=20)
     torch.testing.assert_close(out, dec, atol=1e-5, rtol=1e-5)
+
+
+# Blocks of positions that see each other (an image's tokens): one crossing query blocks of
+# the long prompt, one in a chunk continuation that starts inside it, and a window shorter
+# than a block.
+LIMIT_CASES = {
+    "long_prompt_gqa4": ([0, 0], [1, 70], dict(hq=8, hkv=2), [[], [(20, 50), (60, 69)]], "plain"),
+    "chunk_inside_block_window": ([30, 6, 0], [1, 20, 25], dict(hq=4, hkv=1), [[], [(2, 14)], [(3, 20)]], "window"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(LIMIT_CASES))
+def test_prefill_kernel_sees_ahead_where_the_key_limits_say(case, dtype):
+    cached, new, layout, spans, option = LIMIT_CASES[case]
+    batch = _batch(cached, new, dtype=dtype, **layout)
+    opts = dict(_opts(option, layout["hq"]), key_limit=_key_limits(batch, spans))
+    expected = _run_prefill(prefill_attention_reference, batch, **opts)
+    if dtype == torch.float32:
+        torch.testing.assert_close(expected, _naive_batch(batch, **dict(opts)).float(), **REF_TOL)
+        causal = _run_prefill(prefill_attention_reference, batch, **_opts(option, layout["hq"]))
+        assert not torch.allclose(expected, causal)
+    torch.testing.assert_close(_run_prefill(prefill_attention, batch, **opts), expected, **TOLERANCES[dtype])

@@ -12,11 +12,19 @@ and odd columns and applying each group's scale and zero once per group,
 so the inner loop is one multiply-add per code. For 2 to 16 rows the tile kernel of
 `int4_gemm` with a 16-row tile reads the weight once for all of them.
 
-`int4_linear_reference` defines the result; the kernel accumulates in float32 (the factored
+`int4_word_gemv` is the faster CUDA-core kernel beside it (codes read as 32-bit words and
+decoded with one bitwise instruction, split-K), `int4_word_tile` its tensor-core sibling.
+Which kernel and tiles a product takes comes from one table, `TUNED`, keyed by the weight's
+shape and the rows' bucket (filled from `python -m max.benchmark.kernels.int4_gemv_sweep`
+on the card), with today's measured tiles as the default elsewhere.
+
+`int4_linear_reference` defines the result; the kernels accumulate in float32 (the factored
 sum above differs from the reference by float32 rounding only).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -24,12 +32,88 @@ import triton.language as tl
 
 from max_kernels.int4_gemm import int4_gemm, sub_block
 from max_kernels.int4_layout import check_int4_layout
+from max_kernels.int4_word_gemv import int4_word_gemv, word_sub_block
+from max_kernels.int4_word_tile import int4_word_tile
 
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803, N806
 
 # Rows up to which a product is a decode step's (the weight read once for all rows).
 GEMV_MAX_ROWS = 16
+# Row counts are looked up in `TUNED` by the smallest bucket that holds them.
+ROW_BUCKETS = (1, 4, 16)
+KERNELS = ("bytes", "words", "tile", "word_tile")
+
+
+@dataclass(frozen=True)
+class Int4GemvConfig:
+    """One decode product's kernel and launch: `bytes` (`_int4_gemv_kernel`, one row only),
+    `words` (`int4_word_gemv`, 1-16 rows, with split_k and prefetch), `tile` (the tensor-
+    core `int4_gemm` with a 16-row tile, using num_stages and factored) or `word_tile`
+    (`int4_word_tile`, a 16-row tile on the tensor cores over 32-bit words; 16-bit x only,
+    float32 x takes the default rule's kernel); block_n output features and block_k input
+    features per program and loop step."""
+
+    kernel: str
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    split_k: int = 1
+    prefetch: bool = True
+    num_stages: int = 3
+    factored: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown int4 decode kernel {self.kernel!r} (choose from {', '.join(KERNELS)})")
+
+
+# Best configuration per (N, K, row bucket) from `int4_gemv_sweep` (groups of 128, PDL on);
+# paste the sweep's dict here. Shapes and buckets not listed take `default_config`'s rule.
+TUNED: dict[tuple[int, int, int], Int4GemvConfig] = {}
+
+
+def row_bucket(rows: int) -> int:
+    """The `TUNED` bucket of a decode step of `rows` rows (1, up to 4, up to 16)."""
+    for bucket in ROW_BUCKETS:
+        if rows <= bucket:
+            return bucket
+    raise ValueError(f"an int4 decode product takes at most {GEMV_MAX_ROWS} rows, got {rows}")
+
+
+def default_config(n: int, k: int, rows: int, group_size: int = 128) -> Int4GemvConfig:
+    """The configuration of an [n, k] product over `rows` rows: the table's, where it has
+    one that these groups allow, else the tiles `int4_bench` measured on one H100
+    (2026-12-07): the byte kernel with 8 features x 2048 inputs (8 KB of codes a loop
+    step, 12-28 % faster than 8 x 512) for one row, the 16-row tile for more."""
+    tuned = TUNED.get((n, k, row_bucket(rows)))
+    if tuned is not None and config_takes(tuned, k, rows, group_size):
+        return tuned
+    return _default_rule(k, rows)
+
+
+def _default_rule(k: int, rows: int) -> Int4GemvConfig:
+    if rows == 1:
+        return Int4GemvConfig("bytes", 8, min(2048, triton.next_power_of_2(k)))
+    return Int4GemvConfig("tile", 32, 128)
+
+
+def config_takes(config: Int4GemvConfig, k: int, rows: int, group_size: int) -> bool:
+    """Whether `config` can run a product of `rows` rows, K = k, in groups of group_size
+    (its K slices must line up with the groups; the byte kernel takes one row only)."""
+    if config.kernel == "bytes" and rows != 1:
+        return False
+    if config.kernel == "word_tile":
+        block_k = config.block_k
+        return k % 8 == 0 and block_k >= 64 and block_k & (block_k - 1) == 0 and group_size % block_k == 0
+    try:
+        if config.kernel == "words":
+            word_sub_block(group_size, config.block_k)
+            return k % 8 == 0
+        sub = sub_block(group_size, config.block_k)
+    except ValueError:
+        return False
+    return not config.factored or sub == config.block_k  # factored: slices inside one group
 
 
 def int4_gemv(
@@ -40,35 +124,67 @@ def int4_gemv(
     group_size: int,
     bias: torch.Tensor | None = None,
     *,
+    config: Int4GemvConfig | None = None,
     block_n: int | None = None,
     block_k: int | None = None,
     num_warps: int = 4,
 ) -> torch.Tensor:
-    """x [M, K] (M <= 16) @ W.T (+ bias) -> [M, N] in x's dtype, by the Triton kernels."""
+    """x [M, K] (M <= 16) @ W.T (+ bias) -> [M, N] in x's dtype, by the Triton kernels: the
+    given config, or `default_config`'s (a `word_tile` entry serves 16-bit x; float32 x takes
+    the default rule). block_n / block_k (older callers, benches) pick the byte kernel's
+    tiles for one row and the tile kernel's for more."""
     m, k = x.shape
     if m > GEMV_MAX_ROWS:
         raise ValueError(f"int4_gemv takes at most {GEMV_MAX_ROWS} rows, got {m}")
-    if m != 1:
+    n = qweight.shape[0]
+    if m == 0:
+        return torch.empty((0, n), dtype=x.dtype, device=x.device)
+    if config is None:
+        config = default_config(n, k, m, group_size)
+        if config.kernel == "word_tile" and x.dtype not in (torch.bfloat16, torch.float16):
+            config = _default_rule(k, m)
+        if block_n is not None or block_k is not None:
+            config = _default_rule(k, m)
+            config = Int4GemvConfig(config.kernel, block_n or config.block_n, block_k or config.block_k, num_warps)
+    if config.kernel == "words":
+        return int4_word_gemv(
+            x, qweight, scales, zeros, group_size, bias,
+            block_n=config.block_n, block_k=config.block_k, split_k=config.split_k,
+            num_warps=config.num_warps, prefetch=config.prefetch,
+        )  # fmt: skip
+    if config.kernel == "word_tile":
+        return int4_word_tile(
+            x, qweight, scales, zeros, group_size, bias, block_m=16, block_n=config.block_n,
+            block_k=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+            split_k=config.split_k,
+        )  # fmt: skip
+    if config.kernel == "tile":
         return int4_gemm(
             x, qweight, scales, zeros, group_size, bias,
-            block_m=16, block_n=block_n or 32, block_k=block_k or 128, num_warps=num_warps,
+            block_m=16, block_n=config.block_n, block_k=config.block_k,
+            num_warps=config.num_warps, num_stages=config.num_stages, factored=config.factored,
         )  # fmt: skip
+    if m != 1:
+        raise ValueError(f"the byte kernel takes one row, got {m}")
+    return _int4_byte_gemv(x, qweight, scales, zeros, group_size, bias, config)
+
+
+def _int4_byte_gemv(x, qweight, scales, zeros, group_size, bias, config: Int4GemvConfig) -> torch.Tensor:
+    """One row by `_int4_gemv_kernel` (bytes unpacked into float32 nibbles)."""
     check_int4_layout(qweight, scales, zeros, group_size)
+    k = x.shape[1]
     n = qweight.shape[0]
     if 2 * qweight.shape[1] != k:
         raise ValueError(f"x has {k} features, the weight {2 * qweight.shape[1]}")
     if x.stride(-1) != 1:
         x = x.contiguous()
-    # `int4_bench --rows 1` on one H100 (2026-12-07): 8 features x 2048 inputs (8 KB of codes
-    # a loop step) was the best tile on qkv, gate_up and down, 12-28 % faster than 8 x 512.
-    block_n = block_n or 8
-    block_k = block_k or min(2048, triton.next_power_of_2(k))
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    block_n, block_k = config.block_n, config.block_k
     _int4_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y,
         n, k, group_size, k // group_size,
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, SUB=sub_block(group_size, block_k),
-        num_warps=num_warps,
+        num_warps=config.num_warps,
     )  # fmt: skip
     return y
 

@@ -1,7 +1,8 @@
-"""The batched LoRA kernels on a CUDA GPU at an 8B model's shapes: BGMV (decode rows) and
-SGMV (prefill segments) against the float32 reference, in bfloat16 and float32, with
-adapters mixed with base-model rows; and BGMV replayed from a CUDA graph whose slot buffer
-changes between replays. Skipped without a GPU.
+"""The batched LoRA kernels on a CUDA GPU at an 8B model's shapes: SGMV over rows grouped by
+slot (decode rows, prefill chunks, batch 1 with the reduction split over K) against the
+float32 reference, in bfloat16 and float32, with adapters mixed with base-model rows; and
+the kernels replayed from a CUDA graph whose group buffers change between replays.
+Skipped without a GPU.
 
     PYTHONPATH=max/python:max/kernels/python python3 -m pytest -q max/kernels/python/max_kernels/lora_gpu_test.py
 """
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from max_kernels import LoRASegments, backend, lora_add
-from max_kernels.lora_sgmv import segment_tiles
+from max_kernels import LoRAGroups, backend, lora_add
+from max_kernels.lora_sgmv import group_rows, max_group_tiles
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -28,46 +29,52 @@ def _weights(k, slices, dtype, seed=0):
     return a, b, scales, n
 
 
-def _segments(lengths, slots):
-    start = np.concatenate([[0], np.cumsum(lengths)])
-    tiles = torch.from_numpy(segment_tiles(start, np.array(slots, dtype=np.int32))).cuda()
-    token_slots = torch.repeat_interleave(torch.tensor(slots, dtype=torch.int32), torch.tensor(lengths)).cuda()
-    return LoRASegments(tiles), token_slots
+def _groups(token_slots):
+    rows, tiles = group_rows(np.asarray(token_slots, dtype=np.int32))
+    return LoRAGroups(torch.from_numpy(rows).cuda(), torch.from_numpy(tiles).cuda())
 
 
 @pytest.mark.parametrize(("k", "slices"), [(HIDDEN, QKV), (HIDDEN, [(0, 14336), (14336, 14336)]), (14336, [(0, HIDDEN)])])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("segmented", [False, True])
-def test_kernels_match_the_reference(k, slices, dtype, segmented):
+@pytest.mark.parametrize("rows", ["batch1", "decode", "mixed"])
+def test_kernels_match_the_reference(k, slices, dtype, rows):
     a, b, scales, n = _weights(k, slices, dtype)
-    lengths = [1] * 40 + [300, 7, 129] if segmented else [1] * 64
+    lengths = {"batch1": [1], "decode": [1] * 64, "mixed": [1] * 40 + [300, 7, 129]}[rows]
     slots = [(i * 3) % (SLOTS + 1) - 1 for i in range(len(lengths))]  # every slot and -1
-    segments, token_slots = _segments(lengths, slots)
+    slots[0] = 2
+    token_slots = torch.repeat_interleave(torch.tensor(slots, dtype=torch.int32), torch.tensor(lengths)).cuda()
     t = sum(lengths)
     x = torch.randn(t, k, device="cuda").to(dtype)
     y = torch.randn(t, n, device="cuda").to(dtype)
     with backend("torch"):
         want = lora_add(y.float().clone(), x.float(), a.float(), b.float(), scales, token_slots, None, slices)
-    got = lora_add(y.clone(), x, a, b, scales, token_slots, segments if segmented else None, slices)
+    got = lora_add(y.clone(), x, a, b, scales, token_slots, _groups(token_slots.cpu()), slices)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
     base_rows = token_slots < 0
     assert torch.equal(got[base_rows], y[base_rows])
 
 
-def test_bgmv_in_a_cuda_graph_reads_the_slots_at_replay():
+def test_kernels_in_a_cuda_graph_read_the_groups_at_replay():
     a, b, scales, n = _weights(HIDDEN, QKV, torch.bfloat16)
     x = torch.randn(32, HIDDEN, device="cuda").bfloat16()
     y0 = torch.randn(32, n, device="cuda").bfloat16()
+    rows = torch.zeros(32, dtype=torch.int32, device="cuda")
+    tiles = torch.zeros(3, max_group_tiles(32, SLOTS), dtype=torch.int32, device="cuda")
+    tiles[2] = -1
+    groups = LoRAGroups(rows, tiles)
     slots = torch.full((32,), -1, dtype=torch.int32, device="cuda")
     y = y0.clone()
-    lora_add(y, x, a, b, scales, slots, None, QKV)  # compile outside the capture
+    lora_add(y, x, a, b, scales, slots, groups, QKV)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y.copy_(y0)
-        lora_add(y, x, a, b, scales, slots, None, QKV)
-    for pattern in ([-1] * 32, [i % SLOTS for i in range(32)], [3] * 16 + [-1] * 16):
-        slots.copy_(torch.tensor(pattern, dtype=torch.int32))
+        lora_add(y, x, a, b, scales, slots, groups, QKV)
+    for pattern in ([-1] * 32, [i % SLOTS for i in range(32)], [3] * 16 + [-1] * 16, [5] + [-1] * 31):
+        step = _groups(pattern)
+        rows[: step.rows.shape[0]].copy_(step.rows)
+        tiles[:, : step.num_tiles].copy_(step.tiles)
+        tiles[2, step.num_tiles :] = -1
         graph.replay()
-        want = lora_add(y0.clone(), x, a, b, scales, slots.clone(), None, QKV)
+        want = lora_add(y0.clone(), x, a, b, scales, slots, step, QKV)
         torch.testing.assert_close(y, want)

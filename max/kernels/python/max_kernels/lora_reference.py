@@ -1,5 +1,5 @@
 """The torch reference of the batched LoRA products: the CPU path, and what the Triton
-kernels (`lora_bgmv`, `lora_sgmv`) must match.
+kernels (`lora_sgmv`) must match.
 
 A linear layer with LoRA adds, for each token t whose adapter sits in device slot s(t),
 

@@ -1,16 +1,28 @@
-"""Segmented gather matrix multiplications for LoRA (Punica's SGMV): prefill and mixed steps.
+"""Segmented gather matrix multiplications for LoRA (Punica's SGMV), for every kind of step.
 
-In a ragged step each request's tokens are one contiguous segment, and all the tokens of
-a segment use the same adapter: a program takes a tile of BLOCK_M rows of one segment and
-multiplies it by its segment's slot matrix on the tensor cores (`tl.dot`), so a long prompt
-reads its adapter once per tile instead of once per row. The host lists the tiles of the
-step's adapter rows (`segment_tiles`: first row, end row, slot), so the grid is (tiles,
-output tiles) and covers no base-model row and no empty tile; a tile of slot -1 (a graph's
-unused tile) exits at once. `lora_reference` defines the result.
+The host groups a step's adapter rows by slot (`group_rows`: the rows of each adapter in a
+list, cut into tiles of at most BLOCK_M rows of one slot; base-model rows are left out).
+A program takes a tile, gathers its rows and multiplies them by the tile's slot matrix on
+the tensor cores (`tl.dot`), so an adapter's matrices are read once per tile of up to
+BLOCK_M rows, whether the rows are one prompt's or many decoding requests' (a per-row
+kernel reads them once per row: at 256 decode rows of an 8B model, ~20 GB of L2 reads a
+step by our count).
+
+A projection costs two launches, whatever the number of output slices (q, k, v):
+`lora_shrink_sgmv` splits the reduction over K between programs (a batch-1 decode step
+has one tile, and one program reading a down projection's A alone would stream 460 KB
+from one SM) and writes float32 partial sums [splits, T, R']; `lora_expand_sgmv` sums
+them, rounds to y's dtype (the shrink's output, as PEFT computes it), and adds
+scale * v @ B[slot].T into each output slice of the tile's rows. The tiles are read on
+the device, so a CUDA graph replays both launches for any mix of adapters: its grid
+covers the most tiles a batch of its size can have (`max_group_tiles`), unused tiles
+having slot -1. `lora_reference` defines the result.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,20 +31,25 @@ import triton
 import triton.language as tl
 
 from max_kernels.backend import unspecialized
+from max_kernels.pdl import pdl_launch, pdl_prologue
 
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803
 
 
 BLOCK_M = 16
+_BLOCK_K = 128
+_SHRINK_BLOCK_N = 64
+_EXPAND_BLOCK_N = 64
 
 
 @dataclass
-class LoRASegments:
-    """A ragged step's adapter rows as tiles of at most BLOCK_M rows of one request each:
-    `tiles` int32 [3, num_tiles] on the device holds each tile's first row, end row and
-    adapter slot (tiles of base-model requests are left out; a tile of slot -1 is skipped)."""
+class LoRAGroups:
+    """A step's adapter rows grouped by slot: `rows` int32 [R] (the rows of each slot
+    together) and `tiles` int32 [3, num_tiles], each tile's first and end index into
+    `rows` and its slot (a tile of slot -1 is skipped). Both on the device."""
 
+    rows: torch.Tensor
     tiles: torch.Tensor
 
     @property
@@ -41,18 +58,30 @@ class LoRASegments:
         return self.tiles.shape[1]
 
 
-def segment_tiles(query_start: np.ndarray, slots: np.ndarray) -> np.ndarray:
-    """int32 [3, num_tiles]: (first row, end row, slot) of every BLOCK_M-row tile of the
-    requests whose rows are [query_start[g], query_start[g + 1]) and that run an adapter
-    (slots[g] >= 0); the grid then covers only rows that use an adapter."""
-    starts, ends = np.asarray(query_start[:-1], dtype=np.int64), np.asarray(query_start[1:], dtype=np.int64)
-    keep = np.asarray(slots) >= 0
-    starts, ends, kept = starts[keep], ends[keep], np.asarray(slots)[keep]
+def group_rows(token_slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, tiles) of `LoRAGroups` for a step whose token t uses slot token_slots[t]
+    (-1: the base model): the adapter rows sorted by slot (stable: a prompt's rows stay in
+    order), and tiles of at most BLOCK_M rows of one slot."""
+    slots = np.asarray(token_slots)
+    order = np.argsort(slots, kind="stable")
+    rows = order[slots[order] >= 0]
+    run_slots = slots[rows]
+    # Runs of one slot in `rows`: [starts[i], ends[i]).
+    cuts = np.flatnonzero(np.diff(run_slots)) + 1
+    starts = np.concatenate([[0], cuts]) if len(rows) else np.zeros(0, dtype=np.int64)
+    ends = np.concatenate([cuts, [len(rows)]]) if len(rows) else np.zeros(0, dtype=np.int64)
     counts = -(-(ends - starts) // BLOCK_M)
-    seg = np.repeat(np.arange(len(starts)), counts)
+    run = np.repeat(np.arange(len(starts)), counts)
     first_tile = np.repeat(np.cumsum(counts) - counts, counts)
-    tile_start = starts[seg] + BLOCK_M * (np.arange(int(counts.sum())) - first_tile)
-    return np.stack([tile_start, np.minimum(tile_start + BLOCK_M, ends[seg]), kept[seg]]).astype(np.int32)
+    tile_start = starts[run] + BLOCK_M * (np.arange(int(counts.sum())) - first_tile)
+    tiles = np.stack([tile_start, np.minimum(tile_start + BLOCK_M, ends[run]), run_slots[starts[run]]])
+    return rows.astype(np.int32), tiles.astype(np.int32).reshape(3, -1)
+
+
+def max_group_tiles(num_rows: int, num_slots: int) -> int:
+    """The most tiles `group_rows` gives for `num_rows` rows over `num_slots` slots (each
+    slot present adds at most one partial tile)."""
+    return min(num_rows, num_rows // BLOCK_M + min(num_slots, num_rows))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -60,95 +89,169 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def lora_shrink_sgmv(x: torch.Tensor, a: torch.Tensor, segments: LoRASegments) -> torch.Tensor:
-    """v [T, R'] = x[rows of g] @ a[slots[g]].T for each segment g; x [T, K], a [S, R', K]
-    (contiguous). Rows of base-model segments are left unwritten."""
+@functools.lru_cache(maxsize=8)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # Triton's interpreter: a few splits, to exercise them
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _max_splits(block_r: int) -> int:
+    # The expand sums the splits in one [splits, BLOCK_M, BLOCK_R] load: keep it in registers.
+    return max(1, min(16, 4096 // (BLOCK_M * block_r)))
+
+
+def _split_k(k: int, programs: int, max_splits: int, device: torch.device) -> tuple[int, int]:
+    """(splits, K per split): enough programs to reach about two per SM."""
+    want = max(1, 2 * _num_sms(device) // max(1, programs))
+    splits = max(1, min(want, max_splits, triton.cdiv(k, _BLOCK_K)))
+    chunk = triton.cdiv(triton.cdiv(k, splits), _BLOCK_K) * _BLOCK_K
+    return triton.cdiv(k, chunk), chunk
+
+
+def lora_shrink_sgmv(x: torch.Tensor, a: torch.Tensor, groups: LoRAGroups, rank: int) -> torch.Tensor:
+    """Float32 partial sums p [splits, T, R'] whose sum over splits is x[t] @ a[slot(t)].T
+    for each grouped row t; x [T, K], a [S, R', K] (contiguous), `rank` the slots' rank R
+    (R' = slices * R). Rows outside the groups are left unwritten."""
     t, k = x.shape
     n = a.shape[1]
-    v = torch.empty((t, n), dtype=x.dtype, device=x.device)
-    block_n = max(16, triton.next_power_of_2(n))
-    if segments.num_tiles == 0:
-        return v
-    _shrink_kernel[(segments.num_tiles,)](
-        x, a, segments.tiles, segments.tiles.stride(0), v, k, n, x.stride(0), a.stride(0), a.stride(1), v.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=32, PRECISION=_precision(x.dtype),
+    block_n = max(16, min(_SHRINK_BLOCK_N, triton.next_power_of_2(n)))
+    n_blocks = triton.cdiv(n, block_n)
+    max_splits = _max_splits(max(16, triton.next_power_of_2(rank)))
+    splits, chunk = _split_k(k, max(1, groups.num_tiles) * n_blocks, max_splits, x.device)
+    partials = torch.empty((splits, t, n), dtype=torch.float32, device=x.device)
+    if groups.num_tiles == 0:
+        return partials
+    rows, tiles = groups.rows, groups.tiles
+    _shrink_kernel[(groups.num_tiles, splits, n_blocks)](
+        x, a, rows, tiles, tiles.stride(0), partials, k, n, chunk // _BLOCK_K,
+        x.stride(0), a.stride(0), a.stride(1), partials.stride(0), partials.stride(1),
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=_BLOCK_K, PRECISION=_precision(x.dtype), **pdl_launch(x),
     )  # fmt: skip
-    return v
+    return partials
 
 
-# The tiles are a view into a step's upload and their count changes every step: neither
-# may make Triton compile another variant mid-run (`backend.unspecialized`).
-@triton.jit(**unspecialized(ints=("st",), pointers=("tile_ptr",)))
+# The rows and tiles are views into a step's upload, and their count, the K per split and
+# the partial sums' stride (T * R') change from step to step: none may make Triton compile
+# another variant mid-run (`backend.unspecialized`).
+@triton.jit(**unspecialized(ints=("st", "chunk_blocks", "sp0"), pointers=("rows_ptr", "tile_ptr")))
 def _shrink_kernel(
-    x_ptr, a_ptr, tile_ptr, st, v_ptr, k, n, sx, sa0, sa1, sv,
+    x_ptr, a_ptr, rows_ptr, tile_ptr, st, p_ptr, k, n, chunk_blocks, sx, sa0, sa1, sp0, sp1,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
+    split = tl.program_id(1)
+    # The tiles are the step's inputs, written before the step: no kernel of it writes them.
     first = tl.load(tile_ptr + tile)
     end = tl.load(tile_ptr + st + tile)
     slot = tl.load(tile_ptr + 2 * st + tile)
-    if (slot >= 0) & (first < end):
-        rows = first + tl.arange(0, BLOCK_M)
-        m_ok = rows < end
-        cols = tl.arange(0, BLOCK_N)
-        n_ok = cols < n
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, k, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < k
-            xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            wt = tl.load(
-                a_ptr + slot.to(tl.int64) * sa0 + cols[None, :] * sa1 + ks[:, None],
-                mask=k_ok[:, None] & n_ok[None, :], other=0.0,
-            )  # fmt: skip
-            acc += tl.dot(xt, wt, input_precision=PRECISION)
-        out = v_ptr + rows[:, None].to(tl.int64) * sv + cols[None, :]
-        tl.store(out, acc.to(v_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    valid = (slot >= 0) & (first < end)
+    # A skipped tile (slot -1) loads and stores nothing: its limits shrink to zero, and
+    # the loop runs no iteration.
+    idx = first + tl.arange(0, BLOCK_M)
+    m_ok = idx < tl.where(valid, end, first)
+    rows = tl.load(rows_ptr + idx, mask=m_ok, other=0).to(tl.int64)
+    cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = cols < n
+    # In whole BLOCK_K blocks, so that the compiler sees the loads' alignment (and
+    # pipelines them) although `chunk_blocks` is not specialized.
+    k_lo = split * chunk_blocks * BLOCK_K
+    k_hi = tl.where(valid, tl.minimum(k_lo + chunk_blocks * BLOCK_K, k), k_lo)
+    a_rows = a_ptr + tl.maximum(slot, 0).to(tl.int64) * sa0 + cols[None, :] * sa1
+    pdl_prologue(USE_PDL)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < k_hi
+        xt = tl.load(x_ptr + rows[:, None] * sx + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        wt = tl.load(a_rows + ks[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc += tl.dot(xt, wt, input_precision=PRECISION)
+    out = p_ptr + split.to(tl.int64) * sp0 + rows[:, None] * sp1 + cols[None, :]
+    tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
 def lora_expand_sgmv(
-    y: torch.Tensor, v: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, segments: LoRASegments
+    y: torch.Tensor,
+    partials: torch.Tensor,
+    b: torch.Tensor,
+    scales: torch.Tensor,
+    groups: LoRAGroups,
+    slices: Sequence[tuple[int, int]],
 ) -> torch.Tensor:
-    """y[rows of g] += scales[s] * v[rows of g] @ b[s].T in place, s = slots[g]; y [T, N] and
-    v [T, R] views with a contiguous last dimension, b [S, N, R] (last dimension contiguous)."""
+    """y[t, o:o+n] += scales[s] * v[t, jR:(j+1)R] @ b[s, o:o+n].T in place for each grouped
+    row t (slot s) and output slice j = (o, n) (at most three: q, k, v), where v is the sum
+    of the shrink's `partials` rounded to y's dtype; y [T, N] (contiguous last dimension),
+    b [S, N, R] (contiguous last dimension), float32 scales [S]. One launch."""
+    if len(slices) > 3:
+        raise ValueError(f"lora_expand_sgmv takes at most 3 output slices, got {len(slices)}")
     n = y.shape[1]
     r = b.shape[2]
-    block_r = max(16, triton.next_power_of_2(r))
-    block_n = 64
-    if segments.num_tiles == 0:
+    if groups.num_tiles == 0:
         return y
-    _expand_kernel[(segments.num_tiles, triton.cdiv(n, block_n))](
-        y, v, b, scales, segments.tiles, segments.tiles.stride(0), n, r, y.stride(0), v.stride(0), b.stride(0), b.stride(1),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_R=block_r, PRECISION=_precision(y.dtype),
+    bounds = [o for o, _ in slices[1:]] + [n] * (3 - len(slices))
+    block_r = max(16, triton.next_power_of_2(r))
+    if partials.shape[0] > _max_splits(block_r):
+        raise ValueError(f"{partials.shape[0]} partial sums: lora_shrink_sgmv was given another rank than b's {r}")
+    rows, tiles = groups.rows, groups.tiles
+    _expand_kernel[(groups.num_tiles, triton.cdiv(n, _EXPAND_BLOCK_N))](
+        y, partials, b, scales, rows, tiles, tiles.stride(0), n, r, partials.shape[0], bounds[0], bounds[1],
+        y.stride(0), partials.stride(0), partials.stride(1), b.stride(0), b.stride(1),
+        BLOCK_M=BLOCK_M, BLOCK_N=_EXPAND_BLOCK_N, BLOCK_R=block_r, SPLITS=_max_splits(block_r),
+        PRECISION=_precision(y.dtype), **pdl_launch(y),
     )  # fmt: skip
     return y
 
 
-@triton.jit(**unspecialized(ints=("st",), pointers=("tile_ptr",)))
+@triton.jit(**unspecialized(ints=("st", "splits", "sp0"), pointers=("rows_ptr", "tile_ptr")))
 def _expand_kernel(
-    y_ptr, v_ptr, b_ptr, scale_ptr, tile_ptr, st, n, r, sy, sv, sb0, sb1,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr,
+    y_ptr, p_ptr, b_ptr, scale_ptr, rows_ptr, tile_ptr, st, n, r, splits, bound1, bound2, sy, sp0, sp1, sb0, sb1,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
     first = tl.load(tile_ptr + tile)
     end = tl.load(tile_ptr + st + tile)
     slot = tl.load(tile_ptr + 2 * st + tile)
-    if (slot >= 0) & (first < end):
-        rows = first + tl.arange(0, BLOCK_M)
-        m_ok = rows < end
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = cols < n
-        rs = tl.arange(0, BLOCK_R)
-        r_ok = rs < r
-        vt = tl.load(v_ptr + rows[:, None].to(tl.int64) * sv + rs[None, :], mask=m_ok[:, None] & r_ok[None, :], other=0.0)
-        wt = tl.load(
-            b_ptr + slot.to(tl.int64) * sb0 + cols[None, :] * sb1 + rs[:, None],
-            mask=r_ok[:, None] & n_ok[None, :], other=0.0,
-        )  # fmt: skip
+    valid = (slot >= 0) & (first < end)
+    # A skipped tile (slot -1) loads nothing: its limits shrink to zero.
+    idx = first + tl.arange(0, BLOCK_M)
+    m_ok = idx < tl.where(valid, end, first)
+    rows = tl.load(rows_ptr + idx, mask=m_ok, other=0).to(tl.int64)
+    lo = tl.program_id(1) * BLOCK_N
+    cols = lo + tl.arange(0, BLOCK_N)
+    n_ok = cols < tl.where(valid, n, 0)
+    rs = tl.arange(0, BLOCK_R)
+    r_ok = rs < r
+    # The adapter's B does not depend on the kernels ahead: it is requested before the wait.
+    wt = tl.load(
+        b_ptr + tl.maximum(slot, 0).to(tl.int64) * sb0 + cols[None, :] * sb1 + rs[:, None],
+        mask=r_ok[:, None] & n_ok[None, :], other=0.0,
+    )  # fmt: skip
+    pdl_prologue(USE_PDL)
+    if valid:
+        # Each output column takes the rank vector of its slice (q, k or v).
+        piece = (cols >= bound1).to(tl.int32) + (cols >= bound2).to(tl.int32)
+        sp = tl.arange(0, SPLITS)
+        p_mask = (sp[:, None, None] < splits) & m_ok[None, :, None] & r_ok[None, None, :]
+        p_rows = p_ptr + sp[:, None, None].to(tl.int64) * sp0 + rows[None, :, None] * sp1 + rs[None, None, :]
+        delta = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for j in tl.static_range(3):
+            if j == 0:
+                start, stop = 0, bound1
+            elif j == 1:
+                start, stop = bound1, bound2
+            else:
+                start, stop = bound2, n
+            if (lo < stop) & (lo + BLOCK_N > start):
+                # The shrink's output, rounded to y's dtype as PEFT's lora_A output is.
+                v = tl.sum(tl.load(p_rows + j * r, mask=p_mask, other=0.0), axis=0).to(y_ptr.dtype.element_ty)
+                d = tl.dot(v, wt, input_precision=PRECISION)
+                delta = tl.where(piece[None, :] == j, d, delta)
         # Rounded to y's dtype before the scale, as PEFT computes it.
-        delta = tl.dot(vt, wt, input_precision=PRECISION).to(y_ptr.dtype.element_ty).to(tl.float32)
+        delta = delta.to(y_ptr.dtype.element_ty).to(tl.float32)
         delta = (delta * tl.load(scale_ptr + slot)).to(y_ptr.dtype.element_ty).to(tl.float32)
         mask = m_ok[:, None] & n_ok[None, :]
-        out = y_ptr + rows[:, None].to(tl.int64) * sy + cols[None, :]
+        out = y_ptr + rows[:, None] * sy + cols[None, :]
         y = tl.load(out, mask=mask, other=0.0).to(tl.float32)
         tl.store(out, (y + delta).to(y_ptr.dtype.element_ty), mask=mask)

@@ -1,6 +1,7 @@
-"""The batched LoRA kernels (BGMV per row, SGMV per segment) against their torch reference
-on the CPU, under Triton's interpreter; and the reference against the plain per-token
-formula, for a batch that mixes adapters, ranks below the slots' rank, and base-model rows."""
+"""The batched LoRA kernels (SGMV over the rows grouped by slot, split over K) against
+their torch reference on the CPU, under Triton's interpreter; and the reference against
+the plain per-token formula, for a batch that mixes adapters, ranks below the slots' rank,
+and base-model rows."""
 
 import os
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from max_kernels import LoRASegments, backend, lora_add
+from max_kernels import LoRAGroups, backend, lora_add
 from max_kernels.lora_reference import lora_expand_reference, lora_shrink_reference
-from max_kernels.lora_sgmv import segment_tiles
+from max_kernels.lora_sgmv import BLOCK_M, group_rows, max_group_tiles
 
 SLICES = [(0, 24), (24, 8), (32, 8)]  # a fused qkv-like output: q 24, k 8, v 8
 RANK, SLOTS, K = 8, 3, 40
@@ -52,15 +53,28 @@ def test_reference_matches_the_per_token_formula():
     assert torch.equal(got[1], y[1]) and torch.equal(got[5], y[5])
 
 
-def _segments(lengths, slots):
-    start = np.concatenate([[0], np.cumsum(lengths)])
-    return LoRASegments(torch.from_numpy(segment_tiles(start, np.array(slots, dtype=np.int32))))
+def _groups(token_slots):
+    rows, tiles = group_rows(np.asarray(token_slots, dtype=np.int32))
+    return LoRAGroups(torch.from_numpy(rows), torch.from_numpy(tiles))
 
 
-def test_tiles_cover_the_adapter_rows_only():
-    tiles = segment_tiles(np.array([0, 1, 2, 21, 24]), np.array([2, -1, 1, 0], dtype=np.int32))
-    assert tiles.tolist() == [[0, 2, 18, 21], [1, 18, 21, 24], [2, 1, 1, 0]]
-    assert segment_tiles(np.array([0, 5]), np.array([-1], dtype=np.int32)).shape == (3, 0)
+def test_rows_are_grouped_by_slot_in_tiles_of_one_slot():
+    # Decode rows of slots 2, 1, 0 and two prompt chunks (slots 1 and 0), base rows between.
+    slots = [2, -1, 1, 0] + [1] * 19 + [-1] * 2 + [0] * 3
+    rows, tiles = group_rows(np.array(slots, dtype=np.int32))
+    assert sorted(rows.tolist()) == [t for t, s in enumerate(slots) if s >= 0]
+    covered = []
+    for first, end, slot in tiles.T.tolist():
+        assert 0 < end - first <= BLOCK_M
+        assert {slots[r] for r in rows[first:end]} == {slot}
+        covered += rows[first:end].tolist()
+    assert sorted(covered) == sorted(rows.tolist())
+    # Slot 0: 4 rows in one tile; slot 1: 20 rows in two; slot 2: one row.
+    assert sorted(tiles[2].tolist()) == [0, 1, 1, 2]
+    # A prompt's rows stay in order (stable), and the bound holds.
+    assert rows[tiles[0][tiles[2] == 1][0] : tiles[1][tiles[2] == 1][0]].tolist() == [2, *range(4, 19)]
+    assert tiles.shape[1] <= max_group_tiles(len(slots), 3)
+    assert group_rows(np.array([-1] * 5, dtype=np.int32))[1].shape == (3, 0)
 
 
 @pytest.mark.parametrize(
@@ -68,14 +82,13 @@ def test_tiles_cover_the_adapter_rows_only():
     [
         ([1, 1, 1, 1], [0, -1, 2, 1]),  # decode rows
         ([1, 1, 19, 3], [2, -1, 1, 0]),  # decode rows then prefill chunks across tiles
+        ([1] * 20, [0, 1, 2, -1] * 5),  # decode rows of the same slots gathered into tiles
         ([17], [-1]),  # only the base model
     ],
 )
-@pytest.mark.parametrize("segmented", [False, True])
 @pytest.mark.parametrize("slices", [SLICES, [(0, 24), (24, 16)], [(0, 40)]])
-def test_kernels_match_the_reference(lengths, seg_slots, segmented, slices):
+def test_kernels_match_the_reference(lengths, seg_slots, slices):
     a, b, scales = _weights(1, slices=slices)
-    segments = _segments(lengths, seg_slots)
     slots = torch.repeat_interleave(torch.tensor(seg_slots, dtype=torch.int32), torch.tensor(lengths))
     t = sum(lengths)
     g = torch.Generator().manual_seed(t)
@@ -83,16 +96,36 @@ def test_kernels_match_the_reference(lengths, seg_slots, segmented, slices):
     y = torch.randn(t, 40, generator=g)
     want = lora_add(y.clone(), x, a, b, scales, slots, None, slices)  # the CPU reference
     with backend("triton"):
-        got = lora_add(y.clone(), x, a, b, scales, slots, segments if segmented else None, slices)
+        got = lora_add(y.clone(), x, a, b, scales, slots, _groups(slots), slices)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    base_rows = slots < 0
+    assert torch.equal(got[base_rows], y[base_rows])
+
+
+def test_the_reduction_is_split_over_k_and_summed_back():
+    # K of 600 runs in several splits of 128 (the interpreter counts 4 SMs).
+    a, b, scales = _weights(3)
+    k = 600
+    a = torch.randn(SLOTS, a.shape[1], k)
+    slots = torch.tensor([1, 0, -1], dtype=torch.int32)
+    x, y = torch.randn(3, k), torch.randn(3, 40)
+    want = lora_add(y.clone(), x, a, b, scales, slots, None, SLICES)
+    with backend("triton"):
+        from max_kernels.lora_sgmv import lora_shrink_sgmv
+
+        assert lora_shrink_sgmv(x, a, _groups(slots), RANK).shape[0] > 1
+        got = lora_add(y.clone(), x, a, b, scales, slots, _groups(slots), SLICES)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
-def test_bgmv_in_bfloat16_is_close_to_the_float32_result():
+def test_kernels_in_half_precision_are_close_to_the_float32_result():
+    # float16: Triton's interpreter multiplies bfloat16 tiles wrongly in tl.dot (3.9); the
+    # GPU test checks bfloat16.
     a, b, scales = _weights(2)
     slots = torch.tensor([0, 1, -1, 2], dtype=torch.int32)
     x, y = torch.randn(4, K), torch.randn(4, 40)
     want = lora_add(y.clone(), x, a, b, scales, slots, None, SLICES)
     with backend("triton"):
-        got = lora_add(y.bfloat16(), x.bfloat16(), a.bfloat16(), b.bfloat16(), scales, slots, None, SLICES)
-    assert got.dtype == torch.bfloat16
-    assert ((got.float() - want).abs() <= want.abs() * 0.05 + 0.5).all()
+        got = lora_add(y.half(), x.half(), a.half(), b.half(), scales, slots, _groups(slots), SLICES)
+    assert got.dtype == torch.float16
+    assert ((got.float() - want).abs() <= want.abs() * 0.01 + 0.05).all()

@@ -19,7 +19,9 @@ from max_kernels import gemv as _gemv
 from max_kernels import int4_gemm as _int4_gemm
 from max_kernels import int4_gemv as _int4_gemv
 from max_kernels import int4_layout as _int4_layout
-from max_kernels import lora_bgmv as _lora_bgmv
+from max_kernels import int8_gemm as _int8_gemm
+from max_kernels import int8_gemv as _int8_gemv
+from max_kernels import int8_layout as _int8_layout
 from max_kernels import lora_sgmv as _lora_sgmv
 from max_kernels import mixture_of_experts as _moe
 from max_kernels import mla_decode as _mla
@@ -119,6 +121,24 @@ def int4_linear(
     return _int4_layout.int4_linear_reference(x, qweight, scales, zeros, group_size, bias)
 
 
+def int8_linear(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x [M, K] times an int8 weight in our layout (`max_kernels.int8_layout`: codes [N, K],
+    float16 scales [N, K/G]) -> [M, N] in x's dtype. On CUDA the Triton GEMV (up to 16
+    rows: decode) or GEMM (prefill); elsewhere, and for group sizes the kernels do not take,
+    the reference (exact dequantization, then the product)."""
+    if use_triton(x) and _int8_gemv.int8_kernels_take(group_size):
+        if x.shape[0] <= _int8_gemv.GEMV_MAX_ROWS:
+            return _int8_gemv.int8_gemv(x, codes, scales, group_size, bias)
+        return _int8_gemm.int8_gemm(x, codes, scales, group_size, bias)
+    return _int8_layout.int8_linear_reference(x, codes, scales, group_size, bias)
+
+
 def rope_and_write_kv(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -172,7 +192,10 @@ def paged_attention(
 
     On CUDA the leading decode rows (one query token each) run the split-K decode kernel
     and the rest the ragged prefill kernel, both reading keys and values in place from
-    their pages; elsewhere `max_kernels.paged_attention.paged_attention_reference`.
+    their pages; elsewhere `max_kernels.paged_attention.paged_attention_reference`. Where
+    the layout lets tokens see keys ahead of them (`key_limit`: Gemma 3's image tokens),
+    the prefill kernel reads each row's limit; a decode row's limit is always its own
+    position (an image in one chunk of one token is one token wide).
 
     Args:
         q: [T, Hq, D] queries of the step's new tokens, ragged as `layout` says.
@@ -226,6 +249,7 @@ def paged_attention(
             layout.max_query_len,
             scale,
             out=out[t0:],
+            key_limit=None if layout.key_limit is None else layout.key_limit[t0:],
             **options,
         )
     return out
@@ -400,24 +424,19 @@ def lora_add(
     b: torch.Tensor,
     scales: torch.Tensor,
     token_slots: torch.Tensor,
-    segments: _lora_sgmv.LoRASegments | None,
+    groups: _lora_sgmv.LoRAGroups | None,
     slices: Sequence[tuple[int, int]],
 ) -> torch.Tensor:
     """Adds each token's LoRA product into y [T, N] in place and returns y: for token t in
     adapter slot s (int32 `token_slots`, -1: the base model), output slice j = (offset, size)
     gets scales[s] * (x[t] @ a[s, jR:(j+1)R].T) @ b[s, offset:offset+size].T, with x [T, K],
-    a [S, len(slices) * R, K], b [S, N, R], float32 scales [S]. On CUDA the gathered
-    per-row kernels (BGMV) when `segments` is None (decode rows), else the segmented ones
-    (SGMV); elsewhere `lora_reference`, which defines the result."""
+    a [S, len(slices) * R, K], b [S, N, R], float32 scales [S]. On CUDA the segmented
+    gather kernels over the rows grouped by slot (`groups`, required there): two launches
+    whatever the number of slices; elsewhere `lora_reference`, which defines the result."""
     if not use_triton(x):
         v = lora_shrink_reference(x, a, token_slots)
         return lora_expand_reference(y, v, b, scales.tolist(), token_slots, slices)
-    if segments is None:  # decode rows: two launches, whatever the number of slices
-        v = _lora_bgmv.lora_shrink_bgmv(x, a, token_slots)
-        return _lora_bgmv.lora_expand_bgmv(y, v, b, scales, token_slots, slices)
-    rank = b.shape[2]
-    v = _lora_sgmv.lora_shrink_sgmv(x, a, segments)
-    for j, (offset, size) in enumerate(slices):
-        yj, vj, bj = y[:, offset : offset + size], v[:, j * rank : (j + 1) * rank], b[:, offset : offset + size]
-        _lora_sgmv.lora_expand_sgmv(yj, vj, bj, scales, segments)
-    return y
+    if groups is None:
+        raise ValueError("lora_add on CUDA needs the rows grouped by slot (lora_sgmv.group_rows)")
+    partials = _lora_sgmv.lora_shrink_sgmv(x, a, groups, b.shape[2])
+    return _lora_sgmv.lora_expand_sgmv(y, partials, b, scales, groups, slices)

@@ -7,7 +7,8 @@ one read request by request in float32 (`paged_attention_reference_per_request`)
 
 The reference gathers each request's keys and values from its pages into a padded batch
 and calls torch's scaled_dot_product_attention with an explicit mask (causal, optional
-sliding window). Decoding requests and prefilling requests are handled as two groups so
+sliding window; a query may see keys past its own position where `layout.key_limit`
+says so). Decoding requests and prefilling requests are handled as two groups so
 that one long prompt chunk does not pad every decoding request to its length. No Python
 loop runs over requests: index tensors are built once per step and reused by every layer.
 
@@ -87,7 +88,7 @@ def paged_attention_reference(
     if nd < layout.num_requests:
         groups.append(("prefill", nd, layout.num_requests, nd, q.shape[0]))
     for name, r0, r1, t0, t1 in groups:
-        index = layout.cached((name, "index"), lambda r0=r0, r1=r1: _GroupIndex(layout, r0, r1))
+        index = layout.cached((name, "index"), lambda r0=r0, r1=r1, t0=t0, t1=t1: _GroupIndex(layout, r0, r1, t0, t1))
         mask = layout.cached(
             (name, "mask", sliding_window), lambda index=index: index.mask(sliding_window)
         )
@@ -129,6 +130,7 @@ def paged_attention_reference_per_request(
     out: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    key_limit: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`paged_attention_reference` in float32, one request at a time, on the Triton kernels'
     arguments: the references of `decode_attention` and `prefill_attention`.
@@ -145,6 +147,8 @@ def paged_attention_reference_per_request(
         query_start: int [B + 1]; context_lens: int [B], keys of request b, new ones included.
         scale, sliding_window, softcap, sinks, k_scale, v_scale: as `paged_attention_reference`.
         out: optional [T, Hq, D] buffer (of any float dtype) to write into.
+        key_limit: optional int [T], the last key position each token may see
+            (`RaggedLayout.key_limit`); None: causal.
 
     Returns:
         [T, Hq, D] in q's dtype, or `out`.
@@ -158,9 +162,10 @@ def paged_attention_reference_per_request(
         # The request's keys as a cache of one page of n slots.
         k = gather_request_kv(k_cache, page_table[b], n, k_scale, q.dtype).float()[None]
         v = gather_request_kv(v_cache, page_table[b], n, v_scale, q.dtype).float()[None]
-        result[q0:q1] = paged_attention_reference(
-            q[q0:q1].float(), k, v, _one_request_layout(q1 - q0, n, q.device), scale, sliding_window, softcap, sinks
-        )
+        layout = _one_request_layout(q1 - q0, n, q.device)
+        if key_limit is not None:
+            layout.key_limit = key_limit[q0:q1]
+        result[q0:q1] = paged_attention_reference(q[q0:q1].float(), k, v, layout, scale, sliding_window, softcap, sinks)
     if out is None:
         return result.to(q.dtype)
     out.copy_(result)
@@ -185,7 +190,7 @@ def _one_request_layout(num_new: int, context: int, device: torch.device) -> Rag
 class _GroupIndex:
     """Index tensors that pad a group of requests [r0, r1) into [b, Qmax] x [b, Lmax]."""
 
-    def __init__(self, layout: RaggedLayout, r0: int, r1: int) -> None:
+    def __init__(self, layout: RaggedLayout, r0: int, r1: int, t0: int, t1: int) -> None:
         device = layout.page_table.device
         q_lens = layout.query_lens[r0:r1]
         ctx = layout.context_lens_host[r0:r1]
@@ -213,12 +218,22 @@ class _GroupIndex:
             self.token_slot = torch.arange(int(sum(q_lens)), device=device) - starts[
                 self.token_batch
             ]
+        # The last key each padded query may see (rows t0:t1 of the step): itself (causal),
+        # or further where the layout says so (an image's tokens see the whole image).
+        self.q_limit = self.q_pos
+        if layout.key_limit is not None:
+            limit = layout.key_limit[t0:t1].long()
+            if self.max_q == 1:
+                self.q_limit = limit.view(self.batch, 1)
+            else:
+                self.q_limit = self.q_pos.clone()
+                self.q_limit[self.token_batch, self.token_slot] = limit
 
     def mask(self, sliding_window: int | None) -> torch.Tensor:
         """[b, 1, Qmax, Lmax] boolean mask: True where a query may attend to a key."""
         q_pos = self.q_pos[:, :, None]
         k_pos = self.key_pos[None, None, :]
-        allowed = k_pos <= q_pos
+        allowed = k_pos <= self.q_limit[:, :, None]
         if sliding_window is not None:
             allowed &= k_pos > q_pos - sliding_window
         # Padding queries attend to key 0 only, so that no softmax row is empty (NaN).

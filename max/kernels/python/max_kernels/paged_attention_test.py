@@ -12,8 +12,9 @@ from max_kernels.paged_attention import (
 )
 
 
-def _naive(q, k, v, q_pos, scale, window=None, softcap=None):
-    """Causal attention of queries at positions q_pos over keys 0..len(k)-1."""
+def _naive(q, k, v, q_pos, scale, window=None, softcap=None, limit=None):
+    """Causal attention of queries at positions q_pos over keys 0..len(k)-1 (up to
+    `limit` instead of q_pos where given)."""
     hq, hkv = q.shape[1], k.shape[1]
     k = k.repeat_interleave(hq // hkv, dim=1)
     v = v.repeat_interleave(hq // hkv, dim=1)
@@ -21,15 +22,16 @@ def _naive(q, k, v, q_pos, scale, window=None, softcap=None):
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     kpos = torch.arange(k.shape[0])
-    allowed = kpos[None, :] <= q_pos[:, None]
+    allowed = kpos[None, :] <= (q_pos if limit is None else limit)[:, None]
     if window is not None:
         allowed &= kpos[None, :] > q_pos[:, None] - window
     scores = scores.masked_fill(~allowed[None], -math.inf)
     return torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v)
 
 
-def _run(cached, new, page_size=4, hq=4, hkv=2, d=8, window=None, softcap=None, seed=0, dtype=torch.float32):
-    """cached[b] tokens already in cache, new[b] tokens this step (one-token requests first)."""
+def _run(cached, new, page_size=4, hq=4, hkv=2, d=8, window=None, softcap=None, seed=0, dtype=torch.float32, spans=None):
+    """cached[b] tokens already in cache, new[b] tokens this step (one-token requests first);
+    spans[b] (optional): request b's blocks (start, end) of positions that see each other."""
     g = torch.Generator().manual_seed(seed)
     num_pages = 64
     k_cache = torch.zeros(num_pages, page_size, hkv, d)
@@ -70,9 +72,19 @@ def _run(cached, new, page_size=4, hq=4, hkv=2, d=8, window=None, softcap=None, 
     write_kv_cache(new_k.to(dtype), new_v.to(dtype), k_cache, v_cache, layout)
     q = torch.cat(q_list).to(dtype)
     scale = d**-0.5
+    limits = [None] * len(new)
+    if spans is not None:
+        limits = [pos.clone() for pos in q_pos]
+        for limit, pos, blocks in zip(limits, q_pos, spans):
+            for a, z in blocks:
+                limit[(pos >= a) & (pos < z)] = z - 1
+        layout.key_limit = torch.cat(limits)
     out = paged_attention(q, k_cache, v_cache, layout, scale, window, softcap)
     expected = torch.cat(
-        [_naive(qq, k, v, pos, scale, window, softcap) for qq, k, v, pos in zip(q_list, full_k, full_v, q_pos)]
+        [
+            _naive(qq, k, v, pos, scale, window, softcap, limit)
+            for qq, k, v, pos, limit in zip(q_list, full_k, full_v, q_pos, limits)
+        ]
     )
     return out, expected
 
@@ -90,6 +102,17 @@ def _run(cached, new, page_size=4, hq=4, hkv=2, d=8, window=None, softcap=None, 
 def test_matches_naive_attention(cached, new):
     out, expected = _run(cached, new)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_key_limits_let_blocks_see_ahead(window):
+    """Tokens of a block (an image) see the whole block, in decode and prefill groups,
+    within the sliding window's reach backwards; the others stay causal."""
+    spans = [[], [(2, 6), (7, 9)], [(0, 5)]]
+    out, expected = _run([6, 0, 3], [1, 10, 5], window=window, spans=spans)
+    causal, _ = _run([6, 0, 3], [1, 10, 5], window=window)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, causal)
 
 
 def test_sliding_window_and_softcap():

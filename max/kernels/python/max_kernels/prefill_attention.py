@@ -10,7 +10,8 @@ A program of `_prefill_kernel` takes BLOCK_Q consecutive query tokens of one req
 all query heads of one KV head: its BLOCK_M = BLOCK_Q x group rows are (token, head) pairs,
 so one pass over the keys serves the whole GQA group. It walks only the key tiles that
 some of its rows may see (from the sliding window's start to the causal limit of its last
-token), so a long prompt costs about half of a full attention matrix, and gathers each
+token, or further where `key_limit` lets a row see keys ahead of it: Gemma 3's image
+tokens), so a long prompt costs about half of a full attention matrix, and gathers each
 tile's tokens through the page table. An FP8 (e4m3) cache's tiles are decoded to q's dtype
 with their per-tensor scales as they are loaded (`max_kernels.fp8_kv_cache`).
 
@@ -49,6 +50,7 @@ def prefill_attention_reference(
     out: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    key_limit: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The specification of `prefill_attention`: the paged attention reference on the same
     arguments, in float32 (`max_kernels.paged_attention.paged_attention_reference_per_request`).
@@ -71,10 +73,11 @@ def prefill_attention_reference(
         out=out,
         k_scale=k_scale,
         v_scale=v_scale,
+        key_limit=key_limit,
     )
 
 
-@triton.jit(**unspecialized(ints=("stride_tb",), pointers=("table_ptr", "qstart_ptr", "ctx_ptr")))
+@triton.jit(**unspecialized(ints=("stride_tb",), pointers=("table_ptr", "qstart_ptr", "ctx_ptr", "limit_ptr")))
 def _prefill_kernel(
     q_ptr,
     k_ptr,
@@ -86,6 +89,7 @@ def _prefill_kernel(
     out_ptr,
     k_scale_ptr,
     v_scale_ptr,
+    limit_ptr,
     scale,
     softcap,
     window,
@@ -110,6 +114,7 @@ def _prefill_kernel(
     USE_WINDOW: tl.constexpr,
     USE_SOFTCAP: tl.constexpr,
     USE_SINKS: tl.constexpr,
+    USE_LIMIT: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     KV_FP8: tl.constexpr,
@@ -153,6 +158,13 @@ def _prefill_kernel(
     # gets an empty range instead of an early return.
     last_tok = tl.minimum(first_tok + BLOCK_Q, q_len) - 1
     hi = tl.where(first_tok < q_len, prefix + last_tok + 1, 0)
+    if USE_LIMIT:
+        # Rows may see keys ahead of their own (an image's tokens): each row's own last
+        # key, and the block walks up to the furthest.
+        limit = tl.load(limit_ptr + rows, mask=row_mask, other=0).to(tl.int32)
+        hi = tl.maximum(hi, tl.max(tl.where(row_mask, limit + 1, 0), axis=0))
+    else:
+        limit = pos
     if USE_WINDOW:
         lo = tl.maximum(prefix + first_tok - window + 1, 0)
     else:
@@ -186,7 +198,7 @@ def _prefill_kernel(
         s = tl.dot(q, k, input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
         if USE_SOFTCAP:
             s = soft_cap(s, softcap)
-        seen = n_mask[None, :] & (key[None, :] <= pos[:, None])
+        seen = n_mask[None, :] & (key[None, :] <= limit[:, None])
         if USE_WINDOW:
             seen = seen & (key[None, :] > pos[:, None] - window)
         s = tl.where(seen, s, float("-inf"))
@@ -237,6 +249,7 @@ def prefill_attention(
     out: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    key_limit: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of a ragged batch of new tokens over their paged keys (Triton).
 
@@ -258,6 +271,8 @@ def prefill_attention(
         out: optional [T, Hq, D] buffer to write into.
         k_scale, v_scale: float32 [1] per-tensor scales of an FP8 cache (None: 1.0);
             other caches ignore them.
+        key_limit: optional int [T]: the last key position each token may see, past its
+            own where keys ahead are visible (Gemma 3's image tokens); None: causal.
 
     Returns:
         [T, Hq, D] in q's dtype (`out` if given).
@@ -302,6 +317,7 @@ def prefill_attention(
         out,
         k_scale,
         v_scale,
+        key_limit if key_limit is not None else query_start,
         float(scale),
         float(softcap) if softcap is not None else 1.0,
         int(sliding_window) if sliding_window is not None else 0,
@@ -326,6 +342,7 @@ def prefill_attention(
         USE_WINDOW=sliding_window is not None,
         USE_SOFTCAP=softcap is not None,
         USE_SINKS=sinks is not None,
+        USE_LIMIT=key_limit is not None,
         UPCAST=upcast,
         PRECISION=precision,
         KV_FP8=kv_fp8,

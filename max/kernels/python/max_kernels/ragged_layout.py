@@ -32,6 +32,9 @@ class RaggedLayout:
             CUDA-graph step, whose lengths change on the device, leaves it None).
         num_splits: how many parts the decode kernel cuts each context into (split-K);
             fixed per CUDA graph, since a graph replays a fixed grid.
+        key_limit: optional int64 [T]: the last key position each new token may attend
+            to, past its own where keys ahead of it are visible (Gemma 3's image tokens see
+            their whole image); None: causal. Those keys must be in the cache already.
     """
 
     query_start: torch.Tensor
@@ -43,6 +46,7 @@ class RaggedLayout:
     query_lens: list[int]
     context_lens_host: list[int] | None
     num_splits: int = 1
+    key_limit: torch.Tensor | None = None
     # Derived index tensors of the reference path, computed at most once per step.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 

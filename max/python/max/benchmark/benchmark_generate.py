@@ -92,10 +92,13 @@ def bench_ours(
     from max.pipelines.architectures import register_all
     from max.pipelines.lib import PipelineConfig, SamplingParams, build_engine, resolve_model
 
+    # `ENCODING+METHOD` adds --quantization METHOD (e.g. bfloat16+int8_dynamic).
+    encoding, _, quantization = (encoding or "").partition("+")
     config = PipelineConfig(
         model_path=args.model_path,
         devices=args.devices,
-        quantization_encoding=encoding,
+        quantization_encoding=encoding or None,
+        quantization=quantization or None,
         max_length=args.max_length,
         max_batch_size=max(args.concurrency, 1),
         kv_cache_page_size=args.page_size,
@@ -103,10 +106,16 @@ def bench_ours(
     )
     config.validate()
     start = time.perf_counter()
-    engine = build_engine(resolve_model(config, register_all()))
+    resolved = resolve_model(config, register_all())
+    engine = build_engine(resolved)
     _sync(config.device)
     load = time.perf_counter() - start
     label = f"ours {config.quantization_encoding or 'default'}"
+    if quantization:
+        label += f"+{quantization}"
+    if config.quantization_encoding == "auto":  # say what auto stood for on this machine
+        chosen = resolved.config
+        label += f" (-> {chosen.quantization_encoding}{'+' + chosen.quantization if chosen.quantization else ''})"
     if speculative is not None:
         spec = config.speculative_config
         label += f" + {spec.method} k={spec.num_speculative_tokens}"
@@ -260,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         help="one encoding for both ours and transformers (default: ours float32, transformers float32)",
     )
     parser.add_argument(
-        "--encodings", help="ours in each of these, comma-separated (e.g. float32,bfloat16,q8_0,q4_1)"
+        "--encodings",
+        help="ours in each of these, comma-separated (e.g. auto,float32,bfloat16,q8_0,q4_1; "
+        "ENCODING+METHOD adds --quantization METHOD, e.g. bfloat16+int8_dynamic)",
     )
     parser.add_argument("--hf-encodings", help="transformers in each of these (e.g. float32,bfloat16)")
     parser.add_argument(

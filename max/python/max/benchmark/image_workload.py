@@ -4,7 +4,8 @@ images of `--random-image-size` pixels to each prompt of the random dataset.
 An image is what the model's image processor would hand the engine (random pixel values
 cut into patches, as `--load-format dummy` has random weights): its grid follows from the
 size and the vision config, and it takes `t*h*w / merge^2` image tokens, wrapped in the
-config's vision start and end tokens, after the prompt's text.
+config's vision start and end tokens, after the prompt's text. Gemma 3's images are its
+tower's fixed square, `mm_tokens_per_image` tokens each, wrapped in its image tokens.
 """
 
 from __future__ import annotations
@@ -57,15 +58,23 @@ def add_random_images(
     image_token = getattr(hf_config, "image_token_id", None)
     if vision is None or image_token is None:
         raise MaxError("--random-images-per-prompt needs a vision-language model (its config has no vision_config)")
-    patch, merge, temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
-    unit = patch * merge
-    width, height = size
-    if width % unit or height % unit:
-        raise MaxError(f"--random-image-size must be a multiple of {unit} pixels on each side for this model")
-    grid = (1, height // patch, width // patch)
-    num_tokens = grid[1] * grid[2] // merge**2
-    columns = vision.in_channels * temporal * patch * patch
-    start, end = hf_config.vision_start_token_id, hf_config.vision_end_token_id
+    if getattr(hf_config, "mm_tokens_per_image", None) is not None:
+        # Gemma 3: every image is the tower's square, `mm_tokens_per_image` tokens (the size
+        # flag does not apply), wrapped in its begin and end of image tokens.
+        patch, side = vision.patch_size, vision.image_size // vision.patch_size
+        grid, num_tokens = (1, side, side), int(hf_config.mm_tokens_per_image)
+        columns = getattr(vision, "num_channels", 3) * patch * patch
+        start, end = hf_config.boi_token_index, hf_config.eoi_token_index
+    else:
+        patch, merge, temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+        unit = patch * merge
+        width, height = size
+        if width % unit or height % unit:
+            raise MaxError(f"--random-image-size must be a multiple of {unit} pixels on each side for this model")
+        grid = (1, height // patch, width // patch)
+        num_tokens = grid[1] * grid[2] // merge**2
+        columns = vision.in_channels * temporal * patch * patch
+        start, end = hf_config.vision_start_token_id, hf_config.vision_end_token_id
     rng = np.random.default_rng(seed)
     for request in requests:
         if not isinstance(request.prompt, list):

@@ -19,6 +19,7 @@ BENCHMARK_MODELS: dict[str, float] = {
     "Gemma-3-12B": 11.8e9,
     "gpt-oss-20b": 20.9e9,
     "Qwen2.5-VL-7B": 8.29e9,  # vision tower included
+    "Gemma-3-4B": 4.30e9,  # gemma-3-4b-it, SigLIP tower included
     "Mistral-7B-v0.3": 7.25e9,
     "Phi-3-mini-4k": 3.82e9,
     "Phi-3-mini-128k": 3.82e9,

@@ -9,15 +9,21 @@ overlap each change:
 
     python3 -m max.benchmark.profile_step --model-path max/python/max/benchmark/configs/Llama-3.1-8B \\
         --load-format dummy --devices gpu --batch-size 1 [--kernels torch] [--enforce-eager] [--no-async-scheduling]
+
+`--lora-rank R --lora-adapters N` profiles LoRA serving: N random rank-R adapters on every
+projection (`benchmark_lora.write_random_adapter`), the requests spread over them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,7 +34,7 @@ from max.entrypoints.process_setup import run_main
 _LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")
 
 
-def _decode_ready(engine, batch_size: int, prompt_len: int, vocab: int) -> None:
+def _decode_ready(engine, batch_size: int, prompt_len: int, vocab: int, loras: list[str] | None = None) -> None:
     from max.pipelines.lib import SamplingParams
 
     # Requests that outlast the measurement (EOS ignored, no length reached).
@@ -36,7 +42,7 @@ def _decode_ready(engine, batch_size: int, prompt_len: int, vocab: int) -> None:
     g = torch.Generator().manual_seed(0)
     for i in range(batch_size):
         prompt = torch.randint(0, vocab, (prompt_len,), generator=g).tolist()
-        engine.add_request(f"p{i}", prompt, params)
+        engine.add_request(f"p{i}", prompt, params, lora=loras[i % len(loras)] if loras else None)
     # Prefill everyone and decode a few steps, so graphs and allocations are warm.
     for _ in range(12):
         engine.step()
@@ -115,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="")
     parser.add_argument("--top-kernels", type=int, default=0, help="also list the N kernels taking the most GPU time")
     parser.add_argument("--trace", help="write a Chrome trace of five more steps here")
+    parser.add_argument("--lora-rank", type=int, default=0, help="serve random LoRA adapters of this rank (0: none)")
+    parser.add_argument("--lora-adapters", type=int, default=1, help="how many, the requests spread over them")
     args = parser.parse_args(argv)
     if args.max_batch_size < args.batch_size:
         args.max_batch_size = args.batch_size
@@ -126,14 +134,36 @@ def _run(args: argparse.Namespace) -> int:
     from max.pipelines.lib import build_engine, resolve_model
 
     config = pipeline_config_from_args(args)
-    engine = build_engine(resolve_model(config, register_all()))
-    _decode_ready(engine, args.batch_size, args.prompt_len, engine.vocab_size)
-    result = measure(engine, args.steps, args.top_kernels, args.trace)
-    engine.close()
+    with tempfile.TemporaryDirectory(prefix="max-profile-lora-") as tmp:
+        resolved = resolve_model(config, register_all())
+        names = _write_random_adapters(resolved.hf_config, args, Path(tmp))
+        if names is not None:
+            modules = [f"{n}={Path(tmp) / n}" for n in names]
+            config = dataclasses.replace(
+                resolved.config, enable_lora=True, lora_modules=modules, max_loras=len(names), max_lora_rank=args.lora_rank
+            )
+            resolved = resolve_model(config, register_all())
+        engine = build_engine(resolved)
+        _decode_ready(engine, args.batch_size, args.prompt_len, engine.vocab_size, names)
+        result = measure(engine, args.steps, args.top_kernels, args.trace)
+        engine.close()
     result["label"] = args.label
     result["tokens_per_second"] = result["batch_size"] * 1000 / result["step_ms"]
     print(json.dumps(result))
     return 0
+
+
+def _write_random_adapters(hf_config, args: argparse.Namespace, folder: Path) -> list[str] | None:
+    """With `--lora-rank`, writes the random adapters into `folder/<name>`; their names
+    (None without)."""
+    if args.lora_rank <= 0:
+        return None
+    from max.benchmark.benchmark_lora import write_random_adapter
+
+    names = [f"adapter{i}" for i in range(args.lora_adapters)]
+    for i, name in enumerate(names):
+        write_random_adapter(folder / name, hf_config, args.lora_rank, i)
+    return names
 
 
 if __name__ == "__main__":

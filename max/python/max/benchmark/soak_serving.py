@@ -5,7 +5,9 @@ the given fractions, malformed (bad JSON, wrong types, JSON nested 100,000 deep,
 over the character limit, an unknown model: it must get a 4xx), a stream the client drops
 after a few chunks (the server must abort it), or valid: a stream read to its end or a
 plain request, on /v1/completions, /v1/chat/completions, /v1/messages (Anthropic's) or
-/v1/responses, with random short prompts.
+/v1/responses, with random short prompts; `--tool-fraction` of the Messages and Responses
+requests force a tool call (a grammar makes the model write one), so their streams carry call
+arguments in fragments, some cut short by the token limit.
 
 Reports valid requests answered and lost (not a well-formed 200), 5xx answers of any kind,
 latency percentiles of the valid requests (end to end, and time to first token of streams),
@@ -53,6 +55,8 @@ class SoakStats:
     malformed_refused_4xx: int = 0
     dropped_streams: int = 0
     status_5xx: int = 0
+    tool_requests_answered: int = 0  # valid requests that forced a tool call
+    answered_with_calls: int = 0  # of those, answers holding a call (the token limit may cut it before)
     latencies: list[float] = field(default_factory=list)  # valid requests, end to end
     ttfts: list[float] = field(default_factory=list)  # valid streams
     first_errors: list[str] = field(default_factory=list)
@@ -83,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=64, help="clients sending at once (default 64)")
     parser.add_argument("--malformed-fraction", type=float, default=0.1, help="share of malformed requests")
     parser.add_argument("--drop-fraction", type=float, default=0.1, help="share of streams dropped mid-way")
+    parser.add_argument("--tool-fraction", type=float, default=0.25,
+                        help="share of Messages and Responses requests that force a tool call (default 0.25)")  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=32, help="most tokens a valid request asks for (default 32)")
     parser.add_argument("--warmup", default="30s", help="RSS baseline taken after this long (default 30s)")
     parser.add_argument("--token-ids-only", action="store_true", help="only token-id prompts on /v1/completions "
@@ -114,6 +120,9 @@ def _malformed(rng: random.Random, model: str) -> tuple[str, bytes]:
     return path, rng.choice(choices)
 
 
+_TOOL = {"name": "look_up", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
+
+
 def _valid(rng: random.Random, model: str, args: argparse.Namespace, stream: bool) -> tuple[str, dict]:
     max_tokens = rng.randint(1, args.max_tokens)
     common = {"model": model, "max_tokens": max_tokens, "temperature": rng.choice([0, 0.7]), "stream": stream}
@@ -124,11 +133,18 @@ def _valid(rng: random.Random, model: str, args: argparse.Namespace, stream: boo
     roll = rng.random()
     if roll < 0.4:
         return "/v1/completions", {**common, "prompt": text}
+    tool = rng.random() < args.tool_fraction  # the answer is a call (forced), its arguments streamed
     if roll < 0.6:
-        return "/v1/messages", {**common, "temperature": common["temperature"] / 2, "messages": [{"role": "user", "content": text}]}
+        body = {**common, "temperature": common["temperature"] / 2, "messages": [{"role": "user", "content": text}]}
+        if tool:
+            body.update(tools=[{"name": _TOOL["name"], "input_schema": _TOOL["parameters"]}], tool_choice={"type": "any"})
+        return "/v1/messages", body
     if roll < 0.8:
         body = {key: value for key, value in common.items() if key != "max_tokens"}
-        return "/v1/responses", {**body, "max_output_tokens": max_tokens, "input": text, "store": rng.random() < 0.5}
+        body.update(max_output_tokens=max_tokens, input=text, store=rng.random() < 0.5)
+        if tool:
+            body.update(tools=[{"type": "function", **_TOOL}], tool_choice="required")
+        return "/v1/responses", body
     return "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": text}]}
 
 
@@ -137,6 +153,12 @@ def _valid(rng: random.Random, model: str, args: argparse.Namespace, stream: boo
 _ANSWER_KEY = {"/v1/messages": "content", "/v1/responses": "output"}
 _LAST_EVENT = {"/v1/messages": "message_stop", "/v1/responses": "response.completed"}
 _ERROR_EVENTS = ("error", "response.failed")
+_CALL_KINDS = ("tool_use", "function_call")  # a call's content block or output item
+
+
+def _starts_call(event: dict) -> bool:
+    """Whether a Messages or Responses stream event starts a tool call's block or item."""
+    return (event.get("content_block") or event.get("item") or {}).get("type") in _CALL_KINDS
 
 
 async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: SoakStats) -> None:
@@ -150,6 +172,7 @@ async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: S
             if r.status_code != 200 or not r.json().get(_ANSWER_KEY.get(path, "choices")):
                 stats.lost(f"{r.status_code}: {r.text[:200]}")
                 return
+            called = path in _ANSWER_KEY and any(part.get("type") in _CALL_KINDS for part in r.json()[_ANSWER_KEY[path]])
         else:
             async with client.stream("POST", path, json=body) as r:
                 if r.status_code >= 500:
@@ -157,7 +180,7 @@ async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: S
                 if r.status_code != 200:
                     stats.lost(f"{r.status_code}: {(await r.aread())[:200]!r}")
                     return
-                done = finished = False
+                done = finished = called = False
                 first_token: float | None = None
                 async for line in r.aiter_lines():
                     if not line.startswith("data: "):
@@ -175,6 +198,7 @@ async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: S
                         if first_token is None and text:
                             first_token = time.monotonic() - start
                         done = finished = event.get("type") == _LAST_EVENT[path]
+                        called = called or _starts_call(event)
                         continue
                     for choice in event.get("choices", []):
                         if first_token is None and (choice.get("text") or choice.get("delta", {}).get("content")):
@@ -189,6 +213,8 @@ async def _send_valid(client: httpx.AsyncClient, path: str, body: dict, stats: S
         stats.lost(f"{type(e).__name__}: {e}")
         return
     stats.valid_answered += 1
+    stats.tool_requests_answered += "tools" in body
+    stats.answered_with_calls += called
     stats.latencies.append(time.monotonic() - start)
 
 
@@ -336,6 +362,8 @@ async def soak(base_url: str, model: str, args, server_pid: int | None) -> dict[
         "malformed_sent": stats.malformed_sent,
         "malformed_refused_4xx": stats.malformed_refused_4xx,
         "dropped_streams": stats.dropped_streams,
+        "tool_requests_answered": stats.tool_requests_answered,
+        "answered_with_calls": stats.answered_with_calls,
         "status_5xx": stats.status_5xx,
         "requests_per_s": round((stats.valid_sent + stats.malformed_sent + stats.dropped_streams) / elapsed, 2),
         "latency_s": {f"p{q}": pct(stats.latencies, q) for q in (50, 90, 99)},
@@ -369,6 +397,7 @@ def _format(report: dict[str, Any]) -> str:
         f"{'Valid requests lost:':<40}{report['valid_lost']}",
         f"{'Malformed refused with 4xx / sent:':<40}{report['malformed_refused_4xx']} / {report['malformed_sent']}",
         f"{'Streams dropped by the client:':<40}{report['dropped_streams']}",
+        f"{'Forced tool calls answered / held one:':<40}{report['tool_requests_answered']} / {report['answered_with_calls']}",
         f"{'5xx answers (client / server count):':<40}{report['status_5xx']} / {after['server_counted_5xx']:.0f}",
         f"{'Requests/s (all kinds):':<40}{report['requests_per_s']}",
         f"{'Latency p50 / p90 / p99 (s):':<40}{' / '.join(str(v) for v in report['latency_s'].values())}",

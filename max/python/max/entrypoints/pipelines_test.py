@@ -76,14 +76,20 @@ def test_relative_paths_resolve_against_the_callers_directory(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+# Every architecture the tree registers (the message lists them all, sorted).
+REGISTERED = [
+    "DeepseekV2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration", "GptOssForCausalLM",
+    "LlamaForCausalLM", "MistralForCausalLM", "Olmo2ForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM",
+    "Qwen2_5_VLForConditionalGeneration", "Qwen3ForCausalLM", "Qwen3Model", "Qwen3MoeForCausalLM",
+]  # fmt: skip
+
+
 def test_unknown_architecture(tmp_path):
     path = write_tiny_checkpoint(tmp_path / "m", llama_config(architectures=["FooForCausalLM"]))
     assert_one_error_line(
         run_cli("generate", "--model-path", str(path), "--prompt", "x"),
-        "architecture 'FooForCausalLM' is not supported; supported architectures: DeepseekV2ForCausalLM, "
-        "Gemma3ForCausalLM, GptOssForCausalLM, LlamaForCausalLM, MistralForCausalLM, Olmo2ForCausalLM, "
-        "Phi3ForCausalLM, Qwen2ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen3ForCausalLM, "
-        "Qwen3MoeForCausalLM",
+        "architecture 'FooForCausalLM' is not supported; supported architectures: "
+        + ", ".join(sorted(REGISTERED)),
     )
 
 

@@ -5,10 +5,11 @@ targetable projection (`attach_lora`): zeroed stacks of `max_loras` adapters' A 
 matrices of rank up to `max_rank`, one slice per checkpoint module a fused projection
 holds (q, k, v in `qkv_proj`; gate, up in `gate_up_proj`). A linear layer adds its slots'
 products to its output (`max_kernels.lora_add`) for the rows of the step that use an
-adapter, as the step's `LoRABatch` says: each token's slot (-1: the base model) and, for
-prefill steps, the request segments. The batch is set per step like the attention layout
-(`lora_step`), so model code never mentions adapters; the CUDA graphs of decode steps
-capture it over a persistent slot buffer.
+adapter, as the step's `LoRABatch` says: each token's slot (-1: the base model) and the
+adapter rows grouped by slot (what the kernels run over). The batch is set per step like
+the attention layout (`lora_step`), so model code never mentions adapters; a step without
+adapter rows has none, and its layers launch no LoRA kernel. The CUDA graphs capture it
+over persistent buffers.
 
 Which adapter sits in which slot is the pipeline's business (`max.pipelines.lib.lora`);
 this module only holds the tensors and loads a slot (`LoRATargets.load_slot`).
@@ -23,6 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,19 +32,19 @@ from max.errors import MaxError
 from max.nn.attention import Attention
 from max.nn.linear import Linear
 from max.nn.mlp import GatedMLP
-from max_kernels import LoRASegments, lora_add
+from max_kernels import LoRAGroups, lora_add
 
 
 @dataclass
 class LoRABatch:
-    """Which adapter slot each token of the step uses (int32 [T] on the device, -1: the
-    base model); for a step with prompt chunks, the row tiles of its adapter requests
-    (`segments`) and each request's slot (`request_slots`, int32 [B]); both None in a
-    decode step, one token per request."""
+    """Which adapter slot each token of the step uses (`token_slots`, int32 [T] on the
+    device, -1: the base model: what the torch reference reads), the adapter rows grouped
+    by slot (`groups`: what the CUDA kernels read), and each request's slot on the host
+    (`request_slots`, int32 [B]; None inside a captured graph)."""
 
     token_slots: torch.Tensor
-    segments: LoRASegments | None = None
-    request_slots: torch.Tensor | None = None
+    groups: LoRAGroups
+    request_slots: np.ndarray | None = None
 
 
 _CURRENT: contextvars.ContextVar[LoRABatch | None] = contextvars.ContextVar("max_lora_batch", default=None)
@@ -76,7 +78,7 @@ class LoRASlots(nn.Module):
         batch = _CURRENT.get()
         if batch is None:
             return y
-        return lora_add(y, x, self.a, self.b, self.scales, batch.token_slots, batch.segments, self.slices)
+        return lora_add(y, x, self.a, self.b, self.scales, batch.token_slots, batch.groups, self.slices)
 
 
 # The checkpoint modules (as PEFT names them) each fused projection holds, in order.
@@ -111,9 +113,23 @@ class LoRATargets:
         """Adapters the device holds at once (`--max-loras`)."""
         return self.scales.shape[0]
 
+    def stage(self, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """An adapter's host tensors as `load_slot` copies them best: in the slots' dtype and,
+        when the slots are on a GPU, in pinned memory, so that loading a slot while requests
+        stream queues its copies behind the running step instead of waiting for it."""
+        some = next(iter(self.targets.values())).slots.a
+        pin = some.device.type == "cuda"
+
+        def staged(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(some.dtype)
+            return t.pin_memory() if pin else t
+
+        return {path: (staged(a), staged(b)) for path, (a, b) in weights.items()}
+
     def load_slot(self, slot: int, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float) -> None:
         """Puts an adapter's (A, B) per module path into `slot` (every other module of the
-        slot zeroed); the paths and shapes must have been checked (`check_fits`)."""
+        slot zeroed); the paths and shapes must have been checked (`check_fits`). The copies
+        are queued on the device's stream, behind the steps that may still read the slot."""
         layers = {id(t.slots): t.slots for t in self.targets.values()}
         for slots in layers.values():
             slots.a[slot].zero_()
@@ -122,8 +138,8 @@ class LoRATargets:
             t = self.targets[path]
             r, lo = a.shape[0], t.index * t.slots.rank
             offset = t.slots.slices[t.index][0]
-            t.slots.a[slot, lo : lo + r].copy_(a)
-            t.slots.b[slot, offset : offset + t.out_features, :r].copy_(b)
+            t.slots.a[slot, lo : lo + r].copy_(a, non_blocking=True)
+            t.slots.b[slot, offset : offset + t.out_features, :r].copy_(b, non_blocking=True)
         self.scales[slot] = scale
 
     def check_fits(self, name: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:

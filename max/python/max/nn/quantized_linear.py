@@ -31,7 +31,7 @@ from max.nn.parallel import RowParallelLinear
 
 logger = logging.getLogger("max.nn")
 
-SCHEMES = ("int8", "int4")
+SCHEMES = ("int8", "int4", "int8_dynamic")  # int8_dynamic: max.nn.int8_dynamic_linear
 INT4_GROUP_SIZE = 32
 
 
@@ -134,14 +134,19 @@ class Int4WeightOnlyLinear(nn.Module):
 def quantized_linear(
     weight: torch.Tensor, bias: torch.Tensor | None, scheme: str, dtype: torch.dtype
 ) -> nn.Module:
-    """A weight-only quantized layer for a float weight [N, K]: int4 where its shape allows
-    (else int8, the same layer at twice the bytes), or int8."""
+    """A quantized layer for a float weight [N, K]: int4 where its shape allows (else int8,
+    the same layer at twice the bytes), int8 weight-only, or int8 weights and activations
+    (`int8_dynamic`)."""
     if scheme not in SCHEMES:
         raise MaxError(
             f"unknown weight-only quantization {scheme!r} (choose from {', '.join(SCHEMES)})"
         )
     if scheme == "int4" and int4_supported(*weight.shape):
         return Int4WeightOnlyLinear(weight, bias, dtype)
+    if scheme == "int8_dynamic":
+        from max.nn.int8_dynamic_linear import Int8DynamicLinear  # imports the quantized engine
+
+        return Int8DynamicLinear(weight, bias, dtype)
     return Int8WeightOnlyLinear(weight, bias, dtype)
 
 
@@ -177,14 +182,14 @@ def weight_only_replacements(
     if scheme not in SCHEMES:
         raise MaxError(f"unknown weight-only quantization {scheme!r} (choose from {', '.join(SCHEMES)})")
     out: dict[str, Callable[[nn.Module], nn.Module]] = {}
-    counts = {"int8": 0, "int4": 0}
+    counts = {"int8": 0, "int4": 0, "int8_dynamic": 0}
     for _, _, full, child in quantizable_linears(network):
         if isinstance(child, RowParallelLinear) and child.tp.size > 1:
             raise MaxError("weight-only quantization does not support tensor parallelism")
         chosen = "int8" if full in keep_int8 else scheme
         out[full] = lambda layer, chosen=chosen: quantized_linear(layer.weight, layer.bias, chosen, dtype)
-        counts["int4" if chosen == "int4" and int4_supported(*child.weight.shape) else "int8"] += 1
-    logger.info("weight-only %s: %d layers int4, %d int8", scheme, counts["int4"], counts["int8"])
+        counts["int4" if chosen == "int4" and int4_supported(*child.weight.shape) else "int8_dynamic" if chosen == "int8_dynamic" else "int8"] += 1
+    logger.info("%s: %d layers int4, %d int8, %d int8 with int8 activations", scheme, counts["int4"], counts["int8"], counts["int8_dynamic"])
     return out
 
 

@@ -156,14 +156,25 @@ class Transformer(nn.Module):
         `embeds` (rows [R], vectors [R, hidden]) replaces the token embeddings of those rows:
         an image's placeholder tokens take its vision encoder's embeddings.
         """
+        return self.logits(self.final_hidden(tokens, positions, logits_indices, embeds))
+
+    def final_hidden(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        rows: torch.Tensor,
+        embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The hidden states after the final norm [len(rows), hidden] of the step's token
+        rows `rows`: what the LM head reads, and what embedding models pool."""
         x, residual = self.embed_tokens(tokens), None
         if embeds is not None:
             x = x.index_copy(0, embeds[0], embeds[1].to(x.dtype))
         for layer in self.layers:
             x, residual = layer(x, residual, positions)
-        # The norm is per row, so only the rows that need logits are normalized.
-        x, _ = self.norm(x[logits_indices], residual[logits_indices])
-        return self.logits(x)
+        # The norm is per row, so only the rows that are read are normalized.
+        x, _ = self.norm(x[rows], residual[rows])
+        return x
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head (tied to the embedding when the config says so), in float32, soft-capped

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API (starlette): the routes, and the app that serves them.
 
 Routes: POST /v1/chat/completions (chat_handler.py), POST /v1/completions
-(completion_handler.py), POST /tokenize and /detokenize (tokenize_handler.py), GET
+(completion_handler.py), POST /v1/embeddings (embeddings_handler.py: `--task embed`), POST /tokenize and /detokenize (tokenize_handler.py), GET
 /v1/models, GET /health (and /v1/health), GET /metrics, GET /openapi.json (openapi.py). The
 HTTP process validates each body once (its request model: chat_request.py,
 completion_request.py, tokenize_request.py), tokenizes, applies chat templates and
@@ -28,6 +28,7 @@ from starlette.routing import Route
 from max.serve.api_errors import ApiError, for_path
 from max.serve.chat_handler import ChatCompletionHandler
 from max.serve.completion_handler import CompletionHandler
+from max.serve.embeddings_handler import EmbeddingsHandler, generation_route
 from max.serve.error_redaction import redact
 from max.serve.http_guard import HttpGuard
 from max.serve.lora_handler import LoRAHandler, adapter_model_cards
@@ -54,6 +55,7 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
     messages = MessagesHandler(state)
     responses = ResponsesHandler(state)
     lora = LoRAHandler(state)
+    embeddings = EmbeddingsHandler(state)
     state.metrics.vllm.model_name = state.served_model_name
     openapi = openapi_document()
 
@@ -109,11 +111,12 @@ def create_app(state: ServerState, lifespan=None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", chat.handle, methods=["POST"]),
-            Route("/v1/completions", completion.handle, methods=["POST"]),
-            Route("/v1/messages", messages.handle, methods=["POST"]),
+            Route("/v1/chat/completions", generation_route(state, chat.handle, "Chat Completions"), methods=["POST"]),
+            Route("/v1/completions", generation_route(state, completion.handle, "Completions"), methods=["POST"]),
+            Route("/v1/embeddings", embeddings.handle, methods=["POST"]),
+            Route("/v1/messages", generation_route(state, messages.handle, "Messages"), methods=["POST"]),
             Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
-            Route("/v1/responses", responses.handle, methods=["POST"]),
+            Route("/v1/responses", generation_route(state, responses.handle, "Responses"), methods=["POST"]),
             Route("/v1/responses/{response_id}", responses.get, methods=["GET"]),
             Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
             Route("/v1/models", models, methods=["GET"]),

@@ -67,9 +67,6 @@ class ChatCompletionHandler(GenerationHandler):
     id_prefix = "chatcmpl"
     completion_kind = render.CHAT_COMPLETION
     chunk_kind = render.CHAT_CHUNK
-    # A stream sends a call's name, then its arguments in fragments as they are written
-    # (the APIs built on this handler, whose events carry whole calls, turn it off).
-    streams_call_fragments = True
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
@@ -130,7 +127,9 @@ class ChatCompletionHandler(GenerationHandler):
     def _new_choice(self, gen: ChatCompletionRequest, index: int, request_id: str, prompt_index: int,
                     ids: list[int], stream: RequestTextStream, images: tuple[ImageInput, ...]) -> AssistantChoice:  # fmt: skip
         tools = ToolCallParser(tool_format(self.state.tokenizer, self.state.tool_call_parser)) if gen.uses_tools else None
-        streamer = ToolCallStreamer(tools) if tools is not None and gen.stream and self.streams_call_fragments else None
+        # A stream sends a call's name, then its arguments in fragments as they are written
+        # (so do the Messages and Responses streams built on this handler).
+        streamer = ToolCallStreamer(tools) if tools is not None and gen.stream else None
         harmony = self._harmony_parser(ids)  # a harmony model's channels say what is reasoning
         return AssistantChoice(
             index, request_id, prompt_index, ids, stream, images, harmony=harmony, tools=tools,

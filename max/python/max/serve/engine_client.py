@@ -61,6 +61,7 @@ class OutputStream:
             if last.prompt_logprobs is None:
                 last.prompt_logprobs = output.prompt_logprobs
             last.finished, last.finish_reason = output.finished, output.finish_reason
+            last.embedding = output.embedding if output.embedding is not None else last.embedding
         else:
             self._pending.append(output)
         self._ready.set()

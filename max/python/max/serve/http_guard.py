@@ -24,7 +24,7 @@ import json
 from max.serve.api_errors import ApiError, for_path
 from max.serve.server_state import ServerState
 
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"})
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses", "/v1/embeddings"})
 HEALTH_PATHS = frozenset({"/health", "/v1/health"})
 METRICS_PATH = "/metrics"
 

@@ -8,8 +8,10 @@ max_tokens, stop_sequence with the `stop_sequence` that matched, tool_use) and u
 Anthropic's terms (input tokens the prefix cache held are `cache_read_input_tokens`). A
 stream is Anthropic's events: message_start, then per block content_block_start,
 content_block_delta... and content_block_stop, then message_delta (the stop reason and
-the output tokens) and message_stop. Errors use Anthropic's body
-(`{"type": "error", "error": {"type", "message"}}`, api_errors.for_path).
+the output tokens) and message_stop; a `tool_use` block opens as soon as the call's name is
+written and its input follows as `input_json_delta` fragments while the model writes it
+(answer_blocks.py), so the fragments' concatenation is the input's JSON. Errors use
+Anthropic's body (`{"type": "error", "error": {"type", "message"}}`, api_errors.for_path).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from starlette.responses import JSONResponse, Response
 
 from max.pipelines.lib import RequestTextStream, TextDelta
 from max.pipelines.lib.model.multimodal import ImageInput
+from max.pipelines.lib.tokens.tool_call_stream import ToolCallFragment
 from max.pipelines.lib.tokens.tool_calls import ToolCall
 from max.serve import response_rendering as render
+from max.serve.answer_blocks import BlockKind, BlockStream
 from max.serve.api_errors import AnthropicError
 from max.serve.chat_handler import AssistantChoice, ChatCompletionHandler
 from max.serve.chat_request import ChatCompletionRequest
@@ -60,7 +64,6 @@ class MessagesHandler(ChatCompletionHandler):
 
     request_model = MessagesChatRequest
     id_prefix = "msg"
-    streams_call_fragments = False  # a tool_use block's input is sent whole
 
     # -- the choice ------------------------------------------------------------------------
     def _new_choice(self, gen: ChatCompletionRequest, index: int, request_id: str, prompt_index: int,
@@ -144,53 +147,34 @@ class MessagesHandler(ChatCompletionHandler):
         return JSONResponse({"input_tokens": len(prompts.ids[0])})
 
 
-class _BlockWriter:
-    """Turns a message's deltas into content-block events, one block open at a time."""
+class _BlockWriter(BlockStream):
+    """A message's content-block events, in Anthropic's shapes (the order: answer_blocks.py)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.index = -1
-        self.open: str | None = None  # the kind of the open block
-        self.held_space = ""  # whitespace before any text: not worth a block of its own yet
-
-    def write(self, delta: TextDelta) -> list[str]:
-        events = []
-        if delta.reasoning_text:
-            events += self._ensure("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-            events.append(self._delta({"type": "thinking_delta", "thinking": delta.reasoning_text}))
-        text = delta.text
-        if text and self.open != "text" and not text.strip():
-            self.held_space += text
-        elif text:
-            events += self._ensure("text", {"type": "text", "text": ""})
-            events.append(self._delta({"type": "text_delta", "text": self.held_space + text}))
-            self.held_space = ""
-        for call in delta.tool_calls:
-            block = _tool_use(call)
-            events += self._ensure("tool_use", {**block, "input": {}}, always_new=True)
-            events.append(self._delta({"type": "input_json_delta", "partial_json": json.dumps(block["input"])}))
-        return events
 
     def close(self) -> list[str]:
-        """Closes the open block (a message with no block gets an empty text block)."""
-        events = []
-        if self.index < 0:
-            events += self._ensure("text", {"type": "text", "text": ""})
-        if self.open is not None:
-            events.append(_event("content_block_stop", {"index": self.index}))
-            self.open = None
-        return events
+        """Ends the open block (a message with no block gets an empty text block)."""
+        return (self._open("text") if self.index < 0 else []) + super().close()
 
-    def _ensure(self, kind: str, block: dict[str, Any], always_new: bool = False) -> list[str]:
-        if self.open == kind and not always_new:
-            return []
-        events = self.close() if self.open is not None else []
+    def start_block(self, kind: BlockKind, call: ToolCallFragment | None) -> list[str]:
         self.index += 1
-        self.open = kind
-        events.append(_event("content_block_start", {"index": self.index, "content_block": block}))
-        return events
+        if kind == "reasoning":
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+        elif kind == "text":
+            block = {"type": "text", "text": ""}
+        else:  # a tool_use block opens with its input empty; input_json_delta fragments follow
+            block = {"type": "tool_use", "id": _tool_use_id(call.id), "name": call.name, "input": {}}
+        return [_event("content_block_start", {"index": self.index, "content_block": block})]
 
-    def _delta(self, delta: dict[str, Any]) -> str:
-        return _event("content_block_delta", {"index": self.index, "delta": delta})
+    def block_delta(self, text: str) -> list[str]:
+        delta = {"reasoning": {"type": "thinking_delta", "thinking": text}, "text": {"type": "text_delta", "text": text},
+                 "call": {"type": "input_json_delta", "partial_json": text}}[self.kind]  # fmt: skip
+        return [_event("content_block_delta", {"index": self.index, "delta": delta})]
+
+    def end_block(self) -> list[str]:
+        return [_event("content_block_stop", {"index": self.index})]
 
 
 def _event(kind: str, payload: dict[str, Any]) -> str:
@@ -208,8 +192,13 @@ def _tool_use(call: ToolCall) -> dict[str, Any]:
         arguments = json.loads(call.arguments)
     except ValueError:
         arguments = {}
-    call_id = call.id.replace("call_", "toolu_", 1)
-    return {"type": "tool_use", "id": call_id, "name": call.name, "input": arguments if isinstance(arguments, dict) else {}}
+    return {"type": "tool_use", "id": _tool_use_id(call.id), "name": call.name,
+            "input": arguments if isinstance(arguments, dict) else {}}  # fmt: skip
+
+
+def _tool_use_id(call_id: str | None) -> str:
+    """A call's id as Anthropic spells it (`toolu_...`)."""
+    return (call_id or "").replace("call_", "toolu_", 1)
 
 
 def _usage(choice: Choice, prompt_tokens: int) -> dict[str, int]:

@@ -16,6 +16,7 @@ from max.serve.api_answer_models import (
 )
 from max.serve.chat_request import ChatCompletionRequest
 from max.serve.completion_request import CompletionRequest
+from max.serve.embeddings_request import EmbeddingRequest, EmbeddingResponse
 from max.serve.lora_handler import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from max.serve.messages_request import CountTokensRequest, MessagesRequest
 from max.serve.response_models import (
@@ -114,6 +115,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         "/v1/responses/{response_id}": response_by_id,
         "/v1/chat/completions": generation("Chat completion", ChatCompletionRequest, ChatCompletion, ChatCompletionChunk),
         "/v1/completions": generation("Text completion", CompletionRequest, Completion, Completion),
+        "/v1/embeddings": simple("post", "Embeddings of texts or token ids (--task embed)", json_content(EmbeddingResponse), EmbeddingRequest),
         "/v1/models": simple("get", "The served model", json_content(ModelList)),
         "/tokenize": simple("post", "Token ids of a prompt or a chat", json_content(TokenizeResponse), TokenizeRequest),
         "/detokenize": simple("post", "Text of token ids", json_content(DetokenizeResponse), DetokenizeRequest),

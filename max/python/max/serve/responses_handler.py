@@ -90,7 +90,6 @@ class ResponsesHandler(ChatCompletionHandler):
 
     request_model = ResponsesChatRequest
     id_prefix = "resp"
-    streams_call_fragments = False  # a function_call item's arguments are sent whole
 
     def __init__(self, state: ServerState, store: ResponseStore | None = None) -> None:
         super().__init__(state)
@@ -133,7 +132,8 @@ class ResponsesHandler(ChatCompletionHandler):
                                    "max_output_tokens" if cut else None, created)  # fmt: skip
         if gen.source.store is not False:
             text = "".join(part["text"] for item in output if item["type"] == "message" for part in item["content"])
-            calls = [item for item in output if item["type"] == "function_call"]
+            # A call cut short (status incomplete) is no call of the conversation.
+            calls = [item for item in output if item["type"] == "function_call" and item["status"] == "completed"]
             self.store.put(rid, StoredResponse(body, [*gen.history, output_as_message(text, calls)]))
         return body
 

@@ -11,22 +11,27 @@ the server splits it off), a `message` item holding one `output_text` part, and 
     (message)    response.output_item.added, response.content_part.added,
                  response.output_text.delta..., response.output_text.done,
                  response.content_part.done, response.output_item.done
-    (call)       response.output_item.added, response.function_call_arguments.delta,
+    (call)       response.output_item.added, response.function_call_arguments.delta...,
                  response.function_call_arguments.done, response.output_item.done
     response.completed (also when max_output_tokens cut the answer: its status says incomplete)
 
 Every event carries its `sequence_number`; item ids stay the same from added to completed.
+A function_call item is added as soon as the call's name is written, and its arguments
+follow in fragments while the model writes them (answer_blocks.py); a
+call the answer's end cut short is done with status `incomplete`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
 
-from max.pipelines.lib import TextDelta
+from max.pipelines.lib.tokens.tool_call_stream import ToolCallFragment
 from max.pipelines.lib.tokens.tool_calls import ToolCall
 from max.serve import response_rendering as render
+from max.serve.answer_blocks import BlockKind, BlockStream
 
 
 def item_id(prefix: str) -> str:
@@ -86,16 +91,15 @@ def response_object(
     }
 
 
-class EventWriter:
-    """Turns one choice's deltas into the stream's item events (see the module docstring),
+class EventWriter(BlockStream):
+    """Turns one choice's deltas into the stream's item events (the order: answer_blocks.py),
     and keeps the output items they make for the final response."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.sequence = 0
         self.output: list[dict[str, Any]] = []
-        self._open: dict[str, Any] | None = None  # the reasoning or message item being written
-        self._text = ""
-        self._held_space = ""  # whitespace before any text: not worth a message of its own yet
+        self._item: dict[str, Any] = {}  # the open item, as added
 
     def event(self, kind: str, **fields: Any) -> str:
         """One event: `event: KIND` and its data, numbered."""
@@ -103,79 +107,53 @@ class EventWriter:
         self.sequence += 1
         return f"event: {kind}\n" + render.sse(payload)
 
-    def write(self, delta: TextDelta) -> list[str]:
-        """The events of one delta."""
-        events = []
-        if delta.reasoning_text:
-            events += self._ensure("reasoning")
-            events.append(self._text_delta("response.reasoning_text.delta", delta.reasoning_text))
-        text = delta.text
-        if text and (self._open is None or self._open["type"] != "message") and not text.strip():
-            self._held_space += text
-        elif text:
-            events += self._ensure("message")
-            events.append(self._text_delta("response.output_text.delta", self._held_space + text))
-            self._held_space = ""
-        for call in delta.tool_calls:
-            events += self._close()
-            events += self._call(call)
-        return events
-
-    def close(self) -> list[str]:
-        """Closes the item being written."""
-        return self._close()
-
-    # -- items -----------------------------------------------------------------------------
-    def _ensure(self, kind: str) -> list[str]:
-        if self._open is not None and self._open["type"] == kind:
-            return []
-        events = self._close()
+    def start_block(self, kind: BlockKind, call: ToolCallFragment | None) -> list[str]:
         index = len(self.output)
+        if kind == "call":  # added with its name; its arguments follow in deltas
+            self._item = call_item(ToolCall(call.name, "", call.id or ""), status="in_progress")
+            return [self.event("response.output_item.added", output_index=index, item=self._item)]
         if kind == "reasoning":
-            self._open = {**reasoning_item(item_id("rs"), ""), "status": "in_progress"}
-            events.append(self.event("response.output_item.added", output_index=index, item={**self._open, "content": []}))
+            self._item = {**reasoning_item(item_id("rs"), ""), "status": "in_progress"}
         else:
-            self._open = message_item(item_id("msg"), "", status="in_progress")
-            events.append(self.event("response.output_item.added", output_index=index, item={**self._open, "content": []}))
-            events.append(self._part_event("response.content_part.added", text_part("")))
-        self._text = ""
+            self._item = message_item(item_id("msg"), "", status="in_progress")
+        events = [self.event("response.output_item.added", output_index=index, item={**self._item, "content": []})]
+        if kind == "text":
+            events.append(self.event("response.content_part.added", **self._common(), part=text_part("")))
         return events
 
-    def _text_delta(self, kind: str, text: str) -> str:
-        self._text += text
-        return self.event(kind, item_id=self._open["id"], output_index=len(self.output), content_index=0, delta=text,
-                          **({"logprobs": []} if kind == "response.output_text.delta" else {}))  # fmt: skip
+    def block_delta(self, text: str) -> list[str]:
+        if self.kind == "call":
+            return [self.event("response.function_call_arguments.delta", item_id=self._item["id"],
+                               output_index=len(self.output), delta=text)]  # fmt: skip
+        if self.kind == "reasoning":
+            return [self.event("response.reasoning_text.delta", **self._common(), delta=text)]
+        return [self.event("response.output_text.delta", **self._common(), delta=text, logprobs=[])]
 
-    def _part_event(self, kind: str, part: dict[str, Any]) -> str:
-        return self.event(kind, item_id=self._open["id"], output_index=len(self.output), content_index=0, part=part)
-
-    def _close(self) -> list[str]:
-        item = self._open
-        if item is None:
-            return []
-        index, text, events = len(self.output), self._text, []
-        common = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        if item["type"] == "reasoning":
+    def end_block(self) -> list[str]:
+        item, index, text = self._item, len(self.output), self.text
+        if self.kind == "call":  # one the answer's end cut short is incomplete
+            done = {**item, "arguments": text, "status": "completed" if _is_object(text) else "incomplete"}
+            events = [self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                                 name=item["name"], arguments=text)]  # fmt: skip
+        elif self.kind == "reasoning":
             done = reasoning_item(item["id"], text)
-            events.append(self.event("response.reasoning_text.done", **common, text=text))
+            events = [self.event("response.reasoning_text.done", **self._common(), text=text)]
         else:
             done = message_item(item["id"], text)
-            events.append(self.event("response.output_text.done", **common, text=text, logprobs=[]))
-            events.append(self.event("response.content_part.done", **common, part=text_part(text)))
+            events = [self.event("response.output_text.done", **self._common(), text=text, logprobs=[]),
+                      self.event("response.content_part.done", **self._common(), part=text_part(text))]  # fmt: skip
         events.append(self.event("response.output_item.done", output_index=index, item=done))
         self.output.append(done)
-        self._open = None
         return events
 
-    def _call(self, call: ToolCall) -> list[str]:
-        index = len(self.output)
-        added = call_item(call, status="in_progress", arguments="")
-        done = call_item(call)
-        common = {"item_id": done["id"], "output_index": index}
-        self.output.append(done)
-        return [
-            self.event("response.output_item.added", output_index=index, item=added),
-            self.event("response.function_call_arguments.delta", **common, delta=call.arguments),
-            self.event("response.function_call_arguments.done", **common, name=call.name, arguments=call.arguments),
-            self.event("response.output_item.done", output_index=index, item=done),
-        ]
+    def _common(self) -> dict[str, Any]:
+        """The fields that place an event in the open item's one content part."""
+        return {"item_id": self._item["id"], "output_index": len(self.output), "content_index": 0}
+
+
+def _is_object(text: str) -> bool:
+    """Whether `text` is a whole JSON object (a call's arguments the model finished)."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False

@@ -28,6 +28,7 @@ import uvicorn
 from max.errors import MaxError
 from max.pipelines.lib import PipelineConfig, load_tokenizer, resolve_model, tokenizer_source
 from max.pipelines.lib.lora.engine_lora import parse_lora_modules
+from max.pipelines.lib.pooling.pooling_config import read_pooling_config
 from max.serve.api_server import create_app
 from max.serve.engine_client import EngineClient
 from max.serve.engine_pool import EnginePool
@@ -129,6 +130,7 @@ def serve_from_args(args: argparse.Namespace, config: PipelineConfig) -> int:
             reasoning_parser=getattr(args, "reasoning_parser", None),
             tool_call_parser=getattr(args, "tool_call_parser", None),
             lora_adapters=dict(parse_lora_modules(config.lora_modules)) if config.enable_lora else None,
+            embedding=read_pooling_config(resolved.source.directory, resolved.hf_config) if config.task == "embed" else None,
         )
 
         @contextlib.asynccontextmanager

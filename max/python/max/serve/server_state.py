@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from max.pipelines.lib import TextTokenizer
+from max.pipelines.lib.pooling.pooling_config import PoolingConfig
 from max.serve.chat_images import MediaOptions
 from max.serve.engine_handle import EngineHandle
 from max.serve.metrics import ServerMetrics
@@ -37,3 +38,4 @@ class ServerState:
     reasoning_parser: str | None = None  # --reasoning-parser: qwen3, deepseek_r1 (None: no split)
     tool_call_parser: str | None = None  # --tool-call-parser (None: the chat template's format)
     lora_adapters: dict[str, str] | None = None  # LoRA adapters by name -> path (None: --enable-lora off)
+    embedding: PoolingConfig | None = None  # --task embed: how the model pools (None: it generates)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from max.testing.tiny_gemma3_vl_processor import write_gemma3_processor_files
 from max.testing.tiny_tokenizer import TOKENIZER_VOCAB, tokenizer_dir
 from max.testing.tiny_vl_processor import write_vl_processor_files
 
@@ -39,6 +40,9 @@ def write_tiny_checkpoint(
                 param.copy_(1.0 + 0.2 * torch.randn_like(param))
             elif name.endswith("bias"):
                 param.copy_(0.1 * torch.randn_like(param))
+            elif name.endswith("mm_input_projection_weight"):
+                # transformers starts Gemma 3's image projection at zero: images would vanish.
+                param.copy_(0.05 * torch.randn_like(param))
     model.save_pretrained(str(directory), safe_serialization=True)
     # transformers writes the architectures of the class it instantiated; keep the config's
     # own name (a custom class name, e.g. for --custom-architectures tests).
@@ -46,7 +50,9 @@ def write_tiny_checkpoint(
     saved = json.loads(cfg_path.read_text())
     saved["architectures"] = list(config["architectures"])
     cfg_path.write_text(json.dumps(saved, indent=2))
-    if with_tokenizer and "vision_config" in config:
+    if with_tokenizer and config.get("model_type") == "gemma3":
+        write_gemma3_processor_files(directory, config)  # Gemma's image tokens and processor
+    elif with_tokenizer and "vision_config" in config:
         write_vl_processor_files(directory)  # the tokenizer plus image tokens and processor
     elif with_tokenizer:
         import shutil

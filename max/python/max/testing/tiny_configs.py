@@ -198,6 +198,45 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     # M-RoPE in sections of 2/3/3 frequencies (head_dim 16); q/k/v biases. The vision tower:
     # 4 blocks, windows of 2 x 2 merge blocks (56 px) with full attention in blocks 1 and 3.
     # Image token ids follow the SmolLM2 vocabulary (max.testing.tiny_vl_processor's tokenizer).
+    # Gemma 3 with images: the tiny Gemma 3 decoder (window 5, narrower than an image's 9
+    # tokens, so image tokens see ahead inside the window's reach back) under a SigLIP
+    # tower of 6 x 6 patches pooled to 3 x 3 tokens; the image token ids of the tokenizer
+    # written by `tiny_gemma3_vl` (after SmolLM2's ids).
+    "gemma3_vl": {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": {
+            **_COMMON,
+            "model_type": "gemma3_text",
+            "vocab_size": TOKENIZER_VOCAB + 8,
+            "num_hidden_layers": 3,
+            "head_dim": 32,
+            "query_pre_attn_scalar": 24,
+            "sliding_window": 5,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+            "rope_theta": 1000000.0,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+            "rope_local_base_freq": 10000.0,
+            "hidden_activation": "gelu_pytorch_tanh",
+        },
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 48,
+            "patch_size": 8,
+            "vision_use_head": False,
+        },
+        "mm_tokens_per_image": 9,
+        "boi_token_index": TOKENIZER_VOCAB,
+        "eoi_token_index": TOKENIZER_VOCAB + 1,
+        "image_token_index": TOKENIZER_VOCAB + 2,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
     "qwen2_5_vl": {
         **_COMMON,
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],

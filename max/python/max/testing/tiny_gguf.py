@@ -47,8 +47,12 @@ def gguf_name(hf_name: str) -> str:
     }[name]
 
 
-def write_llama_gguf(checkpoint_dir: Path, out: Path, matrix_type: str = "F32") -> Path:
-    """Converts a tiny Llama checkpoint to GGUF (`matrix_type`: F32, F16, Q8_0, Q4_0...)."""
+def write_llama_gguf(
+    checkpoint_dir: Path, out: Path, matrix_type: str = "F32", tensor_types: dict[str, str] | None = None
+) -> Path:
+    """Converts a tiny Llama checkpoint to GGUF (`matrix_type`: F32, F16, Q8_0, Q4_0...;
+    `tensor_types`: another type for some kinds of matrix, e.g. {"ffn_down": "Q6_K"} as a
+    Q4_K_M file mixes them)."""
     import gguf
     from safetensors.torch import load_file
 
@@ -66,16 +70,18 @@ def write_llama_gguf(checkpoint_dir: Path, out: Path, matrix_type: str = "F32") 
     writer.add_uint32("llama.vocab_size", config["vocab_size"])
     writer.add_uint32("tokenizer.ggml.bos_token_id", config.get("bos_token_id", 1))
     writer.add_uint32("tokenizer.ggml.eos_token_id", config.get("eos_token_id", 2))
-    qtype = gguf.GGMLQuantizationType[matrix_type]
     for name, tensor in tensors.items():
+        kind = gguf_name(name).split(".")[-2]
+        matrix_type_here = (tensor_types or {}).get(kind, matrix_type)
+        qtype = gguf.GGMLQuantizationType[matrix_type_here]
         data = tensor.to(torch.float32).numpy()
         if name.endswith("q_proj.weight"):
             data = _permute(data, config["num_attention_heads"])
         elif name.endswith("k_proj.weight"):
             data = _permute(data, config["num_key_value_heads"])
-        if data.ndim == 2 and matrix_type == "F16":
+        if data.ndim == 2 and matrix_type_here == "F16":
             writer.add_tensor(gguf_name(name), data.astype(np.float16))
-        elif data.ndim == 2 and matrix_type != "F32":
+        elif data.ndim == 2 and matrix_type_here != "F32":
             writer.add_tensor(gguf_name(name), gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(gguf_name(name), data)

@@ -1,8 +1,10 @@
 """Tiny random LoRA adapters in the PEFT format, written by peft itself for a tiny base
-checkpoint (no download), and the transformers + PEFT reference that loads them."""
+checkpoint (no download), and the transformers + PEFT reference that loads them; and
+`write_plain_adapter`, the same format written without peft (for machines without it)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -44,3 +46,37 @@ def peft_reference(base: Path, adapter: Path):
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     return PeftModel.from_pretrained(model, str(adapter)).eval()
+
+
+def write_plain_adapter(base: Path, directory: Path, seed: int, rank: int = 8, magnitude: float = 0.05) -> Path:
+    """A random adapter of every attention and MLP projection of the Llama-shaped
+    checkpoint `base`, in PEFT's file format, written without peft."""
+    from safetensors.torch import save_file
+
+    config = json.loads((Path(base) / "config.json").read_text())
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    head_dim = config.get("head_dim") or hidden // heads
+    shapes = {  # module -> (input width, output width)
+        "self_attn.q_proj": (hidden, heads * head_dim),
+        "self_attn.k_proj": (hidden, kv_heads * head_dim),
+        "self_attn.v_proj": (hidden, kv_heads * head_dim),
+        "self_attn.o_proj": (heads * head_dim, hidden),
+        "mlp.gate_proj": (hidden, inter),
+        "mlp.up_proj": (hidden, inter),
+        "mlp.down_proj": (inter, hidden),
+    }
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for module, (fan_in, fan_out) in shapes.items():
+            key = f"base_model.model.model.layers.{layer}.{module}"
+            tensors[f"{key}.lora_A.weight"] = magnitude * torch.randn(rank, fan_in, generator=g)
+            tensors[f"{key}.lora_B.weight"] = magnitude * torch.randn(fan_out, rank, generator=g)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    targets = sorted({m.split(".")[-1] for m in shapes})
+    adapter_config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none", "target_modules": targets}
+    (directory / "adapter_config.json").write_text(json.dumps(adapter_config))
+    return directory

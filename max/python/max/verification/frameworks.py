@@ -71,7 +71,8 @@ def tokenize_prompts(settings: FrameworkSettings, prompts: Sequence[Verification
         from max.pipelines.lib.tokens.vision_tokenizer import VisionLanguageTokenizer
 
         hf_config = load_hf_config(source, settings.trust_remote_code)
-        tokenizer = VisionLanguageTokenizer.from_source(source, hf_config, settings.trust_remote_code)
+        tokenizer_class = _image_tokenizer_class(hf_config, VisionLanguageTokenizer)
+        tokenizer = tokenizer_class.from_source(source, hf_config, settings.trust_remote_code)
     else:
         tokenizer = TextTokenizer.from_source(source, trust_remote_code=settings.trust_remote_code)
     encoded = []
@@ -83,6 +84,19 @@ def tokenize_prompts(settings: FrameworkSettings, prompts: Sequence[Verification
         ids, images = tokenizer.encode_chat_with_images([{"role": "user", "content": content}], _open_images(p.images))
         encoded.append(EncodedPrompt(ids, images))
     return encoded
+
+
+def _image_tokenizer_class(hf_config, default: type) -> type:
+    """The registered architecture's tokenizer when it takes images (Gemma 3 lays its image
+    tokens out in its own way), else `default` (Qwen2-VL's layout)."""
+    from max.pipelines.architectures import register_all
+
+    names = getattr(hf_config, "architectures", None) or []
+    try:
+        cls = register_all().retrieve(names[0]).tokenizer if names else default
+    except MaxError:
+        return default
+    return cls if isinstance(cls, type) and issubclass(cls, default) else default
 
 
 def _open_images(paths: Sequence[str]) -> list:
@@ -239,6 +253,13 @@ def _image_kwargs(model, ids: torch.Tensor, images: Sequence[ImageInput]) -> dic
     if not images:
         return {}
     token = model.config.image_token_id
+    if getattr(model.config, "model_type", None) == "gemma3":
+        # Whole images [N, C, H, W], and the image tokens marked: they attend both ways.
+        from max.pipelines.architectures.gemma3.image_tokenizer import images_from_patch_rows
+
+        rows = np.stack([im.pixel_values for im in images])
+        pixels = images_from_patch_rows(rows, model.config.vision_config.patch_size)
+        return {"pixel_values": torch.from_numpy(pixels).to(ids.device), "token_type_ids": (ids == token).long()}
     return {
         "pixel_values": torch.from_numpy(np.concatenate([im.pixel_values for im in images])).to(ids.device),
         "image_grid_thw": torch.tensor([im.grid_thw for im in images], device=ids.device),

@@ -269,6 +269,15 @@ NAMED_PIPELINES: list[NamedPipeline] = [
         images=True,
         fp8kv=None,
     ),
+    # Gemma 3 with images: a SigLIP tower, image tokens that see each other both ways.
+    _tiny(
+        "gemma3-vl",
+        "Gemma3ForConditionalGeneration",
+        tiny_configs.TINY_CONFIGS["gemma3_vl"],
+        int8=False,
+        images=True,
+        fp8kv=None,
+    ),
     # The real model's shape with random weights (written once, ~16 GB: for a GPU machine).
     NamedPipeline(
         name="qwen2.5-vl-7b",

@@ -35,7 +35,7 @@ WEIGHT_ONLY_SCHEMES = {
     "q4_k": "int4",
 }
 # `auto` (the CLI's default for generate and serve): the fastest encoding the CPU and the
-# checkpoint allow, chosen when the model is resolved (see `plan.choose_cpu_encoding`). The
+# checkpoint allow, measured when the model is resolved (see `cpu_encoding_choice`). The
 # library's default (None) stays float32 on the CPU: the verification reference.
 AUTO_ENCODING = "auto"
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
@@ -45,7 +45,9 @@ KERNEL_BACKENDS = ("auto", "torch")
 # the decoder's linear weights in e4m3 and quantizes activations per token
 # (max.nn.fp8_linear); `int4` holds them as int4 codes in groups of 128, round-to-nearest
 # (max.nn.int4_linear: the layout GPTQ/AWQ checkpoints load into).
-QUANTIZATION_METHODS = ("fp8", "int4")
+# `int8_dynamic` (CPU only) holds them in int8 per channel and quantizes activations on
+# each call (fbgemm: max.nn.int8_dynamic_linear); experimental, `auto` rejects it.
+QUANTIZATION_METHODS = ("fp8", "int4", "int8_dynamic")
 SPECULATIVE_HELP = (
     'speculative decoding, vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4, '
     '"prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), or {"method": "draft_model" | '
@@ -146,9 +148,9 @@ class PipelineConfig:
     quantization_encoding: str | None = setting(
         None, "--quantization-encoding", group="model", choices=(AUTO_ENCODING, *ENCODINGS), cli_default=AUTO_ENCODING,
         help="how weights are held and what the model computes in. auto (default): on a CPU "
-        "with native bfloat16 (AVX512-BF16/AMX), a quantized GGUF keeps its linear weights "
-        "quantized (q4_* -> int4, q8_0/q5_*/q6_k -> int8) and computes in bfloat16, a float "
-        "checkpoint computes in bfloat16; otherwise float32 on CPU, bfloat16 on GPU. "
+        "the fastest way that passes verification on this machine, measured at the model's "
+        "shapes (cached): a float checkpoint in float32 or bfloat16; a quantized GGUF also "
+        "int8, or its 4-bit codes as int4; bfloat16 on GPU. "
         "float32 is the exact verification reference; q8_0/q4_0 quantize a float checkpoint "
         "on load (CPU only: on a GPU a GGUF file's weights are decoded, --quantization-encoding "
         "bfloat16)",
@@ -159,7 +161,9 @@ class PipelineConfig:
         "e4m3 with per-channel scales, activations quantized per token (GPU with compute "
         "capability 8.9+, e.g. H100/H200/L40S; on the CPU an exact but slow emulation, for "
         "verification). int4: int4 weights in groups of 128, round-to-nearest (the layout GPTQ/AWQ "
-        "checkpoints load into). Pre-quantized checkpoints (FP8, GPTQ, AWQ) are detected from "
+        "checkpoints load into). int8_dynamic (CPU only, experimental): int8 weights per channel and "
+        "int8 activations per token through fbgemm, fast with AVX2 alone but inaccurate on LLMs with "
+        "outlier activations (SmolLM2: KL 1.5). Pre-quantized checkpoints (FP8, GPTQ, AWQ) are detected from "
         "config.json: no flag",
     )  # fmt: skip
     devices: str = setting(
@@ -179,6 +183,15 @@ class PipelineConfig:
     skip_tokenizer_init: bool = setting(
         False, "--skip-tokenizer-init", group="model", action="store_true",
         help="load no tokenizer: prompts must be token ids, outputs are token ids",
+    )  # fmt: skip
+    # What the model serves: text generation or embeddings (`auto`: resolved from the model
+    # folder as vLLM does, see `pooling.pooling_config.resolve_task`).
+    task: str = setting(
+        "auto", "--task", group="model", choices=("auto", "generate", "embed"),
+        help="generate: text generation; embed: POST /v1/embeddings (the final hidden states pooled "
+        "as the model's sentence-transformers modules.json says, else last token, normalized); "
+        "auto (default): embed for a folder whose modules.json has a Pooling module or a bare "
+        "*Model architecture, else generate",
     )  # fmt: skip
     custom_architectures: list[str] = setting(
         None, "--custom-architectures", default_factory=list, group="model", action="append", metavar="PATH[:MODULE]",
@@ -374,6 +387,8 @@ class PipelineConfig:
                 f"--quantization {method} quantizes float weights; it cannot be combined with "
                 f"the quantized encoding {self.quantization_encoding}"
             )
+        if method == "int8_dynamic":
+            return  # CPU only: the plan refuses it on a GPU
         from max_kernels.fp8 import fp8_supported  # only when asked for: it imports Triton
 
         device = self.device_list[0]

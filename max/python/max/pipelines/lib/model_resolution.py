@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,13 @@ from max.pipelines.lib.config import (
     WEIGHT_ONLY_SCHEMES,
     PipelineConfig,
 )
-from max.pipelines.lib.hub.hf_config import architecture_name, eos_token_ids, load_hf_config
+from max.pipelines.lib.cpu_encoding_choice import choose_cpu_path, model_shapes
+from max.pipelines.lib.hub.hf_config import (
+    architecture_name,
+    eos_token_ids,
+    load_hf_config,
+    text_config,
+)
 from max.pipelines.lib.hub.model_source import (
     ModelSource,
     has_tokenizer_files,
@@ -36,10 +43,14 @@ from max.pipelines.lib.model.registry import (
     register_custom_architectures,
 )
 from max.pipelines.lib.model.supported_architecture import SupportedArchitecture
-from max.pipelines.lib.plan import ExecutionPlan, WeightScheme, choose_cpu_encoding, resolve_plan
+from max.pipelines.lib.plan import CPU_QUANTIZED_SCHEMES, ExecutionPlan, WeightScheme, resolve_plan
+from max.pipelines.lib.pooling.headless_checkpoint import tie_missing_head
+from max.pipelines.lib.pooling.pooling_config import resolve_task
 from max.pipelines.lib.tokens.tokenizer import TextTokenizer
 from max.pipelines.lib.weights import GGUFFile, WeightsFormat
 from max.pipelines.lib.weights.quantization_config import read_quantization
+
+logger = logging.getLogger("max.pipelines")
 
 
 @dataclass
@@ -104,7 +115,7 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
             f"(it reads: {', '.join(f.value for f in arch.weight_adapters)})"
         )
     if auto:
-        config = dataclasses.replace(config, quantization_encoding=_auto_encoding(config, gguf, arch))
+        config = _resolve_auto(config, source, gguf, arch)
     enc = config.quantization_encoding
     if enc in WEIGHT_ONLY_SCHEMES and config.device.type == "cpu" and config.tp_size > 1:
         raise MaxError(
@@ -117,6 +128,12 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
             f"(supported: {', '.join(arch.supported_encodings)})"
         )
     hf_config = load_hf_config(source, config.trust_remote_code, gguf)
+    # `--task auto` settles here too, pinned for the engine processes (`pooling_config`).
+    task = resolve_task(config.task, source.directory, architecture_name(source, gguf))
+    if task != config.task:
+        config = dataclasses.replace(config, task=task)
+    if task == "embed" and source.weights_format == WeightsFormat.safetensors:
+        tie_missing_head(hf_config, source.weight_files)  # a bare transformer: no head to load
     # A pre-quantized safetensors checkpoint says how in config.json (GGUF files carry their
     # own encodings); with --load-format dummy its layout gets random weights of that scheme.
     quant = read_quantization(hf_config) if source.weights_format == WeightsFormat.safetensors else None
@@ -135,17 +152,22 @@ def gguf_weights_encoding(gguf: GGUFFile) -> str:
     return max(counts, key=counts.get) if counts else "float32"
 
 
-def _auto_encoding(config: PipelineConfig, gguf: GGUFFile | None, arch: SupportedArchitecture) -> str | None:
-    """What `--quantization-encoding auto` means for this model: on the CPU the fastest
-    encoding it allows (`choose_cpu_encoding`); elsewhere the device's default (None)."""
+def _resolve_auto(config: PipelineConfig, source: ModelSource, gguf: GGUFFile | None, arch: SupportedArchitecture) -> PipelineConfig:
+    """`config` with `--quantization-encoding auto` resolved: on the CPU the fastest way to
+    hold the weights that passes verification on this machine, measured
+    (`cpu_encoding_choice`, which may also set `--quantization`); elsewhere the
+    device's default (None)."""
     if config.device.type != "cpu" or config.tp_size > 1:
-        return None
+        return dataclasses.replace(config, quantization_encoding=None)
     checkpoint = gguf_weights_encoding(gguf) if gguf is not None and config.load_format != "dummy" else None
+    shapes = model_shapes(text_config(load_hf_config(source, config.trust_remote_code, gguf)))
     # `--quantization` quantizes float weights: a quantized GGUF is then read as float.
-    enc = choose_cpu_encoding(None if config.quantization else checkpoint)
+    choice = choose_cpu_path(None if config.quantization else checkpoint, shapes)
+    logger.info("%s", choice.describe())
+    enc = choice.encoding
     if enc in FLOAT_ENCODINGS and enc not in arch.supported_encodings:
-        return "float32"
-    return enc
+        return dataclasses.replace(config, quantization_encoding="float32")
+    return dataclasses.replace(config, quantization_encoding=enc, quantization=config.quantization or choice.quantization)
 
 
 def describe_encoding(resolved: ResolvedModel) -> str:
@@ -153,11 +175,12 @@ def describe_encoding(resolved: ResolvedModel) -> str:
     plan = resolved.plan
     enc = resolved.config.quantization_encoding or "default"
     dt = str(plan.dtype).removeprefix("torch.")
-    if plan.weight_scheme in (WeightScheme.INT8, WeightScheme.INT4):
-        held = (
-            "int8 per channel" if plan.weight_scheme == WeightScheme.INT8
-            else "int4 in groups of 32 (int8 where the file has more bits)"
-        )  # fmt: skip
+    if plan.weight_scheme in CPU_QUANTIZED_SCHEMES:
+        held = {
+            WeightScheme.INT8: "int8 per channel",
+            WeightScheme.INT4: "int4 in groups of 32 (int8 where the file has more bits)",
+            WeightScheme.INT8_DYNAMIC: "int8 per channel, activations int8 per call (fbgemm)",
+        }[plan.weight_scheme]
         return f"encoding {enc}: linear weights kept as {held}, embeddings and LM head {dt}, compute {dt}, on {plan.device}"
     quant = plan.checkpoint_quantization
     if quant is not None:
@@ -168,11 +191,18 @@ def describe_encoding(resolved: ResolvedModel) -> str:
             )
         held = "e4m3 (per-row scales), activations per token" if plan.weight_scheme == WeightScheme.FP8 else "int4 in groups"
         return f"checkpoint of {quant.describe()}: decoder linear weights kept {held}; embeddings and LM head {dt}, on {plan.device}"
+    if plan.weight_scheme == WeightScheme.W8A16:
+        return (
+            f"encoding {enc}: linear weights, embeddings and LM head int8 in groups of 32 (those the file "
+            f"stores in float: {dt}), compute {dt}, on {plan.device}"
+        )
     if plan.weight_scheme == WeightScheme.W4A16:
-        how = (
-            f"encoding {enc}: decoder linear weights int4 in groups of 32 (the file's wider layers {dt})"
-            if enc in WEIGHT_ONLY_SCHEMES else "--quantization int4: decoder linear weights int4 in groups of 128"
-        )  # fmt: skip
+        if enc in WEIGHT_ONLY_SCHEMES:
+            return (
+                f"encoding {enc}: linear weights, embeddings and LM head int4 in groups of 32 (the file's "
+                f"wider ones int8, its float ones {dt}), compute {dt}, on {plan.device}"
+            )
+        how = "--quantization int4: decoder linear weights int4 in groups of 128"
         return f"{how}; embeddings and LM head {dt}, compute {dt}, on {plan.device}"
     if plan.weight_scheme == WeightScheme.FP8:
         return (

@@ -36,6 +36,7 @@ from max.pipelines.lib.model_resolution import (
     resolve_model,
 )
 from max.pipelines.lib.plan import ExecutionPlan
+from max.pipelines.lib.pooling.pooling_config import PoolingConfig, read_pooling_config
 from max.pipelines.lib.runner.lora_model_runner import LoRAModelRunner
 from max.pipelines.lib.runner.model_runner import ModelRunner
 from max.pipelines.lib.runner.tensor_parallel import (
@@ -47,6 +48,7 @@ from max.pipelines.lib.runner.tensor_parallel import (
     receive_inputs,
     start_tensor_parallel,
 )
+from max.pipelines.lib.runner.verify_graphs import verify_graph_shapes, verify_logits_rows
 from max.pipelines.lib.sampling.structured_output import GrammarBackend
 from max.pipelines.lib.speculative.proposer import DraftProposer
 from max.pipelines.lib.speculative.proposer_setup import (
@@ -146,6 +148,15 @@ def build_rank(
     params = model.get_kv_params(resolved.hf_config, config, dtype)
     needed = model.estimate_kv_cache_size(config, resolved.hf_config, dtype)
     activations = model.estimate_activation_memory(max(plan.token_budget, config.max_batch_size), config.max_batch_size)
+    # Speculative verify steps replay graphs of up to this many drafts and requests, whose
+    # float32 logits buffer is taken after the KV cache.
+    speculative = parse_speculative_config(config.speculative_config)
+    verify_drafts = speculative.num_speculative_tokens if speculative is not None else 0
+    limit = speculative.disable_by_batch_size if speculative is not None else None
+    verify_batch = config.max_batch_size if limit is None else min(config.max_batch_size, limit - 1)
+    if plan.cuda_graphs:
+        shapes = verify_graph_shapes(verify_drafts, verify_batch, plan.token_budget)
+        activations += verify_logits_rows(shapes) * model.model_config.vocab_size * 4
     budget = _kv_budget(resolved, needed, activations)
     num_pages = params.pages_for_budget(budget, model.max_seq_len)
     if group is not None:
@@ -167,6 +178,8 @@ def build_rank(
         use_cuda_graphs=use_graphs,
         max_prefill_tokens=plan.token_budget,
         warm_eager=plan.warm_eager_kernels,
+        verify_drafts=verify_drafts,
+        verify_batch_size=verify_batch,
     )
     report = model.load_report
     model.memory_report = MemoryReport(
@@ -282,6 +295,16 @@ def build_engine(resolved: ResolvedModel, proposer: DraftProposer | None = None)
         proposer=proposer,
     )
     engine.scheduler.policy = config.scheduling_policy
+    if config.task == "embed":
+        engine.pooling = embedding_pooling(resolved, runner.model)
     if config.enable_lora:
         enable_lora(engine, config)
     return engine
+
+
+def embedding_pooling(resolved: ResolvedModel, model: PipelineModel) -> PoolingConfig:
+    """How the engine of a `--task embed` model pools (MaxError: a network that does not
+    expose its final hidden states, or sentence-transformers modules we cannot reproduce)."""
+    if not hasattr(model.model, "final_hidden"):
+        raise MaxError(f"architecture {resolved.architecture.name} cannot serve embeddings (--task embed)")
+    return read_pooling_config(resolved.source.directory, resolved.hf_config)

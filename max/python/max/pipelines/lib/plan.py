@@ -9,8 +9,8 @@ thread count. Nothing below the builder re-derives these from strings or the env
 
 An encoding name means the same on every device: `q4_k` (and the other GGUF encodings)
 keeps the linear weights quantized (int4 or int8). A GPU holds the 4-bit ones in the int4
-layout of its kernels (`W4A16`, groups of 32) and refuses the int8 ones (no int8 kernel
-yet: decode the file with `bfloat16`). A pre-quantized safetensors checkpoint (FP8, GPTQ,
+layout of its kernels (`W4A16`, groups of 32; the file's wider layers in int8) and the 5- to
+8-bit ones in the int8 layout (`W8A16`, groups of 32). A pre-quantized safetensors checkpoint (FP8, GPTQ,
 AWQ: config.json's `quantization_config`) picks its own scheme (`checkpoint_scheme`).
 """
 
@@ -44,8 +44,14 @@ class WeightScheme(enum.StrEnum):
     FLOAT = "float"  # in the compute dtype
     INT8 = "int8"  # CPU weight-only int8 per channel (GGUF encodings of 5 to 8 bits)
     INT4 = "int4"  # CPU weight-only int4 in groups (GGUF encodings of 4 bits)
+    INT8_DYNAMIC = "int8_dynamic"  # CPU int8 weights and activations (fbgemm): --quantization int8_dynamic
     FP8 = "fp8"  # e4m3 per row: quantized on load (--quantization fp8), or an FP8 checkpoint's codes
     W4A16 = "w4a16"  # int4 in groups, our layout (max.nn.int4_linear): GPTQ/AWQ, --quantization int4, 4-bit GGUF on a GPU
+    W8A16 = "w8a16"  # int8 in groups of 32, our layout (max.nn.int8_linear): 5- to 8-bit GGUF on a GPU
+
+
+# The CPU's quantized schemes (max.nn.quantized_linear builds their layers).
+CPU_QUANTIZED_SCHEMES = (WeightScheme.INT8, WeightScheme.INT4, WeightScheme.INT8_DYNAMIC)
 
 
 @dataclass(frozen=True)
@@ -89,25 +95,27 @@ def resolve_plan(
     device = config.device
     enc = config.quantization_encoding
     gpu = device.type == "cuda"
-    if gpu and enc in QUANTIZED_ENCODINGS and WEIGHT_ONLY_SCHEMES.get(enc) != "int4":
-        raise MaxError(
-            f"--quantization-encoding {enc} keeps the linear weights in int8, which runs on the CPU "
-            "only for now; on the GPU use --quantization-encoding bfloat16 (the GGUF file's weights "
-            "are decoded), a 4-bit encoding (q4_0, q4_1, q4_k) or --quantization fp8"
-        )
     if checkpoint_quantization is not None:
         scheme = checkpoint_scheme(config, checkpoint_quantization)
     elif config.quantization == "fp8":
         scheme = WeightScheme.FP8
     elif config.quantization == "int4":
         scheme = WeightScheme.W4A16
+    elif config.quantization == "int8_dynamic":
+        if gpu:
+            raise MaxError("--quantization int8_dynamic runs on the CPU only (fbgemm); on the GPU use fp8 or int4")
+        scheme = WeightScheme.INT8_DYNAMIC
     elif enc in WEIGHT_ONLY_SCHEMES:
-        # A GPU holds 4-bit GGUF weights in the int4 layout of its Triton kernels.
-        scheme = WeightScheme.W4A16 if gpu else WeightScheme(WEIGHT_ONLY_SCHEMES[enc])
+        # A GPU holds GGUF weights in the int4 / int8 layouts of its Triton kernels.
+        scheme = WeightScheme(WEIGHT_ONLY_SCHEMES[enc])
+        if gpu:
+            scheme = WeightScheme.W4A16 if scheme == WeightScheme.INT4 else WeightScheme.W8A16
     else:
         scheme = WeightScheme.FLOAT
     if scheme == WeightScheme.W4A16 and config.tp_size > 1:
         raise MaxError("int4 weights (GPTQ / AWQ checkpoints, --quantization int4, 4-bit GGUF on a GPU) do not support tensor parallelism yet")
+    if scheme == WeightScheme.W8A16 and config.tp_size > 1:
+        raise MaxError("int8 weights (5- to 8-bit GGUF on a GPU) do not support tensor parallelism yet")
     dtype = _dtype(enc, gpu, scheme, default_encoding)
     triton = gpu and config.kernels == "auto"
     return ExecutionPlan(
@@ -162,7 +170,7 @@ def _dtype(enc: str | None, gpu: bool, scheme: WeightScheme, default_encoding: s
     if enc in FLOAT_ENCODINGS:
         return FLOAT_ENCODINGS[enc]
     if not gpu:
-        return torch.bfloat16 if scheme in (WeightScheme.INT8, WeightScheme.INT4) else torch.float32
+        return torch.bfloat16 if scheme in CPU_QUANTIZED_SCHEMES else torch.float32
     if default_encoding in FLOAT_ENCODINGS:
         return FLOAT_ENCODINGS[default_encoding]
     return torch.bfloat16
@@ -189,8 +197,10 @@ def cpu_supports_bfloat16() -> bool:
 
 
 def choose_cpu_encoding(checkpoint_encoding: str | None, bfloat16_native: bool | None = None) -> str:
-    """The encoding `auto` means on the CPU, for a checkpoint whose weights are mostly in
-    `checkpoint_encoding` (a GGUF type name such as `q4_1`, or None for float weights).
+    """The encoding `auto` means on the CPU by the flags alone, for a checkpoint whose
+    weights are mostly in `checkpoint_encoding` (a GGUF type name such as `q4_1`, or None
+    for float weights). `auto` measures instead (`cpu_encoding_choice`); this rule is its
+    fallback where the config gives no layer shapes to measure at.
 
     With native bfloat16: a quantized GGUF keeps its weights quantized (`q4_1` -> int4), a
     float checkpoint computes in bfloat16. Without it: float32, as before."""

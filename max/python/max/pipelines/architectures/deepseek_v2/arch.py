@@ -12,6 +12,9 @@ deepseek_v2_arch = SupportedArchitecture(
     supported_encodings=["float32", "bfloat16", "float16"],
     pipeline_model=DeepseekV2Model,
     tokenizer=TextTokenizer,
-    weight_adapters={WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict},
+    weight_adapters={
+        WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict,
+        WeightsFormat.gguf: weight_adapters.convert_gguf_state_dict,
+    },
     multi_gpu_supported=False,
 )

@@ -1,7 +1,8 @@
-"""Gemma 3 text models: `Gemma3ForCausalLM`."""
+"""Gemma 3: text models (`Gemma3ForCausalLM`) and models with images
+(`Gemma3ForConditionalGeneration`)."""
 
-from .arch import gemma3_arch
+from .arch import gemma3_arch, gemma3_vl_arch
 
-ARCHITECTURES = [gemma3_arch]
+ARCHITECTURES = [gemma3_arch, gemma3_vl_arch]
 
-__all__ = ["ARCHITECTURES", "gemma3_arch"]
+__all__ = ["ARCHITECTURES", "gemma3_arch", "gemma3_vl_arch"]

@@ -12,7 +12,10 @@ olmo2_arch = SupportedArchitecture(
     supported_encodings=["float32", "bfloat16", "float16"],
     pipeline_model=Olmo2Model,
     tokenizer=TextTokenizer,
-    weight_adapters={WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict},
+    weight_adapters={
+        WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict,
+        WeightsFormat.gguf: weight_adapters.convert_gguf_state_dict,
+    },
     # Its q/k norms span every head, which a tensor-parallel rank does not hold.
     multi_gpu_supported=False,
 )

@@ -21,6 +21,11 @@ the next one is launched (`needs_host`), as for penalties: batches with constrai
 run synchronously, the others keep the overlap. (The alternative, building the mask of step
 N+1 on the device from step N's tokens, would need the grammar on the device.)
 
+Embeddings (`pooling`, set for `--task embed`): a request whose params carry `pooling` is a
+prompt-only request whose chunks' final hidden states are pooled (`pooling.request_pooling`)
+instead of sampled; it shares the batch, the chunked prefill and the prefix cache with
+generation requests, and its pages are freed once its prompt is computed.
+
 Speculative decoding (`speculative_config`): before scheduling, the `Speculator` proposes
 draft tokens for the decoding requests that may speculate; each such request runs its last
 token plus its drafts in one chunk, logits come back for all of them, the sampler draws at
@@ -34,6 +39,7 @@ before the next is launched: such steps run synchronously.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
@@ -41,6 +47,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from max.errors import MaxError
@@ -51,7 +58,10 @@ from max.pipelines.lib.engine.step_observer import StepObserver
 from max.pipelines.lib.lora.registry import LoRARegistry, adapter_ref
 from max.pipelines.lib.model.multimodal import ImageInput
 from max.pipelines.lib.model.pipeline_model import PipelineModel
-from max.pipelines.lib.runner.input_batch import ModelInputs, PendingTokens
+from max.pipelines.lib.pooling.pooling_config import PoolingConfig
+from max.pipelines.lib.pooling.request_pooling import RequestPooling
+from max.pipelines.lib.runner.device_transfer import upload
+from max.pipelines.lib.runner.input_batch import ModelInputs, PendingTokens, PooledRows
 from max.pipelines.lib.runner.model_runner import ModelRunner
 from max.pipelines.lib.sampling.sampler import SampledTokens, SamplingBatch, sample_on_device
 from max.pipelines.lib.sampling.sampling_params import SamplingParams
@@ -105,11 +115,14 @@ class LLMEngine:
         self.kv_cache = kv_cache = runner.kv_cache
         self.async_scheduling = async_scheduling
         self.scheduler = Scheduler(kv_cache, max_batch_size, max_num_batched_tokens, enable_prefix_caching)
+        # A model whose image tokens see each other both ways needs each image in one chunk.
+        self.scheduler.whole_images = bool(getattr(getattr(runner, "model", None), "bidirectional_images", False))
         self.eos_token_ids = set(eos_token_ids)
         self.vocab_size = vocab_size
         self.max_seq_len = runner.max_seq_len
         self._requests: dict[str, Request] = {}
         self.lora: LoRARegistry | None = None  # LoRA adapters, when `enable_lora` sets them
+        self.pooling: PoolingConfig | None = None  # how embedding requests pool (None: refused)
         # Speculative decoding: the proposer of `speculative_config` (or `proposer`, e.g. a test's).
         self.speculator = Speculator(speculative_config, proposer) if speculative_config is not None else None
         spec_stats = self.speculator.stats if self.speculator is not None else None
@@ -150,6 +163,9 @@ class LLMEngine:
         if not prompt_tokens:
             raise MaxError("the prompt is empty")
         params.validate(self.vocab_size)
+        pooling = self._pooling(params)
+        if pooling is not None:
+            params = dataclasses.replace(params, max_new_tokens=0)  # nothing is sampled
         bad = next((t for t in prompt_tokens if not 0 <= t < self.vocab_size), None)
         if bad is not None:
             raise MaxError(f"prompt token id {bad} is outside the vocabulary (size {self.vocab_size})")
@@ -180,11 +196,22 @@ class LLMEngine:
             matcher=matcher,
             images=images,
             lora=adapter_ref(self.lora, lora),
+            pooling=pooling,
         )
         self._requests[request_id] = request
         self.scheduler.add(request)
         for observer in self.observers:
             observer.request_added(request_id, n)
+
+    def _pooling(self, params: SamplingParams) -> RequestPooling | None:
+        """The pooling of an embedding request (None for a generation request); raises
+        MaxError if this engine does not embed or the request asks what the model cannot."""
+        if params.pooling is None:
+            return None
+        if self.pooling is None:
+            raise MaxError("this model does not serve embeddings (start it with --task embed)")
+        self.pooling.check_dimensions(params.pooling.dimensions)
+        return RequestPooling(self.pooling, params.pooling.dimensions)
 
     def _matcher(self, params: SamplingParams):
         """A matcher of the request's grammar (raises MaxError if it cannot have one)."""
@@ -294,6 +321,8 @@ class LLMEngine:
             for observer in self.observers:
                 observer.step_launching(inputs, kind)
         logits = self.runner.execute(inputs)
+        if inputs.pooled is not None:
+            _pool(chunks, inputs.pooled)
         if self.speculator is not None:
             self.speculator.observe(inputs)
         for observer in self.observers:
@@ -365,7 +394,9 @@ def _sample(
     else:
         ends = [inputs.logits_rows[b].stop for b in drawing]
         index = [r for end, w in zip(ends, widths) for r in range(end - w, end)]
-        rows = logits[torch.tensor(index, device=logits.device)]
+        # A verify step's rows all draw, in order; otherwise the drawing rows are picked by
+        # an index uploaded without waiting for the device (a pageable copy would wait).
+        rows = logits if index == list(range(logits.shape[0])) else logits[upload(np.array(index), logits.device)]
     reqs = [chunks[b].request for b, w in zip(drawing, widths) for _ in range(w)]
     steps = [chunks[b].request.num_output_tokens + i for b, w in zip(drawing, widths) for i in range(w)]
     params = [r.params for r in reqs]
@@ -390,3 +421,10 @@ def _sample(
     sampled.start_copy()
     first_rows = list(itertools.accumulate(widths, initial=0))[:-1] if len(reqs) > len(drawing) else None
     return sampled, first_rows
+
+
+def _pool(chunks: list[ScheduledChunk], pooled: PooledRows) -> None:
+    """Hands each embedding request the final hidden states of its chunk's pooled rows."""
+    for b, chunk in enumerate(chunks):
+        if chunk.request.pooling is not None:
+            chunk.request.pooling.add(chunk.start, pooled.hidden[pooled.rows[b]])

@@ -84,7 +84,12 @@ class OutputProcessor:
             # Drafts count as computed only once accepted (`process`).
             chunk.request.num_computed += chunk.num_tokens - len(chunk.draft_tokens)
             if step.completes[b] and b not in drew:
-                self.scheduler.remove(chunk.request)  # prompt only: finished once read
+                # Prompt only (e.g. an embedding request): finished once read. Its pages are
+                # indexed for the prefix cache before they go (the step writing them is queued
+                # before any step that could reuse them).
+                request = chunk.request
+                self.kv_cache.commit(request.request_id, request.prefix_key_tokens, request.num_computed)
+                self.scheduler.remove(request)
         for i, b in enumerate(step.drawing):
             request = step.chunks[b].request
             row = step.sampler_rows[i] if step.sampler_rows is not None else i
@@ -153,6 +158,9 @@ class OutputProcessor:
                 out.prompt_logprobs = [None, *request.prompt_logprobs]
             if b not in drew and step.completes[b]:
                 request.finish_reason = "length"  # max_new_tokens == 0: prompt only
+                if request.pooling is not None:  # an embedding request: its prompt pooled
+                    request.finish_reason = "stop"
+                    out.embedding = request.pooling.vector().tolist()
             if request.finish_reason is not None:
                 out.finished = True
                 out.finish_reason = request.finish_reason

@@ -13,6 +13,7 @@ from max.pipelines.lib.sampling.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from max.pipelines.lib.lora.registry import LoRARef
+    from max.pipelines.lib.pooling.request_pooling import RequestPooling
 
 
 class RequestStatus(enum.Enum):
@@ -58,6 +59,8 @@ class Request:
     # device slot the engine gave it for the current step.
     lora: LoRARef | None = None
     lora_slot: int = -1
+    # An embedding request: its prompt's final hidden states are pooled, nothing is sampled.
+    pooling: RequestPooling | None = None
 
     @property
     def output_tokens(self) -> list[int]:
@@ -87,6 +90,12 @@ class Request:
         """Logits of every prompt position are needed (no prefix-cache reuse then)."""
         return self.params.prompt_logprobs is not None
 
+    @property
+    def skips_prefix_cache(self) -> bool:
+        """Every prompt position must be computed (prompt logprobs; mean or CLS pooling),
+        so no cached page is reused."""
+        return self.wants_prompt_logprobs or (self.pooling is not None and self.pooling.reads_every_position)
+
 
 @dataclass
 class TokenLogprob:
@@ -112,3 +121,5 @@ class RequestOutput:
     error: str | None = None
     # The error is the server's (a failed step), not a refusal of the request.
     server_error: bool = False
+    # An embedding request's pooled vector (in its last output).
+    embedding: list[float] | None = None

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from max.pipelines.lib.engine.request import RequestOutput
 from max.pipelines.lib.runner.input_batch import ModelInputs
 
-# How a step runs (`ModelRunner.step_kind`): a replayed decode or single-request prefill
-# graph, or an eager step of decode rows only, of prefill chunks only, or of both.
-STEP_KINDS = ("graph_decode", "graph_prefill", "eager_decode", "eager_prefill", "eager_mixed")
+# How a step runs (`ModelRunner.step_kind`): a replayed decode, single-request prefill or
+# speculative verify graph, or an eager step of decode rows only, of prefill chunks only,
+# or of both.
+STEP_KINDS = ("graph_decode", "graph_prefill", "graph_verify", "eager_decode", "eager_prefill", "eager_mixed")
 
 
 class StepObserver:

@@ -31,6 +31,10 @@ METADATA_FILES = (
     "chat_template.jinja",
     "chat_template.json",
     "preprocessor_config.json",  # a vision-language model's image processor
+    # An embedding model's sentence-transformers modules: its pooling (`--task embed`).
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
 )
 INDEX_SUFFIX = ".safetensors.index.json"
 # What the first, small download asks for: the metadata and any safetensors index (read

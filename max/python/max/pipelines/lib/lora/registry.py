@@ -15,6 +15,7 @@ by it (two adapters never share a page).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections import OrderedDict
@@ -181,7 +182,9 @@ class LoRARegistry:
     def _read(self, name: str, path: str) -> LoRAAdapter:
         adapter = read_adapter(name, path)
         self.targets.check_fits(name, adapter.weights)
-        return adapter
+        # Converted and pinned here (in the reader thread for loads while serving), not
+        # while a step waits for the slot.
+        return dataclasses.replace(adapter, weights=self.targets.stage(adapter.weights))
 
     def _keep(self, uid: int, adapter: LoRAAdapter) -> None:
         self._host[uid] = adapter

@@ -107,3 +107,15 @@ def check_images(images: Sequence[ImageInput], prompt_tokens: Sequence[int], ima
         if any(t != image_token_id for t in prompt_tokens[image.offset : image.end]):
             raise MaxError(f"image {i}: its prompt positions do not all hold the image token")
         end = image.end
+
+
+def image_blocks(images: Sequence[ImageInput]) -> list[tuple[int, int]]:
+    """The prompt spans [start, end) of consecutive image tokens: adjacent images make one
+    block, as transformers groups a run of image tokens for its bidirectional mask."""
+    blocks: list[tuple[int, int]] = []
+    for image in images:
+        if blocks and blocks[-1][1] == image.offset:
+            blocks[-1] = (blocks[-1][0], image.end)
+        else:
+            blocks.append((image.offset, image.end))
+    return blocks

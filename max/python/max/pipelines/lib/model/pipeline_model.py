@@ -35,11 +35,15 @@ from max.pipelines.lib.hub.hf_config import quantization_method, text_config
 from max.pipelines.lib.model.memory_plan import check_fits as check_device_memory
 from max.pipelines.lib.model.memory_plan import planned_weight_bytes
 from max.pipelines.lib.model.multimodal import ImageInput, check_images
-from max.pipelines.lib.plan import ExecutionPlan, WeightScheme
+from max.pipelines.lib.plan import CPU_QUANTIZED_SCHEMES, ExecutionPlan, WeightScheme
 from max.pipelines.lib.runner.input_batch import EncoderOutputs, ModelInputs, ModelOutputs
 from max.pipelines.lib.weights import Checkpoint
 from max.pipelines.lib.weights.network_loader import LayerTransform, load_network
-from max.pipelines.lib.weights.quantized_layers import quantized_layer_transforms
+from max.pipelines.lib.weights.quantized_layers import (
+    gguf_layer_transforms,
+    gguf_quantized_tables,
+    quantized_layer_transforms,
+)
 
 logger = logging.getLogger("max.pipelines")
 
@@ -241,13 +245,15 @@ class PipelineModel:
         state = None if checkpoint is None else weight_adapter(checkpoint, self.hf_config)
         transforms: dict[str, LayerTransform] = {}
         replaced_bytes: dict[str, int] = {}
-        if scheme == WeightScheme.W4A16 or (scheme == WeightScheme.FP8 and self.plan.checkpoint_quantization):
+        if scheme in (WeightScheme.W4A16, WeightScheme.W8A16) or (
+            scheme == WeightScheme.FP8 and self.plan.checkpoint_quantization
+        ):
             transforms, replaced_bytes = self.checkpoint_transforms(network, state)
         elif scheme == WeightScheme.FP8:
             transforms = {path: LayerTransform(fn) for path, fn in fp8_replacements(network).items()}
             replaced_bytes = {p: fp8_layer_bytes(network.get_submodule(p), self.dtype) for p in transforms}
-        if scheme in (WeightScheme.INT8, WeightScheme.INT4):
-            keep_int8 = () if state is None else _wide_layers(network, state)
+        if scheme in CPU_QUANTIZED_SCHEMES:
+            keep_int8 = () if state is None or scheme != WeightScheme.INT4 else _wide_layers(network, state)
             replacements = weight_only_replacements(network, scheme.value, self.dtype, keep_int8)
             transforms = {path: LayerTransform(fn, torch.float32) for path, fn in replacements.items()}
         self.check_fits(planned_weight_bytes(network, self.dtype, replaced_bytes))
@@ -257,16 +263,15 @@ class PipelineModel:
     def checkpoint_transforms(self, network: nn.Module, state: Any) -> tuple[dict[str, LayerTransform], dict[str, int]]:
         """FP8 / int4 layers (and their bytes) from a pre-quantized checkpoint's codes, or
         from the loaded values: `--quantization int4`, dummy weights of a quantized config,
-        a GGUF 4-bit file on a GPU (groups of 32 as its blocks, the wider layers of a
-        Q4_K_M file kept in the float dtype)."""
+        a GGUF file on a GPU (`gguf_layer_transforms`: int4 groups of 32 for a 4-bit file's
+        4-bit layers, int8 groups of 32 for the others)."""
         quant = self.plan.checkpoint_quantization
         method = "int4" if self.plan.weight_scheme == WeightScheme.W4A16 else "fp8"
         gguf = quant is None and self.pipeline_config.quantization_encoding in WEIGHT_ONLY_SCHEMES
         if gguf:
             wide = () if state is None else _wide_layers(network, state)
-            return quantized_layer_transforms(
-                network, None, parameter_sources(network), method, self.dtype, 32, wide, integer_zeros=False
-            )
+            four_bit = self.plan.weight_scheme == WeightScheme.W4A16
+            return gguf_layer_transforms(network, self.dtype, four_bit, wide, gguf_quantized_tables(network, state))
         group = quant.group_size if quant is not None and quant.group_size else 128
         codes = state if quant is not None else None
         return quantized_layer_transforms(network, codes, parameter_sources(network), method, self.dtype, group)
@@ -285,9 +290,18 @@ class PipelineModel:
 
     @torch.inference_mode()
     def execute(self, inputs: ModelInputs) -> ModelOutputs:
-        """Runs one step: writes the new tokens' keys and values, returns their logits."""
+        """Runs one step: writes the new tokens' keys and values, returns their logits. A
+        step with embedding requests also leaves the final hidden states of their rows in
+        `inputs.pooled.hidden` (one pass: the LM head reads only the logits rows)."""
         positions = inputs.positions if inputs.rope_positions is None else inputs.rope_positions
         extra = () if inputs.embeds is None else (inputs.embeds,)
+        pooled = inputs.pooled
         with step_context(inputs.layout, inputs.kv_cache), lora_step(inputs.lora):
-            logits = self.model(inputs.tokens, positions, inputs.logits_indices, *extra)
+            if pooled is None:
+                return ModelOutputs(self.model(inputs.tokens, positions, inputs.logits_indices, *extra))
+            n = inputs.logits_indices.shape[0]
+            rows = torch.cat([inputs.logits_indices, pooled.indices])
+            hidden = self.model.final_hidden(inputs.tokens, positions, rows, *extra)
+            logits = self.model.logits(hidden[:n])
+        pooled.hidden = hidden[n:]
         return ModelOutputs(logits)

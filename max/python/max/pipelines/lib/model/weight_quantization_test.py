@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from max.errors import MaxError
+from max.nn.cpu_weight_paths import PathMeasurement
+from max.nn.int8_dynamic_linear import Int8DynamicLinear, int8_dynamic_supported
 from max.nn.quantized_linear import Int4WeightOnlyLinear, Int8WeightOnlyLinear
 from max.pipelines.architectures import register_all
 from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
 from max.pipelines.lib.model_resolution import gguf_weights_encoding
-from max.pipelines.lib.plan import choose_cpu_encoding
+from max.pipelines.lib.plan import WeightScheme, choose_cpu_encoding
 from max.pipelines.lib.weights import GGUFFile
 from max.testing.engine_probes import greedy_tokens, prompt_logits
 from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
@@ -89,18 +91,48 @@ def test_auto_picks_the_checkpoint_s_encoding_when_the_cpu_has_bfloat16():
     assert choose_cpu_encoding(None, bfloat16_native=False) == "float32"
 
 
+def _measured(monkeypatch, **ms):
+    """`auto` sees these ms per token (injected: no timing, no dependence on this CPU)."""
+    from max.pipelines.lib import cpu_encoding_choice
+
+    def measure(names, shapes, layers, head):
+        return [PathMeasurement(n, ms[n], 0.0, 1.0) for n in names]
+
+    monkeypatch.setattr(cpu_encoding_choice, "_PROCESS_CACHE", {})
+    monkeypatch.setattr(cpu_encoding_choice, "measure_paths", measure)
+    monkeypatch.setattr(cpu_encoding_choice, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setenv("MAX_CPU_WEIGHT_PATH_CACHE", "off")
+
+
 def test_auto_is_resolved_once_and_pinned_in_the_config(q4_1_gguf, monkeypatch):
-    monkeypatch.setattr("max.pipelines.lib.plan.cpu_supports_bfloat16", lambda: True)
+    _measured(monkeypatch, float32=50.0, bfloat16=20.0, int8=15.0, int8_dynamic=14.0, int4=9.0)
     resolved = resolve_model(
         PipelineConfig(model_path=str(q4_1_gguf), quantization_encoding="auto"), register_all()
     )
     assert resolved.config.quantization_encoding == "q4_1"
     assert resolved.dtype == torch.bfloat16
-    monkeypatch.setattr("max.pipelines.lib.plan.cpu_supports_bfloat16", lambda: False)
+    _measured(monkeypatch, float32=10.0, bfloat16=20.0, int8=15.0, int8_dynamic=14.0, int4=19.0)
     resolved = resolve_model(
         PipelineConfig(model_path=str(q4_1_gguf), quantization_encoding="auto"), register_all()
     )
     assert resolved.config.quantization_encoding == "float32"
+
+
+@pytest.mark.skipif(not int8_dynamic_supported(), reason="this torch build has no fbgemm engine")
+def test_a_measured_int8_activation_choice_is_pinned_and_built(q4_1_gguf, monkeypatch):
+    _measured(monkeypatch, float32=50.0, bfloat16=20.0, int8=15.0, int8_dynamic=8.0, int4=15.0)
+    resolved = resolve_model(
+        PipelineConfig(model_path=str(q4_1_gguf), quantization_encoding="auto"), register_all()
+    )
+    assert (resolved.config.quantization_encoding, resolved.config.quantization) == ("bfloat16", "int8_dynamic")
+    assert resolved.plan.weight_scheme == WeightScheme.INT8_DYNAMIC
+    engine = build_engine(resolved)
+    assert len(_layers(engine, Int8DynamicLinear)) == 3 * 4
+    reference = _engine(q4_1_gguf, "float32")
+    for prompt in PROMPTS:
+        assert _cos(prompt_logits(engine, prompt), prompt_logits(reference, prompt)) > 0.995
+    # The tiny random model's logits are nearly flat: later greedy steps may swap near-ties.
+    assert greedy_tokens(engine, PROMPTS, 1) == greedy_tokens(reference, PROMPTS, 1)
 
 
 def test_bad_combinations_are_usage_errors(checkpoint):

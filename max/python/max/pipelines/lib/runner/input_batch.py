@@ -56,7 +56,9 @@ class ModelInputs:
     batch order; `logits_rows[b]` is the slice of those rows that belongs to request b.
     A step holding image tokens also carries `rope_positions` (M-RoPE's [3, T] positions,
     which the network then rotates by) and `embeds` (rows, vectors) that replace those
-    rows' token embeddings; such a step always runs eagerly.
+    rows' token embeddings; such a step always runs eagerly. A step with embedding
+    requests carries `pooled`: the rows whose final hidden states they pool (it runs
+    eagerly too).
     """
 
     tokens: torch.Tensor  # int64 [T]
@@ -69,6 +71,7 @@ class ModelInputs:
     rope_positions: torch.Tensor | None = None  # int64 [3, T]
     embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # int64 [R], [R, hidden]
     lora: LoRABatch | None = None  # each token's LoRA adapter slot (None: no LoRA)
+    pooled: PooledRows | None = None  # embedding requests' rows (None: no pooling)
 
     @property
     def has_images(self) -> bool:
@@ -93,6 +96,10 @@ class ModelInputs:
             tensors["rope_positions"] = self.rope_positions
         if self.embeds is not None:
             tensors["embed_rows"], tensors["embed_vectors"] = self.embeds
+        if self.pooled is not None:
+            tensors["pooled_indices"] = self.pooled.indices
+        if layout.key_limit is not None:
+            tensors["key_limit"] = layout.key_limit
         header = {
             "page_size": layout.page_size,
             "num_decode": layout.num_decode,
@@ -100,6 +107,7 @@ class ModelInputs:
             "context_lens_host": layout.context_lens_host,
             "num_splits": layout.num_splits,
             "logits_rows": [(r.start, r.stop) for r in self.logits_rows],
+            "pooled_rows": None if self.pooled is None else [(r.start, r.stop) for r in self.pooled.rows],
         }
         return header, tensors
 
@@ -116,8 +124,11 @@ class ModelInputs:
             query_lens=header["query_lens"],
             context_lens_host=header["context_lens_host"],
             num_splits=header["num_splits"],
+            key_limit=tensors.get("key_limit"),
         )
         embeds = (tensors["embed_rows"], tensors["embed_vectors"]) if "embed_rows" in tensors else None
+        pooled_rows = header.get("pooled_rows")
+        pooled = None if pooled_rows is None else PooledRows(tensors["pooled_indices"], [slice(a, z) for a, z in pooled_rows])
         return cls(
             tokens=tensors["tokens"],
             positions=tensors["positions"],
@@ -128,7 +139,20 @@ class ModelInputs:
             kv_cache=kv_cache,
             rope_positions=tensors.get("rope_positions"),
             embeds=embeds,
+            pooled=pooled,
         )
+
+
+@dataclass
+class PooledRows:
+    """The token rows of a step whose final hidden states (after the final norm) embedding
+    requests pool: `indices` [P] on the device, `rows[b]` the slice of them that is chunk
+    b's. The forward pass leaves those states in `hidden` [P, hidden_size] (a result slot
+    of the step, read by the engine after it ran, whichever runner ran it)."""
+
+    indices: torch.Tensor
+    rows: list[slice]
+    hidden: torch.Tensor | None = None
 
 
 @dataclass
@@ -141,12 +165,14 @@ class ModelOutputs:
 @dataclass
 class EncoderOutputs:
     """What a step's encoder hands the decoder (a vision-language model's images): M-RoPE
-    positions of every token [3, T], the token rows the images fill, and their embeddings
-    (on the device)."""
+    positions of every token [3, T] (None: the model rotates by 1-D positions), the token
+    rows the images fill, their embeddings (on the device), and, where image tokens see
+    each other both ways (Gemma 3), the last key each token may see (`RaggedLayout.key_limit`)."""
 
-    rope_positions: np.ndarray
+    rope_positions: np.ndarray | None
     rows: np.ndarray
     vectors: torch.Tensor
+    key_limit: np.ndarray | None = None
 
 
 @dataclass
@@ -179,6 +205,7 @@ class InputBatchBuilder:
         self._last: ModelInputs | None = None
         self._last_tokens: torch.Tensor | None = None
         self._last_page_counts: list[int] = []
+        self._last_ends: list[int] = []  # where each request of the last step ended
 
     def decode_splits(self, batch_size: int, max_context: int) -> int:
         """How many parts the GPU decode-attention kernel cuts each context into (split-K)."""
@@ -197,12 +224,16 @@ class InputBatchBuilder:
         had), else built from the chunks."""
         ids = [c.request.request_id for c in chunks]
         page_counts = [len(self.kv_cache.pages(i)) for i in ids]
+        starts = [c.start for c in chunks]
         last = self._last
         if (
             last is not None
             and self._last_tokens is not None
             and all_logits is None
             and last.request_ids == ids
+            # The same requests, not new ones under the ids of finished ones (a prompt whose
+            # prefix was cached may start with one token): each continues where it ended.
+            and starts == self._last_ends
             and page_counts == self._last_page_counts
             and all(c.num_tokens == 1 for c in chunks)
         ):
@@ -210,6 +241,7 @@ class InputBatchBuilder:
         else:
             inputs = self.build(chunks, all_logits, pending)
         self._last_page_counts = page_counts
+        self._last_ends = [c.start + c.num_tokens for c in chunks]
         return inputs
 
     def record_draws(self, inputs: ModelInputs | None, tokens: torch.Tensor | None) -> None:
@@ -253,7 +285,8 @@ class InputBatchBuilder:
         ps = kv_cache.page_size
         slots = page_table[req_index, cache_index // ps].astype(np.int64) * ps + cache_index % ps
         context_lens = starts + q_lens
-        if all_logits is None and num_decode == len(batch):
+        pooling = any(c.request.pooling is not None for c in batch)
+        if all_logits is None and num_decode == len(batch) and not pooling:
             rows = np.arange(len(batch))
             logits_rows = [slice(b, b + 1) for b in range(len(batch))]
         else:
@@ -288,9 +321,14 @@ class InputBatchBuilder:
         )
         if getattr(self.model, "lora", None) is not None:
             inputs.lora = lora_batch(batch, q_lens, cu, device)
+        if pooling:
+            inputs.pooled = _pooled_rows(batch, cu, device)
         encoded = self.model.encoder_outputs(batch)
         if encoded is not None:
-            inputs.rope_positions = upload(encoded.rope_positions, device)
+            if encoded.rope_positions is not None:
+                inputs.rope_positions = upload(encoded.rope_positions, device)
+            if encoded.key_limit is not None:
+                layout.key_limit = upload(encoded.key_limit, device)
             inputs.embeds = (upload(encoded.rows, device), encoded.vectors)
         return inputs
 
@@ -344,8 +382,21 @@ def _logits_rows(
         first = len(rows)
         if all_logits is not None and all_logits[b]:
             rows.extend(range(cu[b], cu[b + 1]))
-        elif chunk.completes:
+        elif chunk.completes and chunk.request.pooling is None:  # an embedding request samples nothing
             # A speculating request needs its last known token's row and each draft's.
             rows.extend(range(int(cu[b + 1]) - 1 - len(chunk.draft_tokens), int(cu[b + 1])))
         logits_rows.append(slice(first, len(rows)))
     return np.array(rows, dtype=np.int64), logits_rows
+
+
+def _pooled_rows(batch: Sequence[ScheduledChunk], cu: np.ndarray, device: torch.device) -> PooledRows:
+    """The rows each embedding request's pooling reads (`RequestPooling.rows`)."""
+    rows: list[int] = []
+    slices: list[slice] = []
+    for b, chunk in enumerate(batch):
+        first = len(rows)
+        pooling = chunk.request.pooling
+        if pooling is not None:
+            rows.extend(int(cu[b]) + r for r in pooling.rows(chunk.start, chunk.num_tokens, chunk.completes))
+        slices.append(slice(first, len(rows)))
+    return PooledRows(upload(np.array(rows, dtype=np.int64), device), slices)

@@ -1,10 +1,10 @@
-"""The LoRA part of a step's inputs: each token's adapter slot, and the request segments.
+"""The LoRA part of a step's inputs: each token's adapter slot, and the rows grouped by slot.
 
 The engine gives each scheduled request its adapter's device slot (`Request.lora_slot`, -1
 for the base model) before the step is built; here that becomes the int32 slot of every
-token (what the per-row BGMV kernels of decode read) and, for a step with prompt chunks,
-the row tiles of the requests with adapters (what the SGMV kernels run over), uploaded in
-one copy. A step without adapter requests carries none, and its layers skip LoRA.
+token (what the torch reference reads) and the adapter rows grouped by slot in tiles (what
+the CUDA kernels run over: `max_kernels.lora_sgmv.group_rows`), uploaded in one copy. A
+step without adapter requests carries none, and its layers skip LoRA.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from max.nn.lora import LoRABatch
 from max.pipelines.lib.engine.scheduler import ScheduledChunk
 from max.pipelines.lib.runner.device_transfer import upload
-from max_kernels import LoRASegments
-from max_kernels.lora_sgmv import segment_tiles
+from max_kernels import LoRAGroups
+from max_kernels.lora_sgmv import group_rows
 
 
 def lora_batch(
@@ -27,19 +27,21 @@ def lora_batch(
     """The adapter rows of a step running `batch` (tokens per chunk `q_lens`, offsets `cu`);
     None when no request of it runs an adapter (the layers then skip LoRA altogether)."""
     slots = np.fromiter((c.request.lora_slot for c in batch), dtype=np.int32, count=len(batch))
-    if (slots < 0).all():
-        return None
-    if bool((q_lens == 1).all()):
-        return LoRABatch(upload(slots, device))
-    tiles = segment_tiles(cu, slots)
-    ints = upload(np.concatenate([slots, np.repeat(slots, q_lens), tiles.ravel()]), device)
-    b, t = len(batch), int(cu[-1])
-    return LoRABatch(ints[b : b + t], LoRASegments(ints[b + t :].view(3, -1)), ints[:b])
+    return _upload(slots, np.repeat(slots, q_lens), device)
 
 
 def next_decode_lora(prev: LoRABatch | None) -> LoRABatch | None:
     """The adapter rows of the decode step that follows `prev` for the same requests: one
     token each, in the slots they had."""
-    if prev is None:
+    if prev is None or prev.request_slots is None:
         return None
-    return LoRABatch(prev.request_slots if prev.request_slots is not None else prev.token_slots)
+    return _upload(prev.request_slots, prev.request_slots, prev.token_slots.device)
+
+
+def _upload(request_slots: np.ndarray, token_slots: np.ndarray, device: torch.device) -> LoRABatch | None:
+    if (request_slots < 0).all():
+        return None
+    rows, tiles = group_rows(token_slots)
+    t, r = len(token_slots), len(rows)
+    ints = upload(np.concatenate([token_slots, rows, tiles.ravel()]).astype(np.int32), device)
+    return LoRABatch(ints[:t], LoRAGroups(ints[t : t + r], ints[t + r :].view(3, -1)), request_slots)

@@ -10,8 +10,9 @@ request (the first token of a lone request: time to first token) replays a graph
 per bucket of prompt-chunk lengths up to `MAX_PREFILL_GRAPH_TOKENS`: padding rows run
 through the products but write no KV, and the prefill kernel reads the real length from
 the device. Other steps (mixed, several prefills, larger batches) run eagerly on the same
-kernels. This is vLLM's GPU model runner's part, kept out of both the engine and the
-architecture's `PipelineModel`.
+kernels. Speculative decoding's verify steps (1 + k rows per request) replay graphs
+bucketed by batch size and draft count (`verify_graphs`). This is vLLM's GPU model
+runner's part, kept out of both the engine and the architecture's `PipelineModel`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from max.nn import step_context
 from max.pipelines.lib.engine.scheduler import ScheduledChunk
 from max.pipelines.lib.model.multimodal import ImageInput
 from max.pipelines.lib.model.pipeline_model import PipelineModel
+from max.pipelines.lib.runner.eager_warmup import warm_eager_kernels
 from max.pipelines.lib.runner.input_batch import InputBatchBuilder, ModelInputs, PendingTokens
+from max.pipelines.lib.runner.verify_graphs import VerifyGraphs, verify_graph_shapes
 from max_kernels import RaggedLayout
 
 logger = logging.getLogger("max.pipelines")
@@ -47,14 +50,6 @@ def prefill_graph_sizes(max_tokens: int) -> list[int]:
     sizes = [16, *range(32, 257, 32), *range(320, MAX_PREFILL_GRAPH_TOKENS + 1, 64)]
     cap = min(max_tokens, MAX_PREFILL_GRAPH_TOKENS)
     return [s for s in sizes if s < cap] + ([cap] if cap > 0 else [])
-
-
-# Eager step shapes run once at start-up on CUDA: (decoding rows, their context length,
-# prompt-chunk length). Between them they reach every Triton kernel variant that an eager
-# step chooses by shape (decode attention with and without split-K, the prefill kernel's
-# four tile heights), so that no step of a run waits for the compiler: a variant compiled
-# on first use stalled a mixed step of the 1000-request benchmark by ~0.5 s.
-EAGER_WARMUP_SHAPES = ((1, 600, 200), (48, 300, 12), (0, 0, 6), (2, 300, 2))
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
@@ -85,6 +80,8 @@ class ModelRunner:
         use_cuda_graphs: bool,
         max_prefill_tokens: int = 0,
         warm_eager: bool = False,
+        verify_drafts: int = 0,
+        verify_batch_size: int = 0,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
@@ -95,12 +92,18 @@ class ModelRunner:
         self._prefill_sizes: list[int] = []
         self.num_replays = 0
         self.num_prefill_replays = 0
+        # Verify steps of up to `verify_drafts` drafts for up to `verify_batch_size` requests.
+        self.verify = VerifyGraphs(model, kv_cache)
         if use_cuda_graphs and model.device.type == "cuda":
             self._capture(graph_batch_sizes(max_batch_size))
             if max_prefill_tokens > 0:
                 self._capture_prefill(prefill_graph_sizes(min(max_prefill_tokens, model.max_seq_len)))
+            if verify_drafts > 0 and getattr(model, "lora", None) is None:
+                pool = torch.cuda.graph_pool_handle()
+                shapes = verify_graph_shapes(verify_drafts, verify_batch_size, max_prefill_tokens or model.max_seq_len)
+                self.verify.capture(shapes, lambda layout, args, out: self._record(pool, layout, args, out))
         if warm_eager and model.device.type == "cuda":
-            self._warm_eager()
+            warm_eager_kernels(model, kv_cache, self.inputs)
 
     @property
     def max_seq_len(self) -> int:
@@ -139,7 +142,8 @@ class ModelRunner:
         """How `execute` will run these inputs (one of `step_observer.STEP_KINDS`)."""
         layout = inputs.layout
         b, nd = layout.num_requests, layout.num_decode
-        if not inputs.has_images:
+        # Graphs output logits only: steps that pool hidden states run eagerly.
+        if not inputs.has_images and inputs.pooled is None:
             if self._sizes and nd == b and b <= self._sizes[-1] and len(inputs.logits_rows) == b:
                 return "graph_decode"
             if (
@@ -150,6 +154,8 @@ class ModelRunner:
                 and inputs.logits_indices.shape[0] == 1
             ):
                 return "graph_prefill"
+            if self.verify.bucket_for(inputs) is not None:
+                return "graph_verify"
         return "eager_decode" if nd == b else ("eager_mixed" if nd > 0 else "eager_prefill")
 
     def execute(self, inputs: ModelInputs) -> torch.Tensor:
@@ -162,63 +168,20 @@ class ModelRunner:
             return self._replay(inputs)
         if kind == "graph_prefill":
             return self._replay_prefill(inputs)
+        if kind == "graph_verify":
+            return self.verify.replay(inputs)
         return self.model.execute(inputs).logits
 
     def close(self) -> None:
         """Releases the captured graphs once the device's queued work is done; no step runs
         after this. Under tensor parallelism the graphs hold captured collectives, so they
         go before the group is left."""
-        if self._graphs or self._prefill_graphs:
+        if self._graphs or self._prefill_graphs or self.verify.shapes:
             torch.cuda.synchronize(self.model.device)
         self._graphs.clear()
         self._prefill_graphs.clear()
+        self.verify.clear()
         self._sizes, self._prefill_sizes = [], []
-
-    # -- start-up --------------------------------------------------------------------------
-    def _warm_eager(self) -> None:
-        """Runs one eager step of each of `EAGER_WARMUP_SHAPES` (token 0, every key read
-        from page 0, no KV written), compiling their kernel variants before any request."""
-        start = time.perf_counter()
-        model, device = self.model, self.model.device
-        try:
-            for num_decode, context, chunk in EAGER_WARMUP_SHAPES:
-                context, chunk = min(context, model.max_seq_len), min(chunk, model.max_seq_len)
-                q_lens = [1] * num_decode + [chunk]
-                ctx = [context] * num_decode + [chunk]
-                total = sum(q_lens)
-                positions = [context - 1] * num_decode + list(range(chunk))
-                width = self.kv_cache.params.pages_for_tokens(max(ctx))
-                starts = [0]
-                for n in q_lens:
-                    starts.append(starts[-1] + n)
-                layout = RaggedLayout(
-                    query_start=torch.tensor(starts, dtype=torch.int32, device=device),
-                    context_lens=torch.tensor(ctx, dtype=torch.int32, device=device),
-                    page_table=torch.zeros(len(q_lens), width, dtype=torch.int32, device=device),
-                    slot_mapping=torch.full((total,), -1, dtype=torch.int64, device=device),
-                    page_size=self.kv_cache.page_size,
-                    num_decode=num_decode,
-                    query_lens=q_lens,
-                    context_lens_host=ctx,
-                    num_splits=self.inputs.decode_splits(num_decode, max(ctx[:num_decode], default=1)),
-                )
-                rows = [*range(num_decode), total - 1]
-                model.execute(
-                    ModelInputs(
-                        tokens=torch.zeros(total, dtype=torch.int64, device=device),
-                        positions=torch.tensor(positions, dtype=torch.int64, device=device),
-                        layout=layout,
-                        logits_indices=torch.tensor(rows, dtype=torch.int64, device=device),
-                        logits_rows=[slice(i, i + 1) for i in range(len(rows))],
-                        request_ids=[],
-                        kv_cache=self.kv_cache,
-                    )
-                )
-            torch.cuda.synchronize(device)
-        except Exception as e:  # a warm-up only: the steps themselves compile what is missing
-            logger.warning("eager warm-up failed (%s: %s)", type(e).__name__, e)
-            return
-        logger.info("warmed the eager step's kernels in %.1f s", time.perf_counter() - start)
 
     # -- capture -------------------------------------------------------------------------
     def _capture(self, sizes: list[int]) -> None:

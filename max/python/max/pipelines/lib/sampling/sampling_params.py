@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from max.errors import MaxError
+from max.pipelines.lib.pooling.pooling_params import PoolingParams
 from max.pipelines.lib.sampling.structured_output import StructuredOutput
 
 
@@ -40,6 +41,8 @@ class SamplingParams:
     structured_output: StructuredOutput | None = None
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit (OpenAI's, -100..100)
     priority: int = 0  # --scheduling-policy priority: lower is admitted first (vLLM's order)
+    # An embedding request (vLLM's PoolingParams): the prompt is pooled, nothing is sampled.
+    pooling: PoolingParams | None = None
 
     @property
     def greedy(self) -> bool:
@@ -85,6 +88,8 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 20:
                 raise bad(name, "between 0 and 20")
+        if self.pooling is not None:
+            self.pooling.validate()
         for t, bias in (self.logit_bias or {}).items():
             if not -100.0 <= bias <= 100.0:
                 raise MaxError(f"logit_bias of token {t} must be between -100 and 100 (got {bias!r})")

@@ -1,7 +1,7 @@
-"""Speculative decoding on a GPU (CUDA graphs for plain decode steps, asynchronous
-scheduling, eager verify steps): greedy outputs equal the plain run's in float32, with the
-oracle (right and wrong) and n-gram drafts; in bfloat16 they agree up to rounding. Skipped
-without a GPU.
+"""Speculative decoding on a GPU (CUDA graphs for plain decode steps and for verify steps,
+bucketed by batch size and draft count; asynchronous scheduling): greedy outputs equal the
+plain run's in float32, with the oracle (right and wrong) and n-gram drafts; in bfloat16
+they agree up to rounding. Skipped without a GPU.
 
     PYTHONPATH=max/python:max/kernels/python python3 -m pytest -q \\
         max/python/max/pipelines/lib/speculative/speculative_gpu_test.py
@@ -53,6 +53,7 @@ def test_greedy_speculation_matches_plain_on_the_gpu_in_float32(checkpoint):
         spec, engine = _run(checkpoint, "float32", CONFIG, proposer)
         assert spec == plain
         assert engine.stats().spec_decode.num_accepted_tokens > 0
+        assert engine.runner.verify.num_replays > 0  # verify steps replayed CUDA graphs
 
 
 def test_bfloat16_verify_steps_agree_with_decode_steps(checkpoint):
@@ -63,6 +64,7 @@ def test_bfloat16_verify_steps_agree_with_decode_steps(checkpoint):
     plain, _ = _run(checkpoint, "bfloat16")
     refs = {rid: PROMPTS[int(rid[1:])] + tokens for rid, tokens in plain.items()}
     spec, engine = _run(checkpoint, "bfloat16", CONFIG, OracleProposer(refs, 1000))
+    assert engine.runner.verify.num_replays > 0
     assert engine.stats().spec_decode.acceptance_rate > 0.9
     agree = sum(next((i for i, (a, b) in enumerate(zip(spec[r], plain[r])) if a != b), STEPS) for r in plain)
     assert agree >= 0.75 * STEPS * len(plain), (spec, plain)

@@ -1,7 +1,7 @@
 """`--speculative-config` draft_model and eagle3 through `build_engine` on a GPU in float32
-(CUDA graphs for plain decode steps): greedy outputs equal the plain run's, and the EAGLE-3
-head's feature tap went in before the target's graphs were captured (the graphs copy the
-features, so decode steps feed the head). Skipped without a GPU.
+(CUDA graphs for plain decode steps and verify steps): greedy outputs equal the plain
+run's, and the EAGLE-3 head's feature tap went in before the target's graphs were captured
+(the graphs copy the features, so decode and verify steps feed the head). Skipped without a GPU.
 
     PYTHONPATH=max/python:max/kernels/python python3 -m pytest -q \\
         max/python/max/pipelines/lib/speculative/speculative_methods_gpu_test.py
@@ -55,6 +55,7 @@ def test_draft_model_on_the_gpu_matches_plain(checkpoint, plain):
     assert spec == plain
     stats = engine.stats().spec_decode
     assert stats.num_draft_tokens > 0 and stats.num_accepted_tokens == stats.num_draft_tokens
+    assert engine.runner.verify.num_replays > 0  # the target's verify steps replayed graphs
 
 
 def test_eagle3_on_the_gpu_matches_plain_with_the_tap_in_the_graphs(checkpoint, plain, tmp_path):
@@ -62,4 +63,5 @@ def test_eagle3_on_the_gpu_matches_plain_with_the_tap_in_the_graphs(checkpoint, 
     spec, engine = _run(checkpoint, {"method": "eagle3", "model": str(head), "num_speculative_tokens": 3})
     assert spec == plain
     assert engine.speculator.proposer.tap.in_graphs
+    assert engine.runner.verify.num_replays > 0
     assert engine.stats().spec_decode.num_draft_tokens > 0

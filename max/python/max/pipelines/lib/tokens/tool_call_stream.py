@@ -1,4 +1,4 @@
-"""Streaming a tool call's arguments as the model writes them (OpenAI's chat stream).
+"""Streaming a tool call's arguments as the model writes them (the chat, Messages and Responses streams).
 
 `ToolCallParser` hands out a call once it is whole. A client that streams wants the call's
 name as soon as it is known and its arguments in fragments as they come, the way OpenAI
@@ -32,6 +32,17 @@ class ToolCallFragment:
     arguments: str
     id: str | None = None
     name: str | None = None
+
+
+def open_call_first(fragments: list[ToolCallFragment]) -> tuple[list[ToolCallFragment], list[ToolCallFragment]]:
+    """A delta's fragments split into those that continue the call already open (no header)
+    and the rest. A stream of blocks sends the first before the delta's text: text written
+    before a call went out with the delta that opened the call, so this delta's text comes
+    after the open call's rest."""
+    n = 0
+    while n < len(fragments) and fragments[n].name is None:
+        n += 1
+    return fragments[:n], fragments[n:]
 
 
 def _arguments_text(body: str) -> tuple[str, bool] | None:

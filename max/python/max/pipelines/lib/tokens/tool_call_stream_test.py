@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from max.pipelines.lib.tokens.tool_call_stream import ToolCallStreamer
+from max.pipelines.lib.tokens.tool_call_stream import ToolCallStreamer, open_call_first
 from max.pipelines.lib.tokens.tool_calls import HERMES, LLAMA3_JSON, ToolCallParser
 
 ANSWER = (
@@ -54,3 +54,14 @@ def test_other_formats_go_out_whole():
     text = '{"name": "get_time", "parameters": {"zone": "CET"}}'
     _, fragments, calls = _stream(text, list(range(1, len(text))), LLAMA3_JSON)
     assert [(f.index, f.id, f.name, f.arguments) for f in fragments] == [(0, calls[0].id, "get_time", calls[0].arguments)]
+
+
+def test_the_open_calls_rest_goes_before_the_text_and_the_next_call():
+    # One delta closes the first call, has text after it and opens the second one.
+    parser = ToolCallParser(HERMES)
+    streamer = ToolCallStreamer(parser)
+    streamer.fragments(parser.feed('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa')[1])
+    content, calls = parser.feed('ris"}}\n</tool_call>\nNow the time.<tool_call>\n{"name": "get_time", "arguments": {')
+    continuing, rest = open_call_first(streamer.fragments(calls))
+    assert content == "\nNow the time." and [(f.index, f.name, f.arguments) for f in continuing] == [(0, None, 'ris"}')]
+    assert [(f.index, f.name) for f in rest] == [(1, "get_time"), (1, None)]

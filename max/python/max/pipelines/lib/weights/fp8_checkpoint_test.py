@@ -9,52 +9,34 @@ quantized per token), emulated exactly on the CPU, is checked at max KL 2e-3 per
 checkpoint's, bit for bit.
 """
 
-import dataclasses
-
 import pytest
 import torch
 
 from max.nn.fp8_linear import Fp8Linear
-from max.pipelines.architectures import register_all
-from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
 from max.pipelines.lib.plan import WeightScheme
 from max.testing.engine_probes import prompt_logits
 from max.testing.parity import PROMPTS
 from max.testing.quantized_checkpoints import quantize_tiny_checkpoint
-from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
-
-# 128 input features so that groups of 128 fit; two layers keep it fast.
-_CONFIG = llama_config(hidden_size=128, intermediate_size=256, num_hidden_layers=2)
+from max.testing.quantized_parity import (
+    engine_with_plan,
+    layers_of,
+    quantized_engine,
+    reference_logits,
+    write_quantizable_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
 def float_checkpoint(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("float"), _CONFIG, seed=3)
-
-
-def _engine(path, **overrides):
-    settings = dict(model_path=str(path), kv_cache_page_size=4, max_length=128, **overrides)
-    return build_engine(resolve_model(PipelineConfig(**settings), register_all()))
-
-
-def _reference_logits(reference_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(reference_dir), dtype=torch.float32).eval()
-    with torch.no_grad():
-        return [model(torch.tensor([p])).logits[0] for p in PROMPTS]
-
-
-def _layers(engine, cls):
-    return [m for m in engine.runner.model.model.modules() if isinstance(m, cls)]
+    return write_quantizable_checkpoint(tmp_path_factory.mktemp("float"))
 
 
 @pytest.mark.parametrize("kind", ["ct-tensor", "ct-channel", "ct-block", "fbgemm", "fp8-block"])
 def test_logits_match_transformers_on_the_dequantized_model(float_checkpoint, tmp_path, kind):
     quantized, reference = quantize_tiny_checkpoint(float_checkpoint, tmp_path, kind)
-    engine = _engine(quantized)
-    assert not _layers(engine, Fp8Linear)  # the CPU's dequantizing path
-    for prompt, expected in zip(PROMPTS, _reference_logits(reference)):
+    engine = quantized_engine(quantized)
+    assert not layers_of(engine, Fp8Linear)  # the CPU's dequantizing path
+    for prompt, expected in zip(PROMPTS, reference_logits(reference)):
         torch.testing.assert_close(prompt_logits(engine, prompt), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -63,17 +45,15 @@ def test_the_fp8_gpu_path_keeps_the_checkpoint_codes(float_checkpoint, tmp_path,
     from safetensors.torch import load_file
 
     quantized, reference = quantize_tiny_checkpoint(float_checkpoint, tmp_path, kind)
-    resolved = resolve_model(PipelineConfig(model_path=str(quantized), kv_cache_page_size=4, max_length=128), register_all())
     # What a GPU with FP8 tensor cores runs, emulated exactly by the CPU's float32 references.
-    resolved = dataclasses.replace(resolved, plan=dataclasses.replace(resolved.plan, weight_scheme=WeightScheme.FP8))
-    engine = build_engine(resolved)
+    engine = engine_with_plan(quantized, {"weight_scheme": WeightScheme.FP8})
     stored = load_file(str(quantized / "model.safetensors"))
     q = stored["model.layers.0.self_attn.q_proj.weight"]
     layer = engine.runner.model.model.layers[0].self_attn.qkv_proj
     assert isinstance(layer, Fp8Linear)
     if kind != "fp8-block":  # blocks are re-quantized per row (one more rounding)
         assert torch.equal(layer.weight[: q.shape[0]].view(torch.uint8), q.view(torch.uint8))
-    for prompt, expected in zip(PROMPTS, _reference_logits(reference)):
+    for prompt, expected in zip(PROMPTS, reference_logits(reference)):
         got = prompt_logits(engine, prompt)
         kl = torch.nn.functional.kl_div(got.log_softmax(-1), expected.log_softmax(-1), log_target=True, reduction="none")
         assert kl.sum(-1).max() < 2e-3

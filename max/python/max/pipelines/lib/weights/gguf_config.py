@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from max.errors import MaxError
+from max.pipelines.lib.weights.gguf_arch_config import ARCHITECTURE_FIELDS
 from max.pipelines.lib.weights.gguf_reader import GGUFFile
 
 # GGUF architecture -> (transformers model_type, architecture class name).
@@ -20,6 +21,9 @@ GGUF_ARCHITECTURES: dict[str, tuple[str, str]] = {
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
     "qwen3moe": ("qwen3_moe", "Qwen3MoeForCausalLM"),
     "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+    "phi3": ("phi3", "Phi3ForCausalLM"),
+    "olmo2": ("olmo2", "Olmo2ForCausalLM"),
+    "deepseek2": ("deepseek_v2", "DeepseekV2ForCausalLM"),
 }
 
 # llama.cpp key (with {arch}) -> Hugging Face config field.
@@ -77,6 +81,8 @@ def gguf_config_kwargs(gguf: GGUFFile) -> tuple[str, dict[str, Any]]:
         # The file does not store Gemma's rope base of local layers; transformers' default
         # (10000) applies, as it does when transformers itself reads a Gemma 3 GGUF.
         kwargs.pop("rope_scaling", None)
+    if arch in ARCHITECTURE_FIELDS:
+        ARCHITECTURE_FIELDS[arch](gguf, kwargs)
     return model_type, kwargs
 
 

@@ -1,7 +1,10 @@
 """llama.cpp's tensor names, mapped to the module names of `max.nn` decoders.
 
 GGUF files name tensors `blk.N.attn_q.weight` etc. whatever the architecture; this table
-covers the Llama family (Llama, Qwen2/3, Qwen3-MoE) and the extra norms of Gemma 3.
+covers the Llama family (Llama, Qwen2/3, Qwen3-MoE), the extra norms of Gemma 3 and OLMo 2;
+architectures add their own block names (`block_overrides`). llama.cpp stacks a layer's
+routed experts into one [experts, out, in] tensor per projection (`ffn_gate_exps`...):
+`rename_gguf` hands them out one expert at a time, each read from its own slice.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import re
 
 from max.errors import MaxError
 from max.pipelines.lib.weights.checkpoint import Checkpoint
+from max.pipelines.lib.weights.stacked_experts import unstack_experts
 
 _GLOBAL = {
     "token_embd": "embed_tokens",
@@ -34,6 +38,7 @@ _BLOCK = {
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_STACKED_EXPERTS = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$")
 
 
 def gguf_to_model_name(name: str, block_overrides: dict[str, str] | None = None) -> str | None:
@@ -56,6 +61,12 @@ def rename_gguf(checkpoint: Checkpoint, block_overrides: dict[str, str] | None =
     frequency tables) are dropped, unknown block tensors are an error."""
     out = {}
     for name, tensor in checkpoint.items():
+        stacked = _STACKED_EXPERTS.match(name)
+        if stacked:
+            layer, proj = stacked.groups()
+            for e, parts in enumerate(unstack_experts(tensor, {"w": lambda w: w})):
+                out[f"layers.{layer}.mlp.experts.{e}.{proj}_proj.weight"] = parts["w"]
+            continue
         target = gguf_to_model_name(name, block_overrides)
         if target is None:
             if name.startswith("blk."):

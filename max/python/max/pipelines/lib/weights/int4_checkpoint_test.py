@@ -9,37 +9,21 @@ import pytest
 import torch
 
 from max.nn.int4_linear import Int4Linear
-from max.pipelines.architectures import register_all
-from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
 from max.testing.engine_probes import prompt_logits
 from max.testing.parity import PROMPTS
 from max.testing.quantized_checkpoints import quantize_tiny_checkpoint
-from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
-
-# 128 input features so that groups of 128 fit; two layers keep it fast.
-_CONFIG = llama_config(hidden_size=128, intermediate_size=256, num_hidden_layers=2)
+from max.testing.quantized_parity import (
+    engine_with_plan,
+    layers_of,
+    quantized_engine,
+    reference_logits,
+    write_quantizable_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
 def float_checkpoint(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("float"), _CONFIG, seed=3)
-
-
-def _engine(path, **overrides):
-    settings = dict(model_path=str(path), kv_cache_page_size=4, max_length=128, **overrides)
-    return build_engine(resolve_model(PipelineConfig(**settings), register_all()))
-
-
-def _reference_logits(reference_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(reference_dir), dtype=torch.float32).eval()
-    with torch.no_grad():
-        return [model(torch.tensor([p])).logits[0] for p in PROMPTS]
-
-
-def _layers(engine, cls):
-    return [m for m in engine.runner.model.model.modules() if isinstance(m, cls)]
+    return write_quantizable_checkpoint(tmp_path_factory.mktemp("float"))
 
 
 @pytest.mark.parametrize(
@@ -54,24 +38,24 @@ def _layers(engine, cls):
 )
 def test_logits_match_transformers_on_the_dequantized_model(float_checkpoint, tmp_path, kind, group):
     quantized, reference = quantize_tiny_checkpoint(float_checkpoint, tmp_path, kind, group)
-    engine = _engine(quantized)
+    engine = quantized_engine(quantized)
     # int4 stays packed (qkv, o, gate_up, down in each of 2 layers), its reference product on the CPU.
-    held = _layers(engine, Int4Linear)
+    held = layers_of(engine, Int4Linear)
     assert len(held) == 8 and all(m.group_size == group for m in held)
     # Act-order permutes the columns of every layer with more than one group.
     assert any(m.perm is not None for m in held) == ("actorder" in kind)
-    for prompt, expected in zip(PROMPTS, _reference_logits(reference)):
+    for prompt, expected in zip(PROMPTS, reference_logits(reference)):
         torch.testing.assert_close(prompt_logits(engine, prompt), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_dummy_weights_of_a_quantized_layout_and_int4_on_load(float_checkpoint, tmp_path):
     quantized, _ = quantize_tiny_checkpoint(float_checkpoint, tmp_path, "gptq-sym", 32)
-    dummy = _engine(quantized, load_format="dummy")
-    assert len(_layers(dummy, Int4Linear)) == 8
-    on_load = _engine(float_checkpoint, quantization="int4")
-    held = _layers(on_load, Int4Linear)
+    dummy = quantized_engine(quantized, load_format="dummy")
+    assert len(layers_of(dummy, Int4Linear)) == 8
+    on_load = quantized_engine(float_checkpoint, quantization="int4")
+    held = layers_of(on_load, Int4Linear)
     assert len(held) == 8 and all(m.group_size == 128 for m in held)
-    float_engine = _engine(float_checkpoint)
+    float_engine = quantized_engine(float_checkpoint)
     # 4-bit round-to-nearest of random weights (no outliers to spare): 0.986 measured.
     for prompt in PROMPTS[:2]:
         got, want = prompt_logits(on_load, prompt), prompt_logits(float_engine, prompt)
@@ -79,21 +63,18 @@ def test_dummy_weights_of_a_quantized_layout_and_int4_on_load(float_checkpoint, 
 
 
 def test_a_4_bit_gguf_on_the_gpu_path_keeps_its_q4_1_codes(float_checkpoint, tmp_path):
-    import dataclasses
-
     from max.pipelines.lib.plan import WeightScheme
     from max.testing.tiny_gguf import write_llama_gguf
 
     gguf = write_llama_gguf(float_checkpoint, tmp_path / "tiny-Q4_1.gguf", "Q4_1")
-    config = PipelineConfig(model_path=str(gguf), quantization_encoding="q4_1", kv_cache_page_size=4, max_length=128)
-    resolved = resolve_model(config, register_all())
     # What a GPU runs for a 4-bit GGUF (W4A16, groups of 32 as Q4_1's blocks), on the CPU's
     # exact reference product in float32.
-    plan = dataclasses.replace(resolved.plan, weight_scheme=WeightScheme.W4A16, dtype=torch.float32)
-    engine = build_engine(dataclasses.replace(resolved, plan=plan))
-    held = _layers(engine, Int4Linear)
-    assert len(held) == 8 and all(m.group_size == 32 for m in held)
-    decoded = _engine(gguf, quantization_encoding="float32")
+    plan = {"weight_scheme": WeightScheme.W4A16, "dtype": torch.float32}
+    engine = engine_with_plan(gguf, plan, quantization_encoding="q4_1")
+    held = layers_of(engine, Int4Linear)
+    # 8 decoder layers, the embedding's table and the LM head (Q4_1 in the file too).
+    assert len(held) == 10 and all(m.group_size == 32 for m in held)
+    decoded = quantized_engine(gguf, quantization_encoding="float32")
     for prompt in PROMPTS[:2]:
         # The Q4_1 codes and minimums survive; only float32 rounding of the scales differs.
         torch.testing.assert_close(prompt_logits(engine, prompt), prompt_logits(decoded, prompt), rtol=1e-3, atol=1e-3)

@@ -11,48 +11,34 @@ import torch
 
 from max.nn.fp8_linear import Fp8Linear
 from max.nn.int4_linear import Int4Linear
-from max.pipelines.architectures import register_all
-from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
 from max.testing.engine_probes import greedy_tokens, prompt_logits
 from max.testing.parity import PROMPTS
 from max.testing.quantized_checkpoints import quantize_tiny_checkpoint
-from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
+from max.testing.quantized_parity import (
+    assert_same_direction,
+    device_engine,
+    layers_of,
+    write_quantizable_checkpoint,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-_CONFIG = llama_config(hidden_size=128, intermediate_size=256, num_hidden_layers=2)
 
 
 @pytest.fixture(scope="module")
 def float_checkpoint(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("float"), _CONFIG, seed=3)
-
-
-def _engine(path, devices, **overrides):
-    settings = dict(model_path=str(path), devices=devices, kv_cache_page_size=16, max_length=128, max_batch_size=8)
-    return build_engine(resolve_model(PipelineConfig(**{**settings, **overrides}), register_all()))
-
-
-def _layers(engine, cls):
-    return [m for m in engine.runner.model.model.modules() if isinstance(m, cls)]
-
-
-def _same_direction(gpu, cpu):
-    for prompt in PROMPTS:
-        ours, reference = prompt_logits(gpu, prompt).float().cpu(), prompt_logits(cpu, prompt)
-        assert torch.nn.functional.cosine_similarity(ours, reference, dim=-1).min() > 0.99
+    return write_quantizable_checkpoint(tmp_path_factory.mktemp("float"))
 
 
 @pytest.mark.parametrize(("kind", "group"), [("gptq-sym-actorder", 32), ("gptq-asym", 128), ("awq", 64)])
 def test_int4_checkpoints_on_the_gpu_follow_the_cpu(float_checkpoint, tmp_path, kind, group):
     quantized, _ = quantize_tiny_checkpoint(float_checkpoint, tmp_path, kind, group)
-    cpu = _engine(quantized, "cpu")
-    gpu = _engine(quantized, "gpu", quantization_encoding="bfloat16")
-    held = _layers(gpu, Int4Linear)
+    cpu = device_engine(quantized, "cpu")
+    gpu = device_engine(quantized, "gpu", quantization_encoding="bfloat16")
+    held = layers_of(gpu, Int4Linear)
     assert len(held) == 8 and all(m.qweight.is_cuda for m in held)
-    _same_direction(gpu, cpu)
+    assert_same_direction(gpu, cpu)
     # float32 on the GPU: the same product as the CPU's up to the float32 sums' order.
-    gpu32 = _engine(quantized, "gpu", quantization_encoding="float32")
+    gpu32 = device_engine(quantized, "gpu", quantization_encoding="float32")
     for prompt in PROMPTS:
         torch.testing.assert_close(prompt_logits(gpu32, prompt).cpu(), prompt_logits(cpu, prompt), rtol=1e-3, atol=1e-3)
     assert greedy_tokens(gpu32, PROMPTS, 8) == greedy_tokens(cpu, PROMPTS, 8)
@@ -64,23 +50,23 @@ def test_fp8_checkpoints_on_the_gpu_follow_the_cpu(float_checkpoint, tmp_path, k
     from max_kernels.fp8 import fp8_supported
 
     quantized, _ = quantize_tiny_checkpoint(float_checkpoint, tmp_path, kind)
-    cpu = _engine(quantized, "cpu")
-    gpu = _engine(quantized, "gpu", quantization_encoding="bfloat16")
-    assert bool(_layers(gpu, Fp8Linear)) == fp8_supported(torch.device("cuda"))
-    _same_direction(gpu, cpu)
+    cpu = device_engine(quantized, "cpu")
+    gpu = device_engine(quantized, "gpu", quantization_encoding="bfloat16")
+    assert bool(layers_of(gpu, Fp8Linear)) == fp8_supported(torch.device("cuda"))
+    assert_same_direction(gpu, cpu)
 
 
 def test_a_4_bit_gguf_stays_int4_on_the_gpu(float_checkpoint, tmp_path):
     from max.testing.tiny_gguf import write_llama_gguf
 
     gguf = write_llama_gguf(float_checkpoint, tmp_path / "tiny-Q4_1.gguf", "Q4_1")
-    cpu = _engine(gguf, "cpu", quantization_encoding="float32")
-    gpu = _engine(gguf, "gpu", quantization_encoding="q4_1")
-    assert len(_layers(gpu, Int4Linear)) == 8
-    _same_direction(gpu, cpu)
+    cpu = device_engine(gguf, "cpu", quantization_encoding="float32")
+    gpu = device_engine(gguf, "gpu", quantization_encoding="q4_1")
+    assert len(layers_of(gpu, Int4Linear)) == 10  # 8 decoder layers, the embedding's table, the head
+    assert_same_direction(gpu, cpu)
 
 
 def test_int4_on_load_of_a_float_checkpoint(float_checkpoint):
-    gpu = _engine(float_checkpoint, "gpu", quantization="int4")
-    assert len(_layers(gpu, Int4Linear)) == 8
+    gpu = device_engine(float_checkpoint, "gpu", quantization="int4")
+    assert len(layers_of(gpu, Int4Linear)) == 8
     assert greedy_tokens(gpu, PROMPTS, 4)  # runs prefill and graph-replayed decode

@@ -8,7 +8,8 @@ decoder linear layer whose weight parts all come quantized, the transform that t
 loaded layer into its quantized form with the checkpoint's own codes and scales (a fused
 q/k/v or gate/up layer concatenates its parts' rows). Layers the checkpoint keeps in float
 stay float. Without a checkpoint (`--load-format dummy`) or for `--quantization int4` on a
-float checkpoint, every decoder linear is quantized from its values instead.
+float checkpoint, every decoder linear is quantized from its values instead; so are a GGUF
+file's on a GPU (`gguf_layer_transforms`: `Int4Linear` or `Int8Linear` by the file's bits).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from torch import nn
 
 from max.errors import MaxError
 from max.nn.checkpoint_layout import Shard, Source, Stack
+from max.nn.embedding import VocabParallelEmbedding, VocabParallelLMHead
 from max.nn.fp8_linear import Fp8Linear, fp8_layer_bytes, fp8_shape_supported
 from max.nn.int4_linear import DEFAULT_GROUP_SIZE, Int4Linear, int4_layer_bytes
+from max.nn.int8_linear import Int8Linear, int8_linear_bytes
 from max.nn.parallel import RowParallelLinear
+from max.nn.quantized_embedding import QuantizedEmbedding
 from max.nn.quantized_linear import quantizable_linears
 from max.nn.transformer import Transformer
 from max.pipelines.lib.weights.checkpoint import Checkpoint
 from max.pipelines.lib.weights.fp8_checkpoint import dequantize_fp8_checkpoint
+from max.pipelines.lib.weights.gguf_int4_groups import int4_groups_on_grid
 from max.pipelines.lib.weights.int4_checkpoint import dequantize_int4_checkpoint
 from max.pipelines.lib.weights.network_loader import LayerTransform
 from max.pipelines.lib.weights.quantization_config import FP8, CheckpointQuantization
@@ -35,6 +40,9 @@ from max.pipelines.lib.weights.quantized_tensor import Int4Groups, QuantizedWeig
 from max_kernels.int4_gemv import int4_kernels_take
 
 logger = logging.getLogger("max.pipelines")
+
+# GGML types that are plain floats (a table stored so stays in the float dtype).
+_FLOAT_GGML = ("", "F32", "F16", "BF16", "F64")
 
 
 def dequantized_view(checkpoint: Checkpoint, quant: CheckpointQuantization) -> Checkpoint:
@@ -95,6 +103,83 @@ def quantized_layer_transforms(
         logger.info("%s: %d decoder linear layers kept in float (e.g. %s)", method, len(kept), kept[0])
     logger.info("%s: %d decoder linear layers quantized", method, len(transforms))
     return transforms, sizes
+
+
+def gguf_layer_transforms(
+    network: nn.Module, dtype: torch.dtype, four_bit: bool, wide: Collection[str] = (), tables: Collection[str] = ()
+) -> tuple[dict[str, LayerTransform], dict[str, int]]:
+    """(transforms by module path, bytes each replaced layer will hold) for a GGUF file's
+    decoder linear layers on a GPU, quantized from their decoded values in groups of 32 (a
+    GGUF block): int4 (`four_bit` files, on the grid the file's blocks decode to, so their
+    codes survive: `int4_groups_on_grid`) but for the layers in `wide`, which the file stores with more bits, and int8 for every layer
+    of a 5- to 8-bit file (Q8_0 kept code for code). Layers whose input features are not
+    whole groups stay float. `tables` (from `gguf_quantized_tables`) names the untied
+    embedding and LM head to keep quantized too, by the same rule (a Q4_K_M file's head is
+    Q6_K: int8; its embedding Q4_K: int4)."""
+    transforms: dict[str, LayerTransform] = {}
+    sizes: dict[str, int] = {}
+    for path in tables:
+        vocab, hidden = network.get_submodule(path).weight.shape
+        if not four_bit or path in wide:
+            transforms[path] = LayerTransform(_int8_from_values(dtype), torch.float32)
+            sizes[path] = int8_linear_bytes(vocab, hidden, dtype, False)
+        else:
+            transforms[path] = LayerTransform(_int4_from_gguf_values(dtype), torch.float32)
+            sizes[path] = int4_layer_bytes(vocab, hidden, 32, dtype, False)
+        if path == "embed_tokens":
+            table = transforms[path].apply
+            transforms[path] = LayerTransform(lambda layer, table=table: QuantizedEmbedding(table(layer), dtype, layer.tp), torch.float32)
+    counts = {"int4": 0, "int8": 0, "float": 0}
+    for path, layer in decoder_linears(network).items():
+        n, k = layer.weight.shape
+        bias = layer.bias is not None
+        if k % 32:
+            counts["float"] += 1
+            continue
+        if four_bit and path not in wide:
+            make = _int4_from_gguf_values(dtype)
+            sizes[path] = int4_layer_bytes(n, k, 32, dtype, bias)
+            counts["int4"] += 1
+        else:
+            make = _int8_from_values(dtype)
+            sizes[path] = int8_linear_bytes(n, k, dtype, bias)
+            counts["int8"] += 1
+        transforms[path] = LayerTransform(make, torch.float32)
+    logger.info("GGUF on the GPU: %(int4)d decoder linear layers int4, %(int8)d int8, %(float)d float", counts)
+    return transforms, sizes
+
+
+def gguf_quantized_tables(network: nn.Module, state: Checkpoint | None) -> list[str]:
+    """The module paths of the untied token embedding and LM head when the GGUF file stores
+    them quantized (not F32/F16/BF16) and one process holds them whole. A tied embedding is
+    the head's weight too, which the logits read whole every step: it stays float."""
+    if getattr(network, "lm_head", None) is None:
+        return []
+    out = []
+    for path, kind in (("embed_tokens", VocabParallelEmbedding), ("lm_head", VocabParallelLMHead)):
+        module = getattr(network, path, None)
+        entry = None if state is None else state.get(f"{path}.weight")
+        if type(module) is kind and module.tp.size == 1 and entry is not None and entry.encoding not in _FLOAT_GGML:
+            if module.weight.shape[1] % 32 == 0:
+                out.append(path)
+    return out
+
+
+def _int4_from_gguf_values(dtype: torch.dtype) -> Callable[[nn.Module], nn.Module]:
+    """int4 in groups of 32 on the grid the 4-bit file's blocks decode to (its codes kept)."""
+
+    def make(layer: nn.Module) -> nn.Module:
+        scales, zeros = int4_groups_on_grid(layer.weight, 32)
+        return Int4Linear.from_dequantized(layer.weight, getattr(layer, "bias", None), scales, zeros, 32, None, dtype)
+
+    return make
+
+
+def _int8_from_values(dtype: torch.dtype) -> Callable[[nn.Module], nn.Module]:
+    def make(layer: nn.Module) -> nn.Module:
+        return Int8Linear.quantized(layer.weight, getattr(layer, "bias", None), dtype)
+
+    return make
 
 
 def _parts(source: Source, state: Checkpoint) -> list[tuple[QuantizedWeightTensor, Shard | None]] | None:
@@ -180,6 +265,6 @@ def _int4_from_values(
         return None
 
     def make(layer: nn.Module) -> nn.Module:
-        return Int4Linear.quantized(layer.weight, layer.bias, dtype, group_size, integer_zeros)
+        return Int4Linear.quantized(layer.weight, getattr(layer, "bias", None), dtype, group_size, integer_zeros)
 
     return make

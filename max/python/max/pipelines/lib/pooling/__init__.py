@@ -1,0 +1,1 @@
+"""Embeddings: how a model pools its final hidden states into one vector per request."""

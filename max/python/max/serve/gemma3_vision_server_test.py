@@ -1,0 +1,61 @@
+"""Image chats through `serve` on the tiny Gemma 3 with images (float32) with the official
+`openai` client give transformers' own greedy tokens (its Gemma3Processor and generate,
+image tokens attending both ways): one image, two images, and text only."""
+
+import openai
+import pytest
+import torch
+from PIL import Image
+
+from max.testing.images import png_data_url, random_picture
+from max.testing.server_process import ServerProcess
+from max.testing.tiny_checkpoints import write_tiny_checkpoint
+from max.testing.tiny_configs import TINY_CONFIGS
+
+MODEL = "tiny-gemma3-vl"
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("gemma3_vl"), TINY_CONFIGS["gemma3_vl"], seed=3, with_tokenizer=True)
+
+
+def transformers_tokens(checkpoint, images: list[Image.Image], text: str) -> tuple[list[int], int]:
+    """transformers' greedy tokens for the chat, through its own processor and generate."""
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(str(checkpoint))
+    model = Gemma3ForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    messages = [{"role": "user", "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]}]
+    prompt = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=images or None, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False)
+    n = inputs["input_ids"].shape[1]
+    return out[0, n:].tolist(), n
+
+
+def test_image_chats_give_transformers_tokens(checkpoint):
+    cases = [
+        ([random_picture(100, 60, 0)], "What is this?"),
+        ([random_picture(64, 64, 1), random_picture(200, 50, 2)], "Compare them."),
+        ([], "Just text."),
+    ]
+    args = ("--model-path", str(checkpoint), "--served-model-name", MODEL, "--max-length", "512",
+            "--kv-cache-page-size", "8", "--quantization-encoding", "float32")  # fmt: skip
+    with ServerProcess(*args) as srv:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+        for images, text in cases:
+            parts = [{"type": "image_url", "image_url": {"url": png_data_url(im)}} for im in images]
+            reply = client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": [*parts, {"type": "text", "text": text}]}],
+                max_tokens=STEPS,
+                temperature=0,
+                extra_body={"ignore_eos": True, "return_token_ids": True},
+            )
+            expected, prompt_len = transformers_tokens(checkpoint, images, text)
+            assert reply.choices[0].model_extra["token_ids"] == expected, (len(images), text)
+            assert reply.usage.prompt_tokens == prompt_len
+        assert srv.metric("max_serve_kv_cache_pages_in_use") == 0
