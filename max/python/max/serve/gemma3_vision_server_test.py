@@ -2,13 +2,12 @@
 `openai` client give transformers' own greedy tokens (its Gemma3Processor and generate,
 image tokens attending both ways): one image, two images, and text only."""
 
-import openai
 import pytest
 import torch
 from PIL import Image
 
-from max.testing.images import png_data_url, random_picture
-from max.testing.server_process import ServerProcess
+from max.testing.image_chats import assert_image_chats_match
+from max.testing.images import random_picture
 from max.testing.tiny_checkpoints import write_tiny_checkpoint
 from max.testing.tiny_configs import TINY_CONFIGS
 
@@ -42,20 +41,4 @@ def test_image_chats_give_transformers_tokens(checkpoint):
         ([random_picture(64, 64, 1), random_picture(200, 50, 2)], "Compare them."),
         ([], "Just text."),
     ]
-    args = ("--model-path", str(checkpoint), "--served-model-name", MODEL, "--max-length", "512",
-            "--kv-cache-page-size", "8", "--quantization-encoding", "float32")  # fmt: skip
-    with ServerProcess(*args) as srv:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
-        for images, text in cases:
-            parts = [{"type": "image_url", "image_url": {"url": png_data_url(im)}} for im in images]
-            reply = client.chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": [*parts, {"type": "text", "text": text}]}],
-                max_tokens=STEPS,
-                temperature=0,
-                extra_body={"ignore_eos": True, "return_token_ids": True},
-            )
-            expected, prompt_len = transformers_tokens(checkpoint, images, text)
-            assert reply.choices[0].model_extra["token_ids"] == expected, (len(images), text)
-            assert reply.usage.prompt_tokens == prompt_len
-        assert srv.metric("max_serve_kv_cache_pages_in_use") == 0
+    assert_image_chats_match(checkpoint, MODEL, STEPS, cases, lambda images, text: transformers_tokens(checkpoint, images, text))

@@ -3,13 +3,12 @@ client give transformers' own greedy tokens: one image, two images of different 
 text only, and the same prompt with another image (prefix caching keyed by the image)."""
 
 
-import openai
 import pytest
 import torch
 from PIL import Image
 
-from max.testing.images import png_data_url, random_picture
-from max.testing.server_process import ServerProcess
+from max.testing.image_chats import assert_image_chats_match
+from max.testing.images import random_picture
 from max.testing.tiny_checkpoints import reference_class, write_tiny_checkpoint
 from max.testing.tiny_configs import TINY_CONFIGS
 
@@ -50,20 +49,4 @@ def test_image_chats_give_transformers_tokens(checkpoint):
         ([], "Just text."),
         ([random_picture(100, 60, 5)], "What is this?"),  # the first prompt, another image
     ]
-    args = ("--model-path", str(checkpoint), "--served-model-name", MODEL, "--max-length", "512",
-            "--kv-cache-page-size", "8", "--quantization-encoding", "float32")  # fmt: skip
-    with ServerProcess(*args) as srv:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
-        for images, text in cases:
-            parts = [{"type": "image_url", "image_url": {"url": png_data_url(im)}} for im in images]
-            reply = client.chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": [*parts, {"type": "text", "text": text}]}],
-                max_tokens=STEPS,
-                temperature=0,
-                extra_body={"ignore_eos": True, "return_token_ids": True},
-            )
-            expected, prompt_len = transformers_tokens(checkpoint, images, text)
-            assert reply.choices[0].model_extra["token_ids"] == expected, (len(images), text)
-            assert reply.usage.prompt_tokens == prompt_len
-        assert srv.metric("max_serve_kv_cache_pages_in_use") == 0
+    assert_image_chats_match(checkpoint, MODEL, STEPS, cases, lambda images, text: transformers_tokens(checkpoint, images, text))
