@@ -65,7 +65,9 @@ def write_llama_gguf(
     writer.add_uint32("llama.feed_forward_length", config["intermediate_size"])
     writer.add_uint32("llama.attention.head_count", config["num_attention_heads"])
     writer.add_uint32("llama.attention.head_count_kv", config["num_key_value_heads"])
-    writer.add_float32("llama.rope.freq_base", config.get("rope_theta", 10000.0))
+    # transformers 5 writes the rope base inside `rope_parameters`, older versions at the top.
+    rope_theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
+    writer.add_float32("llama.rope.freq_base", rope_theta)
     writer.add_float32("llama.attention.layer_norm_rms_epsilon", config["rms_norm_eps"])
     writer.add_uint32("llama.vocab_size", config["vocab_size"])
     writer.add_uint32("tokenizer.ggml.bos_token_id", config.get("bos_token_id", 1))
