@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from max_kernels import activation as _activation
 from max_kernels import argmax as _argmax
+from max_kernels import cpu_gemv as _cpu_gemv
 from max_kernels import fp8 as _fp8
 from max_kernels import gemv as _gemv
 from max_kernels import int4_gemm as _int4_gemm
@@ -68,7 +69,8 @@ def rms_norm_qk(
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] @ weight.T (+ bias) -> [M, N]. One row of 16-bit activations on CUDA (batch-1
     decode) goes through the Triton GEMV, which starts reading its weight before the previous
-    kernel ends; everything else through `F.linear` (cuBLAS on the GPU)."""
+    kernel ends; one bfloat16 row on the CPU through ATen's GEMV (`max_kernels.cpu_gemv`);
+    everything else through `F.linear` (cuBLAS on the GPU)."""
     if (
         x.is_cuda
         and x.dim() == 2
@@ -80,6 +82,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and _gemv.gemv_enabled()
     ):
         return _gemv.gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
+    if _cpu_gemv.takes_cpu_gemv(x, weight):
+        return _cpu_gemv.cpu_gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
