@@ -69,8 +69,13 @@ class Int4GemvConfig:
 
 
 # Best configuration per (N, K, row bucket) from `int4_gemv_sweep` (groups of 128, PDL on);
-# paste the sweep's dict here. Shapes and buckets not listed take `default_config`'s rule.
-TUNED: dict[tuple[int, int, int], Int4GemvConfig] = {}
+# the 1-row entries are from one H100 (2026-12-07, fourth session; `--rows 1 --budget-s 40`). Shapes and buckets not listed take `default_config`'s rule.
+TUNED: dict[tuple[int, int, int], Int4GemvConfig] = {
+    (6144, 4096, 1): Int4GemvConfig("words", 16, 1024, 4, split_k=1),  # qkv: 8.0 us
+    (4096, 4096, 1): Int4GemvConfig("words", 16, 1024, 4, split_k=2),  # o: 6.7 us
+    (28672, 4096, 1): Int4GemvConfig("words", 16, 1024, 4, split_k=1),  # gate_up: 29.0 us
+    (4096, 14336, 1): Int4GemvConfig("words", 16, 1024, 4, split_k=2),  # down: 16.4 us
+}
 
 
 def row_bucket(rows: int) -> int:
