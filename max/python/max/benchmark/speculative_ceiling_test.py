@@ -21,6 +21,12 @@ def test_the_reference_settles_on_the_runs_own_output():
     assert never == ([1, 0, 1, 2], 3)  # capped
 
 
+def test_full_verify_ms_takes_the_median_of_all_accepted_steps():
+    steps = [(0.010, 5), (0.002, 1), (0.030, 5), (0.020, 5), (0.050, 3)]
+    assert speculative_ceiling.full_verify_ms(steps, 4) == 20.0
+    assert speculative_ceiling.full_verify_ms(steps, 8) is None
+
+
 def test_tiny_run_reports_every_k(tmp_path, capsys):
     path = write_config_only(tmp_path / "tiny", llama_config())
     out = tmp_path / "rows.json"
@@ -32,4 +38,7 @@ def test_tiny_run_reports_every_k(tmp_path, capsys):
     for r in rows[1:]:
         assert r["identical"] and r["settle_runs"] == 0 and r["verify_steps"] > 0
         assert r["acceptance_rate"] == 1.0
+        # Every decode step verified k drafts, all accepted (but a last, shorter one).
+        assert r["full_verify_steps"] >= r["verify_steps"] - 1 and r["full_verify_ms"] > 0
+        assert r["ceiling_tokens_per_s"] > 0
     assert "| 3 |" in capsys.readouterr().out
