@@ -230,9 +230,13 @@ def _run(args: argparse.Namespace) -> int:
                 f"{resolved.source.name} is not an embedding model here: pass --task embed"
             )
         device = resolved.config.device
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(tokenizer_dir() if args.load_format == "dummy" else resolved.source.directory)
-        )
+        # Dummy weights: `--tokenizer` if given, else the embedded SmolLM2's (ids valid in any
+        # larger vocabulary); real weights: the model's own.
+        if args.load_format == "dummy":
+            tokenizer_path = args.tokenizer or tokenizer_dir()
+        else:
+            tokenizer_path = resolved.source.directory
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
         engine = build_engine(resolved)
         name, reference = _reference(args, resolved, engine, tokenizer, texts, device)
         warm = texts[: min(len(texts), 64)]
