@@ -41,14 +41,16 @@ def assert_matches_transformers(
     steps: int = 24,
     tolerance: float = 1e-4,
     prompts: Sequence[Sequence[int]] = PROMPTS,
+    engine_path: Path | str | None = None,
     **engine_overrides,
 ) -> None:
     """float32 logits of every prompt position and greedy continuations equal transformers'
-    (`engine_overrides`: PipelineConfig fields of our engine, e.g. max_length)."""
+    (`engine_path`: what our engine loads, if not `path`, e.g. a GGUF file of the same
+    weights; `engine_overrides`: PipelineConfig fields of our engine, e.g. max_length)."""
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    engine = build_tiny_engine(path, **engine_overrides)
+    engine = build_tiny_engine(engine_path or path, **engine_overrides)
     for prompt in prompts:
         with torch.no_grad():
             expected = reference(torch.tensor([list(prompt)])).logits[0]

@@ -1,12 +1,17 @@
-"""GGUF files of tiny Phi-3, OLMo 2 and DeepSeek-V2 checkpoints, written as llama.cpp's
-converter writes them, and the safetensors checkpoint of exactly the weights they hold.
+"""GGUF files of tiny Phi-3, OLMo 2, DeepSeek-V2, Qwen3 and Qwen3-MoE checkpoints, written
+as llama.cpp's converter writes them, and the safetensors checkpoint of exactly the weights
+they hold.
 
 Tensor names come from the `gguf` package's own table (`gguf.get_tensor_name_map`), so they
-are llama.cpp's, not ours. As the converter does: Phi-3 keeps `qkv_proj` / `gate_up_proj`
-fused and stores LongRoPE's factors as tensors; DeepSeek-V2 stacks each layer's experts and
-splits `kv_b_proj` into `k_b` (transposed per head) and `v_b`, and describes its latent
-attention as one KV head of kv_lora_rank + rope width. Vectors stay float32; matrices take
-`matrix_type`, or float16 where their rows are not whole blocks (llama.cpp's fallback).
+are llama.cpp's, not ours; a tensor the architecture has no name for (e.g. a dense MLP in a
+Qwen3-MoE, every layer of which llama.cpp takes as sparse) is an error, as in the converter.
+As the converter does: Phi-3 keeps `qkv_proj` / `gate_up_proj` fused and stores LongRoPE's
+factors as tensors; DeepSeek-V2 and Qwen3-MoE stack each layer's experts into one tensor per
+projection; DeepSeek-V2 splits `kv_b_proj` into `k_b` (transposed per head) and `v_b`, and
+describes its latent attention as one KV head of kv_lora_rank + rope width; an explicit
+`head_dim` is written as the key and value lengths, YaRN as its scaling type, factor and
+original context. Vectors stay float32; matrices take `matrix_type`, or float16 where their
+rows are not whole blocks (llama.cpp's fallback).
 
 `write_gguf_and_reference` also writes the reference: the same config with every weight
 replaced by what the GGUF file decodes to (the file's rounding undone through the same
@@ -22,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ARCHES = {"Phi3ForCausalLM": "PHI3", "Olmo2ForCausalLM": "OLMO2", "DeepseekV2ForCausalLM": "DEEPSEEK2"}
+ARCHES = {
+    "Phi3ForCausalLM": "PHI3",
+    "Olmo2ForCausalLM": "OLMO2",
+    "DeepseekV2ForCausalLM": "DEEPSEEK2",
+    "Qwen3ForCausalLM": "QWEN3",
+    "Qwen3MoeForCausalLM": "QWEN3MOE",
+}
 
 
 def _float(x: np.ndarray, matrix_type: str):
@@ -45,6 +56,16 @@ def _rope_parameters(c: dict) -> dict:
     return c.get("rope_parameters") or c.get("rope_scaling") or {}
 
 
+def _is_yarn(rope_parameters: dict) -> bool:
+    return rope_parameters.get("rope_type", rope_parameters.get("type")) == "yarn"
+
+
+def _expert_count(c: dict) -> int:
+    """Routed experts per layer (transformers 5 saves Qwen3-MoE's `num_experts` as
+    `num_local_experts`)."""
+    return c.get("n_routed_experts") or c.get("num_local_experts") or c["num_experts"]
+
+
 def _metadata(writer, arch: str, c: dict) -> None:
     """llama.cpp's metadata keys for the config `c`."""
     import gguf
@@ -63,6 +84,17 @@ def _metadata(writer, arch: str, c: dict) -> None:
     writer.add_vocab_size(c["vocab_size"])
     writer.add_bos_token_id(c["bos_token_id"])
     writer.add_eos_token_id(c["eos_token_id"])
+    if c.get("head_dim") and arch != "DEEPSEEK2":
+        writer.add_key_length(c["head_dim"])
+        writer.add_value_length(c["head_dim"])
+    if _is_yarn(rope_parameters):
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(rope_parameters["factor"])
+        writer.add_rope_scaling_orig_ctx_len(rope_parameters["original_max_position_embeddings"])
+    if arch == "QWEN3MOE":
+        writer.add_expert_count(_expert_count(c))
+        writer.add_expert_used_count(c["num_experts_per_tok"])
+        writer.add_expert_feed_forward_length(c["moe_intermediate_size"])
     if arch == "PHI3":
         writer.add_rope_dimension_count(int(c.get("partial_rotary_factor", 1.0) * c["hidden_size"]) // heads)
         writer.add_rope_scaling_orig_ctx_len(c.get("original_max_position_embeddings", c["max_position_embeddings"]))
@@ -87,12 +119,8 @@ def _metadata(writer, arch: str, c: dict) -> None:
         writer.add_expert_group_used_count(c.get("topk_group", 1))
         writer.add_expert_gating_func(gguf.ExpertGatingFuncType.SOFTMAX)
         writer.add_rope_dimension_count(rope)
-        scaling = rope_parameters
-        if scaling.get("rope_type", scaling.get("type")) == "yarn":
-            writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-            writer.add_rope_scaling_factor(scaling["factor"])
-            writer.add_rope_scaling_orig_ctx_len(scaling["original_max_position_embeddings"])
-            writer.add_rope_scaling_yarn_log_mul(0.1 * scaling["mscale_all_dim"])
+        if _is_yarn(rope_parameters):
+            writer.add_rope_scaling_yarn_log_mul(0.1 * rope_parameters["mscale_all_dim"])
 
 
 def _expert(name: str, names) -> tuple[str, int] | None:
@@ -107,7 +135,7 @@ def _expert(name: str, names) -> tuple[str, int] | None:
 
 def _gguf_tensors(tensors: dict[str, np.ndarray], arch: str, c: dict) -> tuple[dict, dict]:
     """({GGUF name: values}, {HF name of a split tensor: how to join its GGUF parts}) of a
-    Hugging Face state dict, with DeepSeek's experts stacked and kv_b split."""
+    Hugging Face state dict, with experts stacked and DeepSeek's kv_b split."""
     import gguf
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch], c["num_hidden_layers"])
@@ -116,7 +144,7 @@ def _gguf_tensors(tensors: dict[str, np.ndarray], arch: str, c: dict) -> tuple[d
         expert = _expert(name, names)
         if expert is not None:
             if expert[1] == 0:
-                experts = [name.replace(".experts.0.", f".experts.{e}.") for e in range(c["n_routed_experts"])]
+                experts = [name.replace(".experts.0.", f".experts.{e}.") for e in range(_expert_count(c))]
                 out[expert[0]] = np.stack([tensors[n] for n in experts])
             continue
         if name.endswith("kv_b_proj.weight"):
@@ -128,7 +156,10 @@ def _gguf_tensors(tensors: dict[str, np.ndarray], arch: str, c: dict) -> tuple[d
             out[v_name] = np.ascontiguousarray(kv_b[:, nope:])
             joins[name] = (k_name, v_name)
             continue
-        out[names.get_name(name, try_suffixes=(".weight", ".bias"))] = x
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise ValueError(f"{name}: llama.cpp's {arch} has no tensor for it")
+        out[target] = x
     return out, joins
 
 
@@ -195,3 +226,13 @@ def assert_gguf_matches_reference(checkpoint_dir: Path, tmp: Path, matrix_type: 
     from_gguf, expected = build_tiny_engine(path), build_tiny_engine(reference)
     for prompt in PROMPTS:
         torch.testing.assert_close(prompt_logits(from_gguf, prompt), prompt_logits(expected, prompt), rtol=tolerance, atol=tolerance)
+
+
+def assert_gguf_matches_transformers(checkpoint_dir: Path, tmp: Path, matrix_type: str, tolerance: float = 1e-5) -> None:
+    """Our float32 logits of every prompt position and greedy tokens, loading the GGUF file
+    of the checkpoint, equal transformers' on the reference (the weights the file decodes
+    to): checks the config read from the file's metadata, not only the tensors."""
+    from max.testing.parity import assert_matches_transformers
+
+    path, reference = write_gguf_and_reference(checkpoint_dir, Path(tmp) / f"tiny-{matrix_type}.gguf", matrix_type)
+    assert_matches_transformers(reference, tolerance=tolerance, engine_path=path)

@@ -10,6 +10,8 @@ the Hugging Face config fields of one architecture, as llama.cpp's converter wro
   (`head_count_kv` 1, `key_length` = kv_lora_rank + rope width); the per-head widths are in
   the `_mla` keys (older files: in `key_length` / `value_length` themselves); routing
   fields have their own keys; YaRN's mscale is stored as 0.1 * mscale_all_dim.
+- qwen3moe: no key says whether the top-k routing weights are renormalized; llama.cpp always
+  renormalizes them for this architecture (transformers' default is not to).
 """
 
 from __future__ import annotations
@@ -99,7 +101,12 @@ def _deepseek2(gguf: GGUFFile, kwargs: dict[str, Any]) -> None:
                 scaling[name] = float(beta)
 
 
+def _qwen3moe(gguf: GGUFFile, kwargs: dict[str, Any]) -> None:
+    kwargs["norm_topk_prob"] = True
+
+
 ARCHITECTURE_FIELDS: dict[str, Callable[[GGUFFile, dict[str, Any]], None]] = {
     "phi3": _phi3,
     "deepseek2": _deepseek2,
+    "qwen3moe": _qwen3moe,
 }
