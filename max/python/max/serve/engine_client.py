@@ -125,8 +125,8 @@ class EngineClient:
                 raise MaxError(message.message)
             if isinstance(message, EngineReady):
                 self.ready = message
-                # /metrics shows the cache's size before the first step reports it.
-                self.stats = EngineStats(0, 0, 0, message.kv_pages_total, 0, 0)
+                # /metrics shows the cache's size (and LoRA's slots) before the first step reports them.
+                self.stats = message.stats or EngineStats(0, 0, 0, message.kv_pages_total, 0, 0)
                 return message
         self.shutdown()
         raise MaxError(f"the engine did not load its model within {timeout:.0f} s")

@@ -51,6 +51,8 @@ class EngineReady:
     kv_pages_total: int
     # Where the device memory went at start-up, by component (bytes; `MemoryReport`).
     memory: dict[str, int] = field(default_factory=dict)
+    # The engine's statistics before its first step (/metrics shows them until a step reports).
+    stats: EngineStats | None = None
 
 
 @dataclass

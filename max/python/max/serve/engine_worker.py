@@ -106,7 +106,7 @@ def run_engine_worker(
     stats = engine.stats()
     report = getattr(engine.model, "memory_report", None)
     memory = report.components() if report is not None else {}
-    outbox.put(EngineReady(engine.max_seq_len, engine.vocab_size, stats.kv_pages_total, memory))
+    outbox.put(EngineReady(engine.max_seq_len, engine.vocab_size, stats.kv_pages_total, memory, stats))
     recorder = StepRecorder(engine) if step_stats_dir else None
     try:
         _serve(engine, inbox, outbox, parent, StepWatchdog(config.engine_step_timeout, outbox))

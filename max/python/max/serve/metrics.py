@@ -5,7 +5,8 @@ tokens arrive; gauges of the engine (running and waiting requests, KV pages) com
 statistics the engine sends with every step (and, before the first step, from what it
 reported when it became ready). Engine restarts and whether each engine is up come from the
 supervisor; API errors are counted by their `code` (e.g. `queue_full`, `request_too_large`).
-The same page carries vLLM's metric names (`VllmMetrics`, through prometheus_client).
+The same page carries vLLM's metric names (`VllmMetrics`, through prometheus_client), and
+with `--enable-lora` the LoRA series (`lora_metrics`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from collections import defaultdict
 
 from max.pipelines.lib import EngineStats
+from max.serve.lora_metrics import lora_families
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 
@@ -241,7 +243,8 @@ class VllmMetrics:
 
 
 class _EngineCollector:
-    """Engine gauges under vLLM's names, from the latest engine statistics."""
+    """Engine gauges under vLLM's names (and, with LoRA, `lora_metrics`' series), from the
+    latest engine statistics."""
 
     def __init__(self, metrics: VllmMetrics) -> None:
         self.metrics = metrics
@@ -264,6 +267,7 @@ class _EngineCollector:
         family.add_metric([name], stats.num_preemptions if stats else 0)
         yield family
         yield from _spec_decode_families(stats.spec_decode if stats else None, name)
+        yield from lora_families(stats.lora if stats else None)
 
 
 def _spec_decode_families(spec, name: str):

@@ -55,6 +55,7 @@ from max.pipelines.lib.engine.output_processor import LaunchedStep, OutputProces
 from max.pipelines.lib.engine.request import Request, RequestOutput
 from max.pipelines.lib.engine.scheduler import ScheduledChunk, Scheduler
 from max.pipelines.lib.engine.step_observer import StepObserver
+from max.pipelines.lib.lora.lora_stats import LoRAStats, lora_stats
 from max.pipelines.lib.lora.registry import LoRARegistry, adapter_ref
 from max.pipelines.lib.model.multimodal import ImageInput
 from max.pipelines.lib.model.pipeline_model import PipelineModel
@@ -86,6 +87,7 @@ class EngineStats:
     kv_pages_cached: int
     num_preemptions: int
     spec_decode: SpecDecodeStats = field(default_factory=SpecDecodeStats)
+    lora: LoRAStats = field(default_factory=LoRAStats)  # disabled unless `enable_lora` set adapters
 
 
 def _as_seed(seed: int | None) -> int:
@@ -264,6 +266,7 @@ class LLMEngine:
             kv_pages_cached=pool.num_cached,
             num_preemptions=self.scheduler.num_preemptions,
             spec_decode=self.speculator.stats.copy() if self.speculator is not None else SpecDecodeStats(),
+            lora=lora_stats(self.lora, self.scheduler.running, self.scheduler.waiting),
         )
 
     # -- stepping ------------------------------------------------------------------------

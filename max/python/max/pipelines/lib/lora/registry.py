@@ -63,6 +63,9 @@ class LoRARegistry:
         self._pending: dict[str, tuple[str, str, Future]] = {}  # token -> (name, path, read)
         self._reading: dict[str, str] = {}  # token -> name
         self._clock = itertools.count(1)
+        # For /metrics: adapters copied into a slot, and those copies that displaced another.
+        self.slot_loads = 0
+        self.slot_evictions = 0
 
     @property
     def max_loras(self) -> int:
@@ -160,6 +163,8 @@ class LoRARegistry:
                 free = [s for s in range(self.max_loras) if self._slot_uid[s] not in wanted]
                 slot = min(free, key=lambda s: (self._slot_uid[s] is not None, self._slot_use[s]))
                 self.targets.load_slot(slot, self._adapter(ref).weights, self._adapter(ref).scale)
+                self.slot_loads += 1
+                self.slot_evictions += int(self._slot_uid[slot] is not None)
                 self._slot_uid[slot] = uid
                 slot_of[uid] = slot
             self._slot_use[slot_of[uid]] = now
