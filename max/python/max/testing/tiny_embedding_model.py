@@ -1,14 +1,18 @@
-"""Tiny sentence-transformers embedding models, written locally from a tiny random qwen3
-checkpoint (no download): the bare transformer (`Qwen3Model`, no LM head), a Pooling
-module and optionally Normalize, saved by sentence-transformers itself so that its files
-are exactly what a real embedding repo holds. The tokenizer keeps no chat template:
+"""Tiny sentence-transformers embedding models, written locally from a tiny random
+checkpoint of one of `TINY_CONFIGS` (qwen3 by default; no download): the bare transformer
+(`Qwen3Model`, `LlamaModel`..., no LM head), a Pooling module, optionally Dense projections
+and Normalize, saved by sentence-transformers itself so that its files are exactly what a
+real embedding repo holds. The tokenizer keeps no chat template:
 sentence-transformers 6 would wrap plain texts in it (its "message" modality), which
 embedding repos saved by earlier versions do not."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from max.testing.tiny_checkpoints import write_tiny_checkpoint
 from max.testing.tiny_configs import TINY_CONFIGS
@@ -18,17 +22,28 @@ ST_POOLING = {"last": "lasttoken", "mean": "mean", "cls": "cls"}
 
 
 def write_embedding_model(
-    directory: Path, mode: str = "last", normalize: bool = True, seed: int = 0
+    directory: Path,
+    mode: str = "last",
+    normalize: bool = True,
+    seed: int = 0,
+    arch: str = "qwen3",
+    dense: Sequence[tuple[int, torch.nn.Module]] = (),
 ) -> Path:
-    """A sentence-transformers model folder (see the module docstring) pooling by `mode`
-    (last, mean or cls)."""
+    """A sentence-transformers model folder (see the module docstring) of the `arch` tiny
+    checkpoint, pooling by `mode` (last, mean or cls), then one random Dense module per
+    `dense` entry (its output size and activation, e.g. `torch.nn.Tanh()`)."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
 
     directory = Path(directory)
     base = write_tiny_checkpoint(
         directory.parent / f"{directory.name}-base",
-        TINY_CONFIGS["qwen3"],
+        TINY_CONFIGS[arch],
         seed,
         with_tokenizer=True,
     )
@@ -39,10 +54,23 @@ def write_embedding_model(
         fields.pop("chat_template", None)
         tokenizer_config.write_text(json.dumps(fields))
     transformer = Transformer(str(base))
-    modules = [
-        transformer,
-        Pooling(transformer.get_embedding_dimension(), pooling_mode=ST_POOLING[mode]),
-    ]
+    width = transformer.get_embedding_dimension()
+    modules = [transformer, Pooling(width, pooling_mode=ST_POOLING[mode])]
+    generator = torch.Generator().manual_seed(seed)
+    for out_features, activation in dense:
+        # Weights of about unit gain, so that the activation is not just linear near zero.
+        weight = torch.randn(out_features, width, generator=generator) / width**0.5
+        bias = torch.randn(out_features, generator=generator) * 0.1
+        modules.append(
+            Dense(
+                width,
+                out_features,
+                activation_function=activation,
+                init_weight=weight,
+                init_bias=bias,
+            )
+        )
+        width = out_features
     if normalize:
         modules.append(Normalize())
     SentenceTransformer(modules=modules, device="cpu").save(str(directory))

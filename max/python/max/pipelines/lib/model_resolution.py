@@ -44,10 +44,12 @@ from max.pipelines.lib.model.registry import (
 )
 from max.pipelines.lib.model.supported_architecture import SupportedArchitecture
 from max.pipelines.lib.plan import CPU_QUANTIZED_SCHEMES, ExecutionPlan, WeightScheme, resolve_plan
+from max.pipelines.lib.pooling.causal_attention import check_causal_attention
 from max.pipelines.lib.pooling.headless_checkpoint import tie_missing_head
 from max.pipelines.lib.pooling.pooling_config import resolve_task
 from max.pipelines.lib.tokens.tokenizer import TextTokenizer
 from max.pipelines.lib.weights import GGUFFile, WeightsFormat
+from max.pipelines.lib.weights.kv_cache_scales import resolve_kv_cache_dtype
 from max.pipelines.lib.weights.quantization_config import read_quantization
 
 logger = logging.getLogger("max.pipelines")
@@ -128,6 +130,7 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
             f"(supported: {', '.join(arch.supported_encodings)})"
         )
     hf_config = load_hf_config(source, config.trust_remote_code, gguf)
+    check_causal_attention(hf_config, arch.name)  # e.g. EmbeddingGemma: refused, not miscomputed
     # `--task auto` settles here too, pinned for the engine processes (`pooling_config`).
     task = resolve_task(config.task, source.directory, architecture_name(source, gguf))
     if task != config.task:
@@ -137,6 +140,11 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
     # A pre-quantized safetensors checkpoint says how in config.json (GGUF files carry their
     # own encodings); with --load-format dummy its layout gets random weights of that scheme.
     quant = read_quantization(hf_config) if source.weights_format == WeightsFormat.safetensors else None
+    # `--kv-cache-dtype auto` is fp8 for a checkpoint calibrated for an FP8 KV cache (vLLM's rule).
+    if source.weights_format == WeightsFormat.safetensors:
+        kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, hf_config)
+        if kv_dtype != config.kv_cache_dtype:
+            config = dataclasses.replace(config, kv_cache_dtype=kv_dtype)
     plan = resolve_plan(config, arch.default_encoding, quant)
     return ResolvedModel(config, source, arch, hf_config, gguf, plan)
 

@@ -61,6 +61,7 @@ from max.pipelines.lib.speculative.speculative_config import (
     parse_speculative_config,
 )
 from max.pipelines.lib.weights import Checkpoint, WeightsFormat, open_gguf, open_safetensors
+from max.pipelines.lib.weights.kv_cache_scales import load_kv_cache_scales, without_kv_cache_scales
 from max.pipelines.lib.weights.quantized_layers import dequantized_view
 from max_kernels import configure as configure_kernels
 
@@ -103,11 +104,20 @@ def open_checkpoint(resolved: ResolvedModel) -> Checkpoint | None:
         return None
     if resolved.source.weights_format == WeightsFormat.gguf:
         return open_gguf(resolved.gguf)
-    checkpoint = open_safetensors(resolved.source.weight_files)
+    # KV cache scales go to the KV cache (`load_checkpoint_kv_scales`), not the weights.
+    checkpoint = without_kv_cache_scales(open_safetensors(resolved.source.weight_files))
     quant = resolved.plan.checkpoint_quantization
     # A pre-quantized checkpoint's layers are offered as their exact dequantization; the
     # model's quantized layers get their codes back from it (weights.quantized_layers).
     return checkpoint if quant is None else dequantized_view(checkpoint, quant)
+
+
+def load_checkpoint_kv_scales(resolved: ResolvedModel, kv_cache: PagedKVCache) -> None:
+    """Gives an FP8 KV cache the checkpoint's calibrated per-layer scales, if it has any
+    (`weights.kv_cache_scales`)."""
+    if resolved.config.load_format == "dummy" or resolved.source.weights_format != WeightsFormat.safetensors:
+        return
+    load_kv_cache_scales(kv_cache, open_safetensors(resolved.source.weight_files))
 
 
 def load_pipeline_model(resolved: ResolvedModel) -> PipelineModel:
@@ -162,6 +172,7 @@ def build_rank(
     if group is not None:
         num_pages = group.agree_min(num_pages)
     kv_cache = PagedKVCache(params, num_pages, device, config.enable_prefix_caching)
+    load_checkpoint_kv_scales(resolved, kv_cache)
     logger.info(
         "KV cache: %d pages of %d tokens (%.0f MiB) on %s",
         num_pages,
@@ -307,4 +318,4 @@ def embedding_pooling(resolved: ResolvedModel, model: PipelineModel) -> PoolingC
     expose its final hidden states, or sentence-transformers modules we cannot reproduce)."""
     if not hasattr(model.model, "final_hidden"):
         raise MaxError(f"architecture {resolved.architecture.name} cannot serve embeddings (--task embed)")
-    return read_pooling_config(resolved.source.directory, resolved.hf_config)
+    return read_pooling_config(resolved.source.directory, resolved.hf_config).with_projection(resolved.plan.device)

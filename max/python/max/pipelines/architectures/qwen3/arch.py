@@ -1,7 +1,5 @@
 """Declarations of the Qwen3 architectures (dense and mixture of experts)."""
 
-import dataclasses
-
 from max.pipelines.lib import SupportedArchitecture, TextTokenizer, WeightsFormat
 
 from . import weight_adapters
@@ -21,11 +19,6 @@ qwen3_arch = SupportedArchitecture(
     tokenizer=TextTokenizer,
     weight_adapters=_ADAPTERS,
     multi_gpu_supported=True,
-)
-
-# The bare transformer, as sentence-transformers saves an embedding model (no LM head).
-qwen3_embedding_arch = dataclasses.replace(
-    qwen3_arch, name="Qwen3Model", example_repo_ids=["Qwen/Qwen3-Embedding-0.6B"]
 )
 
 qwen3_moe_arch = SupportedArchitecture(

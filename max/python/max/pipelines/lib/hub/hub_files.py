@@ -36,6 +36,8 @@ METADATA_FILES = (
     "1_Pooling/config.json",
     "sentence_bert_config.json",
 )
+# sentence-transformers' Dense modules (`2_Dense/`, `3_Dense/`...): config and weights.
+SENTENCE_TRANSFORMERS_DENSE = re.compile(r"^\d+_Dense/(config\.json|model\.safetensors)$")
 INDEX_SUFFIX = ".safetensors.index.json"
 # What the first, small download asks for: the metadata and any safetensors index (read
 # before choosing which shards to fetch).
@@ -79,7 +81,8 @@ def _top_level(files: Sequence[str]) -> list[str]:
 def metadata_files(files: Sequence[str]) -> list[str]:
     """The metadata files (config, tokenizer, chat template) among a repo's files."""
     present = set(files)
-    return [f for f in METADATA_FILES if f in present]
+    dense = sorted(f for f in files if SENTENCE_TRANSFORMERS_DENSE.match(f))
+    return [f for f in METADATA_FILES if f in present] + dense
 
 
 def _listing(names: Sequence[str], limit: int = 12) -> str:

@@ -24,6 +24,16 @@ def test_safetensors_with_metadata_and_no_pickles(tmp_path):
     assert chosen.required() == ["config.json", "model.safetensors"]
 
 
+def test_sentence_transformers_dense_modules_are_fetched(tmp_path):
+    dense = ["2_Dense/config.json", "2_Dense/model.safetensors", "3_Dense/config.json", "3_Dense/model.safetensors"]
+    files = ["config.json", "model.safetensors", "modules.json", "1_Pooling/config.json", *dense,
+             "2_Dense/pytorch_model.bin", "onnx/model.onnx"]  # fmt: skip
+    chosen = select_model_files("a/b", files, tmp_path)
+    assert chosen.weights == ["model.safetensors"]
+    assert set(chosen.download) == {"config.json", "model.safetensors", "modules.json", "1_Pooling/config.json", *dense}
+    assert set(dense) <= set(chosen.required())  # the projection cannot run without them
+
+
 def test_sharded_safetensors_fetch_the_shards_the_index_names(tmp_path):
     index = {"weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))

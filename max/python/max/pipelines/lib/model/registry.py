@@ -8,11 +8,13 @@ to replace a built-in of the same name.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
 
 from max.errors import MaxError
+from max.pipelines.lib.model.bare_architectures import causal_lm_of_bare_model
 from max.pipelines.lib.model.supported_architecture import SupportedArchitecture
 
 
@@ -39,15 +41,21 @@ class PipelineRegistry:
         return [self._architectures[n] for n in self.names()]
 
     def retrieve(self, name: str) -> SupportedArchitecture:
-        """The architecture called `name`, or a MaxError listing the supported ones."""
-        try:
+        """The architecture called `name`, or a MaxError listing the supported ones.
+
+        A bare transformer's name (`Qwen2Model`, as sentence-transformers saves embedding
+        models) that is not registered itself gets its causal LM's architecture under that
+        name (`bare_architectures`)."""
+        if name in self._architectures:
             return self._architectures[name]
-        except KeyError:
-            raise MaxError(
-                f"architecture {name!r} is not supported; supported architectures: "
-                f"{', '.join(self.names()) or '(none registered)'}. A new one can be added "
-                "with --custom-architectures PATH"
-            ) from None
+        causal_lm = causal_lm_of_bare_model(name)
+        if causal_lm in self._architectures:
+            return dataclasses.replace(self._architectures[causal_lm], name=name)
+        raise MaxError(
+            f"architecture {name!r} is not supported; supported architectures: "
+            f"{', '.join(self.names()) or '(none registered)'}. A new one can be added "
+            "with --custom-architectures PATH"
+        )
 
     def __contains__(self, name: str) -> bool:
         return name in self._architectures

@@ -4,11 +4,11 @@
 A sentence-transformers model folder lists its modules in `modules.json`: the transformer
 (whose final hidden states, after the final norm, are the token embeddings), a `Pooling`
 module whose `config.json` (in its own folder, e.g. `1_Pooling/`) names the pooling mode,
-and optionally `Normalize` (L2). Both the older names (`sentence_transformers.models.Pooling`,
-`pooling_mode_lasttoken: true`...) and sentence-transformers 5+'s
-(`...modules.pooling.Pooling`, `"pooling_mode": "lasttoken"`) are read. Modules that change
-the vector further (Dense, LayerNorm...) are refused rather than ignored, so that no
-embedding differs silently from the reference's.
+then any `Dense` projections (`dense_module`), and optionally `Normalize` (L2). Both the
+older names (`sentence_transformers.models.Pooling`, `pooling_mode_lasttoken: true`...) and
+sentence-transformers 5+'s (`...modules.pooling.Pooling`, `"pooling_mode": "lasttoken"`) are
+read. Other modules that change the vector (LayerNorm, Dropout...) are refused rather than
+ignored, so that no embedding differs silently from the reference's.
 
 Without `modules.json` a decoder model embeds as vLLM embeds one: the last token, normalized.
 Matryoshka truncation (`dimensions` in a request) is allowed when config.json says so, as
@@ -21,13 +21,17 @@ bare `*Model` (no LM head), else `generate`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from max.errors import MaxError
 from max.pipelines.lib.hub.hf_config import text_config
+from max.pipelines.lib.pooling.dense_module import DenseModule, DenseProjection, read_dense_module
 
 POOLING_MODES = ("last", "mean", "cls")
 TASKS = ("auto", "generate", "embed")
@@ -47,14 +51,28 @@ _OTHER_FLAGS = (
 
 @dataclass(frozen=True)
 class PoolingConfig:
-    """The model's pooling: `mode` (last, mean or cls), whether the vector is L2-normalized,
-    its size, and which truncated sizes requests may ask for (`matryoshka`: None refuses
-    `dimensions`; an empty tuple allows any size up to `hidden_size`)."""
+    """The model's pooling: `mode` (last, mean or cls) over states of `hidden_size`, the
+    Dense modules then applied (`dense`; their weights in `projection` once loaded), whether
+    the vector is L2-normalized, and which truncated sizes requests may ask for
+    (`matryoshka`: None refuses `dimensions`; an empty tuple allows any size up to `size`)."""
 
     hidden_size: int
     mode: str = "last"
     normalize: bool = True
     matryoshka: tuple[int, ...] | None = None
+    dense: tuple[DenseModule, ...] = ()
+    projection: DenseProjection | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def size(self) -> int:
+        """The embedding's size (the last Dense module's output, else the hidden size)."""
+        return self.dense[-1].out_features if self.dense else self.hidden_size
+
+    def with_projection(self, device: torch.device) -> PoolingConfig:
+        """This config with its Dense modules' weights loaded on `device` (for the engine)."""
+        if not self.dense:
+            return self
+        return dataclasses.replace(self, projection=DenseProjection(self.dense, device))
 
     def check_dimensions(self, dimensions: int | None) -> None:
         """Raises MaxError unless a request may ask for `dimensions` features."""
@@ -64,9 +82,9 @@ class PoolingConfig:
             raise MaxError(
                 "this model does not support matryoshka representation: 'dimensions' cannot be set"
             )
-        if dimensions < 1 or dimensions > self.hidden_size:
+        if dimensions < 1 or dimensions > self.size:
             raise MaxError(
-                f"'dimensions' must be between 1 and the model's {self.hidden_size} (got {dimensions})"
+                f"'dimensions' must be between 1 and the model's {self.size} (got {dimensions})"
             )
         if self.matryoshka and dimensions not in self.matryoshka:
             allowed = ", ".join(str(d) for d in self.matryoshka)
@@ -151,20 +169,36 @@ def read_pooling_config(directory: Path | None, hf_config: Any) -> PoolingConfig
     modules = _modules(directory)
     if modules is None:
         return PoolingConfig(hidden_size, "last", True, matryoshka)
-    mode, normalize = None, False
+    mode, normalize, dense = None, False, []
     for module in sorted(modules, key=lambda m: m.get("idx", 0)):
-        kind = _kind(module)
-        if kind == "Transformer" and mode is None and not normalize:
+        kind, folder = _kind(module), directory / str(module.get("path", ""))
+        if kind == "Transformer" and mode is None:
             continue
         if kind == "Pooling" and mode is None:
-            mode = _pooling_mode(directory / str(module.get("path", "")) / "config.json")
-        elif kind == "Normalize" and mode is not None:
+            mode = _pooling_mode(folder / "config.json")
+        elif kind == "Dense" and mode is not None and not normalize:
+            dense.append(
+                _chained(
+                    read_dense_module(folder), dense[-1].out_features if dense else hidden_size
+                )
+            )
+        elif kind == "Normalize" and mode is not None and not normalize:
             normalize = True
         else:
             raise MaxError(
                 f"{directory / 'modules.json'}: the sentence-transformers module {module.get('type')!r} "
-                "is not supported here (only Transformer, then Pooling, then Normalize)"
+                "is not supported here (only Transformer, then Pooling, then any Dense, then Normalize)"
             )
     if mode is None:
         raise MaxError(f"{directory / 'modules.json'} has no Pooling module")
-    return PoolingConfig(hidden_size, mode, normalize, matryoshka)
+    return PoolingConfig(hidden_size, mode, normalize, matryoshka, tuple(dense))
+
+
+def _chained(module: DenseModule, width: int) -> DenseModule:
+    """`module`, checked to read vectors of `width` features (what the step before gives)."""
+    if module.in_features != width:
+        raise MaxError(
+            f"{module.folder / 'config.json'}: in_features is {module.in_features}, but the vector "
+            f"before it has {width} features"
+        )
+    return module

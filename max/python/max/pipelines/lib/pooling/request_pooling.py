@@ -5,7 +5,8 @@ each of its chunks the step's input builder asks `rows` which of the chunk's tok
 final hidden states (after the final norm) the pooling reads; after the forward pass the
 engine hands those states to `add`, which keeps a running result on the device (no host
 sync): the last token's state, the first token's (CLS), or a float32 sum for the mean.
-`vector` then truncates (Matryoshka `dimensions`) and L2-normalizes as the model says.
+`vector` then applies the model's Dense modules, truncates (Matryoshka `dimensions`) and
+L2-normalizes as the model says.
 
 Mean and CLS pooling read positions that a prefix-cache hit would skip, so such requests
 compute their whole prompt (`reads_every_position`); last-token pooling only reads the
@@ -25,8 +26,13 @@ class RequestPooling:
     """See the module docstring."""
 
     def __init__(self, config: PoolingConfig, dimensions: int | None = None) -> None:
+        if config.dense and config.projection is None:
+            raise RuntimeError(
+                "the model's Dense modules were not loaded (PoolingConfig.with_projection)"
+            )
         self.mode = config.mode
         self.normalize = config.normalize
+        self.projection = config.projection
         self.dimensions = dimensions
         self._value: torch.Tensor | None = None  # the last or first state, or the mean's sum
         self._count = 0
@@ -64,6 +70,8 @@ class RequestPooling:
         if self._value is None:
             raise RuntimeError("no hidden states were pooled for this request")
         value = self._value / self._count if self.mode == "mean" else self._value
+        if self.projection is not None:
+            value = self.projection(value)
         if self.dimensions is not None:
             value = value[: self.dimensions]
         return F.normalize(value, p=2, dim=-1) if self.normalize else value

@@ -5,8 +5,9 @@ the exact dequantization codes * scale.
 Scales: `weight_scale` per tensor ([] or [1]) or per channel ([N] or [N, 1]), or per block
 of `block_size` ([ceil(N/bn), ceil(K/bk)]: compressed-tensors' `weight_scale`, `fp8`'s
 `weight_scale_inv`, which despite its name multiplies). Static activation scales
-(`input_scale`) are dropped: activations are quantized per token at run time; so are KV
-cache scales (`k_scale`, `v_scale`).
+(`input_scale`) are dropped: activations are quantized per token at run time. KV cache
+scales (`k_scale`, `v_scale`) go to the FP8 KV cache (`kv_cache_scales`, which takes them
+out before this view); any left in a layout it does not map are dropped here.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from max.pipelines.lib.weights.quantized_tensor import QuantizedWeightTensor
 logger = logging.getLogger("max.pipelines")
 
 _SCALE_SUFFIXES = (".weight_scale", ".weight_scale_inv")
-# Static activation scales (we quantize activations per token instead) and KV cache scales
-# (our FP8 KV cache's scales are 1.0).
+# Static activation scales (we quantize activations per token instead), and KV cache scales
+# that `kv_cache_scales` does not map to a layer.
 _DROPPED_SUFFIXES = (".input_scale", ".input_scale_ub", ".k_scale", ".v_scale", ".q_scale")
 
 
@@ -112,7 +113,7 @@ def dequantize_fp8_checkpoint(checkpoint: Checkpoint, quant: CheckpointQuantizat
             )
         out[name] = fp8_weight(tensor, scale, quant)
     if dropped:
-        logger.info("FP8 checkpoint: %d static activation / KV scales ignored (activations are scaled per token)", dropped)
+        logger.info("FP8 checkpoint: %d static activation scales ignored (activations are scaled per token)", dropped)
     return out
 
 

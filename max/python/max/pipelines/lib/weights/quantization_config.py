@@ -13,6 +13,8 @@ cannot read. Supported:
   - `fp8` (transformers' fine-grained FP8, as Qwen3-FP8 and DeepSeek ship):
     `weight` + `weight_scale_inv` per block of `weight_block_size`, or a per-tensor
     `weight_scale` without it.
+  A compressed-tensors `kv_cache_scheme` (with FP8 weights, or alone beside float weights)
+  calibrates the KV cache: `weights.kv_cache_scales`.
 - int4 weight-only (`method` "int4"):
   - `gptq` (AutoGPTQ / GPTQModel, 4 bits, any group size, `desc_act`, symmetric or not;
     `checkpoint_format` gptq stores zero points minus one, gptq_v2 as they are);
@@ -107,9 +109,9 @@ def _refuse(what: str) -> MaxError:
     return MaxError(f"config.json's quantization_config: {what} is not supported (we read: {', '.join(SUPPORTED_FORMATS)})")
 
 
-def _compressed_tensors(entry: dict) -> CheckpointQuantization:
+def _compressed_tensors(entry: dict) -> CheckpointQuantization | None:
     """llmcompressor's FP8 schemes (FP8, FP8_DYNAMIC, FP8_BLOCK): one weight scheme for all
-    groups, 8-bit float."""
+    groups, 8-bit float. None for float weights with only a `kv_cache_scheme`."""
     groups = entry.get("config_groups") or {}
     schemes = []
     for name, group in groups.items():
@@ -125,6 +127,8 @@ def _compressed_tensors(entry: dict) -> CheckpointQuantization:
         block = weights.get("block_structure")
         schemes.append((weights.get("strategy"), tuple(block) if block else None))
     if not schemes:
+        if entry.get("kv_cache_scheme"):
+            return None  # float weights, only the KV cache calibrated (weights.kv_cache_scales)
         raise _refuse("a compressed-tensors config without config_groups")
     if len(set(schemes)) > 1:
         raise _refuse(f"compressed-tensors groups with different weight strategies {sorted(set(map(str, schemes)))}")
