@@ -80,3 +80,21 @@ def write_plain_adapter(base: Path, directory: Path, seed: int, rank: int = 8, m
     adapter_config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none", "target_modules": targets}
     (directory / "adapter_config.json").write_text(json.dumps(adapter_config))
     return directory
+
+
+def tiny_lora_engine(tmp_path: Path, names: str = "abc", max_loras: int = 2):
+    """A CPU engine on a tiny random llama with one plain adapter per letter of `names`
+    (adapter i seeded i) and `max_loras` device slots: the fixture of the tests where
+    adapters compete for slots."""
+    from max.pipelines.architectures import register_all
+    from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
+    from max.testing.tiny_checkpoints import write_tiny_checkpoint
+    from max.testing.tiny_configs import TINY_CONFIGS
+
+    base = write_tiny_checkpoint(tmp_path / "base", TINY_CONFIGS["llama3"], seed=5)
+    adapters = {n: write_plain_adapter(base, tmp_path / n, seed=i, magnitude=0.2) for i, n in enumerate(names)}
+    config = PipelineConfig(
+        model_path=str(base), kv_cache_page_size=4, max_length=128, max_batch_size=8, enable_lora=True,
+        lora_modules=[f"{n}={p}" for n, p in adapters.items()], max_loras=max_loras, max_lora_rank=8,
+    )  # fmt: skip
+    return build_engine(resolve_model(config, register_all()))

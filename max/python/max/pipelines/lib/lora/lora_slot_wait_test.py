@@ -2,24 +2,15 @@
 no free slot waits without holding up the requests behind it, takes the slot of an adapter
 whose requests finished (least recently used), and gets the tokens it gets alone."""
 
-from max.pipelines.architectures import register_all
-from max.pipelines.lib import PipelineConfig, SamplingParams, build_engine, resolve_model
+from max.pipelines.lib import SamplingParams
 from max.testing.engine_probes import greedy_tokens
-from max.testing.tiny_checkpoints import write_tiny_checkpoint
-from max.testing.tiny_configs import TINY_CONFIGS
-from max.testing.tiny_lora import write_plain_adapter
+from max.testing.tiny_lora import tiny_lora_engine
 
 PROMPT = [1, 15, 300, 7, 2048]
 
 
 def test_a_request_waiting_for_a_slot_does_not_hold_up_the_queue(tmp_path):
-    base = write_tiny_checkpoint(tmp_path / "base", TINY_CONFIGS["llama3"], seed=5)
-    adapters = {n: write_plain_adapter(base, tmp_path / n, seed=i, magnitude=0.2) for i, n in enumerate("abc")}
-    config = PipelineConfig(
-        model_path=str(base), kv_cache_page_size=4, max_length=128, max_batch_size=8, enable_lora=True,
-        lora_modules=[f"{n}={p}" for n, p in adapters.items()], max_loras=2, max_lora_rank=8,
-    )  # fmt: skip
-    engine = build_engine(resolve_model(config, register_all()))
+    engine = tiny_lora_engine(tmp_path)
     requests = [("long_a", "a", 12), ("short_b", "b", 3), ("c", "c", 6), ("base", None, 6), ("more_a", "a", 6)]
     for rid, lora, n in requests:
         engine.add_request(rid, PROMPT, SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True), lora=lora)

@@ -4,24 +4,15 @@ on a CPU engine with three adapters in demand and two slots."""
 
 import time
 
-from max.pipelines.architectures import register_all
-from max.pipelines.lib import PipelineConfig, SamplingParams, build_engine, resolve_model
+from max.pipelines.lib import SamplingParams
 from max.pipelines.lib.lora.lora_stats import LoRAStats, lora_stats
-from max.testing.tiny_checkpoints import write_tiny_checkpoint
-from max.testing.tiny_configs import TINY_CONFIGS
-from max.testing.tiny_lora import write_plain_adapter
+from max.testing.tiny_lora import tiny_lora_engine
 
 PROMPT = [1, 15, 300, 7, 2048]
 
 
 def _engine(tmp_path):
-    base = write_tiny_checkpoint(tmp_path / "base", TINY_CONFIGS["llama3"], seed=5)
-    adapters = {n: write_plain_adapter(base, tmp_path / n, seed=i, magnitude=0.2) for i, n in enumerate("abc")}
-    config = PipelineConfig(
-        model_path=str(base), kv_cache_page_size=4, max_length=128, max_batch_size=8, enable_lora=True,
-        lora_modules=[f"{n}={p}" for n, p in adapters.items()], max_loras=2, max_lora_rank=8,
-    )  # fmt: skip
-    return build_engine(resolve_model(config, register_all()))
+    return tiny_lora_engine(tmp_path)
 
 
 def _add(engine, request_id, lora, n):
