@@ -17,6 +17,7 @@ from max.nn.parallel import (
     tensor_parallel_context,
 )
 from max.nn.rotary_embedding import RotaryEmbedding, rope_frequencies
+from max.nn.sharded_norm import rms_norm_across_ranks
 from max.nn.step_context import StepContext, current_step, step_context
 from max.nn.transformer import DecoderConfig, DecoderLayer, Transformer
 
@@ -39,6 +40,7 @@ __all__ = [
     "VocabParallelLMHead",
     "activation",
     "current_step",
+    "rms_norm_across_ranks",
     "rope_frequencies",
     "step_context",
     "tensor_parallel",

@@ -10,8 +10,10 @@ from torch import nn
 from max.errors import MaxError
 from max.nn.checkpoint_layout import Concat, whole_or_shard
 from max.nn.linear import Linear
+from max.nn.norm import RMSNorm
 from max.nn.parallel import RowParallelLinear, tensor_parallel
 from max.nn.rotary_embedding import RotaryEmbedding
+from max.nn.sharded_norm import rms_norm_across_ranks
 from max.nn.step_context import current_step
 from max_kernels import paged_attention, rope_and_write_kv
 
@@ -27,7 +29,8 @@ class Attention(nn.Module):
     With `sinks` (gpt-oss) each head has a learned logit that joins its softmax's
     denominator, so a head can attend to "nothing". Under tensor parallelism a rank holds a
     slice of the query heads (and their sinks) and the KV heads they read; `o_proj` sums
-    the ranks' outputs.
+    the ranks' outputs; norms over the whole projection hold the rank's slice of their
+    weight and take their statistic across the ranks (`rms_norm_across_ranks`).
     """
 
     def __init__(
@@ -61,12 +64,14 @@ class Attention(nn.Module):
         self.split_sizes = (q_size, kv_size, kv_size)
         self.qkv_proj = Linear(hidden_size, q_size + 2 * kv_size, bias=qkv_bias)
         self.o_proj = RowParallelLinear(q_size, hidden_size, o_bias, tp)
-        if qk_norm is not None and not qk_norm_per_head and tp.size > 1:
-            # The statistic spans every head, which a rank does not hold.
-            raise MaxError("q/k norms over the whole projection do not support tensor parallelism yet")
+        self.tp = tp
         self.qk_norm_per_head = qk_norm_per_head
         self.q_norm = qk_norm(head_dim if qk_norm_per_head else q_size) if qk_norm else None
         self.k_norm = qk_norm(head_dim if qk_norm_per_head else kv_size) if qk_norm else None
+        if tp.size > 1 and qk_norm and not qk_norm_per_head and not isinstance(self.q_norm, RMSNorm):
+            # Only an RMSNorm's statistic is a sum that the ranks can add up.
+            name = type(self.q_norm).__name__
+            raise MaxError(f"whole-projection q/k norms must be RMSNorms under tensor parallelism, not {name}")
         self.rotary = rotary
         self.scale = scale if scale is not None else head_dim**-0.5
         self.sliding_window = sliding_window
@@ -75,7 +80,8 @@ class Attention(nn.Module):
 
     def checkpoint_layout(self) -> dict:
         """qkv_proj is this rank's rows of q_proj, k_proj and v_proj, stacked; o_proj its
-        columns of o_proj; sinks its query heads' entries."""
+        columns of o_proj; sinks its query heads' entries; whole-projection q/k norms the
+        entries of its q and k columns."""
         d = self.head_dim
         hq, hkv = self.total_heads
         rows = {
@@ -95,6 +101,9 @@ class Attention(nn.Module):
             layout["qkv_proj.bias"] = parts("bias")
         if self.sinks is not None:
             layout["sinks"] = whole_or_shard("sinks", 0, self.q_heads, hq)
+        if self.q_norm is not None and not self.qk_norm_per_head:
+            layout["q_norm.weight"] = whole_or_shard("q_norm.weight", 0, *rows["q_proj"])
+            layout["k_norm.weight"] = whole_or_shard("k_norm.weight", 0, *rows["k_proj"])
         return layout
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -102,7 +111,7 @@ class Attention(nn.Module):
         t, d = x.shape[0], self.head_dim
         q, k, v = self.qkv_proj(x).split(self.split_sizes, dim=-1)
         if self.q_norm is not None and not self.qk_norm_per_head:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = rms_norm_across_ranks((q, k), (self.q_norm, self.k_norm), self.tp)
         q = q.view(t, self.num_heads, d)
         k = k.view(t, self.num_kv_heads, d)
         v = v.view(t, self.num_kv_heads, d)

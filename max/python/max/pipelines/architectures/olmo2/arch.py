@@ -16,6 +16,5 @@ olmo2_arch = SupportedArchitecture(
         WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict,
         WeightsFormat.gguf: weight_adapters.convert_gguf_state_dict,
     },
-    # Its q/k norms span every head, which a tensor-parallel rank does not hold.
-    multi_gpu_supported=False,
+    multi_gpu_supported=True,
 )

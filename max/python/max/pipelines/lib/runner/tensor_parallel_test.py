@@ -34,9 +34,9 @@ def _outputs(path, tp: int):
         engine.close()
 
 
-# OLMo 2's q/k norms span every head and DeepSeek-V2's latent attention is not sharded yet:
-# both refuse tensor parallelism at start-up (tested below).
-NO_TENSOR_PARALLEL = {"olmo2": "Olmo2ForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM"}
+# DeepSeek-V2's latent attention is not sharded yet: it refuses tensor parallelism at
+# start-up (tested below).
+NO_TENSOR_PARALLEL = {"deepseek_v2": "DeepseekV2ForCausalLM"}
 TEXT_CONFIGS = sorted(
     name for name, config in TINY_CONFIGS.items() if "vision_config" not in config and name not in NO_TENSOR_PARALLEL
 )
@@ -44,10 +44,11 @@ TEXT_CONFIGS = sorted(
 
 @pytest.mark.parametrize(
     "name,tp",
-    [(name, 2) for name in TEXT_CONFIGS] + [("llama3", 4), ("qwen3_moe", 4)],
+    [(name, 2) for name in TEXT_CONFIGS] + [("llama3", 4), ("qwen3_moe", 4), ("olmo2", 4)],
 )
 def test_sharded_model_gives_the_single_process_logits(name, tp, tmp_path):
-    # tp=4 with 2 KV heads: each KV head is replicated on two ranks.
+    # tp=4 with 2 KV heads: each KV head is replicated on two ranks (for OLMo 2's k norm, a
+    # replicated head's squares are summed twice and must still give the row's mean).
     path = write_tiny_checkpoint(tmp_path, TINY_CONFIGS[name], seed=3)
     tokens, logits = _outputs(path, 1)
     tp_tokens, tp_logits = _outputs(path, tp)
