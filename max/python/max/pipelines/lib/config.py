@@ -13,6 +13,7 @@ import torch
 from max.errors import MaxError
 from max.kv_cache import KV_CACHE_DTYPES
 from max.pipelines.lib.config_flags import setting
+from max.pipelines.lib.hub.hf_overrides import parse_hf_overrides
 from max.pipelines.lib.speculative.speculative_config import (
     SpeculativeConfig,
     parse_speculative_config,
@@ -53,6 +54,15 @@ SPECULATIVE_HELP = (
     '"prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), or {"method": "draft_model" | '
     '"eagle" | "eagle3", "model": PATH_OR_REPO, "num_speculative_tokens": 4} (a draft model with the '
     'target\'s vocabulary; EAGLE heads); "disable_by_batch_size": N turns it off while N requests run'
+)
+
+# `PipelineConfig.hf_overrides`: merged into the Hugging Face config after loading (vLLM's
+# flag; `hub.hf_overrides`) in every process that resolves the model; a dict in the API.
+HF_OVERRIDES_HELP = (
+    "a JSON object merged into the model's Hugging Face config after loading, e.g. "
+    '\'{"matryoshka_dimensions": [256, 512]}\' (allows `dimensions` on /v1/embeddings), '
+    '\'{"max_position_embeddings": 65536}\', \'{"architectures": ["Qwen3ForCausalLM"]}\'; an '
+    "object for a sub-config (text_config) merges into it, any other value replaces the field"
 )
 
 
@@ -193,6 +203,7 @@ class PipelineConfig:
         "auto (default): embed for a folder whose modules.json has a Pooling module or a bare "
         "*Model architecture, else generate",
     )  # fmt: skip
+    hf_overrides: dict | None = setting(None, "--hf-overrides", group="model", metavar="JSON", parse=parse_hf_overrides, help=HF_OVERRIDES_HELP)  # fmt: skip
     custom_architectures: list[str] = setting(
         None, "--custom-architectures", default_factory=list, group="model", action="append", metavar="PATH[:MODULE]",
         help="import architectures from a folder exporting ARCHITECTURES (repeatable)",
@@ -299,6 +310,7 @@ class PipelineConfig:
             raise MaxError(f"unknown kernel backend {self.kernels!r} ({', '.join(KERNEL_BACKENDS)})")
         self._check_quantization()
         self.speculative_config = parse_speculative_config(self.speculative_config)
+        self.hf_overrides = parse_hf_overrides(self.hf_overrides)
         if self.load_format not in LOAD_FORMATS:
             raise MaxError(f"unknown load format {self.load_format!r} ({', '.join(LOAD_FORMATS)})")
         if self.tokenizer is not None and self.skip_tokenizer_init:

@@ -110,7 +110,7 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
     if source.commit is not None:
         config = dataclasses.replace(config, revision=source.commit)
     gguf = GGUFFile(source.gguf_file) if source.gguf_file is not None else None
-    arch = registry.retrieve(architecture_name(source, gguf))
+    arch = registry.retrieve(architecture_name(source, gguf, config.hf_overrides))
     if source.weights_format not in arch.weight_adapters:
         raise MaxError(
             f"architecture {arch.name} cannot read {source.weights_format.value} weights "
@@ -129,10 +129,10 @@ def resolve_model(config: PipelineConfig, registry: PipelineRegistry = PIPELINE_
             f"encoding {enc} is not supported by {arch.name} "
             f"(supported: {', '.join(arch.supported_encodings)})"
         )
-    hf_config = load_hf_config(source, config.trust_remote_code, gguf)
+    hf_config = load_hf_config(source, config.trust_remote_code, gguf, config.hf_overrides)
     check_causal_attention(hf_config, arch.name)  # e.g. EmbeddingGemma: refused, not miscomputed
     # `--task auto` settles here too, pinned for the engine processes (`pooling_config`).
-    task = resolve_task(config.task, source.directory, architecture_name(source, gguf))
+    task = resolve_task(config.task, source.directory, architecture_name(source, gguf, config.hf_overrides))
     if task != config.task:
         config = dataclasses.replace(config, task=task)
     if task == "embed" and source.weights_format == WeightsFormat.safetensors:
@@ -168,7 +168,7 @@ def _resolve_auto(config: PipelineConfig, source: ModelSource, gguf: GGUFFile | 
     if config.device.type != "cpu" or config.tp_size > 1:
         return dataclasses.replace(config, quantization_encoding=None)
     checkpoint = gguf_weights_encoding(gguf) if gguf is not None and config.load_format != "dummy" else None
-    shapes = model_shapes(text_config(load_hf_config(source, config.trust_remote_code, gguf)))
+    shapes = model_shapes(text_config(load_hf_config(source, config.trust_remote_code, gguf, config.hf_overrides)))
     # `--quantization` quantizes float weights: a quantized GGUF is then read as float.
     choice = choose_cpu_path(None if config.quantization else checkpoint, shapes)
     logger.info("%s", choice.describe())

@@ -9,16 +9,24 @@ versions: head_dim, rope parameters, per-layer attention types.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from max.errors import MaxError
+from max.pipelines.lib.hub.hf_overrides import apply_hf_overrides, overridden_architecture
 from max.pipelines.lib.hub.model_source import ModelSource
 from max.pipelines.lib.weights import GGUFFile, WeightsFormat, gguf_hf_config
 from max.pipelines.lib.weights.gguf_config import GGUF_ARCHITECTURES
 
 
-def architecture_name(source: ModelSource, gguf: GGUFFile | None = None) -> str:
-    """`architectures[0]` of the model's config, read without building the config."""
+def architecture_name(
+    source: ModelSource, gguf: GGUFFile | None = None, overrides: Mapping[str, Any] | None = None
+) -> str:
+    """`architectures[0]` of the model's config, read without building the config
+    (`overrides`: `--hf-overrides`, whose `architectures` wins)."""
+    named = overridden_architecture(overrides)
+    if named is not None:
+        return named
     if source.weights_format == WeightsFormat.gguf:
         gguf = gguf or GGUFFile(source.gguf_file)
         if gguf.architecture not in GGUF_ARCHITECTURES:
@@ -40,8 +48,19 @@ def architecture_name(source: ModelSource, gguf: GGUFFile | None = None) -> str:
     return archs[0]
 
 
-def load_hf_config(source: ModelSource, trust_remote_code: bool = False, gguf: GGUFFile | None = None):
-    """The transformers config of the model, with transformers' own defaults."""
+def load_hf_config(
+    source: ModelSource,
+    trust_remote_code: bool = False,
+    gguf: GGUFFile | None = None,
+    overrides: Mapping[str, Any] | None = None,
+):
+    """The transformers config of the model, with transformers' own defaults, and
+    `overrides` (`--hf-overrides`) merged in (see `hf_overrides`)."""
+    return apply_hf_overrides(_read_hf_config(source, trust_remote_code, gguf), overrides)
+
+
+def _read_hf_config(source: ModelSource, trust_remote_code: bool, gguf: GGUFFile | None):
+    """The config as the model's files give it (config.json, or the GGUF metadata)."""
     if source.weights_format == WeightsFormat.gguf:
         return gguf_hf_config(gguf or GGUFFile(source.gguf_file))
     from transformers import AutoConfig

@@ -56,6 +56,7 @@ def draft_pipeline_config(draft_model: str, target: ResolvedModel, revision: str
         kv_cache_memory=None,
         # The target's, not the draft's: the draft neither speculates nor runs adapters.
         speculative_config=None,
+        hf_overrides=None,  # they describe the target's config, not the draft's
         enable_lora=False,
         lora_modules=[],
     )
