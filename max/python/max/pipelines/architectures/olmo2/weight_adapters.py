@@ -1,7 +1,5 @@
 """OLMo 2 checkpoint names -> model names."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from max.pipelines.lib import Checkpoint
