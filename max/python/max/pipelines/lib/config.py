@@ -308,7 +308,7 @@ class PipelineConfig:
             raise MaxError(f"unknown encoding {enc!r} (choose from {AUTO_ENCODING}, {', '.join(ENCODINGS)})")
         if self.kernels not in KERNEL_BACKENDS:
             raise MaxError(f"unknown kernel backend {self.kernels!r} ({', '.join(KERNEL_BACKENDS)})")
-        self._check_quantization()
+        check_quantization(self)
         self.speculative_config = parse_speculative_config(self.speculative_config)
         self.hf_overrides = parse_hf_overrides(self.hf_overrides)
         if self.load_format not in LOAD_FORMATS:
@@ -328,7 +328,7 @@ class PipelineConfig:
             raise MaxError(f"engine_step_timeout must be more than 0 seconds (got {self.engine_step_timeout})")
         if not 0.0 < self.device_memory_utilization <= 1.0:
             raise MaxError("device_memory_utilization must be in (0, 1]")
-        self._check_parallel_sizes()
+        check_parallel_sizes(self)
         check_lora_settings(self)
 
     @property
@@ -388,49 +388,6 @@ class PipelineConfig:
             self, devices=spec, tensor_parallel_size=self.tp_size, data_parallel_size=1, tp_rank=rank
         )
 
-    def _check_quantization(self) -> None:
-        method = self.quantization
-        if method is None:
-            return
-        if method not in QUANTIZATION_METHODS:
-            raise MaxError(f"unknown quantization {method!r} (choose from {', '.join(QUANTIZATION_METHODS)})")
-        if self.quantization_encoding in QUANTIZED_ENCODINGS:
-            raise MaxError(
-                f"--quantization {method} quantizes float weights; it cannot be combined with "
-                f"the quantized encoding {self.quantization_encoding}"
-            )
-        if method == "int8_dynamic":
-            return  # CPU only: the plan refuses it on a GPU
-        from max_kernels.fp8 import fp8_supported  # only when asked for: it imports Triton
-
-        device = self.device_list[0]
-        if method == "fp8" and device.type == "cuda" and not fp8_supported(device):
-            major, minor = torch.cuda.get_device_capability(device)
-            raise MaxError(
-                f"--quantization {method} needs a GPU with FP8 tensor cores (compute capability "
-                f"8.9 or newer); {torch.cuda.get_device_name(device)} has {major}.{minor}"
-            )
-
-    def _check_parallel_sizes(self) -> None:
-        tp, dp = self.tp_size, self.data_parallel_size
-        if tp < 1 or dp < 1:
-            raise MaxError("--tensor-parallel-size and --data-parallel-size must be at least 1")
-        devices = self.device_list
-        if devices[0].type != "cuda" or self.torchrun is not None:
-            return
-        needed = tp * dp
-        if len(devices) > 1:
-            if len(devices) < needed:
-                raise MaxError(
-                    f"{needed} ranks ({tp} tensor-parallel x {dp} data-parallel) need {needed} GPUs; "
-                    f"--devices {self.devices} lists {len(devices)}"
-                )
-        elif devices[0].index + needed > torch.cuda.device_count():
-            raise MaxError(
-                f"{needed} ranks ({tp} tensor-parallel x {dp} data-parallel) need {needed} GPUs from "
-                f"gpu:{devices[0].index}; only {torch.cuda.device_count()} are present"
-            )
-
 
 def check_lora_settings(config: PipelineConfig) -> None:
     """Raises MaxError naming the first LoRA flag out of range."""
@@ -441,3 +398,51 @@ def check_lora_settings(config: PipelineConfig) -> None:
             raise MaxError(f"{flag} must be at least 1 (got {value})")
     if config.enable_lora and config.tp_size > 1:
         raise MaxError("--enable-lora with tensor parallelism is not supported yet")
+
+
+def check_quantization(config: PipelineConfig) -> None:
+    """Raises MaxError if `--quantization` is unknown, conflicts with the encoding, or needs
+    what the device lacks (FP8 tensor cores)."""
+    method = config.quantization
+    if method is None:
+        return
+    if method not in QUANTIZATION_METHODS:
+        raise MaxError(f"unknown quantization {method!r} (choose from {', '.join(QUANTIZATION_METHODS)})")
+    if config.quantization_encoding in QUANTIZED_ENCODINGS:
+        raise MaxError(
+            f"--quantization {method} quantizes float weights; it cannot be combined with "
+            f"the quantized encoding {config.quantization_encoding}"
+        )
+    if method == "int8_dynamic":
+        return  # CPU only: the plan refuses it on a GPU
+    from max_kernels.fp8 import fp8_supported  # only when asked for: it imports Triton
+
+    device = config.device_list[0]
+    if method == "fp8" and device.type == "cuda" and not fp8_supported(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise MaxError(
+            f"--quantization {method} needs a GPU with FP8 tensor cores (compute capability "
+            f"8.9 or newer); {torch.cuda.get_device_name(device)} has {major}.{minor}"
+        )
+
+def check_parallel_sizes(config: PipelineConfig) -> None:
+    """Raises MaxError if the tensor- and data-parallel sizes are out of range or need more
+    GPUs than `--devices` names or the machine has."""
+    tp, dp = config.tp_size, config.data_parallel_size
+    if tp < 1 or dp < 1:
+        raise MaxError("--tensor-parallel-size and --data-parallel-size must be at least 1")
+    devices = config.device_list
+    if devices[0].type != "cuda" or config.torchrun is not None:
+        return
+    needed = tp * dp
+    if len(devices) > 1:
+        if len(devices) < needed:
+            raise MaxError(
+                f"{needed} ranks ({tp} tensor-parallel x {dp} data-parallel) need {needed} GPUs; "
+                f"--devices {config.devices} lists {len(devices)}"
+            )
+    elif devices[0].index + needed > torch.cuda.device_count():
+        raise MaxError(
+            f"{needed} ranks ({tp} tensor-parallel x {dp} data-parallel) need {needed} GPUs from "
+            f"gpu:{devices[0].index}; only {torch.cuda.device_count()} are present"
+        )
