@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from max.errors import MaxError
 
 _MISSING = object()
 
@@ -83,3 +86,17 @@ def from_args(cls: type, args: argparse.Namespace, **extra: Any):
             value = list(value)
         values[f.name] = flag.parse(value) if flag.parse is not None and value is not None else value
     return cls(**values, **extra)
+
+
+def parse_json_object(value: str | Mapping[str, Any], flag: str, example: str) -> Mapping[str, Any]:
+    """The value of a flag that takes a JSON object (`--hf-overrides`,
+    `--speculative-config`), from its JSON text or a mapping already built; MaxError naming
+    the flag, with `example`, for text that is not JSON or not an object."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise MaxError(f"{flag}: not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, Mapping):
+        raise MaxError(f"{flag}: expected a JSON object such as {example} (got {value!r})")
+    return value

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from max.errors import MaxError
+from max.pipelines.lib.config_flags import parse_json_object
 
 FLAG = "--hf-overrides"
 # The rope settings: transformers >= 5 keeps them in one `rope_parameters` dict that holds
@@ -54,13 +55,7 @@ def parse_hf_overrides(value: str | Mapping[str, Any] | None) -> dict[str, Any] 
     that is not an object, or a value JSON cannot hold."""
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _error(f"not valid JSON ({e.msg} at character {e.pos})") from None
-    if not isinstance(value, Mapping):
-        raise _error(f'expected a JSON object such as {{"max_position_embeddings": 65536}} (got {value!r})')
+    value = parse_json_object(value, FLAG, '{"max_position_embeddings": 65536}')
     try:
         # A JSON round trip: a private copy that pickles to the engine processes unchanged.
         parsed = json.loads(json.dumps(dict(value)))

@@ -12,12 +12,12 @@ the key.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from max.errors import MaxError
+from max.pipelines.lib.config_flags import parse_json_object
 
 METHODS = ("ngram", "draft_model", "eagle", "eagle3")
 # The methods a flag may ask for today; the others are refused with a usage error.
@@ -66,13 +66,7 @@ def parse_speculative_config(value: str | Mapping[str, Any] | SpeculativeConfig 
     already built (None stays None); raises MaxError naming what is wrong."""
     if value is None or isinstance(value, SpeculativeConfig):
         return value
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _error(f"not valid JSON ({e.msg} at character {e.pos})") from None
-    if not isinstance(value, Mapping):
-        raise _error(f"expected a JSON object such as {{\"method\": \"ngram\", \"num_speculative_tokens\": 4}} (got {value!r})")
+    value = parse_json_object(value, "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4}')
     unknown = sorted(set(value) - set(_KEYS))
     if unknown:
         raise _error(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(_KEYS)})")
