@@ -132,7 +132,32 @@ def _phase(engine, prompts, args, loras_cycle: list[str | None], decode_lora: st
     loras = [loras_cycle[i % len(loras_cycle)] for i in range(len(prompts))]
     result = run_workload(engine, prompts, args.output_len, loras)
     result.update(run_decode(engine, prompts[0], args.decode_len, decode_lora))
+    if args.step_stats:
+        result["profile"] = _profiled_workload(engine, prompts[: args.step_stats], args.output_len, loras)
     return result
+
+
+def _profiled_workload(engine, prompts: list[list[int]], output_len: int, loras: list[str | None]) -> dict:
+    """The first requests of the workload again, recorded step by step and under the
+    kernel profiler (a separate run: the profiler slows the host down)."""
+    from max.benchmark.step_stats import KernelProfile
+    from max.pipelines.lib.engine.step_recorder import StepRecorder
+
+    recorder = StepRecorder(engine)
+    profile = KernelProfile(top=15) if engine.model.device.type == "cuda" else None
+    try:
+        if profile is not None:
+            profile.__enter__()
+        run_workload(engine, prompts, output_len, loras)
+        if profile is not None:
+            profile.__exit__(None, None, None)
+        extra = {"step_stats": recorder.summarize()}
+        if profile is not None:
+            extra["kernel_profile"] = profile.summary()
+    finally:
+        recorder.close()
+    extra["step_stats"].pop("timeline", None)
+    return extra
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -170,6 +195,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{name:<34}{r['output_tok_s']:>14.0f}{r['elapsed_s']:>11.2f}{r['decode_tok_s']:>22.1f}")
     adapters = results[f"LoRA engine, {args.num_adapters} adapters"]
     ratio, decode_ratio = adapters["output_tok_s"] / base["output_tok_s"], adapters["decode_tok_s"] / base["decode_tok_s"]
+    if args.step_stats:
+        from max.benchmark.step_stats import format_stats
+
+        for name, r in results.items():
+            print(f"\n{name}, first {args.step_stats} requests profiled:\n{format_stats(r['profile'])}")
     print(f"throughput with adapters: {ratio:.1%} of base (goal >= 85%); batch-1 decode: {decode_ratio:.1%} (goal >= 90%)")
     if args.result_file:
         record = {"model": resolved.source.name, "devices": config.devices, "dtype": str(resolved.dtype), "args": vars(args),
@@ -191,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-adapters", type=int, default=8)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--step-stats", type=int, default=0, metavar="N",
+        help="after each phase, run its first N requests again under the step recorder and the kernel profiler",
+    )  # fmt: skip
     parser.add_argument("--result-file", help="write the results as JSON here")
     return parser
 

@@ -19,6 +19,7 @@ _FAMILIES = (
     ("rope_kv", ("rope", "_rotary")),
     ("activation", ("silu", "gelu", "_act")),
     ("sampling", ("sample", "argmax", "_greedy", "penalt")),
+    ("lora", ("_shrink_kernel", "_expand_kernel")),
     ("gemm", ("gemm", "_gemv", "nvjet", "sm90_xmma", "cutlass", "cublas", "splitKreduce", "ampere_", "sm80_")),
     ("copy_fill", ("copy", "Memcpy", "Memset", "fill", "elementwise", "index", "gather", "scatter", "cat")),
 )

@@ -1,14 +1,18 @@
 """The LoRA products at Llama-3.1-8B's shapes on a CUDA GPU, against the base projections.
 
-For each fused projection (qkv, o, gate_up, down) and a decode batch of 1, 16 and 256 rows
-spread over 8 rank-16 adapter slots, times `lora_add` (shrink and expand, the rows grouped
-by slot) and the base product (`max_kernels.linear`: the GEMV for one row, cuBLAS beyond)
-in bfloat16, each as a CUDA graph of back-to-back
-calls on different layers' weights (so the base weights come from memory, as in a step).
-Prints one JSON line per batch size: microseconds per layer of each, and LoRA's share of
-the base products (the issue's goal for batch 1: an adapter costs under 10 % of a step).
+For each fused projection (qkv, o, gate_up, down) and each batch of `--rows`, times
+`lora_add` (shrink and expand, the rows grouped by slot), the shrink alone, and the base
+product (`max_kernels.linear`: the GEMV for one row, cuBLAS beyond) in bfloat16, each as a
+CUDA graph of back-to-back calls on different layers' weights (so the base weights come
+from memory, as in a step). A batch `256` is a decode step of 256 rows spread over 8
+rank-16 adapter slots; `8192p200` is a prefill step of 8192 rows in prompts of 200 tokens,
+the prompts' adapters round-robin. Prints one JSON line per batch: microseconds per layer
+of each, and LoRA's share of the base products (the issue's goals: an adapter costs under
+10 % of a batch-1 step, and 1000 requests keep 85 % of the base throughput).
+`--block-m` and `--expand-block-n` time other tile sizes of `max_kernels.lora_sgmv`.
 
-    PYTHONPATH=max/python:max/kernels/python python3 -m max.benchmark.kernels.lora_bench
+    PYTHONPATH=max/python:max/kernels/python python3 -m max.benchmark.kernels.lora_bench \\
+        --rows 1 16 256 8192p200
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import torch
 
 from max.benchmark.kernels.bench_harness import graph_time_us
 from max.entrypoints.process_setup import run_main
-from max_kernels import LoRAGroups, linear, lora_add
-from max_kernels.lora_sgmv import group_rows
+from max_kernels import LoRAGroups, linear, lora_add, lora_sgmv
+from max_kernels.lora_sgmv import group_rows, lora_shrink_sgmv
 
 HIDDEN, INTER, KV = 4096, 14336, 1024
 PROJECTIONS = {  # name: (input width, output slices)
@@ -35,47 +39,85 @@ PROJECTIONS = {  # name: (input width, output slices)
 SLOTS, RANK, LAYERS = 8, 16, 8
 
 
-def _time_projection(k: int, slices: list[tuple[int, int]], rows: int) -> tuple[float, float]:
-    """(base µs, LoRA µs) per call of one projection at `rows` decode rows."""
+def token_slots(spec: str) -> np.ndarray:
+    """The adapter slot of each row of a batch spec: `256` (decode rows round-robin over the
+    slots) or `8192p200` (prompts of 200 rows, the prompts round-robin)."""
+    rows, _, prompt = spec.partition("p")
+    index = np.arange(int(rows))
+    if prompt:
+        index = index // int(prompt)
+    return (index % SLOTS).astype(np.int32)
+
+
+def _time_projection(
+    k: int, slices: list[tuple[int, int]], slots: np.ndarray
+) -> tuple[float, float, float]:
+    """(base µs, LoRA µs, shrink µs) per call of one projection for rows in `slots`."""
+    rows = len(slots)
     n = slices[-1][0] + slices[-1][1]
     dev, dt = "cuda", torch.bfloat16
     x = torch.randn(rows, k, device=dev, dtype=dt)
     weights = [torch.randn(n, k, device=dev, dtype=dt) * k**-0.5 for _ in range(LAYERS)]
-    a = [torch.randn(SLOTS, len(slices) * RANK, k, device=dev, dtype=dt) * k**-0.5 for _ in range(LAYERS)]
+    a = [
+        torch.randn(SLOTS, len(slices) * RANK, k, device=dev, dtype=dt) * k**-0.5
+        for _ in range(LAYERS)
+    ]
     b = [torch.randn(SLOTS, n, RANK, device=dev, dtype=dt) * 0.01 for _ in range(LAYERS)]
     scales = torch.full((SLOTS,), 2.0, device=dev)
-    slots = np.arange(rows, dtype=np.int32) % SLOTS
     grouped, tiles = group_rows(slots)
     groups = LoRAGroups(torch.from_numpy(grouped).to(dev), torch.from_numpy(tiles).to(dev))
-    token_slots = torch.from_numpy(slots).to(dev)
+    device_slots = torch.from_numpy(slots).to(dev)
     outs = [linear(x, w) for w in weights]
     base = graph_time_us(lambda i: linear(x, weights[i]), LAYERS)
-    lora = graph_time_us(lambda i: lora_add(outs[i], x, a[i], b[i], scales, token_slots, groups, slices), LAYERS)
-    return base, lora
+    lora = graph_time_us(
+        lambda i: lora_add(outs[i], x, a[i], b[i], scales, device_slots, groups, slices), LAYERS
+    )
+    shrink = graph_time_us(lambda i: lora_shrink_sgmv(x, a[i], groups, RANK), LAYERS)
+    return base, lora, shrink
 
 
 def _run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("lora_bench needs a CUDA GPU", file=sys.stderr)
         return 1
-    for rows in args.rows:
-        per = {name: _time_projection(k, slices, rows) for name, (k, slices) in PROJECTIONS.items()}
-        base, lora = sum(b for b, _ in per.values()), sum(lo for _, lo in per.values())
-        record = {
-            "rows": rows,
-            "base_us_per_layer": round(base, 2),
-            "lora_us_per_layer": round(lora, 2),
-            "lora_share_of_base": round(lora / base, 4),
-            "per_projection_us": {name: {"base": round(b, 2), "lora": round(lo, 2)} for name, (b, lo) in per.items()},
-        }
-        print(json.dumps(record))
+    for block_m in args.block_m or [lora_sgmv.BLOCK_M]:
+        for block_n in args.expand_block_n or [lora_sgmv._EXPAND_BLOCK_N]:
+            # The tile sizes are read at each call: set them for this configuration.
+            lora_sgmv.BLOCK_M, lora_sgmv._EXPAND_BLOCK_N = block_m, block_n
+            for spec in args.rows:
+                slots = token_slots(spec)
+                per = {
+                    name: _time_projection(k, slices, slots)
+                    for name, (k, slices) in PROJECTIONS.items()
+                }
+                base, lora = sum(p[0] for p in per.values()), sum(p[1] for p in per.values())
+                record = {
+                    "rows": spec,
+                    "block_m": block_m,
+                    "expand_block_n": block_n,
+                    "base_us_per_layer": round(base, 2),
+                    "lora_us_per_layer": round(lora, 2),
+                    "shrink_us_per_layer": round(sum(p[2] for p in per.values()), 2),
+                    "lora_share_of_base": round(lora / base, 4),
+                    "per_projection_us": {
+                        name: {"base": round(b, 2), "lora": round(lo, 2), "shrink": round(sh, 2)}
+                        for name, (b, lo, sh) in per.items()
+                    },
+                }
+                print(json.dumps(record), flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Times the products and prints one JSON line per batch size."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 16, 256])
+    parser.add_argument(
+        "--rows", nargs="+", default=["1", "16", "256", "8192p200"], help="batches: 256 or 8192p200"
+    )
+    parser.add_argument(
+        "--block-m", type=int, nargs="*", help="row tile sizes to time (default: the module's)"
+    )
+    parser.add_argument("--expand-block-n", type=int, nargs="*", help="expand column tiles to time")
     return run_main(_run, parser.parse_args(argv))
 
 
