@@ -46,6 +46,8 @@ class FrameworkSettings:
     reference_model_path: str | None = None
     # A LoRA adapter (PEFT folder or Hub repo id): ours serves it, the reference applies PEFT.
     lora: str | None = None
+    # `--hf-overrides`: merged into the Hugging Face config of both frameworks.
+    hf_overrides: dict | None = None
 
 
 def _torch_device(device: str) -> torch.device:
@@ -136,6 +138,7 @@ def build_max_engine(settings: FrameworkSettings):
         tensor_parallel_size=settings.tensor_parallel_size,
         quantization=settings.quantization,
         kv_cache_dtype=settings.kv_cache_dtype,
+        hf_overrides=settings.hf_overrides,
     )
     if settings.lora is not None:
         from max.pipelines.lib.lora.engine_lora import with_one_adapter
@@ -217,7 +220,13 @@ def load_torch_model(settings: FrameworkSettings):
     source = resolve_model_source(settings.reference_model_path or settings.model_path)
     encoding = reference_encoding(settings.encoding)
     kwargs = {"gguf_file": source.gguf_file.name} if source.gguf_file is not None else {}
-    cls = AutoModelForCausalLM if source.gguf_file is not None else reference_class(architecture_name(source))
+    if settings.hf_overrides:
+        kwargs["config"] = _overridden_config(source, settings, kwargs)
+    cls = (
+        AutoModelForCausalLM
+        if source.gguf_file is not None
+        else reference_class(architecture_name(source, overrides=settings.hf_overrides))
+    )
     model = cls.from_pretrained(
         str(source.directory),
         dtype=FLOAT_ENCODINGS[encoding],
@@ -231,6 +240,17 @@ def load_torch_model(settings: FrameworkSettings):
 
         model = PeftModel.from_pretrained(model, str(adapter_folder(settings.lora))).get_base_model()
     return model.to(_torch_device(settings.device)).eval()
+
+
+def _overridden_config(source, settings: FrameworkSettings, kwargs: dict):
+    """transformers' own config of the files with `--hf-overrides` merged in, as ours
+    merges them (`hub.hf_overrides`)."""
+    from transformers import AutoConfig
+
+    from max.pipelines.lib.hub.hf_overrides import apply_hf_overrides
+
+    config = AutoConfig.from_pretrained(str(source.directory), trust_remote_code=settings.trust_remote_code, **kwargs)
+    return apply_hf_overrides(config, settings.hf_overrides)
 
 
 def _cache_kwargs(model, out) -> dict:

@@ -15,15 +15,26 @@ max.verification.logits_file.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
+from max.errors import MaxError
 from max.pipelines.lib.config import KV_CACHE_DTYPES, QUANTIZATION_METHODS, WEIGHT_ONLY_SCHEMES
+from max.pipelines.lib.hub.hf_overrides import parse_hf_overrides
 from max.verification.cli import UsageErrorParser, run_tool
 from max.verification.frameworks import FrameworkSettings, run_framework
 from max.verification.logits_file import read_logits, write_logits
 from max.verification.named_pipelines import NAMED_PIPELINES, resolve_pipeline_path
 from max.verification.prompts import DEFAULT_PROMPTS, read_prompts
+
+
+def _hf_overrides(text: str) -> dict | None:
+    """`--hf-overrides`'s JSON object; a usage error for anything else."""
+    try:
+        return parse_hf_overrides(text)
+    except MaxError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         help="ours only: the KV cache's storage, e.g. fp8 (e4m3, per-tensor scales 1.0)",
     )
     parser.add_argument("--lora", metavar="PATH", help="a LoRA adapter (PEFT folder or Hub repo id): torch applies it with PEFT")
+    parser.add_argument(
+        "--hf-overrides", metavar="JSON", type=_hf_overrides,
+        help="a JSON object merged into the Hugging Face config of both frameworks (as serve's flag)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.num_steps < 1:
         parser.error("--num-steps must be at least 1")
@@ -87,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_cache_dtype=args.kv_cache_dtype,
         reference_model_path=pipeline.reference_path() if pipeline else None,
         lora=args.lora,
+        hf_overrides=args.hf_overrides,
     )
     prompts = read_prompts(args.prompts) if args.prompts else (pipeline.prompts() if pipeline else DEFAULT_PROMPTS)
     reference = read_logits(args.reference) if args.reference else None
