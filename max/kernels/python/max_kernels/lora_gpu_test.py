@@ -78,3 +78,31 @@ def test_kernels_in_a_cuda_graph_read_the_groups_at_replay():
         graph.replay()
         want = lora_add(y0.clone(), x, a, b, scales, slots, step, QKV)
         torch.testing.assert_close(y, want)
+
+
+@pytest.mark.parametrize(("k", "slices"), [(HIDDEN, QKV), (HIDDEN, [(0, 14336), (14336, 14336)]), (14336, [(0, HIDDEN)])])
+@pytest.mark.parametrize("slot", [3, -1])
+def test_one_row_gemv_adds_the_lora_product(k, slices, slot):
+    # Batch-1 decode: `lora_linear` runs the shrink, then the GEMV with the expand in its
+    # epilogue; the result is the plain GEMV followed by `lora_add` (to the float32 order
+    # of the sums), eagerly and replayed from a CUDA graph.
+    from max_kernels import linear, lora_linear
+
+    a, b, scales, n = _weights(k, slices, torch.bfloat16, seed=1)
+    x = torch.randn(1, k, device="cuda").bfloat16()
+    w = (torch.randn(n, k, device="cuda") * k**-0.5).bfloat16()
+    slots = torch.tensor([slot], dtype=torch.int32, device="cuda")
+    groups = _groups(slots.cpu())
+    if slot < 0:
+        groups = LoRAGroups(groups.rows, torch.tensor([[0], [0], [-1]], dtype=torch.int32, device="cuda"))
+    want = lora_add(linear(x, w), x, a, b, scales, slots, groups, slices)
+    got = lora_linear(x, w, None, a, b, scales, slots, groups, slices)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+    if slot < 0:
+        assert torch.equal(got, linear(x, w))
+    out = torch.empty_like(got)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out.copy_(lora_linear(x, w, None, a, b, scales, slots, groups, slices))
+    graph.replay()
+    assert torch.equal(out, got)

@@ -109,15 +109,19 @@ def _split_k(k: int, programs: int, max_splits: int, device: torch.device) -> tu
     return triton.cdiv(k, chunk), chunk
 
 
-def lora_shrink_sgmv(x: torch.Tensor, a: torch.Tensor, groups: LoRAGroups, rank: int) -> torch.Tensor:
+def lora_shrink_sgmv(
+    x: torch.Tensor, a: torch.Tensor, groups: LoRAGroups, rank: int, max_splits: int | None = None
+) -> torch.Tensor:
     """Float32 partial sums p [splits, T, R'] whose sum over splits is x[t] @ a[slot(t)].T
     for each grouped row t; x [T, K], a [S, R', K] (contiguous), `rank` the slots' rank R
-    (R' = slices * R). Rows outside the groups are left unwritten."""
+    (R' = slices * R). Rows outside the groups are left unwritten. At most `max_splits`
+    splits (default: as many as `lora_expand_sgmv` sums in registers)."""
     t, k = x.shape
     n = a.shape[1]
     block_n = max(16, min(_SHRINK_BLOCK_N, triton.next_power_of_2(n)))
     n_blocks = triton.cdiv(n, block_n)
-    max_splits = _max_splits(max(16, triton.next_power_of_2(rank)))
+    if max_splits is None:
+        max_splits = _max_splits(max(16, triton.next_power_of_2(rank)))
     splits, chunk = _split_k(k, max(1, groups.num_tiles) * n_blocks, max_splits, x.device)
     partials = torch.empty((splits, t, n), dtype=torch.float32, device=x.device)
     if groups.num_tiles == 0:
@@ -159,14 +163,20 @@ def _shrink_kernel(
     k_lo = split * chunk_blocks * BLOCK_K
     k_hi = tl.where(valid, tl.minimum(k_lo + chunk_blocks * BLOCK_K, k), k_lo)
     a_rows = a_ptr + tl.maximum(slot, 0).to(tl.int64) * sa0 + cols[None, :] * sa1
+    # The adapter's A does not depend on the kernels ahead: its first slice is requested
+    # before the wait, and each next slice while the current one is multiplied.
+    ks = k_lo + tl.arange(0, BLOCK_K)
+    wt = tl.load(a_rows + ks[:, None], mask=(ks < k_hi)[:, None] & n_ok[None, :], other=0.0)
     pdl_prologue(USE_PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_hi
         xt = tl.load(x_ptr + rows[:, None] * sx + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        wt = tl.load(a_rows + ks[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        ks_next = ks + BLOCK_K
+        wt_next = tl.load(a_rows + ks_next[:, None], mask=(ks_next < k_hi)[:, None] & n_ok[None, :], other=0.0)
         acc += tl.dot(xt, wt, input_precision=PRECISION)
+        wt = wt_next
     out = p_ptr + split.to(tl.int64) * sp0 + rows[:, None] * sp1 + cols[None, :]
     tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
 

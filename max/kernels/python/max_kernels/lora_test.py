@@ -129,3 +129,32 @@ def test_kernels_in_half_precision_are_close_to_the_float32_result():
         got = lora_add(y.half(), x.half(), a.half(), b.half(), scales, slots, _groups(slots), SLICES)
     assert got.dtype == torch.float16
     assert ((got.float() - want).abs() <= want.abs() * 0.01 + 0.05).all()
+
+
+@pytest.mark.parametrize("slot", [1, -1, "empty"])
+@pytest.mark.parametrize("slices", [SLICES, [(0, 40)]])
+def test_the_gemv_adds_the_lora_product_of_its_one_row(slot, slices):
+    # Batch-1 decode: the one-row GEMV adds the expand itself (`gemv.LoRAEpilogue`), after
+    # the shrink; the result is `lora_add` after the plain product. A slot of -1 or an
+    # empty tile (an unused tile of a graph) adds nothing.
+    from max_kernels.gemv import GemvConfig, LoRAEpilogue, gemv
+    from max_kernels.lora_sgmv import lora_shrink_sgmv
+
+    a, b, scales = _weights(5, slices=slices)
+    k = 600  # several splits of the shrink
+    a = torch.randn(SLOTS, a.shape[1], k, generator=torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(7)
+    x, w, bias = torch.randn(1, k, generator=g), torch.randn(40, k, generator=g), torch.randn(40, generator=g)
+    slots = torch.tensor([-1 if slot == "empty" else slot], dtype=torch.int32)
+    want = lora_add(x @ w.T + bias, x, a, b, scales, slots, None, slices)
+    groups = _groups(torch.tensor([-1 if slot == -1 else 1], dtype=torch.int32))
+    if slot == "empty":  # a graph's unused tile: slot 1, no rows
+        groups.tiles[:, 0] = torch.tensor([0, 0, 1])
+    elif slot == -1:
+        groups = LoRAGroups(groups.rows, torch.tensor([[0], [0], [-1]], dtype=torch.int32))
+    with backend("triton"):
+        partials = lora_shrink_sgmv(x, a, groups, RANK, max_splits=8)
+        assert partials.shape[0] > 1
+        epilogue = LoRAEpilogue(partials, b, scales, groups.tiles, tuple(slices))
+        got = gemv(x, w, bias, config=GemvConfig(8, 128), lora=epilogue)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)

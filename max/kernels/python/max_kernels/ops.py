@@ -66,12 +66,10 @@ def rms_norm_qk(
     return fn(qk, q_weight, k_weight, num_q_heads, eps, gemma=gemma)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] @ weight.T (+ bias) -> [M, N]. One row of 16-bit activations on CUDA (batch-1
-    decode) goes through the Triton GEMV, which starts reading its weight before the previous
-    kernel ends; one bfloat16 row on the CPU through ATen's GEMV (`max_kernels.cpu_gemv`);
-    everything else through `F.linear` (cuBLAS on the GPU)."""
-    if (
+def _takes_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x @ weight.T goes through the Triton GEMV: one row of 16-bit activations on
+    CUDA (batch-1 decode)."""
+    return (
         x.is_cuda
         and x.dim() == 2
         and x.shape[0] == 1
@@ -80,7 +78,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and weight.stride(-1) == 1
         and use_triton(x)
         and _gemv.gemv_enabled()
-    ):
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ weight.T (+ bias) -> [M, N]. One row of 16-bit activations on CUDA (batch-1
+    decode) goes through the Triton GEMV, which starts reading its weight before the previous
+    kernel ends; one bfloat16 row on the CPU through ATen's GEMV (`max_kernels.cpu_gemv`);
+    everything else through `F.linear` (cuBLAS on the GPU)."""
+    if _takes_gemv(x, weight):
         return _gemv.gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
     if _cpu_gemv.takes_cpu_gemv(x, weight):
         return _cpu_gemv.cpu_gemv(x, weight, bias)
@@ -444,3 +450,30 @@ def lora_add(
         raise ValueError("lora_add on CUDA needs the rows grouped by slot (lora_sgmv.group_rows)")
     partials = _lora_sgmv.lora_shrink_sgmv(x, a, groups, b.shape[2])
     return _lora_sgmv.lora_expand_sgmv(y, partials, b, scales, groups, slices)
+
+
+# Splits of a one-row shrink whose sums the GEMV's epilogue adds (it reads them once per
+# program, not in one register block as the expand kernel does: more splits, a shorter shrink).
+_GEMV_LORA_SPLITS = 32
+
+
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scales: torch.Tensor,
+    token_slots: torch.Tensor,
+    groups: _lora_sgmv.LoRAGroups | None,
+    slices: Sequence[tuple[int, int]],
+) -> torch.Tensor:
+    """`linear(x, weight, bias)` with each token's LoRA product added, as `lora_add` adds it.
+    Where the product is the one-row GEMV (batch-1 decode on CUDA), the GEMV adds the LoRA
+    product itself after a shrink launch (`gemv.LoRAEpilogue`); else `linear`, then
+    `lora_add`."""
+    if groups is not None and _takes_gemv(x, weight):
+        partials = _lora_sgmv.lora_shrink_sgmv(x, a, groups, b.shape[2], max_splits=_GEMV_LORA_SPLITS)
+        epilogue = _gemv.LoRAEpilogue(partials, b, scales, groups.tiles, tuple(slices))
+        return _gemv.gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias, lora=epilogue)
+    return lora_add(linear(x, weight, bias), x, a, b, scales, token_slots, groups, slices)

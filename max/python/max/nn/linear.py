@@ -16,5 +16,6 @@ class Linear(nn.Linear):
     lora: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = linear(x, self.weight, self.bias)
-        return y if self.lora is None else self.lora(x, y)
+        if self.lora is None:
+            return linear(x, self.weight, self.bias)
+        return self.lora(x, self.weight, self.bias)

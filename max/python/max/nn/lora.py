@@ -4,8 +4,8 @@ A network serving LoRA adapters gets, after its weights are loaded, a `LoRASlots
 targetable projection (`attach_lora`): zeroed stacks of `max_loras` adapters' A and B
 matrices of rank up to `max_rank`, one slice per checkpoint module a fused projection
 holds (q, k, v in `qkv_proj`; gate, up in `gate_up_proj`). A linear layer adds its slots'
-products to its output (`max_kernels.lora_add`) for the rows of the step that use an
-adapter, as the step's `LoRABatch` says: each token's slot (-1: the base model) and the
+products to its output for the rows of the step that use an
+adapter (`max_kernels.lora_linear`), as the step's `LoRABatch` says: each token's slot (-1: the base model) and the
 adapter rows grouped by slot (what the kernels run over). The batch is set per step like
 the attention layout (`lora_step`), so model code never mentions adapters; a step without
 adapter rows has none, and its layers launch no LoRA kernel. The CUDA graphs capture it
@@ -32,7 +32,7 @@ from max.errors import MaxError
 from max.nn.attention import Attention
 from max.nn.linear import Linear
 from max.nn.mlp import GatedMLP
-from max_kernels import LoRAGroups, lora_add
+from max_kernels import LoRAGroups, linear, lora_linear
 
 
 @dataclass
@@ -73,12 +73,12 @@ class LoRASlots(nn.Module):
         self.register_buffer("b", torch.zeros(scales.shape[0], out, max_rank, dtype=dtype, device=device))
         self.scales = scales  # shared by every layer; not a buffer of each
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """y (the base projection of x) plus each adapter row's product."""
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The projection x @ weight.T (+ bias) plus each adapter row's product."""
         batch = _CURRENT.get()
         if batch is None:
-            return y
-        return lora_add(y, x, self.a, self.b, self.scales, batch.token_slots, batch.groups, self.slices)
+            return linear(x, weight, bias)
+        return lora_linear(x, weight, bias, self.a, self.b, self.scales, batch.token_slots, batch.groups, self.slices)
 
 
 # The checkpoint modules (as PEFT names them) each fused projection holds, in order.

@@ -110,7 +110,6 @@ class RowParallelLinear(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            y = linear(x, self.weight, self.bias)
-            return y if self.lora is None else self.lora(x, y)
+            return super().forward(x)
         y = all_reduce(linear(x, self.weight), self.tp)
         return y if self.bias is None else y + self.bias

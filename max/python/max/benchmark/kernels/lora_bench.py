@@ -1,8 +1,9 @@
 """The LoRA products at Llama-3.1-8B's shapes on a CUDA GPU, against the base projections.
 
 For each fused projection (qkv, o, gate_up, down) and each batch of `--rows`, times
-`lora_add` (shrink and expand, the rows grouped by slot), the shrink alone, and the base
-product (`max_kernels.linear`: the GEMV for one row, cuBLAS beyond) in bfloat16, each as a
+`lora_add` (shrink and expand, the rows grouped by slot), the shrink alone, `lora_linear`
+(the product with the LoRA product added: at one row the GEMV adds the expand itself), and
+the base product (`max_kernels.linear`: the GEMV for one row, cuBLAS beyond) in bfloat16, each as a
 CUDA graph of back-to-back calls on different layers' weights (so the base weights come
 from memory, as in a step). A batch `256` is a decode step of 256 rows spread over 8
 rank-16 adapter slots; `8192p200` is a prefill step of 8192 rows in prompts of 200 tokens,
@@ -26,7 +27,7 @@ import torch
 
 from max.benchmark.kernels.bench_harness import graph_time_us
 from max.entrypoints.process_setup import run_main
-from max_kernels import LoRAGroups, linear, lora_add, lora_sgmv
+from max_kernels import LoRAGroups, linear, lora_add, lora_linear, lora_sgmv
 from max_kernels.lora_sgmv import group_rows, lora_shrink_sgmv
 
 HIDDEN, INTER, KV = 4096, 14336, 1024
@@ -49,31 +50,30 @@ def token_slots(spec: str) -> np.ndarray:
     return (index % SLOTS).astype(np.int32)
 
 
-def _time_projection(
-    k: int, slices: list[tuple[int, int]], slots: np.ndarray
-) -> tuple[float, float, float]:
-    """(base µs, LoRA µs, shrink µs) per call of one projection for rows in `slots`."""
+def _time_projection(k: int, slices: list[tuple[int, int]], slots: np.ndarray) -> dict[str, float]:
+    """µs per call of one projection for rows in `slots`: `base` (the product alone),
+    `lora` (`lora_add` after it), `shrink` (alone) and `together` (`lora_linear`: the
+    product with the LoRA product added, fused into the GEMV at one row)."""
     rows = len(slots)
     n = slices[-1][0] + slices[-1][1]
     dev, dt = "cuda", torch.bfloat16
     x = torch.randn(rows, k, device=dev, dtype=dt)
     weights = [torch.randn(n, k, device=dev, dtype=dt) * k**-0.5 for _ in range(LAYERS)]
-    a = [
-        torch.randn(SLOTS, len(slices) * RANK, k, device=dev, dtype=dt) * k**-0.5
-        for _ in range(LAYERS)
-    ]
+    a = [torch.randn(SLOTS, len(slices) * RANK, k, device=dev, dtype=dt) * k**-0.5 for _ in range(LAYERS)]
     b = [torch.randn(SLOTS, n, RANK, device=dev, dtype=dt) * 0.01 for _ in range(LAYERS)]
     scales = torch.full((SLOTS,), 2.0, device=dev)
     grouped, tiles = group_rows(slots)
     groups = LoRAGroups(torch.from_numpy(grouped).to(dev), torch.from_numpy(tiles).to(dev))
     device_slots = torch.from_numpy(slots).to(dev)
     outs = [linear(x, w) for w in weights]
-    base = graph_time_us(lambda i: linear(x, weights[i]), LAYERS)
-    lora = graph_time_us(
-        lambda i: lora_add(outs[i], x, a[i], b[i], scales, device_slots, groups, slices), LAYERS
-    )
-    shrink = graph_time_us(lambda i: lora_shrink_sgmv(x, a[i], groups, RANK), LAYERS)
-    return base, lora, shrink
+    return {
+        "base": graph_time_us(lambda i: linear(x, weights[i]), LAYERS),
+        "lora": graph_time_us(lambda i: lora_add(outs[i], x, a[i], b[i], scales, device_slots, groups, slices), LAYERS),
+        "shrink": graph_time_us(lambda i: lora_shrink_sgmv(x, a[i], groups, RANK), LAYERS),
+        "together": graph_time_us(
+            lambda i: lora_linear(x, weights[i], None, a[i], b[i], scales, device_slots, groups, slices), LAYERS
+        ),
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -86,23 +86,17 @@ def _run(args: argparse.Namespace) -> int:
             lora_sgmv.BLOCK_M, lora_sgmv._EXPAND_BLOCK_N = block_m, block_n
             for spec in args.rows:
                 slots = token_slots(spec)
-                per = {
-                    name: _time_projection(k, slices, slots)
-                    for name, (k, slices) in PROJECTIONS.items()
-                }
-                base, lora = sum(p[0] for p in per.values()), sum(p[1] for p in per.values())
+                per = {name: _time_projection(k, slices, slots) for name, (k, slices) in PROJECTIONS.items()}
+                total = {key: sum(p[key] for p in per.values()) for key in ("base", "lora", "shrink", "together")}
                 record = {
                     "rows": spec,
                     "block_m": block_m,
                     "expand_block_n": block_n,
-                    "base_us_per_layer": round(base, 2),
-                    "lora_us_per_layer": round(lora, 2),
-                    "shrink_us_per_layer": round(sum(p[2] for p in per.values()), 2),
-                    "lora_share_of_base": round(lora / base, 4),
-                    "per_projection_us": {
-                        name: {"base": round(b, 2), "lora": round(lo, 2), "shrink": round(sh, 2)}
-                        for name, (b, lo, sh) in per.items()
-                    },
+                    **{f"{key}_us_per_layer": round(v, 2) for key, v in total.items()},
+                    "lora_share_of_base": round(total["lora"] / total["base"], 4),
+                    # What an adapter adds to a layer's products as the model runs them.
+                    "together_over_base": round(total["together"] / total["base"], 4),
+                    "per_projection_us": {name: {key: round(v, 2) for key, v in p.items()} for name, p in per.items()},
                 }
                 print(json.dumps(record), flush=True)
     return 0
