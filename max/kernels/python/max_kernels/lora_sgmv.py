@@ -40,7 +40,7 @@ from max_kernels.pdl import pdl_launch, pdl_prologue
 BLOCK_M = 16
 _BLOCK_K = 128
 _SHRINK_BLOCK_N = 64
-_EXPAND_BLOCK_N = 64
+_EXPAND_BLOCK_N = 256
 
 
 @dataclass
@@ -181,6 +181,16 @@ def _shrink_kernel(
     tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
+def _expand_column_blocks(num_tiles: int, n: int, device: torch.device) -> int:
+    """Column blocks of BLOCK_N each program of the expand walks: one while the grid is
+    small (a decode step), more where tiles x blocks would be tens of thousands of short
+    programs (a prefill step: each would pay its tile's loads and a latency chain for
+    16 x 256 outputs), keeping about eight programs per SM."""
+    blocks = triton.cdiv(n, _EXPAND_BLOCK_N)
+    per_program = max(1, (num_tiles * blocks) // (8 * _num_sms(device)))
+    return min(blocks, 16, triton.next_power_of_2(per_program))
+
+
 def lora_expand_sgmv(
     y: torch.Tensor,
     partials: torch.Tensor,
@@ -204,20 +214,29 @@ def lora_expand_sgmv(
     if partials.shape[0] > _max_splits(block_r):
         raise ValueError(f"{partials.shape[0]} partial sums: lora_shrink_sgmv was given another rank than b's {r}")
     rows, tiles = groups.rows, groups.tiles
-    _expand_kernel[(groups.num_tiles, triton.cdiv(n, _EXPAND_BLOCK_N))](
+    column_blocks = _expand_column_blocks(groups.num_tiles, n, y.device)
+    _expand_kernel[(groups.num_tiles, triton.cdiv(n, _EXPAND_BLOCK_N * column_blocks))](
         y, partials, b, scales, rows, tiles, tiles.stride(0), n, r, partials.shape[0], bounds[0], bounds[1],
-        y.stride(0), partials.stride(0), partials.stride(1), b.stride(0), b.stride(1),
+        column_blocks, y.stride(0), partials.stride(0), partials.stride(1), b.stride(0), b.stride(1),
         BLOCK_M=BLOCK_M, BLOCK_N=_EXPAND_BLOCK_N, BLOCK_R=block_r, SPLITS=_max_splits(block_r),
-        PRECISION=_precision(y.dtype), **pdl_launch(y),
+        NUM_SLICES=len(slices), PRECISION=_precision(y.dtype), **pdl_launch(y),
     )  # fmt: skip
     return y
 
 
-@triton.jit(**unspecialized(ints=("st", "splits", "sp0"), pointers=("rows_ptr", "tile_ptr")))
+@triton.jit
+def _rank_vector(p_rows, j, r, p_mask, DT: tl.constexpr):
+    """Slice j's rank vectors of the tile's rows [BLOCK_M, BLOCK_R]: the shrink's partial
+    sums added, rounded to y's dtype as PEFT's lora_A output is."""
+    return tl.sum(tl.load(p_rows + j * r, mask=p_mask, other=0.0), axis=0).to(DT)
+
+
+@triton.jit(**unspecialized(ints=("st", "splits", "sp0", "column_blocks"), pointers=("rows_ptr", "tile_ptr")))
 def _expand_kernel(
-    y_ptr, p_ptr, b_ptr, scale_ptr, rows_ptr, tile_ptr, st, n, r, splits, bound1, bound2, sy, sp0, sp1, sb0, sb1,
+    y_ptr, p_ptr, b_ptr, scale_ptr, rows_ptr, tile_ptr, st, n, r, splits, bound1, bound2, column_blocks,
+    sy, sp0, sp1, sb0, sb1,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+    NUM_SLICES: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
     first = tl.load(tile_ptr + tile)
@@ -228,40 +247,46 @@ def _expand_kernel(
     idx = first + tl.arange(0, BLOCK_M)
     m_ok = idx < tl.where(valid, end, first)
     rows = tl.load(rows_ptr + idx, mask=m_ok, other=0).to(tl.int64)
-    lo = tl.program_id(1) * BLOCK_N
-    cols = lo + tl.arange(0, BLOCK_N)
-    n_ok = cols < tl.where(valid, n, 0)
+    lo = tl.program_id(1) * column_blocks * BLOCK_N
+    hi = tl.where(valid, tl.minimum(lo + column_blocks * BLOCK_N, n), lo)
     rs = tl.arange(0, BLOCK_R)
     r_ok = rs < r
-    # The adapter's B does not depend on the kernels ahead: it is requested before the wait.
-    wt = tl.load(
-        b_ptr + tl.maximum(slot, 0).to(tl.int64) * sb0 + cols[None, :] * sb1 + rs[:, None],
-        mask=r_ok[:, None] & n_ok[None, :], other=0.0,
-    )  # fmt: skip
+    b_rows = b_ptr + tl.maximum(slot, 0).to(tl.int64) * sb0 + rs[:, None]
+    # The adapter's B does not depend on the kernels ahead: its first block is requested
+    # before the wait, and each next block while the current one is added.
+    cols = lo + tl.arange(0, BLOCK_N)
+    wt = tl.load(b_rows + cols[None, :] * sb1, mask=r_ok[:, None] & (cols < hi)[None, :], other=0.0)
     pdl_prologue(USE_PDL)
-    if valid:
+    dt = y_ptr.dtype.element_ty
+    sp = tl.arange(0, SPLITS)
+    p_mask = (sp[:, None, None] < splits) & m_ok[None, :, None] & r_ok[None, None, :]
+    p_rows = p_ptr + sp[:, None, None].to(tl.int64) * sp0 + rows[None, :, None] * sp1 + rs[None, None, :]
+    # Each slice's rank vectors, once for all the program's columns.
+    v0 = _rank_vector(p_rows, 0, r, p_mask, dt)
+    v1 = v0
+    v2 = v0
+    if NUM_SLICES > 1:
+        v1 = _rank_vector(p_rows, 1, r, p_mask, dt)
+    if NUM_SLICES > 2:
+        v2 = _rank_vector(p_rows, 2, r, p_mask, dt)
+    scale = tl.load(scale_ptr + tl.maximum(slot, 0))
+    for c0 in range(lo, hi, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        n_ok = cols < hi
+        next_cols = cols + BLOCK_N
+        wt_next = tl.load(b_rows + next_cols[None, :] * sb1, mask=r_ok[:, None] & (next_cols < hi)[None, :], other=0.0)
         # Each output column takes the rank vector of its slice (q, k or v).
-        piece = (cols >= bound1).to(tl.int32) + (cols >= bound2).to(tl.int32)
-        sp = tl.arange(0, SPLITS)
-        p_mask = (sp[:, None, None] < splits) & m_ok[None, :, None] & r_ok[None, None, :]
-        p_rows = p_ptr + sp[:, None, None].to(tl.int64) * sp0 + rows[None, :, None] * sp1 + rs[None, None, :]
-        delta = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for j in tl.static_range(3):
-            if j == 0:
-                start, stop = 0, bound1
-            elif j == 1:
-                start, stop = bound1, bound2
-            else:
-                start, stop = bound2, n
-            if (lo < stop) & (lo + BLOCK_N > start):
-                # The shrink's output, rounded to y's dtype as PEFT's lora_A output is.
-                v = tl.sum(tl.load(p_rows + j * r, mask=p_mask, other=0.0), axis=0).to(y_ptr.dtype.element_ty)
-                d = tl.dot(v, wt, input_precision=PRECISION)
-                delta = tl.where(piece[None, :] == j, d, delta)
+        delta = tl.dot(v0, wt, input_precision=PRECISION)
+        if NUM_SLICES > 1:
+            piece = (cols >= bound1).to(tl.int32) + (cols >= bound2).to(tl.int32)
+            delta = tl.where(piece[None, :] == 1, tl.dot(v1, wt, input_precision=PRECISION), delta)
+            if NUM_SLICES > 2:
+                delta = tl.where(piece[None, :] == 2, tl.dot(v2, wt, input_precision=PRECISION), delta)
         # Rounded to y's dtype before the scale, as PEFT computes it.
-        delta = delta.to(y_ptr.dtype.element_ty).to(tl.float32)
-        delta = (delta * tl.load(scale_ptr + slot)).to(y_ptr.dtype.element_ty).to(tl.float32)
+        delta = delta.to(dt).to(tl.float32)
+        delta = (delta * scale).to(dt).to(tl.float32)
         mask = m_ok[:, None] & n_ok[None, :]
         out = y_ptr + rows[:, None] * sy + cols[None, :]
         y = tl.load(out, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out, (y + delta).to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(out, (y + delta).to(dt), mask=mask)
+        wt = wt_next

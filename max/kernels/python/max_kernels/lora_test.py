@@ -158,3 +158,23 @@ def test_the_gemv_adds_the_lora_product_of_its_one_row(slot, slices):
         epilogue = LoRAEpilogue(partials, b, scales, groups.tiles, tuple(slices))
         got = gemv(x, w, bias, config=GemvConfig(8, 128), lora=epilogue)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("column_blocks", [1, 2, 4])
+def test_the_expand_walks_several_column_blocks_per_program(monkeypatch, column_blocks):
+    # A prefill step's expand programs each walk several blocks of 256 output columns
+    # (what `_expand_column_blocks` picks on a GPU); ragged slices and a ragged end.
+    from max_kernels import lora_sgmv
+
+    slices = [(0, 300), (300, 150), (450, 150)]
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(SLOTS, 3 * RANK, K, generator=g)
+    b = torch.randn(SLOTS, 600, RANK, generator=g)
+    scales = torch.tensor([0.5, 2.0, 0.25])
+    slots = torch.tensor([0] * 20 + [2] * 7 + [-1] * 3 + [1] * 18, dtype=torch.int32)
+    x, y = torch.randn(len(slots), K, generator=g), torch.randn(len(slots), 600, generator=g)
+    want = lora_add(y.clone(), x, a, b, scales, slots, None, slices)
+    monkeypatch.setattr(lora_sgmv, "_expand_column_blocks", lambda *args: column_blocks)
+    with backend("triton"):
+        got = lora_add(y.clone(), x, a, b, scales, slots, _groups(slots), slices)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
