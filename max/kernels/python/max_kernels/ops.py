@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from max_kernels import activation as _activation
 from max_kernels import argmax as _argmax
 from max_kernels import cpu_gemv as _cpu_gemv
+from max_kernels import cpu_packed_linear as _cpu_packed
 from max_kernels import fp8 as _fp8
 from max_kernels import gemv as _gemv
 from max_kernels import int4_gemm as _int4_gemm
@@ -85,11 +86,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x [M, K] @ weight.T (+ bias) -> [M, N]. One row of 16-bit activations on CUDA (batch-1
     decode) goes through the Triton GEMV, which starts reading its weight before the previous
     kernel ends; one bfloat16 row on the CPU through ATen's GEMV (`max_kernels.cpu_gemv`);
+    up to 8 float32 rows on the CPU through oneDNN's packed weight, padded to 8 rows
+    (`max_kernels.cpu_packed_linear`: decode and verify steps give a row the same bits);
     everything else through `F.linear` (cuBLAS on the GPU)."""
     if _takes_gemv(x, weight):
         return _gemv.gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
     if _cpu_gemv.takes_cpu_gemv(x, weight):
         return _cpu_gemv.cpu_gemv(x, weight, bias)
+    if _cpu_packed.takes_packed_linear(x, weight):
+        return _cpu_packed.packed_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
