@@ -3,7 +3,7 @@ and the same tokens whether a request runs alone or in a batch."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -34,6 +34,16 @@ def hf_greedy(model, prompt: Sequence[int], steps: int) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([list(prompt)]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
     return out[0, len(prompt) :].tolist()
+
+
+def greedy_by_full_forwards(logits: Callable[[list[int]], torch.Tensor], prompt: Sequence[int], steps: int) -> list[int]:
+    """A reference's greedy continuation, each step a full forward: `logits(ids)` gives the
+    logits [len(ids), vocab] of a whole sequence (for references that `generate` cannot
+    drive, e.g. with images beside the tokens)."""
+    out: list[int] = []
+    for _ in range(steps):
+        out.append(int(logits([*prompt, *out])[-1].argmax()))
+    return out
 
 
 def assert_matches_transformers(

@@ -20,7 +20,7 @@ from max.testing.gemma3_vl_prompts import (
     prompt,
     reference_pixels,
 )
-from max.testing.parity import PROMPTS, build_tiny_engine
+from max.testing.parity import PROMPTS, build_tiny_engine, greedy_by_full_forwards
 from max.testing.tiny_checkpoints import write_tiny_checkpoint
 from max_kernels.backend import interpreting
 
@@ -50,10 +50,7 @@ def hf_logits(model, ids: list[int], images: list[ImageInput]) -> torch.Tensor:
 
 def hf_greedy(model, ids: list[int], images: list[ImageInput], steps: int) -> list[int]:
     """transformers' greedy continuation, each step a full forward."""
-    out: list[int] = []
-    for _ in range(steps):
-        out.append(int(hf_logits(model, ids + out, images)[-1].argmax()))
-    return out
+    return greedy_by_full_forwards(lambda seq: hf_logits(model, seq, images), ids, steps)
 
 
 def test_text_prompts_match_transformers(checkpoint, reference):

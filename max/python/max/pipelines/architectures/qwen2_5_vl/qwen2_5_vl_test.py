@@ -12,7 +12,7 @@ import torch
 from max.pipelines.lib import SamplingParams
 from max.pipelines.lib.model.multimodal import ImageInput
 from max.testing.engine_probes import greedy_tokens, prompt_logits
-from max.testing.parity import PROMPTS, build_tiny_engine
+from max.testing.parity import PROMPTS, build_tiny_engine, greedy_by_full_forwards
 from max.testing.tiny_checkpoints import reference_class, write_tiny_checkpoint
 from max.testing.tiny_configs import TINY_CONFIGS
 from max.testing.vl_prompts import IMAGE, MULTIMODAL, ONE_IMAGE, prompt
@@ -44,10 +44,7 @@ def hf_logits(model, ids: list[int], images: list[ImageInput]) -> torch.Tensor:
 
 def hf_greedy(model, ids: list[int], images: list[ImageInput], steps: int) -> list[int]:
     """transformers' greedy continuation, each step a full forward (positions recomputed)."""
-    out: list[int] = []
-    for _ in range(steps):
-        out.append(int(hf_logits(model, ids + out, images)[-1].argmax()))
-    return out
+    return greedy_by_full_forwards(lambda seq: hf_logits(model, seq, images), ids, steps)
 
 
 def test_text_prompts_match_transformers(checkpoint, reference):
