@@ -245,8 +245,11 @@ def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softc
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
     num_slots = k_cache.shape[0] * k_cache.shape[1]
-    k = k_cache.view(num_slots, hkv, d)[index.kv_slots]  # [b, L, Hkv, D]
-    v = v_cache.view(num_slots, hkv, d)[index.kv_slots]
+    # index_select on the flat slots, not advanced indexing: the same values, ~6x faster on
+    # the CPU (1,000 keys of SmolLM2: 16 against 101 us a gather).
+    slots = index.kv_slots.reshape(-1)
+    k = torch.index_select(k_cache.view(num_slots, hkv, d), 0, slots).view(*index.kv_slots.shape, hkv, d)  # [b, L, Hkv, D]
+    v = torch.index_select(v_cache.view(num_slots, hkv, d), 0, slots).view(*index.kv_slots.shape, hkv, d)
     if kv_scales is not None:  # an FP8 cache: its codes read back in q's dtype
         k = dequantize_kv(k, kv_scales[0], q.dtype)
         v = dequantize_kv(v, kv_scales[1], q.dtype)
