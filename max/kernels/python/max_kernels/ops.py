@@ -167,11 +167,16 @@ def rope_and_write_kv(
     *,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    layout: RaggedLayout | None = None,
 ) -> torch.Tensor:
     """Rotates q and k by position, stores k and v at their cache slots; returns rotated q.
-    An FP8 cache gets them quantized by its per-tensor `k_scale` / `v_scale` (None: 1.0)."""
-    fn = _rotary_kv.rope_and_write_kv if use_triton(q) else _rotary_kv.rope_and_write_kv_reference
-    return fn(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
+    An FP8 cache gets them quantized by its per-tensor `k_scale` / `v_scale` (None: 1.0).
+    The torch path keeps what the step's layers share in the step's `layout`, if given."""
+    if use_triton(q):
+        return _rotary_kv.rope_and_write_kv(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
+    return _rotary_kv.rope_and_write_kv_reference(
+        q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale, layout=layout
+    )
 
 
 def write_kv_cache(

@@ -79,7 +79,6 @@ def paged_attention_reference(
         [T, Hq, D] attention output, in q's dtype.
     """
     kv_scales = (k_scale, v_scale) if is_fp8(k_cache) else None
-    out = torch.empty_like(q)
     nd = layout.num_decode
     # Decoding requests come first with one token each, so their rows are [0, nd).
     groups = []
@@ -87,15 +86,17 @@ def paged_attention_reference(
         groups.append(("decode", 0, nd, 0, nd))
     if nd < layout.num_requests:
         groups.append(("prefill", nd, layout.num_requests, nd, q.shape[0]))
+    out = torch.empty_like(q) if len(groups) > 1 else None  # one group: its result is the output
     for name, r0, r1, t0, t1 in groups:
         index = layout.cached((name, "index"), lambda r0=r0, r1=r1, t0=t0, t1=t1: _GroupIndex(layout, r0, r1, t0, t1))
         mask = layout.cached(
             (name, "mask", sliding_window), lambda index=index: index.mask(sliding_window)
         )
-        out[t0:t1] = _group_attention(
-            q[t0:t1], k_cache, v_cache, index, mask, scale, softcap, sinks, kv_scales
-        )
-    return out
+        o = _group_attention(q[t0:t1], k_cache, v_cache, index, mask, scale, softcap, sinks, kv_scales)
+        if out is None:
+            return o
+        out[t0:t1] = o
+    return out if out is not None else torch.empty_like(q)
 
 
 def gather_request_kv(

@@ -23,14 +23,44 @@ import triton.language as tl
 from max_kernels.backend import unspecialized
 from max_kernels.fp8_kv_cache import is_fp8, kernel_view, kv_scale, quantize_e4m3, quantize_kv
 from max_kernels.pdl import pdl_launch, pdl_prologue
+from max_kernels.ragged_layout import RaggedLayout
 
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _step_cached(layout: RaggedLayout | None, key: tuple, inputs: tuple[torch.Tensor, ...], build):
+    """build(), kept in the step's `layout` (when given) for the other layers of the step,
+    which pass the same tensors. Held with the tensors it came from: they stay alive as
+    long as the entry, so their ids cannot be reused within the step."""
+    if layout is None:
+        return build()
+    entry = layout.cached((key, *map(id, inputs)), lambda: (inputs, build()))
+    if all(a is b for a, b in zip(entry[0], inputs)):
+        return entry[1]
+    return build()
+
+
+def _rotation_rows(positions, cos, sin, dtype: torch.dtype, layout: RaggedLayout | None):
+    """(cos rows, signed sin rows) [T, 1, rotary_dim] of the step's positions in `dtype`.
+    The sin rows' first half is negated, so that `x * cos + x.roll(half) * signed_sin` is
+    `x * cos + rotate_half(x) * sin` bit for bit: (-a) * b and a * (-b) round alike."""
+
+    def gather():
+        c = cos[positions].unsqueeze(1).to(dtype)
+        s = sin[positions].unsqueeze(1).to(dtype)
+        half = s.shape[-1] // 2
+        return c, torch.cat((-s[..., :half], s[..., half:]), dim=-1)
+
+    return _step_cached(layout, ("rope rows", dtype), (positions, cos, sin), gather)
+
+
+def _rotate(x: torch.Tensor, c: torch.Tensor, signed_s: torch.Tensor) -> torch.Tensor:
+    """x * c + rotate_half(x) * s over x's last dimension, in four ops (one roll instead of
+    two slices, a negation and a concatenation): the reference's values bit for bit."""
+    out = x * c
+    out += x.roll(x.shape[-1] // 2, dims=-1) * signed_s
+    return out
 
 
 def rope_and_write_kv_reference(
@@ -46,6 +76,7 @@ def rope_and_write_kv_reference(
     *,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    layout: RaggedLayout | None = None,
 ) -> torch.Tensor:
     """Rotates q and k by position in q's dtype, stores k and v in the cache; returns q rotated.
 
@@ -58,26 +89,34 @@ def rope_and_write_kv_reference(
         slot_mapping: [T] int64 cache slot of each token; < 0 for padding rows (not stored).
         k_scale, v_scale: float32 [1] per-tensor scales of an FP8 cache (None: 1.0); other
             caches ignore them.
+        layout: the step's layout, if any: what every layer of the step would compute
+            alike (the tables' rows, whether a slot is padding) is kept there.
 
     Returns:
         The rotated queries [T, Hq, D].
 
-    The skip of padding rows uses a boolean index, which synchronizes with a CUDA device;
-    the Triton kernel is the capture-safe path.
+    Computes `q * c + rotate_half(q) * s` (and the same for k) with c and s the tables'
+    rows rounded to q's dtype, each product rounded to q's dtype: what
+    `max.nn.rotary_embedding.RotaryEmbedding.forward` computes. It is the CPU path, where a
+    decode step is thousands of small ops, so it is written in few of them: the rows of the
+    tables and whether any slot is padding are worked out once per step (in `layout`), and
+    the rotation is one roll, not four ops (`_rotate`). The skip of padding rows uses a
+    boolean index, which synchronizes with a CUDA device; the Triton kernel is the
+    capture-safe path.
     """
-    c = cos[positions].unsqueeze(1).to(q.dtype)
-    s = sin[positions].unsqueeze(1).to(q.dtype)
+    c, signed_s = _rotation_rows(positions, cos, sin, q.dtype, layout)
     r = cos.shape[-1]
     if r == q.shape[-1]:
-        q_rot = q * c + _rotate_half(q) * s
-        k_rot = k * c + _rotate_half(k) * s
+        q_rot, k_rot = _rotate(q, c, signed_s), _rotate(k, c, signed_s)
+    else:  # partial rotary: only the first r channels rotate
+        q_rot = torch.cat((_rotate(q[..., :r], c, signed_s), q[..., r:]), -1)
+        k_rot = torch.cat((_rotate(k[..., :r], c, signed_s), k[..., r:]), -1)
+    if _step_cached(layout, ("all slots real",), (slot_mapping,), lambda: bool((slot_mapping >= 0).all())):
+        slots, k_new, v_new = slot_mapping, k_rot, v
     else:
-        q_rot = torch.cat((q[..., :r] * c + _rotate_half(q[..., :r]) * s, q[..., r:]), -1)
-        k_rot = torch.cat((k[..., :r] * c + _rotate_half(k[..., :r]) * s, k[..., r:]), -1)
-    keep = slot_mapping >= 0
-    slots = slot_mapping[keep]
+        keep = slot_mapping >= 0
+        slots, k_new, v_new = slot_mapping[keep], k_rot[keep], v[keep]
     num_slots = k_cache.shape[0] * k_cache.shape[1]
-    k_new, v_new = k_rot[keep], v[keep]
     if is_fp8(k_cache):
         # Copied as bytes: index_copy_ has no float8 kernel on the CPU.
         k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)

@@ -124,7 +124,7 @@ class Attention(nn.Module):
         rows, cos, sin = self.rotary.step_tables(positions)
         q = rope_and_write_kv(
             q, k, v, rows, cos, sin, k_cache, v_cache, step.layout.slot_mapping,
-            k_scale=scales[0], v_scale=scales[1],
+            k_scale=scales[0], v_scale=scales[1], layout=step.layout,
         )  # fmt: skip
         out = paged_attention(
             q, k_cache, v_cache, step.layout, self.scale, self.sliding_window, self.softcap, self.sinks,
