@@ -32,6 +32,7 @@ from max_kernels.normalization import (
     rms_norm_qk_reference,
     rms_norm_reference,
 )
+from max_kernels.ragged_layout import RaggedLayout
 from max_kernels.rotary_kv import rope_and_write_kv, rope_and_write_kv_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -319,6 +320,31 @@ def test_rope_reference_is_rotary_embedding_then_write_kv_cache(dtype, rotary_di
     assert torch.equal(q_got, q_want)
     torch.testing.assert_close(k_cache, k_want, equal_nan=True, atol=0, rtol=0)
     torch.testing.assert_close(v_cache, v_want, equal_nan=True, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding", [False, True])
+def test_rope_reference_with_the_steps_layout_is_the_same(dtype, padding):
+    """With the step's layout the reference keeps the tables' rows and the padding check
+    for the step's other layers: every layer still gets its own result, bit for bit, and
+    other positions or slots (another step, or a draft's tensors) are not served stale."""
+    d = 64
+    _, q, k, v, positions, cos, sin, k_cache, v_cache, slots = _rope_case(dtype, d, d, "llama3")
+    if not padding:
+        slots[2] = k_cache.shape[0] * k_cache.shape[1] - 1
+    layout = RaggedLayout(
+        query_start=torch.tensor([0, 5]), context_lens=torch.tensor([5]), page_table=torch.zeros(1, 1, dtype=torch.int32),
+        slot_mapping=slots, page_size=4, num_decode=0, query_lens=[5], context_lens_host=[5],
+    )  # fmt: skip
+    for layer_q, layer_k, pos in ((q, k, positions), (q.flip(0), k * 2, positions), (q, k, positions.flip(0))):
+        got_k, got_v = k_cache.clone(), v_cache.clone()
+        want_k, want_v = k_cache.clone(), v_cache.clone()
+        got = rope_and_write_kv_reference(layer_q, layer_k, v, pos, cos, sin, got_k, got_v, slots, layout=layout)
+        want = rope_and_write_kv_reference(layer_q, layer_k, v, pos, cos, sin, want_k, want_v, slots)
+        assert torch.equal(got, want)
+        assert torch.equal(got_k.isnan(), want_k.isnan())
+        torch.testing.assert_close(got_k, want_k, equal_nan=True, atol=0, rtol=0)
+        torch.testing.assert_close(got_v, want_v, equal_nan=True, atol=0, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------
