@@ -111,6 +111,82 @@ def run_decode(engine, prompt: list[int], output_len: int, lora: str | None) -> 
     return {"decode_tok_s": (tokens - first_count) / (time.perf_counter() - first)}
 
 
+def run_load_while_streaming(
+    engine, prompts: list[list[int]], output_len: int, loras: list[str | None], new_name: str, new_path: str, after_steps: int = 4
+) -> dict:
+    """`prompts` stream (all added at once); `after_steps` steps after the last of them has
+    its first token, adapter `new_path` is loaded as `new_name` the way the server's engine
+    loop does it (`apply_lora_op`, then `finished_lora_ops` between steps: read in the
+    background while the engine steps); once it is in, one request per adapter of the
+    stream (base included) starts on it.
+
+    Reports the median decode step before the load, the longest step while the adapter
+    was read and the step that first ran it (its slot filled, the new requests' prefill),
+    and the longest wait of any streaming request between two tokens from the load until
+    two steps after the adapter is in (its first requests' prefill included), in units of
+    that median: the issue's goal is that no request stalls longer than one step
+    (a gap under about two steps)."""
+    from max.pipelines.lib import SamplingParams
+    from max.serve.engine_messages import LoRAAdapterOp
+    from max.serve.lora_engine_op import apply_lora_op, finished_lora_ops
+
+    params = SamplingParams(max_new_tokens=output_len, temperature=0.0, ignore_eos=True)
+    engine.kv_cache.pool.reset_prefix_cache()
+    device = engine.model.device
+    streams = [f"s{i}-{time.monotonic_ns()}" for i in range(len(prompts))]
+    stream_ids = set(streams)
+    for rid, prompt, lora in zip(streams, prompts, loras):
+        engine.add_request(rid, prompt, params, lora=lora)
+    last_token: dict[str, float] = {}
+    longest_gap = 0.0  # of a streaming request, from the load to two steps after it is in
+    failed: list[str] = []
+    step_s: list[float] = []
+    decoding = load_at = load_done = None  # step indices
+    new_requests = gap_step = 0
+    while engine.has_unfinished() or load_done is None:
+        step = len(step_s)
+        if decoding is None and len(last_token) == len(streams):
+            decoding, load_at = step, step + after_steps
+        if step == load_at or (load_at is None and not engine.has_unfinished()):
+            load_at = step
+            answer = apply_lora_op(engine, LoRAAdapterOp("load-op", new_name, new_path))
+            if answer is not None:  # refused at once
+                raise MaxError(f"loading {new_name} failed: {answer.error}")
+        t0 = time.perf_counter()
+        outputs = engine.step() if engine.has_unfinished() else []
+        for done in finished_lora_ops(engine, idle=not outputs):
+            if done.error:
+                raise MaxError(f"loading {new_name} failed: {done.error}")
+            load_done = step
+            new_requests = len(set(loras))
+            for j, prompt in enumerate(prompts[:new_requests]):
+                engine.add_request(f"new{j}-{time.monotonic_ns()}", prompt, params, lora=new_name)
+        _sync(device)
+        now = time.perf_counter()
+        step_s.append(now - t0)
+        for out in outputs:
+            if out.error:
+                failed.append(f"{out.request_id}: {out.error}")
+            if out.new_token_ids and out.request_id in stream_ids:
+                in_window = load_at is not None and step >= load_at and (load_done is None or step <= load_done + 2)
+                if out.request_id in last_token and in_window:
+                    if now - last_token[out.request_id] > longest_gap:
+                        longest_gap, gap_step = now - last_token[out.request_id], step
+                last_token[out.request_id] = now
+    if failed:
+        raise MaxError(f"{len(failed)} requests failed while an adapter loaded: {failed[:3]}")
+    steady = sorted(step_s[(decoding or 0) + 1 : load_at]) or sorted(step_s)
+    median = steady[len(steady) // 2]
+    return {
+        "streaming_requests": len(streams), "new_adapter_requests": new_requests, "steps": len(step_s),
+        "median_step_ms": 1e3 * median, "load_steps": load_done - load_at + 1,
+        "max_step_ms_while_reading": 1e3 * max(step_s[load_at : load_done + 1]),
+        "first_step_with_it_ms": 1e3 * step_s[load_done + 1] if load_done + 1 < len(step_s) else None,
+        "max_gap_ms": 1e3 * longest_gap, "max_gap_in_steps": longest_gap / median if median else float("inf"),
+        "longest_gap_ends_at_step": gap_step - load_at, "steps_ms_from_load": [round(1e3 * t, 1) for t in step_s[load_at : load_done + 6]],
+    }  # fmt: skip
+
+
 def _engine(config):
     from max.pipelines.architectures import register_all
     from max.pipelines.lib import build_engine, resolve_model
@@ -188,8 +264,16 @@ def _run(args: argparse.Namespace) -> int:
         engine = _engine(lora_config)
         results[f"LoRA engine, {args.num_adapters} adapters"] = _phase(engine, prompts, args, list(names), names[0])
         results["LoRA engine, base requests"] = _phase(engine, prompts, args, [None], None)
+        if args.load_while_streaming:
+            extra = write_random_adapter(Path(tmp) / "loaded-late", resolved.hf_config, args.lora_rank, len(names))
+            streams = [prompts[i % len(prompts)] for i in range(args.load_while_streaming)]
+            cycle = [*names, None]
+            results["load while streaming"] = run_load_while_streaming(
+                engine, streams, args.output_len, [cycle[i % len(cycle)] for i in range(len(streams))], "loaded-late", str(extra)
+            )
         engine.close()
     base = results["base engine, no adapters"]
+    loading = results.pop("load while streaming", None)
     print(f"{'run':<34}{'output tok/s':>14}{'elapsed s':>11}{'batch-1 decode tok/s':>22}")
     for name, r in results.items():
         print(f"{name:<34}{r['output_tok_s']:>14.0f}{r['elapsed_s']:>11.2f}{r['decode_tok_s']:>22.1f}")
@@ -201,6 +285,15 @@ def _run(args: argparse.Namespace) -> int:
         for name, r in results.items():
             print(f"\n{name}, first {args.step_stats} requests profiled:\n{format_stats(r['profile'])}")
     print(f"throughput with adapters: {ratio:.1%} of base (goal >= 85%); batch-1 decode: {decode_ratio:.1%} (goal >= 90%)")
+    if loading is not None:
+        results["load while streaming"] = loading
+        print(
+            f"an adapter loaded while {loading['streaming_requests']} requests streamed: 0 failed; read in "
+            f"{loading['load_steps']} steps; median decode step before {loading['median_step_ms']:.1f} ms, longest step while "
+            f"reading {loading['max_step_ms_while_reading']:.1f} ms, first step with it {loading['first_step_with_it_ms'] or 0:.1f} ms; "
+            f"longest wait of a stream between two tokens meanwhile {loading['max_gap_ms']:.1f} ms = "
+            f"{loading['max_gap_in_steps']:.2f} median steps (goal: no stall longer than one step)"
+        )
     if args.result_file:
         record = {"model": resolved.source.name, "devices": config.devices, "dtype": str(resolved.dtype), "args": vars(args),
                   "results": results, "throughput_ratio": ratio, "decode_ratio": decode_ratio}  # fmt: skip
@@ -224,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--step-stats", type=int, default=0, metavar="N",
         help="after each phase, run its first N requests again under the step recorder and the kernel profiler",
+    )  # fmt: skip
+    parser.add_argument(
+        "--load-while-streaming", type=int, default=0, metavar="N",
+        help="after the phases, stream N requests and load one more adapter meanwhile (the server's way); report stalls",
     )  # fmt: skip
     parser.add_argument("--result-file", help="write the results as JSON here")
     return parser
