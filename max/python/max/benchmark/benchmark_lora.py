@@ -7,13 +7,16 @@ Phases, each after a warm-up: (1) the base engine (no `--enable-lora`): `--num-p
 requests of `--input-len` random prompt tokens and `--output-len` output tokens (greedy,
 EOS ignored, all added at once), then one request's decode speed; (2) an engine with
 `--enable-lora --max-loras N` and the adapters loaded: the same workload with adapters,
-base-model requests on it, and one request's decode with an adapter. The issue's goals:
-adapters >= 85 % of the base throughput, batch-1 decode with an adapter >= 90 %.
+base-model requests on it, and one request's decode with an adapter; (3) with
+`--load-while-streaming N`, N requests stream while one more adapter is loaded as the
+server loads one (`run_load_while_streaming`). The issue's goals: adapters >= 85 % of the
+base throughput, batch-1 decode with an adapter >= 90 %, and no stream stalled by a load
+for longer than one step.
 
     PYTHONPATH=max/python:max/kernels/python python3 -m max.benchmark.benchmark_lora \\
         --model-path max/python/max/benchmark/configs/Llama-3.1-8B --load-format dummy \\
         --devices gpu --num-prompts 1000 --input-len 200 --output-len 180 --num-adapters 8 \\
-        --lora-rank 16 --max-batch-size 256 --result-file lora.json
+        --lora-rank 16 --max-batch-size 256 --load-while-streaming 64 --result-file lora.json
 """
 
 from __future__ import annotations
