@@ -9,7 +9,7 @@ implementation for the tensors' device in one module, `max_kernels.ops` (through
 """
 
 from max_kernels.backend import backend, configure, get_backend, set_backend
-from max_kernels.lora_sgmv import LoRAGroups
+from max_kernels.lora_sgmv import LoRAGroups, LoRAStack
 from max_kernels.ops import (
     apply_penalties,
     argmax_rows,
@@ -38,6 +38,7 @@ from max_kernels.sampling import hash32, uniform_noise
 
 __all__ = [
     "LoRAGroups",
+    "LoRAStack",
     "RaggedLayout",
     "apply_penalties",
     "argmax_rows",

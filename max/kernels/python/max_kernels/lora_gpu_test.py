@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from max_kernels import LoRAGroups, backend, lora_add
+from max_kernels import LoRAGroups, LoRAStack, backend, lora_add
 from max_kernels.lora_sgmv import group_rows, max_group_tiles
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -47,8 +47,8 @@ def test_kernels_match_the_reference(k, slices, dtype, rows):
     x = torch.randn(t, k, device="cuda").to(dtype)
     y = torch.randn(t, n, device="cuda").to(dtype)
     with backend("torch"):
-        want = lora_add(y.float().clone(), x.float(), a.float(), b.float(), scales, token_slots, None, slices)
-    got = lora_add(y.clone(), x, a, b, scales, token_slots, _groups(token_slots.cpu()), slices)
+        want = lora_add(y.float().clone(), x.float(), LoRAStack(a.float(), b.float(), scales, slices), token_slots, None)
+    got = lora_add(y.clone(), x, LoRAStack(a, b, scales, slices), token_slots, _groups(token_slots.cpu()))
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
     base_rows = token_slots < 0
@@ -65,18 +65,18 @@ def test_kernels_in_a_cuda_graph_read_the_groups_at_replay():
     groups = LoRAGroups(rows, tiles)
     slots = torch.full((32,), -1, dtype=torch.int32, device="cuda")
     y = y0.clone()
-    lora_add(y, x, a, b, scales, slots, groups, QKV)  # compile outside the capture
+    lora_add(y, x, LoRAStack(a, b, scales, QKV), slots, groups)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y.copy_(y0)
-        lora_add(y, x, a, b, scales, slots, groups, QKV)
+        lora_add(y, x, LoRAStack(a, b, scales, QKV), slots, groups)
     for pattern in ([-1] * 32, [i % SLOTS for i in range(32)], [3] * 16 + [-1] * 16, [5] + [-1] * 31):
         step = _groups(pattern)
         rows[: step.rows.shape[0]].copy_(step.rows)
         tiles[:, : step.num_tiles].copy_(step.tiles)
         tiles[2, step.num_tiles :] = -1
         graph.replay()
-        want = lora_add(y0.clone(), x, a, b, scales, slots, step, QKV)
+        want = lora_add(y0.clone(), x, LoRAStack(a, b, scales, QKV), slots, step)
         torch.testing.assert_close(y, want)
 
 
@@ -95,14 +95,14 @@ def test_one_row_gemv_adds_the_lora_product(k, slices, slot):
     groups = _groups(slots.cpu())
     if slot < 0:
         groups = LoRAGroups(groups.rows, torch.tensor([[0], [0], [-1]], dtype=torch.int32, device="cuda"))
-    want = lora_add(linear(x, w), x, a, b, scales, slots, groups, slices)
-    got = lora_linear(x, w, None, a, b, scales, slots, groups, slices)
+    want = lora_add(linear(x, w), x, LoRAStack(a, b, scales, slices), slots, groups)
+    got = lora_linear(x, w, None, LoRAStack(a, b, scales, slices), slots, groups)
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
     if slot < 0:
         assert torch.equal(got, linear(x, w))
     out = torch.empty_like(got)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out.copy_(lora_linear(x, w, None, a, b, scales, slots, groups, slices))
+        out.copy_(lora_linear(x, w, None, LoRAStack(a, b, scales, slices), slots, groups))
     graph.replay()
     assert torch.equal(out, got)

@@ -43,6 +43,20 @@ _SHRINK_BLOCK_N = 64
 _EXPAND_BLOCK_N = 256
 
 
+@dataclass(frozen=True)
+class LoRAStack:
+    """One projection's adapter weights, a slot per adapter resident on the device: `a`
+    [S, len(slices) * R, K] (the A of each output slice, stacked), `b` [S, N, R], float32
+    `scales` [S] (alpha / r, or rsLoRA's), and `slices`, the (offset, size) of each output
+    slice in N (q, k and v of a fused projection; one slice for the others). Zeros where a
+    slot holds no adapter or past an adapter's rank."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scales: torch.Tensor
+    slices: Sequence[tuple[int, int]]
+
+
 @dataclass
 class LoRAGroups:
     """A step's adapter rows grouped by slot: `rows` int32 [R] (the rows of each slot

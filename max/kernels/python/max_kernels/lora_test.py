@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from max_kernels import LoRAGroups, backend, lora_add
+from max_kernels import LoRAGroups, LoRAStack, backend, lora_add
 from max_kernels.lora_reference import lora_expand_reference, lora_shrink_reference
 from max_kernels.lora_sgmv import BLOCK_M, group_rows, max_group_tiles
 
@@ -94,9 +94,9 @@ def test_kernels_match_the_reference(lengths, seg_slots, slices):
     g = torch.Generator().manual_seed(t)
     x = torch.randn(t, K, generator=g)
     y = torch.randn(t, 40, generator=g)
-    want = lora_add(y.clone(), x, a, b, scales, slots, None, slices)  # the CPU reference
+    want = lora_add(y.clone(), x, LoRAStack(a, b, scales, slices), slots, None)  # the CPU reference
     with backend("triton"):
-        got = lora_add(y.clone(), x, a, b, scales, slots, _groups(slots), slices)
+        got = lora_add(y.clone(), x, LoRAStack(a, b, scales, slices), slots, _groups(slots))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
     base_rows = slots < 0
     assert torch.equal(got[base_rows], y[base_rows])
@@ -109,12 +109,12 @@ def test_the_reduction_is_split_over_k_and_summed_back():
     a = torch.randn(SLOTS, a.shape[1], k)
     slots = torch.tensor([1, 0, -1], dtype=torch.int32)
     x, y = torch.randn(3, k), torch.randn(3, 40)
-    want = lora_add(y.clone(), x, a, b, scales, slots, None, SLICES)
+    want = lora_add(y.clone(), x, LoRAStack(a, b, scales, SLICES), slots, None)
     with backend("triton"):
         from max_kernels.lora_sgmv import lora_shrink_sgmv
 
         assert lora_shrink_sgmv(x, a, _groups(slots), RANK).shape[0] > 1
-        got = lora_add(y.clone(), x, a, b, scales, slots, _groups(slots), SLICES)
+        got = lora_add(y.clone(), x, LoRAStack(a, b, scales, SLICES), slots, _groups(slots))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
@@ -124,9 +124,9 @@ def test_kernels_in_half_precision_are_close_to_the_float32_result():
     a, b, scales = _weights(2)
     slots = torch.tensor([0, 1, -1, 2], dtype=torch.int32)
     x, y = torch.randn(4, K), torch.randn(4, 40)
-    want = lora_add(y.clone(), x, a, b, scales, slots, None, SLICES)
+    want = lora_add(y.clone(), x, LoRAStack(a, b, scales, SLICES), slots, None)
     with backend("triton"):
-        got = lora_add(y.half(), x.half(), a.half(), b.half(), scales, slots, _groups(slots), SLICES)
+        got = lora_add(y.half(), x.half(), LoRAStack(a.half(), b.half(), scales, SLICES), slots, _groups(slots))
     assert got.dtype == torch.float16
     assert ((got.float() - want).abs() <= want.abs() * 0.01 + 0.05).all()
 
@@ -146,7 +146,7 @@ def test_the_gemv_adds_the_lora_product_of_its_one_row(slot, slices):
     g = torch.Generator().manual_seed(7)
     x, w, bias = torch.randn(1, k, generator=g), torch.randn(40, k, generator=g), torch.randn(40, generator=g)
     slots = torch.tensor([-1 if slot == "empty" else slot], dtype=torch.int32)
-    want = lora_add(x @ w.T + bias, x, a, b, scales, slots, None, slices)
+    want = lora_add(x @ w.T + bias, x, LoRAStack(a, b, scales, slices), slots, None)
     groups = _groups(torch.tensor([-1 if slot == -1 else 1], dtype=torch.int32))
     if slot == "empty":  # a graph's unused tile: slot 1, no rows
         groups.tiles[:, 0] = torch.tensor([0, 0, 1])
@@ -173,8 +173,8 @@ def test_the_expand_walks_several_column_blocks_per_program(monkeypatch, column_
     scales = torch.tensor([0.5, 2.0, 0.25])
     slots = torch.tensor([0] * 20 + [2] * 7 + [-1] * 3 + [1] * 18, dtype=torch.int32)
     x, y = torch.randn(len(slots), K, generator=g), torch.randn(len(slots), 600, generator=g)
-    want = lora_add(y.clone(), x, a, b, scales, slots, None, slices)
+    want = lora_add(y.clone(), x, LoRAStack(a, b, scales, slices), slots, None)
     monkeypatch.setattr(lora_sgmv, "_expand_column_blocks", lambda *args: column_blocks)
     with backend("triton"):
-        got = lora_add(y.clone(), x, a, b, scales, slots, _groups(slots), slices)
+        got = lora_add(y.clone(), x, LoRAStack(a, b, scales, slices), slots, _groups(slots))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)

@@ -7,8 +7,6 @@ and is the CPU path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
@@ -82,6 +80,11 @@ def _takes_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def _gemv_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, **options) -> torch.Tensor:
+    """The one-row GEMV on x's row (made contiguous where a strided view gives it)."""
+    return _gemv.gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias, **options)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] @ weight.T (+ bias) -> [M, N]. One row of 16-bit activations on CUDA (batch-1
     decode) goes through the Triton GEMV, which starts reading its weight before the previous
@@ -90,7 +93,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     (`max_kernels.cpu_packed_linear`: decode and verify steps give a row the same bits);
     everything else through `F.linear` (cuBLAS on the GPU)."""
     if _takes_gemv(x, weight):
-        return _gemv.gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias)
+        return _gemv_call(x, weight, bias)
     if _cpu_gemv.takes_cpu_gemv(x, weight):
         return _cpu_gemv.cpu_gemv(x, weight, bias)
     if _cpu_packed.takes_packed_linear(x, weight):
@@ -440,26 +443,23 @@ def sample_tokens(
 def lora_add(
     y: torch.Tensor,
     x: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    scales: torch.Tensor,
+    lora: _lora_sgmv.LoRAStack,
     token_slots: torch.Tensor,
     groups: _lora_sgmv.LoRAGroups | None,
-    slices: Sequence[tuple[int, int]],
 ) -> torch.Tensor:
     """Adds each token's LoRA product into y [T, N] in place and returns y: for token t in
     adapter slot s (int32 `token_slots`, -1: the base model), output slice j = (offset, size)
-    gets scales[s] * (x[t] @ a[s, jR:(j+1)R].T) @ b[s, offset:offset+size].T, with x [T, K],
-    a [S, len(slices) * R, K], b [S, N, R], float32 scales [S]. On CUDA the segmented
-    gather kernels over the rows grouped by slot (`groups`, required there): two launches
-    whatever the number of slices; elsewhere `lora_reference`, which defines the result."""
+    of `lora.slices` gets scales[s] * (x[t] @ a[s, jR:(j+1)R].T) @ b[s, offset:offset+size].T,
+    with x [T, K] and the weights of `lora`. On CUDA the segmented gather kernels over the
+    rows grouped by slot (`groups`, required there): two launches whatever the number of
+    slices; elsewhere `lora_reference`, which defines the result."""
     if not use_triton(x):
-        v = lora_shrink_reference(x, a, token_slots)
-        return lora_expand_reference(y, v, b, scales.tolist(), token_slots, slices)
+        v = lora_shrink_reference(x, lora.a, token_slots)
+        return lora_expand_reference(y, v, lora.b, lora.scales.tolist(), token_slots, lora.slices)
     if groups is None:
         raise ValueError("lora_add on CUDA needs the rows grouped by slot (lora_sgmv.group_rows)")
-    partials = _lora_sgmv.lora_shrink_sgmv(x, a, groups, b.shape[2])
-    return _lora_sgmv.lora_expand_sgmv(y, partials, b, scales, groups, slices)
+    partials = _lora_sgmv.lora_shrink_sgmv(x, lora.a, groups, lora.b.shape[2])
+    return _lora_sgmv.lora_expand_sgmv(y, partials, lora.b, lora.scales, groups, lora.slices)
 
 
 # Splits of a one-row shrink whose sums the GEMV's epilogue adds (it reads them once per
@@ -471,19 +471,16 @@ def lora_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    scales: torch.Tensor,
+    lora: _lora_sgmv.LoRAStack,
     token_slots: torch.Tensor,
     groups: _lora_sgmv.LoRAGroups | None,
-    slices: Sequence[tuple[int, int]],
 ) -> torch.Tensor:
     """`linear(x, weight, bias)` with each token's LoRA product added, as `lora_add` adds it.
     Where the product is the one-row GEMV (batch-1 decode on CUDA), the GEMV adds the LoRA
     product itself after a shrink launch (`gemv.LoRAEpilogue`); else `linear`, then
     `lora_add`."""
     if groups is not None and _takes_gemv(x, weight):
-        partials = _lora_sgmv.lora_shrink_sgmv(x, a, groups, b.shape[2], max_splits=_GEMV_LORA_SPLITS)
-        epilogue = _gemv.LoRAEpilogue(partials, b, scales, groups.tiles, tuple(slices))
-        return _gemv.gemv(x if x.stride(-1) == 1 else x.contiguous(), weight, bias, lora=epilogue)
-    return lora_add(linear(x, weight, bias), x, a, b, scales, token_slots, groups, slices)
+        partials = _lora_sgmv.lora_shrink_sgmv(x, lora.a, groups, lora.b.shape[2], max_splits=_GEMV_LORA_SPLITS)
+        epilogue = _gemv.LoRAEpilogue(partials, lora.b, lora.scales, groups.tiles, tuple(lora.slices))
+        return _gemv_call(x, weight, bias, lora=epilogue)
+    return lora_add(linear(x, weight, bias), x, lora, token_slots, groups)

@@ -4,9 +4,10 @@ A network serving LoRA adapters gets, after its weights are loaded, a `LoRASlots
 targetable projection (`attach_lora`): zeroed stacks of `max_loras` adapters' A and B
 matrices of rank up to `max_rank`, one slice per checkpoint module a fused projection
 holds (q, k, v in `qkv_proj`; gate, up in `gate_up_proj`). A linear layer adds its slots'
-products to its output for the rows of the step that use an
-adapter (`max_kernels.lora_linear`), as the step's `LoRABatch` says: each token's slot (-1: the base model) and the
-adapter rows grouped by slot (what the kernels run over). The batch is set per step like
+products to its output for the rows of the step that use an adapter
+(`max_kernels.lora_linear`), as the step's `LoRABatch` says: each token's slot (-1: the
+base model) and the adapter rows grouped by slot (what the kernels run over). The batch
+is set per step like
 the attention layout (`lora_step`), so model code never mentions adapters; a step without
 adapter rows has none, and its layers launch no LoRA kernel. The CUDA graphs capture it
 over persistent buffers.
@@ -32,7 +33,7 @@ from max.errors import MaxError
 from max.nn.attention import Attention
 from max.nn.linear import Linear
 from max.nn.mlp import GatedMLP
-from max_kernels import LoRAGroups, linear, lora_linear
+from max_kernels import LoRAGroups, LoRAStack, linear, lora_linear
 
 
 @dataclass
@@ -78,7 +79,12 @@ class LoRASlots(nn.Module):
         batch = _CURRENT.get()
         if batch is None:
             return linear(x, weight, bias)
-        return lora_linear(x, weight, bias, self.a, self.b, self.scales, batch.token_slots, batch.groups, self.slices)
+        return lora_linear(x, weight, bias, self.stack, batch.token_slots, batch.groups)
+
+    @property
+    def stack(self) -> LoRAStack:
+        """The slots' weights as the LoRA kernels take them."""
+        return LoRAStack(self.a, self.b, self.scales, self.slices)
 
 
 # The checkpoint modules (as PEFT names them) each fused projection holds, in order.

@@ -27,7 +27,7 @@ import torch
 
 from max.benchmark.kernels.bench_harness import graph_time_us
 from max.entrypoints.process_setup import run_main
-from max_kernels import LoRAGroups, linear, lora_add, lora_linear, lora_sgmv
+from max_kernels import LoRAGroups, LoRAStack, linear, lora_add, lora_linear, lora_sgmv
 from max_kernels.lora_sgmv import group_rows, lora_shrink_sgmv
 
 HIDDEN, INTER, KV = 4096, 14336, 1024
@@ -68,10 +68,10 @@ def _time_projection(k: int, slices: list[tuple[int, int]], slots: np.ndarray) -
     outs = [linear(x, w) for w in weights]
     return {
         "base": graph_time_us(lambda i: linear(x, weights[i]), LAYERS),
-        "lora": graph_time_us(lambda i: lora_add(outs[i], x, a[i], b[i], scales, device_slots, groups, slices), LAYERS),
+        "lora": graph_time_us(lambda i: lora_add(outs[i], x, LoRAStack(a[i], b[i], scales, slices), device_slots, groups), LAYERS),
         "shrink": graph_time_us(lambda i: lora_shrink_sgmv(x, a[i], groups, RANK), LAYERS),
         "together": graph_time_us(
-            lambda i: lora_linear(x, weights[i], None, a[i], b[i], scales, device_slots, groups, slices), LAYERS
+            lambda i: lora_linear(x, weights[i], None, LoRAStack(a[i], b[i], scales, slices), device_slots, groups), LAYERS
         ),
     }
 

@@ -12,7 +12,7 @@ import torch
 
 from max.nn.lora import LoRABatch
 from max.pipelines.lib.runner.lora_model_runner import _GroupBuffers
-from max_kernels import LoRAGroups, backend, lora_add
+from max_kernels import LoRAGroups, LoRAStack, backend, lora_add
 from max_kernels.lora_sgmv import group_rows
 
 SLOTS, RANK, K, ROWS = 4, 8, 32, 24
@@ -43,8 +43,8 @@ def test_graph_buffers_give_each_step_its_own_groups_result():
         for pattern in patterns:
             step = _step(pattern)
             buffers.fill(step)
-            replayed = lora_add(y.clone(), x, a, b, scales, captured.token_slots, captured.groups, SLICES)
-            want = lora_add(y.clone(), x, a, b, scales, step.token_slots, step.groups, SLICES)
+            replayed = lora_add(y.clone(), x, LoRAStack(a, b, scales, SLICES), captured.token_slots, captured.groups)
+            want = lora_add(y.clone(), x, LoRAStack(a, b, scales, SLICES), step.token_slots, step.groups)
             assert torch.equal(replayed, want), pattern
             untouched = torch.tensor(pattern) < 0
             assert torch.equal(replayed[untouched], y[untouched])
