@@ -10,12 +10,12 @@ from torch import nn
 from max.errors import MaxError
 from max.nn.checkpoint_layout import Concat, whole_or_shard
 from max.nn.linear import Linear
-from max.nn.norm import RMSNorm
+from max.nn.norm import GemmaRMSNorm, RMSNorm
 from max.nn.parallel import RowParallelLinear, tensor_parallel
 from max.nn.rotary_embedding import RotaryEmbedding
 from max.nn.sharded_norm import rms_norm_across_ranks
 from max.nn.step_context import current_step
-from max_kernels import paged_attention, rope_and_write_kv
+from max_kernels import paged_attention, rms_norm_qk, rope_and_write_kv
 
 
 class Attention(nn.Module):
@@ -106,17 +106,33 @@ class Attention(nn.Module):
             layout["k_norm.weight"] = whole_or_shard("k_norm.weight", 0, *rows["k_proj"])
         return layout
 
+    def _norm_heads(self, qkv: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-head q and k norms (Qwen3, Gemma 3). Two RMSNorms of one kind and eps run
+        as one `rms_norm_qk` over the projection's q and k heads (one launch on CUDA, where
+        two would cost a launch each per layer; the same two references elsewhere); other
+        norm modules run as they are."""
+        qn, kn = self.q_norm, self.k_norm
+        # Exactly these classes: a subclass may compute something else in its forward.
+        fused = type(qn) is type(kn) and type(qn) in (RMSNorm, GemmaRMSNorm) and qn.eps == kn.eps
+        if not fused:
+            return qn(q), kn(k)
+        heads = self.num_heads + self.num_kv_heads
+        qk = qkv[:, : heads * self.head_dim].unflatten(-1, (heads, self.head_dim))
+        normed = rms_norm_qk(qk, qn.weight, kn.weight, self.num_heads, qn.eps, gemma=qn.gemma)
+        return normed[:, : self.num_heads], normed[:, self.num_heads :]
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] of the step's ragged tokens -> [T, hidden]."""
         t, d = x.shape[0], self.head_dim
-        q, k, v = self.qkv_proj(x).split(self.split_sizes, dim=-1)
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split(self.split_sizes, dim=-1)
         if self.q_norm is not None and not self.qk_norm_per_head:
             q, k = rms_norm_across_ranks((q, k), (self.q_norm, self.k_norm), self.tp)
         q = q.view(t, self.num_heads, d)
         k = k.view(t, self.num_kv_heads, d)
         v = v.view(t, self.num_kv_heads, d)
         if self.q_norm is not None and self.qk_norm_per_head:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self._norm_heads(qkv, q, k)
         step = current_step()
         k_cache, v_cache = step.kv_cache.layer(self.layer_index)
         # Per-tensor scales, which the kernels read only when the cache holds FP8 codes.
