@@ -53,6 +53,28 @@ def test_reference_matches_the_per_token_formula():
     assert torch.equal(got[1], y[1]) and torch.equal(got[5], y[5])
 
 
+def test_bfloat16_reference_rounds_where_peft_does():
+    """In bfloat16 the CPU reference multiplies in float32 and rounds each product once: what
+    bfloat16 F.linear gives (PEFT's lora_A, then lora_B), up to the order of the float32 sums."""
+    a, b, scales = _weights(1, torch.bfloat16)
+    slots = torch.tensor([0, -1, 2, 2], dtype=torch.int32)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, K, generator=g).bfloat16()
+    y = torch.randn(4, 40, generator=g).bfloat16()
+    v = lora_shrink_reference(x, a, slots)
+    got = lora_expand_reference(y.clone(), v, b, scales.tolist(), slots, SLICES)
+    assert v.dtype == got.dtype == torch.bfloat16
+    want = y.clone()
+    for t, s in enumerate(slots.tolist()):
+        if s < 0:
+            continue
+        for j, (o, n) in enumerate(SLICES):
+            vj = torch.nn.functional.linear(x[t : t + 1], a[s, j * RANK : (j + 1) * RANK])  # lora_A, bfloat16
+            want[t : t + 1, o : o + n] += torch.nn.functional.linear(vj, b[s, o : o + n]) * float(scales[s])
+    torch.testing.assert_close(got, want, atol=0.05, rtol=1.6e-2)
+    assert torch.equal(got[1], y[1])
+
+
 def _groups(token_slots):
     rows, tiles = group_rows(np.asarray(token_slots, dtype=np.int32))
     return LoRAGroups(torch.from_numpy(rows), torch.from_numpy(tiles))
