@@ -45,11 +45,35 @@ def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
+# Up to this many rows per adapter on average, a step's products are taken token by token
+# over gathered weights (`_gathered`) rather than adapter by adapter.
+_GATHER_ROWS_PER_ADAPTER = 16
+
+
+def _gathered(groups: list[tuple[int, torch.Tensor | None]], num_rows: int) -> bool:
+    """Whether a step's adapters each have few rows (a decode step of many requests over
+    many adapters): then the per-adapter loop's dozens of small ops per projection cost more
+    than gathering each token's weights (a few MB at these sizes) and multiplying once."""
+    return len(groups) > 1 and num_rows <= _GATHER_ROWS_PER_ADAPTER * len(groups)
+
+
+def _batched_product(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Row t of x [T, K] times weights[t] [N, K].T -> [T, N], in x's dtype (16-bit CPU
+    operands in float32, rounded once, as `_product`)."""
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        return torch.bmm(x.float()[:, None, :], weights.float().transpose(1, 2))[:, 0].to(x.dtype)
+    return torch.bmm(x[:, None, :], weights.transpose(1, 2))[:, 0]
+
+
 def lora_shrink_reference(x: torch.Tensor, a: torch.Tensor, token_slots: torch.Tensor) -> torch.Tensor:
     """v [T, R'] = x[t] @ a[slot(t)].T for x [T, K], a [S, R', K], token_slots int [T]
     (rows of base-model tokens are zero)."""
+    groups = _rows_by_slot(token_slots)
+    if _gathered(groups, x.shape[0]):
+        v = _batched_product(x, a.index_select(0, token_slots.clamp(min=0).long()))
+        return torch.where((token_slots >= 0)[:, None], v, torch.zeros((), dtype=v.dtype))
     v = x.new_zeros(x.shape[0], a.shape[1])
-    for slot, rows in _rows_by_slot(token_slots):
+    for slot, rows in groups:
         if rows is None:
             return _product(x, a[slot])
         v[rows] = _product(x[rows], a[slot])
@@ -67,7 +91,10 @@ def lora_expand_reference(
     """y[t, o:o+n] += scales[slot] * v[t, jR:(j+1)R] @ b[slot, o:o+n].T for each output
     slice j = (o, n), in place; y [T, N], v [T, len(slices) * R], b [S, N, R]."""
     rank = b.shape[2]
-    for slot, rows in _rows_by_slot(token_slots):
+    groups = _rows_by_slot(token_slots)
+    if _gathered(groups, y.shape[0]):
+        return _expand_gathered(y, v, b, scales, token_slots, slices)
+    for slot, rows in groups:
         scale = float(scales[slot])
         for j, (offset, size) in enumerate(slices):
             vj = v[:, j * rank : (j + 1) * rank] if rows is None else v[rows, j * rank : (j + 1) * rank]
@@ -76,4 +103,21 @@ def lora_expand_reference(
                 y[:, offset : offset + size] += delta
             else:
                 y[rows, offset : offset + size] += delta
+    return y
+
+
+def _expand_gathered(y, v, b, scales, token_slots, slices):
+    """`lora_expand_reference` token by token over each token's gathered B, with the same
+    roundings: the product in y's dtype, times the float scale (in float32, as a tensor times
+    a Python float computes it), added to the adapter rows only."""
+    rank = b.shape[2]
+    index = token_slots.clamp(min=0).long()
+    b_rows = b.index_select(0, index)  # [T, N, R]
+    scale = torch.tensor([float(s) for s in scales], dtype=torch.float32, device=y.device)[index][:, None]
+    adapter_rows = (token_slots >= 0)[:, None]
+    for j, (offset, size) in enumerate(slices):
+        delta = _batched_product(v[:, j * rank : (j + 1) * rank], b_rows[:, offset : offset + size])
+        delta = (delta.float() * scale).to(y.dtype)
+        out = y[:, offset : offset + size]
+        out.copy_(torch.where(adapter_rows, out + delta, out))
     return y
