@@ -10,24 +10,12 @@ from max.nn.attention import Attention
 from max.nn.norm import GemmaRMSNorm, RMSNorm
 from max.nn.rotary_embedding import RotaryEmbedding
 from max.nn.step_context import step_context
+from max.testing.layer_caches import OneLayerCache
 from max_kernels import RaggedLayout, backend
 from max_kernels.backend import interpreting
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, PAGE = 64, 4, 2, 16, 4
 CONTEXTS = [5, 1, 7]  # tokens per request, this step's one last
-
-
-class _Cache:
-    """One layer's K and V pages, as `step_context` reads them."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k, self.v = k, v
-
-    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k, self.v
-
-    def layer_scales(self, index: int):
-        return None, None
 
 
 class _ShiftedNorm(RMSNorm):
@@ -66,7 +54,7 @@ def _decode_step():
         page_table=table, slot_mapping=torch.tensor(slots), page_size=PAGE, num_decode=len(CONTEXTS),
         query_lens=[1] * len(CONTEXTS), context_lens_host=list(CONTEXTS),
     )  # fmt: skip
-    return layout, _Cache(k, v), torch.tensor([n - 1 for n in CONTEXTS])
+    return layout, OneLayerCache(k, v), torch.tensor([n - 1 for n in CONTEXTS])
 
 
 def _run(layer: Attention) -> torch.Tensor:

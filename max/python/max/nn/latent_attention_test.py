@@ -13,23 +13,11 @@ import torch
 from max.nn.latent_attention import LatentAttention, latent_cache_width
 from max.nn.rotary_embedding import RotaryEmbedding
 from max.nn.step_context import step_context
+from max.testing.layer_caches import OneLayerCache
 from max_kernels import RaggedLayout, backend
 
 RANK, ROPE, NOPE, V_DIM, HEADS, PAGE = 32, 8, 16, 12, 4, 4
 CONTEXTS = [9, 1, 14]  # tokens per request, the step's new one last
-
-
-class _Cache:
-    """One layer's latent cache halves, as `step_context` reads them."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k, self.v = k, v
-
-    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k, self.v
-
-    def layer_scales(self, index: int):
-        raise AssertionError("a latent cache has no scales")
 
 
 def _layer(seed: int) -> LatentAttention:
@@ -73,7 +61,7 @@ def _step(num_decode: int, query_lens=(1, 1, 1), host: bool = True, pad: int = 0
         context_lens_host=list(CONTEXTS) if host else None,
         num_splits=2,
     )
-    return layout, _Cache(k, v), torch.tensor(positions + [0] * pad)
+    return layout, OneLayerCache(k, v, scales=None), torch.tensor(positions + [0] * pad)
 
 
 def _run(layer, num_decode: int, **step) -> torch.Tensor:
