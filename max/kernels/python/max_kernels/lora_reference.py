@@ -25,15 +25,6 @@ import torch
 import torch.nn.functional as F
 
 
-def _rows_by_slot(token_slots: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
-    """(slot, its rows) for each adapter present; rows None when every token has that slot."""
-    slots = token_slots.tolist()
-    present = sorted({s for s in slots if s >= 0})
-    if len(present) == 1 and min(slots) >= 0:
-        return [(present[0], None)]
-    return [(s, (token_slots == s).nonzero().squeeze(1)) for s in present]
-
-
 def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`F.linear(x, weight)` in x's dtype. 16-bit operands on the CPU are multiplied in
     float32 and the result rounded once, which is what the 16-bit kernels compute (exact
@@ -46,15 +37,23 @@ def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # Up to this many rows per adapter on average, a step's products are taken token by token
-# over gathered weights (`_gathered`) rather than adapter by adapter.
+# over gathered weights (`_adapter_rows`) rather than adapter by adapter.
 _GATHER_ROWS_PER_ADAPTER = 16
 
 
-def _gathered(groups: list[tuple[int, torch.Tensor | None]], num_rows: int) -> bool:
-    """Whether a step's adapters each have few rows (a decode step of many requests over
-    many adapters): then the per-adapter loop's dozens of small ops per projection cost more
-    than gathering each token's weights (a few MB at these sizes) and multiplying once."""
-    return len(groups) > 1 and num_rows <= _GATHER_ROWS_PER_ADAPTER * len(groups)
+def _adapter_rows(token_slots: torch.Tensor) -> list[tuple[int, torch.Tensor | None]] | None:
+    """How a step's LoRA products are taken: None, token by token over gathered weights,
+    where its adapters each have few rows (a decode step of many requests over many
+    adapters: there the loop over adapters' dozens of small ops per projection cost more than
+    gathering each token's A and B, a few MB at these sizes); else (slot, its rows) for each
+    adapter present, rows None when every token has that slot."""
+    slots = token_slots.tolist()
+    present = sorted({s for s in slots if s >= 0})
+    if len(present) > 1 and len(slots) <= _GATHER_ROWS_PER_ADAPTER * len(present):
+        return None
+    if len(present) == 1 and min(slots) >= 0:
+        return [(present[0], None)]
+    return [(s, (token_slots == s).nonzero().squeeze(1)) for s in present]
 
 
 def _batched_product(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -68,8 +67,8 @@ def _batched_product(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def lora_shrink_reference(x: torch.Tensor, a: torch.Tensor, token_slots: torch.Tensor) -> torch.Tensor:
     """v [T, R'] = x[t] @ a[slot(t)].T for x [T, K], a [S, R', K], token_slots int [T]
     (rows of base-model tokens are zero)."""
-    groups = _rows_by_slot(token_slots)
-    if _gathered(groups, x.shape[0]):
+    groups = _adapter_rows(token_slots)
+    if groups is None:
         v = _batched_product(x, a.index_select(0, token_slots.clamp(min=0).long()))
         return torch.where((token_slots >= 0)[:, None], v, torch.zeros((), dtype=v.dtype))
     v = x.new_zeros(x.shape[0], a.shape[1])
@@ -91,8 +90,8 @@ def lora_expand_reference(
     """y[t, o:o+n] += scales[slot] * v[t, jR:(j+1)R] @ b[slot, o:o+n].T for each output
     slice j = (o, n), in place; y [T, N], v [T, len(slices) * R], b [S, N, R]."""
     rank = b.shape[2]
-    groups = _rows_by_slot(token_slots)
-    if _gathered(groups, y.shape[0]):
+    groups = _adapter_rows(token_slots)
+    if groups is None:
         return _expand_gathered(y, v, b, scales, token_slots, slices)
     for slot, rows in groups:
         scale = float(scales[slot])
