@@ -1,7 +1,8 @@
 """The packed float32 CPU product (`cpu_packed_linear`): F.linear's result to float32
-rounding, the same bits for a row whatever rows share its block (what keeps speculative
-decoding's output identical to plain decoding), a repack after the weight changes in
-place, and the dispatch of `max_kernels.linear`."""
+rounding, the same bits for a row whatever rows share its step (what keeps speculative
+decoding's output identical to plain decoding, and a request's tokens the same in any
+batch), a repack after the weight changes in place, and the dispatch of
+`max_kernels.linear`."""
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.skipif(not packed_linear_available(), reason="this torc
 def test_matches_f_linear(n, k, bias):
     g = torch.Generator().manual_seed(n + k)
     w, b = torch.randn(n, k, generator=g), (torch.randn(n, generator=g) if bias else None)
-    for rows in (1, 3, BLOCK_ROWS):
+    for rows in (1, 3, BLOCK_ROWS, 13, 64):
         x = torch.randn(rows, k, generator=g)
         torch.testing.assert_close(packed_linear(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-5)
     x = torch.randn(1, 2, k, generator=g)  # [batch, rows, features]
@@ -33,12 +34,13 @@ def test_matches_f_linear(n, k, bias):
 
 @torch.no_grad()
 def test_a_row_gets_the_same_bits_with_any_other_rows():
-    # The down projection's shape: oneDNN unpadded gives one row and five rows different bits.
+    # The down projection's shape: oneDNN unpadded gives one row and five rows different bits;
+    # past one block, the rows of a prefill chunk beside decode rows.
     g = torch.Generator().manual_seed(1)
     w = torch.randn(576, 1536, generator=g)
     row = torch.randn(1536, generator=g)
     alone = packed_linear(row[None], w)[0]
-    for rows in range(2, BLOCK_ROWS + 1):
+    for rows in [*range(2, BLOCK_ROWS + 1), 9, 16, 37, 200]:
         for position in (0, rows - 1):
             x = torch.randn(rows, 1536, generator=g)
             x[position] = row
@@ -58,7 +60,8 @@ def test_which_products_take_it():
     w = torch.randn(40, 64)
     with torch.no_grad():
         assert takes_packed_linear(torch.randn(BLOCK_ROWS, 64), w)
-        assert not takes_packed_linear(torch.randn(BLOCK_ROWS + 1, 64), w)  # a prefill: F.linear
+        assert takes_packed_linear(torch.randn(300, 64), w)  # a prefill chunk too
+        assert not takes_packed_linear(torch.randn(0, 64), w)
         assert not takes_packed_linear(torch.randn(1, 64).bfloat16(), w.bfloat16())
         x = torch.randn(3, 64)
         torch.testing.assert_close(linear(x, w), F.linear(x, w), atol=1e-4, rtol=1e-5)

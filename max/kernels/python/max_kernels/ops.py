@@ -89,9 +89,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x [M, K] @ weight.T (+ bias) -> [M, N]. One row of 16-bit activations on CUDA (batch-1
     decode) goes through the Triton GEMV, which starts reading its weight before the previous
     kernel ends; one bfloat16 row on the CPU through ATen's GEMV (`max_kernels.cpu_gemv`);
-    up to 8 float32 rows on the CPU through oneDNN's packed weight, padded to 8 rows
-    (`max_kernels.cpu_packed_linear`: decode and verify steps give a row the same bits);
-    everything else through `F.linear` (cuBLAS on the GPU)."""
+    float32 rows on the CPU through oneDNN's packed weight, padded to a multiple of 8 rows
+    (`max_kernels.cpu_packed_linear`: a row gets the same bits in any step); everything
+    else through `F.linear` (cuBLAS on the GPU)."""
     if _takes_gemv(x, weight):
         return _gemv_call(x, weight, bias)
     if _cpu_gemv.takes_cpu_gemv(x, weight):
