@@ -75,6 +75,16 @@ TUNED: dict[tuple[int, int, int], Int4GemvConfig] = {
     (4096, 4096, 1): Int4GemvConfig("words", 16, 1024, 4, split_k=2),  # o: 6.7 us
     (28672, 4096, 1): Int4GemvConfig("words", 16, 1024, 4, split_k=1),  # gate_up: 29.0 us
     (4096, 14336, 1): Int4GemvConfig("words", 16, 1024, 4, split_k=2),  # down: 16.4 us
+    # 2-4 and 5-16 rows (H100, 2026-12-07, `int4_gemv_sweep --rows 4,16 --quick`): 2.6-3.7x
+    # the default 16-row tile, except gate_up at 4 rows (1.8x).
+    (6144, 4096, 4): Int4GemvConfig("word_tile", 128, 128, 4, split_k=8, num_stages=3),  # qkv: 15.0 us
+    (6144, 4096, 16): Int4GemvConfig("word_tile", 128, 128, 4, split_k=8, num_stages=3),  # qkv: 21.3 us
+    (4096, 4096, 4): Int4GemvConfig("word_tile", 128, 128, 4, split_k=8, num_stages=3),  # o: 13.7 us
+    (4096, 4096, 16): Int4GemvConfig("word_tile", 128, 128, 4, split_k=8, num_stages=3),  # o: 19.7 us
+    (28672, 4096, 4): Int4GemvConfig("word_tile", 256, 128, 8, split_k=2, num_stages=3),  # gate_up: 52.9 us
+    (28672, 4096, 16): Int4GemvConfig("word_tile", 256, 128, 8, split_k=2, num_stages=3),  # gate_up: 68.5 us
+    (4096, 14336, 4): Int4GemvConfig("word_tile", 128, 128, 4, split_k=8, num_stages=3),  # down: 37.3 us
+    (4096, 14336, 16): Int4GemvConfig("word_tile", 128, 128, 4, split_k=8, num_stages=3),  # down: 55.2 us
 }
 
 
