@@ -25,13 +25,18 @@ import torch
 import torch.nn.functional as F
 
 
+def _in_float32(x: torch.Tensor) -> bool:
+    """Whether x's products are taken in float32 and rounded once to its dtype: 16-bit
+    operands on the CPU. That is what the 16-bit kernels compute (exact products, float32
+    sums) up to the order of the sums, and oneDNN's bfloat16 kernels take tens of
+    microseconds for these rank-sized shapes (one row times a [576, 16] B: ~30 us against
+    ~5 in float32 on a Zen 4 core) and over a millisecond for eight rows."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+
+
 def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`F.linear(x, weight)` in x's dtype. 16-bit operands on the CPU are multiplied in
-    float32 and the result rounded once, which is what the 16-bit kernels compute (exact
-    products, float32 sums) up to the order of the sums: oneDNN's bfloat16 kernels take
-    tens of microseconds for these rank-sized shapes (one row times a [576, 16] B: ~30 us
-    against ~5 in float32 on a Zen 4 core) and over a millisecond for eight rows."""
-    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+    """`F.linear(x, weight)` in x's dtype (in float32 where `_in_float32`)."""
+    if _in_float32(x):
         return F.linear(x.float(), weight.float()).to(x.dtype)
     return F.linear(x, weight)
 
@@ -57,9 +62,9 @@ def _adapter_rows(token_slots: torch.Tensor) -> list[tuple[int, torch.Tensor | N
 
 
 def _batched_product(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Row t of x [T, K] times weights[t] [N, K].T -> [T, N], in x's dtype (16-bit CPU
-    operands in float32, rounded once, as `_product`)."""
-    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+    """Row t of x [T, K] times weights[t] [N, K].T -> [T, N], in x's dtype (in float32
+    where `_in_float32`, as `_product`)."""
+    if _in_float32(x):
         return torch.bmm(x.float()[:, None, :], weights.float().transpose(1, 2))[:, 0].to(x.dtype)
     return torch.bmm(x[:, None, :], weights.transpose(1, 2))[:, 0]
 
@@ -83,12 +88,13 @@ def lora_expand_reference(
     y: torch.Tensor,
     v: torch.Tensor,
     b: torch.Tensor,
-    scales: Sequence[float],
+    scales: torch.Tensor | Sequence[float],
     token_slots: torch.Tensor,
     slices: Sequence[tuple[int, int]],
 ) -> torch.Tensor:
     """y[t, o:o+n] += scales[slot] * v[t, jR:(j+1)R] @ b[slot, o:o+n].T for each output
-    slice j = (o, n), in place; y [T, N], v [T, len(slices) * R], b [S, N, R]."""
+    slice j = (o, n), in place; y [T, N], v [T, len(slices) * R], b [S, N, R], scales [S]
+    (float32 tensor or floats)."""
     rank = b.shape[2]
     groups = _adapter_rows(token_slots)
     if groups is None:
@@ -112,7 +118,7 @@ def _expand_gathered(y, v, b, scales, token_slots, slices):
     rank = b.shape[2]
     index = token_slots.clamp(min=0).long()
     b_rows = b.index_select(0, index)  # [T, N, R]
-    scale = torch.tensor([float(s) for s in scales], dtype=torch.float32, device=y.device)[index][:, None]
+    scale = torch.as_tensor(scales, dtype=torch.float32, device=y.device)[index][:, None]
     adapter_rows = (token_slots >= 0)[:, None]
     for j, (offset, size) in enumerate(slices):
         delta = _batched_product(v[:, j * rank : (j + 1) * rank], b_rows[:, offset : offset + size])

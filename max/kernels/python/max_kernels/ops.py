@@ -455,7 +455,7 @@ def lora_add(
     slices; elsewhere `lora_reference`, which defines the result."""
     if not use_triton(x):
         v = lora_shrink_reference(x, lora.a, token_slots)
-        return lora_expand_reference(y, v, lora.b, lora.scales.tolist(), token_slots, lora.slices)
+        return lora_expand_reference(y, v, lora.b, lora.scales, token_slots, lora.slices)
     if groups is None:
         raise ValueError("lora_add on CUDA needs the rows grouped by slot (lora_sgmv.group_rows)")
     partials = _lora_sgmv.lora_shrink_sgmv(x, lora.a, groups, lora.b.shape[2])
