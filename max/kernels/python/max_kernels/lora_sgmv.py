@@ -37,7 +37,14 @@ from max_kernels.pdl import pdl_launch, pdl_prologue
 # ruff: noqa: N803
 
 
+# Rows per tile: BLOCK_M, or PREFILL_BLOCK_M where each adapter has many rows in the step
+# (`tile_rows`). `lora_bench` on one H100 (Llama-3.1-8B shapes, rank 16, 8 adapters): a
+# 256-row decode step is fastest with 16-row tiles (the LoRA products 111 us a layer
+# against 118 and 161 with 32 and 64), an 8192-row prefill of 200-token prompts with 64
+# (911 us against 1,043 with 16).
 BLOCK_M = 16
+PREFILL_BLOCK_M = 64
+_PREFILL_ROWS_PER_ADAPTER = 256
 _BLOCK_K = 128
 _SHRINK_BLOCK_N = 64
 _EXPAND_BLOCK_N = 256
@@ -61,10 +68,12 @@ class LoRAStack:
 class LoRAGroups:
     """A step's adapter rows grouped by slot: `rows` int32 [R] (the rows of each slot
     together) and `tiles` int32 [3, num_tiles], each tile's first and end index into
-    `rows` and its slot (a tile of slot -1 is skipped). Both on the device."""
+    `rows` and its slot (a tile of slot -1 is skipped), tiles of at most `block_m` rows.
+    Both on the device."""
 
     rows: torch.Tensor
     tiles: torch.Tensor
+    block_m: int = BLOCK_M  # the most rows of a tile (`group_rows`' block_m)
 
     @property
     def num_tiles(self) -> int:
@@ -72,10 +81,19 @@ class LoRAGroups:
         return self.tiles.shape[1]
 
 
-def group_rows(token_slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tile_rows(token_slots: np.ndarray) -> int:
+    """The tile height for a step whose token t uses slot token_slots[t]: PREFILL_BLOCK_M
+    where its adapters have on average 256 rows or more (prefill chunks), else BLOCK_M."""
+    slots = np.asarray(token_slots)
+    adapter_rows = int((slots >= 0).sum())
+    present = len(np.unique(slots[slots >= 0]))
+    return PREFILL_BLOCK_M if present and adapter_rows >= _PREFILL_ROWS_PER_ADAPTER * present else BLOCK_M
+
+
+def group_rows(token_slots: np.ndarray, block_m: int = BLOCK_M) -> tuple[np.ndarray, np.ndarray]:
     """(rows, tiles) of `LoRAGroups` for a step whose token t uses slot token_slots[t]
     (-1: the base model): the adapter rows sorted by slot (stable: a prompt's rows stay in
-    order), and tiles of at most BLOCK_M rows of one slot."""
+    order), and tiles of at most `block_m` rows of one slot."""
     slots = np.asarray(token_slots)
     order = np.argsort(slots, kind="stable")
     rows = order[slots[order] >= 0]
@@ -84,18 +102,18 @@ def group_rows(token_slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cuts = np.flatnonzero(np.diff(run_slots)) + 1
     starts = np.concatenate([[0], cuts]) if len(rows) else np.zeros(0, dtype=np.int64)
     ends = np.concatenate([cuts, [len(rows)]]) if len(rows) else np.zeros(0, dtype=np.int64)
-    counts = -(-(ends - starts) // BLOCK_M)
+    counts = -(-(ends - starts) // block_m)
     run = np.repeat(np.arange(len(starts)), counts)
     first_tile = np.repeat(np.cumsum(counts) - counts, counts)
-    tile_start = starts[run] + BLOCK_M * (np.arange(int(counts.sum())) - first_tile)
-    tiles = np.stack([tile_start, np.minimum(tile_start + BLOCK_M, ends[run]), run_slots[starts[run]]])
+    tile_start = starts[run] + block_m * (np.arange(int(counts.sum())) - first_tile)
+    tiles = np.stack([tile_start, np.minimum(tile_start + block_m, ends[run]), run_slots[starts[run]]])
     return rows.astype(np.int32), tiles.astype(np.int32).reshape(3, -1)
 
 
-def max_group_tiles(num_rows: int, num_slots: int) -> int:
+def max_group_tiles(num_rows: int, num_slots: int, block_m: int = BLOCK_M) -> int:
     """The most tiles `group_rows` gives for `num_rows` rows over `num_slots` slots (each
     slot present adds at most one partial tile)."""
-    return min(num_rows, num_rows // BLOCK_M + min(num_slots, num_rows))
+    return min(num_rows, num_rows // block_m + min(num_slots, num_rows))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -110,9 +128,15 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _max_splits(block_r: int) -> int:
-    # The expand sums the splits in one [splits, BLOCK_M, BLOCK_R] load: keep it in registers.
-    return max(1, min(16, 4096 // (BLOCK_M * block_r)))
+def _max_splits(block_r: int, block_m: int) -> int:
+    # The expand sums the splits in one [splits, block_m, BLOCK_R] load: keep it in registers.
+    return max(1, min(16, 4096 // (block_m * block_r)))
+
+
+def _expand_block_n(block_m: int, n: int) -> int:
+    """Output columns per expand step (`lora_bench`, one H100: 128 for 64-row tiles; for
+    16-row tiles 128 on tall projections such as gate_up, 256 on the others)."""
+    return 128 if block_m >= PREFILL_BLOCK_M or n >= 16384 else _EXPAND_BLOCK_N
 
 
 def _split_k(k: int, programs: int, max_splits: int, device: torch.device) -> tuple[int, int]:
@@ -135,7 +159,7 @@ def lora_shrink_sgmv(
     block_n = max(16, min(_SHRINK_BLOCK_N, triton.next_power_of_2(n)))
     n_blocks = triton.cdiv(n, block_n)
     if max_splits is None:
-        max_splits = _max_splits(max(16, triton.next_power_of_2(rank)))
+        max_splits = _max_splits(max(16, triton.next_power_of_2(rank)), groups.block_m)
     splits, chunk = _split_k(k, max(1, groups.num_tiles) * n_blocks, max_splits, x.device)
     partials = torch.empty((splits, t, n), dtype=torch.float32, device=x.device)
     if groups.num_tiles == 0:
@@ -144,7 +168,7 @@ def lora_shrink_sgmv(
     _shrink_kernel[(groups.num_tiles, splits, n_blocks)](
         x, a, rows, tiles, tiles.stride(0), partials, k, n, chunk // _BLOCK_K,
         x.stride(0), a.stride(0), a.stride(1), partials.stride(0), partials.stride(1),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=_BLOCK_K, PRECISION=_precision(x.dtype), **pdl_launch(x),
+        BLOCK_M=groups.block_m, BLOCK_N=block_n, BLOCK_K=_BLOCK_K, PRECISION=_precision(x.dtype), **pdl_launch(x),
     )  # fmt: skip
     return partials
 
@@ -195,12 +219,12 @@ def _shrink_kernel(
     tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _expand_column_blocks(num_tiles: int, n: int, device: torch.device) -> int:
+def _expand_column_blocks(num_tiles: int, n: int, block_n: int, device: torch.device) -> int:
     """Column blocks of BLOCK_N each program of the expand walks: one while the grid is
     small (a decode step), more where tiles x blocks would be tens of thousands of short
     programs (a prefill step: each would pay its tile's loads and a latency chain for
     16 x 256 outputs), keeping about eight programs per SM."""
-    blocks = triton.cdiv(n, _EXPAND_BLOCK_N)
+    blocks = triton.cdiv(n, block_n)
     per_program = max(1, (num_tiles * blocks) // (8 * _num_sms(device)))
     return min(blocks, 16, triton.next_power_of_2(per_program))
 
@@ -225,14 +249,16 @@ def lora_expand_sgmv(
         return y
     bounds = [o for o, _ in slices[1:]] + [n] * (3 - len(slices))
     block_r = max(16, triton.next_power_of_2(r))
-    if partials.shape[0] > _max_splits(block_r):
+    splits = _max_splits(block_r, groups.block_m)
+    if partials.shape[0] > splits:
         raise ValueError(f"{partials.shape[0]} partial sums: lora_shrink_sgmv was given another rank than b's {r}")
     rows, tiles = groups.rows, groups.tiles
-    column_blocks = _expand_column_blocks(groups.num_tiles, n, y.device)
-    _expand_kernel[(groups.num_tiles, triton.cdiv(n, _EXPAND_BLOCK_N * column_blocks))](
+    block_n = _expand_block_n(groups.block_m, n)
+    column_blocks = _expand_column_blocks(groups.num_tiles, n, block_n, y.device)
+    _expand_kernel[(groups.num_tiles, triton.cdiv(n, block_n * column_blocks))](
         y, partials, b, scales, rows, tiles, tiles.stride(0), n, r, partials.shape[0], bounds[0], bounds[1],
         column_blocks, y.stride(0), partials.stride(0), partials.stride(1), b.stride(0), b.stride(1),
-        BLOCK_M=BLOCK_M, BLOCK_N=_EXPAND_BLOCK_N, BLOCK_R=block_r, SPLITS=_max_splits(block_r),
+        BLOCK_M=groups.block_m, BLOCK_N=block_n, BLOCK_R=block_r, SPLITS=splits,
         NUM_SLICES=len(slices), PRECISION=_precision(y.dtype), **pdl_launch(y),
     )  # fmt: skip
     return y

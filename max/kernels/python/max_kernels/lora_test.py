@@ -13,7 +13,7 @@ import torch
 
 from max_kernels import LoRAGroups, LoRAStack, backend, lora_add
 from max_kernels.lora_reference import lora_expand_reference, lora_shrink_reference
-from max_kernels.lora_sgmv import BLOCK_M, group_rows, max_group_tiles
+from max_kernels.lora_sgmv import BLOCK_M, PREFILL_BLOCK_M, group_rows, max_group_tiles, tile_rows
 
 SLICES = [(0, 24), (24, 8), (32, 8)]  # a fused qkv-like output: q 24, k 8, v 8
 RANK, SLOTS, K = 8, 3, 40
@@ -101,9 +101,9 @@ def test_reference_token_by_token_equals_adapter_by_adapter(monkeypatch, dtype):
     assert torch.equal(got[1], y[1]) and torch.equal(got[5], y[5])  # base rows untouched
 
 
-def _groups(token_slots):
-    rows, tiles = group_rows(np.asarray(token_slots, dtype=np.int32))
-    return LoRAGroups(torch.from_numpy(rows), torch.from_numpy(tiles))
+def _groups(token_slots, block_m=BLOCK_M):
+    rows, tiles = group_rows(np.asarray(token_slots, dtype=np.int32), block_m)
+    return LoRAGroups(torch.from_numpy(rows), torch.from_numpy(tiles), block_m)
 
 
 def test_rows_are_grouped_by_slot_in_tiles_of_one_slot():
@@ -125,6 +125,16 @@ def test_rows_are_grouped_by_slot_in_tiles_of_one_slot():
     assert group_rows(np.array([-1] * 5, dtype=np.int32))[1].shape == (3, 0)
 
 
+def test_steps_whose_adapters_have_many_rows_take_taller_tiles():
+    decode = np.arange(256, dtype=np.int32) % 8  # 32 rows an adapter
+    prefill = np.repeat(np.arange(8, dtype=np.int32), 300)  # prompt chunks
+    assert tile_rows(decode) == BLOCK_M and tile_rows(prefill) == PREFILL_BLOCK_M
+    assert tile_rows(np.full(4096, -1, dtype=np.int32)) == BLOCK_M  # no adapter rows
+    rows, tiles = group_rows(prefill, PREFILL_BLOCK_M)
+    assert (tiles[1] - tiles[0]).max() == PREFILL_BLOCK_M
+    assert tiles.shape[1] == 8 * 5 <= max_group_tiles(len(prefill), 8, PREFILL_BLOCK_M)  # 300 rows: 5 tiles
+
+
 @pytest.mark.parametrize(
     ("lengths", "seg_slots"),
     [
@@ -135,7 +145,8 @@ def test_rows_are_grouped_by_slot_in_tiles_of_one_slot():
     ],
 )
 @pytest.mark.parametrize("slices", [SLICES, [(0, 24), (24, 16)], [(0, 40)]])
-def test_kernels_match_the_reference(lengths, seg_slots, slices):
+@pytest.mark.parametrize("block_m", [BLOCK_M, PREFILL_BLOCK_M])
+def test_kernels_match_the_reference(lengths, seg_slots, slices, block_m):
     a, b, scales = _weights(1, slices=slices)
     slots = torch.repeat_interleave(torch.tensor(seg_slots, dtype=torch.int32), torch.tensor(lengths))
     t = sum(lengths)
@@ -144,7 +155,7 @@ def test_kernels_match_the_reference(lengths, seg_slots, slices):
     y = torch.randn(t, 40, generator=g)
     want = lora_add(y.clone(), x, LoRAStack(a, b, scales, slices), slots, None)  # the CPU reference
     with backend("triton"):
-        got = lora_add(y.clone(), x, LoRAStack(a, b, scales, slices), slots, _groups(slots))
+        got = lora_add(y.clone(), x, LoRAStack(a, b, scales, slices), slots, _groups(slots, block_m))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
     base_rows = slots < 0
     assert torch.equal(got[base_rows], y[base_rows])

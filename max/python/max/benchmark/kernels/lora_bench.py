@@ -10,7 +10,8 @@ rank-16 adapter slots; `8192p200` is a prefill step of 8192 rows in prompts of 2
 the prompts' adapters round-robin. Prints one JSON line per batch: microseconds per layer
 of each, and LoRA's share of the base products (the issue's goals: an adapter costs under
 10 % of a batch-1 step, and 1000 requests keep 85 % of the base throughput).
-`--block-m` and `--expand-block-n` time other tile sizes of `max_kernels.lora_sgmv`.
+`--block-m` and `--expand-block-n` time other tile sizes of `max_kernels.lora_sgmv` than
+its rules (`tile_rows`, `_expand_block_n`).
 
     PYTHONPATH=max/python:max/kernels/python python3 -m max.benchmark.kernels.lora_bench \\
         --rows 1 16 256 8192p200
@@ -28,7 +29,7 @@ import torch
 from max.benchmark.kernels.bench_harness import graph_time_us
 from max.entrypoints.process_setup import run_main
 from max_kernels import LoRAGroups, LoRAStack, linear, lora_add, lora_linear, lora_sgmv
-from max_kernels.lora_sgmv import group_rows, lora_shrink_sgmv
+from max_kernels.lora_sgmv import group_rows, lora_shrink_sgmv, tile_rows
 
 HIDDEN, INTER, KV = 4096, 14336, 1024
 PROJECTIONS = {  # name: (input width, output slices)
@@ -50,7 +51,7 @@ def token_slots(spec: str) -> np.ndarray:
     return (index % SLOTS).astype(np.int32)
 
 
-def _time_projection(k: int, slices: list[tuple[int, int]], slots: np.ndarray) -> dict[str, float]:
+def _time_projection(k: int, slices: list[tuple[int, int]], slots: np.ndarray, block_m: int) -> dict[str, float]:
     """µs per call of one projection for rows in `slots`: `base` (the product alone),
     `lora` (`lora_add` after it), `shrink` (alone) and `together` (`lora_linear`: the
     product with the LoRA product added, fused into the GEMV at one row)."""
@@ -62,8 +63,8 @@ def _time_projection(k: int, slices: list[tuple[int, int]], slots: np.ndarray) -
     a = [torch.randn(SLOTS, len(slices) * RANK, k, device=dev, dtype=dt) * k**-0.5 for _ in range(LAYERS)]
     b = [torch.randn(SLOTS, n, RANK, device=dev, dtype=dt) * 0.01 for _ in range(LAYERS)]
     scales = torch.full((SLOTS,), 2.0, device=dev)
-    grouped, tiles = group_rows(slots)
-    groups = LoRAGroups(torch.from_numpy(grouped).to(dev), torch.from_numpy(tiles).to(dev))
+    grouped, tiles = group_rows(slots, block_m)
+    groups = LoRAGroups(torch.from_numpy(grouped).to(dev), torch.from_numpy(tiles).to(dev), block_m)
     device_slots = torch.from_numpy(slots).to(dev)
     outs = [linear(x, w) for w in weights]
     return {
@@ -80,18 +81,20 @@ def _run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("lora_bench needs a CUDA GPU", file=sys.stderr)
         return 1
-    for block_m in args.block_m or [lora_sgmv.BLOCK_M]:
-        for block_n in args.expand_block_n or [lora_sgmv._EXPAND_BLOCK_N]:
-            # The tile sizes are read at each call: set them for this configuration.
-            lora_sgmv.BLOCK_M, lora_sgmv._EXPAND_BLOCK_N = block_m, block_n
+    rule = lora_sgmv._expand_block_n
+    for block_m in args.block_m or [None]:
+        for block_n in args.expand_block_n or [None]:
+            # The expand's column tile is chosen at each call: fix it for this configuration.
+            lora_sgmv._expand_block_n = rule if block_n is None else (lambda bm, n, block_n=block_n: block_n)
             for spec in args.rows:
                 slots = token_slots(spec)
-                per = {name: _time_projection(k, slices, slots) for name, (k, slices) in PROJECTIONS.items()}
+                bm = tile_rows(slots) if block_m is None else block_m
+                per = {name: _time_projection(k, slices, slots, bm) for name, (k, slices) in PROJECTIONS.items()}
                 total = {key: sum(p[key] for p in per.values()) for key in ("base", "lora", "shrink", "together")}
                 record = {
                     "rows": spec,
-                    "block_m": block_m,
-                    "expand_block_n": block_n,
+                    "block_m": bm,
+                    "expand_block_n": block_n or "rule",
                     **{f"{key}_us_per_layer": round(v, 2) for key, v in total.items()},
                     "lora_share_of_base": round(total["lora"] / total["base"], 4),
                     # What an adapter adds to a layer's products as the model runs them.

@@ -18,7 +18,7 @@ from max.nn.lora import LoRABatch
 from max.pipelines.lib.engine.scheduler import ScheduledChunk
 from max.pipelines.lib.runner.device_transfer import upload
 from max_kernels import LoRAGroups
-from max_kernels.lora_sgmv import group_rows
+from max_kernels.lora_sgmv import group_rows, tile_rows
 
 
 def lora_batch(
@@ -41,7 +41,8 @@ def next_decode_lora(prev: LoRABatch | None) -> LoRABatch | None:
 def _upload(request_slots: np.ndarray, token_slots: np.ndarray, device: torch.device) -> LoRABatch | None:
     if (request_slots < 0).all():
         return None
-    rows, tiles = group_rows(token_slots)
+    block_m = tile_rows(token_slots)
+    rows, tiles = group_rows(token_slots, block_m)
     t, r = len(token_slots), len(rows)
     ints = upload(np.concatenate([token_slots, rows, tiles.ravel()]).astype(np.int32), device)
-    return LoRABatch(ints[:t], LoRAGroups(ints[t : t + r], ints[t + r :].view(3, -1)), request_slots)
+    return LoRABatch(ints[:t], LoRAGroups(ints[t : t + r], ints[t + r :].view(3, -1), block_m), request_slots)
