@@ -9,11 +9,13 @@ from max.nn.parallel import RowParallelLinear, TensorParallel
 from max.nn.quantized_linear import (
     Int4WeightOnlyLinear,
     Int8WeightOnlyLinear,
+    int4_kernel,
     quantize_int4,
     quantize_int8,
     quantize_linears,
     quantized_linear,
 )
+from max_kernels import cpu_int4
 
 
 def _weight(n, k, seed=0):
@@ -41,14 +43,43 @@ def test_int8_layer_matches_its_dequantized_weight():
 def test_int4_layer_matches_its_dequantized_weight():
     w = _weight(64, 128)
     x = torch.randn(3, 128).bfloat16()
-    layer = Int4WeightOnlyLinear(w, None, torch.bfloat16)
+    layer = Int4WeightOnlyLinear(w, None, torch.bfloat16, kernel="torch")
     codes, scales, zeros = quantize_int4(w)
-    sz = layer.scales_and_zeros.float()  # [K/32, N, 2], as the kernel reads them
+    sz = layer.scales_and_zeros.float()  # [K/32, N, 2], as torch's kernel reads them
     deq = (codes.view(64, 4, 32).float() - 8) * sz[..., 0].t()[:, :, None] + sz[..., 1].t()[
         :, :, None
     ]
     assert _rel(layer(x), x.float() @ deq.reshape(64, 128).t()) < 1e-2
     assert _rel(layer(x), x.float() @ w.t()) < 0.1  # and the float weight, to int4's error
+
+
+@pytest.mark.skipif(not cpu_int4.available(), reason="no AVX2/FMA or no C compiler here")
+def test_int4_layer_on_our_avx2_kernel_matches_torch_s():
+    w, bias = _weight(96, 128), torch.randn(96)
+    ours = Int4WeightOnlyLinear(w, bias, torch.bfloat16, kernel="native")
+    theirs = Int4WeightOnlyLinear(w, bias, torch.bfloat16, kernel="torch")
+    assert ours.kernel == "native" and "native kernel" in repr(ours)
+    for rows in (1, 3, 7):
+        x = torch.randn(2, rows, 128).bfloat16()
+        y = ours(x)
+        assert y.shape == (2, rows, 96) and y.dtype == torch.bfloat16
+        # The same weight; ours rounds x to int8 per group of 32 (about 0.5 %).
+        assert _rel(y, theirs(x)) < 1.5e-2
+    # Float32 layers (and other group sizes) stay on torch's kernel.
+    assert Int4WeightOnlyLinear(w, None, torch.float32, kernel="native").kernel == "torch"
+
+
+def test_the_int4_kernel_override_is_checked(monkeypatch):
+    int4_kernel.cache_clear()
+    monkeypatch.setenv("MAX_CPU_INT4_KERNEL", "fast")
+    try:
+        with pytest.raises(MaxError, match="choose from torch, native"):
+            int4_kernel()
+        monkeypatch.setenv("MAX_CPU_INT4_KERNEL", "torch")
+        int4_kernel.cache_clear()
+        assert int4_kernel() == "torch"
+    finally:
+        int4_kernel.cache_clear()
 
 
 def test_int4_recovers_the_codes_of_q4_1_blocks_exactly():

@@ -46,7 +46,7 @@ INT8_ENCODINGS = ("q8_0", "q6_k", "q5_0", "q5_k")
 INT8_DYNAMIC = "int8_dynamic"  # the --quantization method the int8_dynamic path sets
 # Part of the cache key: bump it when the measurement or the probes change, so figures
 # taken the old way are not reused.
-MEASUREMENT_VERSION = "4"
+MEASUREMENT_VERSION = "5"
 
 Measure = Callable[[Sequence[str], Sequence[tuple[int, int]], int, tuple[int, int] | None], list[PathMeasurement]]
 

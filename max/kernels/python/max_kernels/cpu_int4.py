@@ -1,0 +1,171 @@
+"""int4 weights times a few rows on x86 CPUs with AVX2: a C kernel of ours (`cpu_int4.c`).
+
+torch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`) is fast where it can widen codes
+to bfloat16 in registers (AVX512-BF16); with AVX2 alone it computes no faster than a
+bfloat16 product reads its weight (issue 29: q4_1 within 8 % of bfloat16, 2-core EPYC,
+AVX2 emulated). This kernel does what llama.cpp does for Q4 weights: the rows are quantized
+to int8 per group of 32 features (one float scale each), and each group's dot product is
+an integer one on the AVX2 integer units (`vpmaddubsw`), scaled once per group. The
+weight is the same int4 format as the int4 path's (groups of 32, a scale and a zero per
+group in bfloat16); only the codes' order differs (`pack`).
+
+The C source is compiled at first use with the system's C compiler into a cache folder
+(`$MAX_KERNEL_CACHE`, else `~/.cache/max/kernels`), keyed by the source's hash, and loaded
+with ctypes; its OpenMP loop runs on torch's own OpenMP runtime and thread count. Where
+there is no compiler, no AVX2/FMA, or the build fails, `available()` is False and callers
+keep torch's kernel. `int4_q8_reference` computes the same arithmetic in torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("max_kernels")
+
+GROUP = 32
+_SOURCE = Path(__file__).with_name("cpu_int4.c")
+_FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+
+
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return {"avx2", "fma"} <= flags
+    except OSError:
+        pass
+    return False
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MAX_KERNEL_CACHE") or Path.home() / ".cache" / "max" / "kernels")
+
+
+def _build(source: Path) -> Path | None:
+    """The compiled library for `source` (built now if not cached), None if it cannot be."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        logger.debug("cpu_int4: no C compiler; torch's int4 kernel stays")
+        return None
+    digest = hashlib.sha256(source.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{source.stem}-{digest}.so"
+    if target.exists():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Built beside the target and renamed: processes building at once never load half a file.
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            subprocess.run([compiler, *_FLAGS, str(source), "-o", str(out)], check=True, capture_output=True, timeout=120)
+            os.replace(out, target)
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        logger.warning("cpu_int4: building %s failed (%s) %s; torch's int4 kernel stays", source.name, e, detail.decode()[-500:])
+        return None
+    return target
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if not _cpu_has_avx2_fma():
+        return None
+    path = _build(_SOURCE)
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        logger.warning("cpu_int4: loading %s failed (%s); torch's int4 kernel stays", path, e)
+        return None
+    fn = lib.max_int4_matmul
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """Whether this CPU and machine run the kernel (AVX2 and FMA, a C compiler, a build)."""
+    return _library() is not None
+
+
+def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's weight from `quantized_linear.quantize_int4`'s output (codes int [N, K]
+    in [0, 15], scales and zeros [K/32, N]): packed codes uint8 [N, K/32, 16] (byte j of a
+    group: feature j in the low nibble, j + 16 in the high one) and each feature's scales
+    and zeros [N, 2, K/32] in `dtype` (bfloat16: the int4 path's rounding of them)."""
+    n, k = codes.shape
+    if k % GROUP:
+        raise ValueError(f"cpu_int4 takes K a multiple of {GROUP}, got {k}")
+    q = codes.to(torch.uint8).reshape(n, k // GROUP, GROUP)
+    packed = (q[..., :16] | (q[..., 16:] << 4)).contiguous()
+    pairs = torch.stack((scales.t(), zeros.t()), dim=1).to(dtype).contiguous()
+    return packed, pairs
+
+
+def unpack(packed: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """The float32 weight [N, K] that `pack`'s output holds (scale * (q - 8) + zero)."""
+    q = torch.cat((packed & 15, packed >> 4), dim=-1).float()  # [N, G, 32]
+    s, z = pairs.float().unbind(1)
+    return (s[..., None] * (q - 8) + z[..., None]).reshape(packed.shape[0], -1)
+
+
+def quantize_rows_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes [M, K], float32 scales [M, K/32]) of rows x, per group of 32 as the kernel
+    quantizes them: d = max|x| / 127, codes round-half-even(x * (1 / d))."""
+    m, k = x.shape
+    xg = x.float().reshape(m, k // GROUP, GROUP)
+    d = xg.abs().amax(dim=-1) / 127.0
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros((), dtype=d.dtype))
+    return torch.round(xg * inv[..., None]).to(torch.int8).reshape(m, k), d
+
+
+def int4_q8_reference(x: torch.Tensor, packed: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """What `int4_matmul` computes, in torch: per group, s d sum((q - 8) x8) + z sum(x),
+    summed over the groups in float32; [M, N] in x's dtype."""
+    m, k = x.shape
+    x8, d = quantize_rows_q8(x)
+    q = torch.cat((packed & 15, packed >> 4), dim=-1).to(torch.int32) - 8  # [N, G, 32]
+    dots = torch.einsum("mgi,ngi->mng", x8.reshape(m, -1, GROUP).to(torch.int32), q).float()  # exact
+    s, z = pairs.float().unbind(1)  # [N, G]
+    sums = x.float().reshape(m, -1, GROUP).sum(-1)  # [M, G]
+    y = (s[None] * d[:, None] * dots).sum(-1) + sums @ z.t()
+    return y.to(x.dtype)
+
+
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """x [M, K] (bfloat16 or float32) times the packed int4 weight [N, K] -> [M, N] in x's
+    dtype, by the C kernel on torch's threads (`available()` must be True). For a few rows
+    (decode steps): each group of codes is decoded once per four rows."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("cpu_int4 is not available on this machine (see cpu_int4.available)")
+    if x.dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"cpu_int4 takes bfloat16 or float32 rows, got {x.dtype}")
+    if pairs.dtype != torch.bfloat16:
+        raise ValueError(f"cpu_int4 takes bfloat16 scale/zero pairs, got {pairs.dtype}")
+    x = x.contiguous()
+    m, k = x.shape
+    n = packed.shape[0]
+    if packed.shape != (n, k // GROUP, 16) or pairs.shape != (n, 2, k // GROUP) or k % GROUP:
+        raise ValueError(f"x [{m}, {k}] does not fit the packed weight {tuple(packed.shape)} / {tuple(pairs.shape)}")
+    y = torch.empty((m, n), dtype=x.dtype)
+    rc = lib.max_int4_matmul(
+        x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, packed.data_ptr(), pairs.data_ptr(), n, y.data_ptr(),
+        torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise MemoryError("cpu_int4: the kernel could not allocate its row buffers")
+    return y
