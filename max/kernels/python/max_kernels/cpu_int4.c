@@ -9,11 +9,13 @@
 // and the group's bfloat16 scale s and zero z (a feature's G scales, then its G zeros):
 // w = s * (q - 8) + z.
 //
-// The rows are quantized to int8 per group of 32 as llama.cpp's Q8_0 is (d = max|x| / 127,
-// x8 = round-half-even(x / d)), so each group's dot product is an integer one
-// (vpmaddubsw on |q - 8| and x8 carrying q - 8's sign, as llama.cpp's Q4_0 does: signed
-// codes keep the rounding of x8 from being multiplied by codes' offset of 8) and
-//     sum_k w x  ~=  s d sum_k (q - 8) x8  +  z sum_k x        (per group; sum_k x exact).
+// The rows are quantized to int16 per group of 32 (d = max|x| / 32767, x16 =
+// round-half-even(x / d): a relative error near 1e-5, under bfloat16's own rounding; int8
+// rows, as llama.cpp's Q8_0, doubled SmolLM2's KL against transformers and failed its
+// verification), so each group's dot product is an integer one (vpmaddwd) and
+//     sum_k w x  ~=  s d sum_k (q - 8) x16  +  z sum_k x        (per group; sum_k x exact)
+// with sum_k (q - 8) x16 = sum_k q x16 - 8 sum_k x16: the codes enter unsigned, and the
+// offset's term, exact in integers, joins the zero's term, computed once per feature and row.
 // `int4_q8_reference` in cpu_int4.py computes the same in torch.
 
 #include <immintrin.h>
@@ -43,8 +45,9 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Row m of x as float32, group by group: int8 codes, scale d and the exact sum of each group.
-static void quantize_row(const void* x, int bf16, int64_t k, int8_t* x8, float* d, float* sums) {
+// Row m of x as float32, group by group: int16 codes, scale d, the exact sum of each group
+// and the sum of its codes.
+static void quantize_row(const void* x, int bf16, int64_t k, int16_t* x16, float* d, float* sums, float* sums16) {
     float buf[32];
     for (int64_t g = 0; g < k / 32; g++) {
         for (int i = 0; i < 32; i++) {
@@ -56,16 +59,18 @@ static void quantize_row(const void* x, int bf16, int64_t k, int8_t* x8, float* 
             amax = a > amax ? a : amax;
             sum += buf[i];
         }
-        float dg = amax / 127.0f;
+        float dg = amax / 32767.0f;
         float id = dg != 0.0f ? 1.0f / dg : 0.0f;
+        int32_t sum16 = 0;
         for (int i = 0; i < 32; i += 8) {
             __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(buf + i), _mm256_set1_ps(id)));
             int32_t t[8];
             _mm256_storeu_si256((__m256i*)t, q);
-            for (int j = 0; j < 8; j++) x8[32 * g + i + j] = (int8_t)t[j];
+            for (int j = 0; j < 8; j++) x16[32 * g + i + j] = (int16_t)t[j], sum16 += t[j];
         }
         d[g] = dg;
         sums[g] = sum;
+        sums16[g] = (float)sum16;  // |sum16| <= 32 * 32767 < 2^24: exact
     }
 }
 
@@ -73,23 +78,31 @@ static inline __m256 bf16x8_to_f32(const uint16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 
-// One group's integer dot product of codes w (signed, |w| precomputed) with row x8, as floats.
-static inline __m256 group_dot(__m256i w, __m256i w_abs, const int8_t* x8) {
-    const __m256i xv = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)x8), w);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, xv), _mm256_set1_epi16(1)));
+// A group's 32 codes as int16: features 0-15 (the low nibbles) and 16-31 (the high ones).
+typedef struct {
+    __m256i lo, hi;
+} codes16;
+
+static inline codes16 group_codes(const uint8_t* q) {
+    const __m128i v = _mm_loadu_si128((const __m128i*)q);
+    const __m128i low = _mm_set1_epi8(0x0f);
+    codes16 c = {_mm256_cvtepu8_epi16(_mm_and_si128(v, low)), _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), low))};
+    return c;
 }
 
-static inline __m256i group_codes(const uint8_t* q) {  // 32 codes minus 8, in int8
-    const __m128i v = _mm_loadu_si128((const __m128i*)q);
-    const __m256i codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0f));
-    return _mm256_sub_epi8(codes, _mm256_set1_epi8(8));
+// One group's integer dot product of its codes with row x16, as 8 partial sums in floats.
+static inline __m256 group_dot(codes16 c, const int16_t* x16) {
+    const __m256i a = _mm256_madd_epi16(c.lo, _mm256_loadu_si256((const __m256i*)x16));
+    const __m256i b = _mm256_madd_epi16(c.hi, _mm256_loadu_si256((const __m256i*)(x16 + 16)));
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(a, b));
 }
 
 // Output feature n for MB rows (1 to 4) starting at row m0: codes decoded once per group,
-// each row's group scales s d and zero term sum_g z sum(x) computed first, 8 groups a step.
+// each row's group scales s d and its term sum_g (z sum(x) - 8 s d sum(x16)) computed first,
+// 8 groups a step.
 static inline __attribute__((always_inline)) void feature_rows(
     int MB, int64_t n, int64_t m0, int64_t k, const uint8_t* codes, const uint16_t* sz,
-    const int8_t* x8, const float* d, const float* sums, float* out, int64_t ldo, float* sd) {
+    const int16_t* x16, const float* d, const float* sums, const float* sums16, float* out, int64_t ldo, float* sd) {
     const int64_t groups = k / 32;
     const uint8_t* q = codes + n * (k / 2);
     const uint16_t* sc = sz + n * groups * 2;  // the feature's G scales, then its G zeros
@@ -100,13 +113,15 @@ static inline __attribute__((always_inline)) void feature_rows(
         __m256 zsum = _mm256_setzero_ps();
         int64_t g = 0;
         for (; g + 8 <= groups; g += 8) {
-            _mm256_storeu_ps(sd + mi * groups + g, _mm256_mul_ps(bf16x8_to_f32(sc + g), _mm256_loadu_ps(d + row + g)));
+            const __m256 sdg = _mm256_mul_ps(bf16x8_to_f32(sc + g), _mm256_loadu_ps(d + row + g));
+            _mm256_storeu_ps(sd + mi * groups + g, sdg);
             zsum = _mm256_fmadd_ps(bf16x8_to_f32(zr + g), _mm256_loadu_ps(sums + row + g), zsum);
+            zsum = _mm256_fnmadd_ps(_mm256_mul_ps(sdg, _mm256_set1_ps(8.0f)), _mm256_loadu_ps(sums16 + row + g), zsum);
         }
         corr[mi] = hsum(zsum);
         for (; g < groups; g++) {
             sd[mi * groups + g] = bf16_to_f32(sc[g]) * d[row + g];
-            corr[mi] += bf16_to_f32(zr[g]) * sums[row + g];
+            corr[mi] += bf16_to_f32(zr[g]) * sums[row + g] - 8.0f * sd[mi * groups + g] * sums16[row + g];
         }
     }
     // Two accumulators per row (even and odd groups): one FMA chain would wait on itself.
@@ -114,20 +129,18 @@ static inline __attribute__((always_inline)) void feature_rows(
     for (int mi = 0; mi < 4; mi++) acc[mi][0] = acc[mi][1] = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 2 <= groups; g += 2) {
-        const __m256i w0 = group_codes(q + 16 * g), w1 = group_codes(q + 16 * g + 16);
-        const __m256i a0 = _mm256_sign_epi8(w0, w0), a1 = _mm256_sign_epi8(w1, w1);
+        const codes16 w0 = group_codes(q + 16 * g), w1 = group_codes(q + 16 * g + 16);
         for (int mi = 0; mi < MB; mi++) {
-            const int8_t* xr = x8 + ((m0 + mi) * groups + g) * 32;
-            acc[mi][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd + mi * groups + g), group_dot(w0, a0, xr), acc[mi][0]);
-            acc[mi][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd + mi * groups + g + 1), group_dot(w1, a1, xr + 32), acc[mi][1]);
+            const int16_t* xr = x16 + ((m0 + mi) * groups + g) * 32;
+            acc[mi][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd + mi * groups + g), group_dot(w0, xr), acc[mi][0]);
+            acc[mi][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd + mi * groups + g + 1), group_dot(w1, xr + 32), acc[mi][1]);
         }
     }
     if (g < groups) {
-        const __m256i w0 = group_codes(q + 16 * g);
-        const __m256i a0 = _mm256_sign_epi8(w0, w0);
+        const codes16 w0 = group_codes(q + 16 * g);
         for (int mi = 0; mi < MB; mi++) {
-            const int8_t* xr = x8 + ((m0 + mi) * groups + g) * 32;
-            acc[mi][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd + mi * groups + g), group_dot(w0, a0, xr), acc[mi][0]);
+            const int16_t* xr = x16 + ((m0 + mi) * groups + g) * 32;
+            acc[mi][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd + mi * groups + g), group_dot(w0, xr), acc[mi][0]);
         }
     }
     for (int mi = 0; mi < MB; mi++) out[(m0 + mi) * ldo + n] = hsum(_mm256_add_ps(acc[mi][0], acc[mi][1])) + corr[mi];
@@ -139,19 +152,20 @@ static inline __attribute__((always_inline)) void feature_rows(
 int max_int4_matmul(const void* x, int bf16, int64_t m, int64_t k, const uint8_t* codes,
                     const uint16_t* sz, int64_t n, void* y, int num_threads) {
     const int64_t groups = k / 32;
-    int8_t* x8 = (int8_t*)malloc((size_t)(m * k));
+    int16_t* x16 = (int16_t*)malloc(sizeof(int16_t) * (size_t)(m * k));
     float* d = (float*)malloc(sizeof(float) * (size_t)(m * groups));
     float* sums = (float*)malloc(sizeof(float) * (size_t)(m * groups));
+    float* sums16 = (float*)malloc(sizeof(float) * (size_t)(m * groups));
     float* out = bf16 ? (float*)malloc(sizeof(float) * (size_t)(m * n)) : (float*)y;
-    if (!x8 || !d || !sums || !out) {
-        free(x8), free(d), free(sums);
+    if (!x16 || !d || !sums || !sums16 || !out) {
+        free(x16), free(d), free(sums), free(sums16);
         if (bf16) free(out);
         return -1;
     }
     const size_t row_bytes = (size_t)k * (bf16 ? 2 : 4);
     int failed = 0;
     for (int64_t r = 0; r < m; r++) {
-        quantize_row((const char*)x + r * row_bytes, bf16, k, x8 + r * k, d + r * groups, sums + r * groups);
+        quantize_row((const char*)x + r * row_bytes, bf16, k, x16 + r * k, d + r * groups, sums + r * groups, sums16 + r * groups);
     }
 #pragma omp parallel num_threads(num_threads)
     {
@@ -160,10 +174,10 @@ int max_int4_matmul(const void* x, int bf16, int64_t m, int64_t k, const uint8_t
         for (int64_t j = 0; j < n; j++) {
             for (int64_t m0 = 0; m0 < m && sd; m0 += 4) {
                 switch (m - m0 >= 4 ? 4 : m - m0) {
-                    case 4: feature_rows(4, j, m0, k, codes, sz, x8, d, sums, out, n, sd); break;
-                    case 3: feature_rows(3, j, m0, k, codes, sz, x8, d, sums, out, n, sd); break;
-                    case 2: feature_rows(2, j, m0, k, codes, sz, x8, d, sums, out, n, sd); break;
-                    default: feature_rows(1, j, m0, k, codes, sz, x8, d, sums, out, n, sd); break;
+                    case 4: feature_rows(4, j, m0, k, codes, sz, x16, d, sums, sums16, out, n, sd); break;
+                    case 3: feature_rows(3, j, m0, k, codes, sz, x16, d, sums, sums16, out, n, sd); break;
+                    case 2: feature_rows(2, j, m0, k, codes, sz, x16, d, sums, sums16, out, n, sd); break;
+                    default: feature_rows(1, j, m0, k, codes, sz, x16, d, sums, sums16, out, n, sd); break;
                 }
             }
         }
@@ -175,6 +189,6 @@ int max_int4_matmul(const void* x, int bf16, int64_t m, int64_t k, const uint8_t
         for (int64_t i = 0; i < m * n; i++) yo[i] = f32_to_bf16(out[i]);
         free(out);
     }
-    free(x8), free(d), free(sums);
+    free(x16), free(d), free(sums), free(sums16);
     return failed ? -1 : 0;
 }

@@ -14,7 +14,7 @@ Paths (`name`: weights / activations):
 - `bfloat16`: bfloat16 / bfloat16.
 - `int8`: int8 per output channel / bfloat16 (`_weight_int8pack_mm`).
 - `int4`: int4 in groups of 32 / bfloat16 (`_weight_int4pack_mm_for_cpu`; without AVX-512
-  our AVX2 kernel, `max_kernels.cpu_int4`, rows in int8 per group: `quantized_linear.int4_kernel`).
+  our AVX2 kernel, `max_kernels.cpu_int4`, rows in int16 per group: `quantized_linear.int4_kernel`).
 - `int8_dynamic`: int8 per output channel / int8 per call (fbgemm), edges in bfloat16.
   The fastest on AVX2, but its activations cannot hold LLMs' outlier channels: the probe
   (which has them) rejects it, so `auto` does not take it.

@@ -95,7 +95,7 @@ class Int4WeightOnlyLinear(nn.Module):
     """`y = x @ W.T + bias` with W kept as int4 codes in groups of input features, packed
     for the CPU int4 product this machine runs faster (`int4_kernel`): torch's
     (`_weight_int4pack_mm_for_cpu`) or ours for AVX2 (`max_kernels.cpu_int4`, rows quantized
-    to int8 per group of 32 as llama.cpp does). Both hold the same codes, scales and zeros."""
+    to int16 per group of 32, integer dot products). Both hold the same codes, scales and zeros."""
 
     def __init__(
         self,
