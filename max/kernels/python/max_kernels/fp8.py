@@ -27,8 +27,6 @@ import torch
 import triton
 import triton.language as tl
 
-from max_kernels.gemv import GemvConfig, gemv
-
 # Triton's convention: compile-time constants and sizes in kernel signatures are UPPER_CASE.
 # ruff: noqa: N803
 
@@ -189,16 +187,46 @@ def fp8_gemv(
     w_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
-    config: GemvConfig | None = None,
+    block_n: int = 8,
+    block_k: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 4,
 ) -> torch.Tensor:
-    """`fp8_weight_only_linear` for one row: `max_kernels.gemv`'s CUDA-core kernel on the
-    e4m3 codes (each program decodes its rows' slices in registers, the next slice in flight
-    while it multiplies one, its first weight loads issued before the previous kernel ends),
-    each output's sum times its scale. `config` defaults to `gemv.default_config`'s rule
-    for one-byte weights."""
-    if x.dim() != 2 or x.shape[0] != 1:
-        raise ValueError(f"fp8_gemv takes one row, got x of shape {tuple(x.shape)}")
-    return gemv(x if x.stride(-1) == 1 else x.contiguous(), w_q, bias, config=config, weight_scale=w_scale)
+    """`fp8_weight_only_linear` for one row on the CUDA cores (no tensor-core tile padded to
+    16 rows): each program decodes BLOCK_N rows of the weight and dots them with x. At one
+    row it reads Llama-3.1-8B's weights 1.3-1.5x faster than the tile kernel (fp8_bench)."""
+    m, k = x.shape
+    if m != 1:
+        raise ValueError(f"fp8_gemv takes one row, got {m}")
+    n = w_q.shape[0]
+    if block_k is None:  # fp8_bench's best on an H200: longer rows of K for narrow weights
+        block_k = 1024 if n <= 4096 else 512
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    _fp8_gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, w_q, w_scale, bias if bias is not None else w_scale, y, n, k,
+        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
+    )
+    return y
+
+
+@triton.jit
+def _fp8_gemv_kernel(
+    x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, n, k,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < n
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for start in range(0, k, BLOCK_K):
+        rk = start + tl.arange(0, BLOCK_K)
+        k_ok = rk < k
+        x = tl.load(x_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rn[:, None].to(tl.int64) * k + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
+    out = tl.sum(acc, axis=1) * tl.load(ws_ptr + rn, mask=n_ok, other=0.0)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 def fp8_linear(

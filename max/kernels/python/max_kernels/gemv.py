@@ -46,15 +46,9 @@ class GemvConfig:
 
 
 # Best of `gemv_bench`'s grid on one H200 (graphs of back-to-back products on distinct
-# weights), for the shapes it measured, where it beat the rule below by more than 5 %;
-# keyed by (N, K, bytes per weight).
+# weights), for the shapes it measured, where it beat the rule below by more than 5 %.
 _MEASURED = {
-    (6144, 4096, 2): GemvConfig(8, 512),  # Llama-3.1-8B / Qwen3-8B qkv: 12.9 us (rule 14.8+)
-    # FP8 (`fp8_bench --rows 1 --quick`, one H100, 2026-12-08): the grid's best.
-    (6144, 4096, 1): GemvConfig(16, 512),  # qkv: 10.8 us
-    (4096, 4096, 1): GemvConfig(8, 512, 8),  # o: 8.5 us
-    (28672, 4096, 1): GemvConfig(16, 512),  # gate_up: 46.0 us (the bytes rule: 70.9)
-    (4096, 14336, 1): GemvConfig(1, 1024),  # down: 24.2 us
+    (6144, 4096): GemvConfig(8, 512),  # Llama-3.1-8B / Qwen3-8B qkv: 12.9 us (rule 14.8+)
 }
 
 
@@ -74,20 +68,14 @@ class LoRAEpilogue:
     slices: tuple[tuple[int, int], ...]
 
 
-def default_config(n: int, k: int, itemsize: int = 2) -> GemvConfig:
-    """The launch configuration for a [n, k] weight of `itemsize`-byte elements: the
-    measured one for the shapes listed, else a rule. For 16-bit weights (and float32 ones,
-    tests and references), from `gemv_bench` on an H200: a slice of 4096 weights per loop
-    step and four warps (32 weights, four 16-byte loads, per thread); K slices of 1024, or
-    2048 for tall weights (16k+ rows: the gate/up projections, an LM head), where the extra
-    rows per program cost more than longer rows; within 1 % of the grid's best at the 8B
-    model's shapes except on qkv (listed). For FP8 weights, from `fp8_bench` on an H100:
-    K slices of 512 for 16 rows a program (8 on narrower weights), where decoding e4m3 in
-    registers, not the bytes, sets the pace."""
-    if (n, k, itemsize) in _MEASURED:
-        return _MEASURED[(n, k, itemsize)]
-    if itemsize == 1:
-        return GemvConfig(16 if n >= 8192 else 8, min(512, triton.next_power_of_2(k)))
+def default_config(n: int, k: int) -> GemvConfig:
+    """The launch configuration for a [n, k] weight. The rule, from `gemv_bench` on an H200:
+    a slice of 4096 weights per loop step and four warps (32 weights, four 16-byte loads,
+    per thread); K slices of 1024, or 2048 for tall weights (16k+ rows: the gate/up
+    projections, an LM head), where the extra rows per program cost more than longer rows.
+    At the 8B model's shapes this is within 1 % of the grid's best except on qkv (listed)."""
+    if (n, k) in _MEASURED:
+        return _MEASURED[(n, k)]
     block_k = min(2048 if n >= 16384 else 1024, triton.next_power_of_2(k))
     return GemvConfig(max(1, min(16, 4096 // block_k)), block_k)
 
@@ -111,15 +99,12 @@ def gemv(
     config: GemvConfig | None = None,
     out: torch.Tensor | None = None,
     lora: LoRAEpilogue | None = None,
-    weight_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x [1, K] @ weight.T (+ bias) -> [1, N] in x's dtype, by the Triton kernel, plus the
     LoRA product `lora` describes, if given.
 
     weight [N, K] must have a contiguous last dimension; x may be any [1, K] view with a
-    contiguous last dimension. With `weight_scale` (float32 [N]) the weight holds codes
-    (FP8 e4m3: `max_kernels.fp8`): each output's sum is multiplied by its scale before the
-    bias is added. Safe to capture in a CUDA graph.
+    contiguous last dimension. Safe to capture in a CUDA graph.
     """
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"gemv takes one row, got x of shape {tuple(x.shape)}")
@@ -128,16 +113,12 @@ def gemv(
         raise ValueError(f"x has {x.shape[1]} features, the weight {k}")
     if weight.stride(-1) != 1 or x.stride(-1) != 1:
         raise ValueError("gemv needs contiguous last dimensions")
-    if weight_scale is not None and weight_scale.shape != (n,):
-        raise ValueError(f"weight_scale of shape {tuple(weight_scale.shape)} does not fit {n} outputs")
-    cfg = config or default_config(n, k, weight.element_size())
+    cfg = config or default_config(n, k)
     if out is None:
         out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
-        x, weight, weight_scale if weight_scale is not None else weight, bias if bias is not None else weight, out,
-        n, k, weight.stride(0),
+        x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0),
         *_lora_arguments(lora, n, weight),
-        HAS_SCALE=weight_scale is not None,
         HAS_BIAS=bias is not None,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
@@ -178,9 +159,8 @@ def _load_weight_slice(rows, cols, k, n_ok, EVICT_FIRST: tl.constexpr):
 # Triton compile another variant mid-run (`backend.unspecialized`).
 @triton.jit(**unspecialized(ints=("st", "splits", "sp0"), pointers=("tile_ptr",)))
 def _gemv_kernel(
-    x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, n, k, stride_w,
+    x_ptr, w_ptr, b_ptr, y_ptr, n, k, stride_w,
     p_ptr, lb_ptr, scale_ptr, tile_ptr, st, splits, r, bound1, bound2, sp0, slb0, slb1,
-    HAS_SCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -221,8 +201,6 @@ def _gemv_kernel(
         acc += w.to(tl.float32) * x[None, :]
         w = w_next
     y = tl.sum(acc, axis=1)
-    if HAS_SCALE:
-        y *= tl.load(ws_ptr + rn, mask=n_ok, other=0.0)
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
     if HAS_LORA:
