@@ -93,9 +93,10 @@ class Int8WeightOnlyLinear(nn.Module):
 
 class Int4WeightOnlyLinear(nn.Module):
     """`y = x @ W.T + bias` with W kept as int4 codes in groups of input features, packed
-    for the CPU int4 product this machine runs faster (`int4_kernel`): torch's
+    for the CPU int4 product `kernel` names (default: `int4_kernel()`'s rule): torch's
     (`_weight_int4pack_mm_for_cpu`) or ours for AVX2 (`max_kernels.cpu_int4`, rows quantized
-    to int16 per group of 32, integer dot products). Both hold the same codes, scales and zeros."""
+    to int16 per group of 32, integer dot products). Both hold the same codes, scales and
+    zeros, in each kernel's own layout."""
 
     def __init__(
         self,
@@ -154,9 +155,10 @@ def int4_kernel() -> str:
     (`torch` or `native`) if set; else ours (`max_kernels.cpu_int4`) where it is available
     (AVX2 and FMA, a C compiler) and torch's kernel runs without AVX-512, which is where
     torch's is slow; else torch's. The rule is fixed per machine, so every process (and
-    every test) of a machine computes the same bits. Measured on a 2-core Zen 4 EPYC,
-    SmolLM2-135M's linears for one token: with AVX-512 about even (ours 5.7-6.1 ms, torch's
-    5.3-5.6); with AVX2 alone (`ATEN_CPU_CAPABILITY=avx2`) ours 6.3, torch's 10.9-12.3."""
+    every test) of a machine computes the same bits. Measured on a 2-core Zen 4 EPYC
+    (BENCHMARKS.md, 2026-12-08): with AVX-512 about even (SmolLM2-135M q4_1 decode 15.9 ms
+    a token with ours, 15.6-16.1 with torch's); with AVX2 alone (`ATEN_CPU_CAPABILITY=avx2`)
+    its linears for one token 4.7-6.4 ms with ours, 6.1-12.3 with torch's."""
     forced = os.environ.get("MAX_CPU_INT4_KERNEL")
     if forced:
         if forced not in INT4_KERNELS:
