@@ -16,7 +16,7 @@
 //     sum_k w x  ~=  s d sum_k (q - 8) x16  +  z sum_k x        (per group; sum_k x exact)
 // with sum_k (q - 8) x16 = sum_k q x16 - 8 sum_k x16: the codes enter unsigned, and the
 // offset's term, exact in integers, joins the zero's term, computed once per feature and row.
-// `int4_q8_reference` in cpu_int4.py computes the same in torch.
+// `int4_q16_reference` in cpu_int4.py computes the same in torch.
 
 #include <immintrin.h>
 #include <stdint.h>
