@@ -11,90 +11,30 @@ doubled SmolLM2's KL against transformers (0.032 against 0.015) and failed its
 verification. The weight is the same int4 format as the int4 path's (groups of 32, a
 scale and a zero per group in bfloat16); only the codes' order differs (`pack`).
 
-The C source is compiled at first use with the system's C compiler into a cache folder
-(`$MAX_KERNEL_CACHE`, else `~/.cache/max/kernels`), keyed by the source's hash, and loaded
-with ctypes; its OpenMP loop runs on torch's own OpenMP runtime and thread count. Where
-there is no compiler, no AVX2/FMA, or the build fails, `available()` is False and callers
-keep torch's kernel. `int4_q16_reference` computes the same arithmetic in torch.
+The C source is built at first use and loaded by `cpu_native` (its OpenMP loop on torch's
+own threads). Where there is no compiler, no AVX2/FMA, or the build fails, `available()`
+is False and callers keep torch's kernel. `int4_q16_reference` computes the same arithmetic in torch.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
-logger = logging.getLogger("max_kernels")
+from max_kernels import cpu_native
 
 GROUP = 32
-_SOURCE = Path(__file__).with_name("cpu_int4.c")
-_FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-
-
-def _cpu_has_avx2_fma() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return {"avx2", "fma"} <= flags
-    except OSError:
-        pass
-    return False
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MAX_KERNEL_CACHE") or Path.home() / ".cache" / "max" / "kernels")
-
-
-def _build(source: Path) -> Path | None:
-    """The compiled library for `source` (built now if not cached), None if it cannot be."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None:
-        logger.debug("cpu_int4: no C compiler; torch's int4 kernel stays")
-        return None
-    digest = hashlib.sha256(source.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"{source.stem}-{digest}.so"
-    if target.exists():
-        return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Built beside the target and renamed: processes building at once never load half a file.
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            subprocess.run([compiler, *_FLAGS, str(source), "-o", str(out)], check=True, capture_output=True, timeout=120)
-            os.replace(out, target)
-    except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        logger.warning("cpu_int4: building %s failed (%s) %s; torch's int4 kernel stays", source.name, e, detail.decode()[-500:])
-        return None
-    return target
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if not _cpu_has_avx2_fma():
-        return None
-    path = _build(_SOURCE)
-    if path is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        logger.warning("cpu_int4: loading %s failed (%s); torch's int4 kernel stays", path, e)
-        return None
-    fn = lib.max_int4_matmul
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ctypes.c_int]
-    fn.restype = ctypes.c_int
+    lib = cpu_native.load("cpu_int4")
+    if lib is not None:
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        lib.max_int4_matmul.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ctypes.c_int]
+        lib.max_int4_matmul.restype = ctypes.c_int
     return lib
 
 

@@ -1,7 +1,6 @@
 """The AVX2 int4 kernel (`cpu_int4`) against its torch reference, and its weight format."""
 
 import os
-import shutil
 import tempfile
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 os.environ.setdefault("MAX_KERNEL_CACHE", tempfile.mkdtemp(prefix="max-kernels-"))
 
-from max_kernels import cpu_int4
+from max_kernels import cpu_int4, cpu_native
 
 needs_kernel = pytest.mark.skipif(not cpu_int4.available(), reason="no AVX2/FMA or no C compiler here")
 
@@ -24,7 +23,7 @@ def _weight(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torc
 
 def test_the_kernel_builds_where_the_machine_can_build_it():
     # A broken build must fail here, not quietly fall back to torch's kernel everywhere.
-    if cpu_int4._cpu_has_avx2_fma() and (shutil.which("cc") or shutil.which("gcc")):
+    if cpu_native.cpu_has_avx2_fma() and cpu_native.compiler():
         assert cpu_int4.available()
 
 

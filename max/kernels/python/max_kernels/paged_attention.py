@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from max_kernels import cpu_decode_attention
 from max_kernels.fp8_kv_cache import dequantize_kv, is_fp8, quantize_kv
 from max_kernels.ragged_layout import RaggedLayout
 
@@ -87,8 +88,17 @@ def paged_attention_reference(
     if nd < layout.num_requests:
         groups.append(("prefill", nd, layout.num_requests, nd, q.shape[0]))
     out = torch.empty_like(q) if len(groups) > 1 else None  # one group: its result is the output
+    # bfloat16 decode rows on an AVX2 CPU: our kernel reads the cache in place.
+    native_decode = softcap is None and sinks is None and kv_scales is None and cpu_decode_attention.takes(q, k_cache)
     for name, r0, r1, t0, t1 in groups:
         index = layout.cached((name, "index"), lambda r0=r0, r1=r1, t0=t0, t1=t1: _GroupIndex(layout, r0, r1, t0, t1))
+        if name == "decode" and native_decode:
+            lo, hi = layout.cached((name, "bounds", sliding_window), lambda index=index: index.key_bounds(sliding_window))
+            o = cpu_decode_attention.decode_attention(q[t0:t1], k_cache, v_cache, index.kv_slots, lo, hi, scale)
+            if out is None:
+                return o
+            out[t0:t1] = o
+            continue
         mask = layout.cached(
             (name, "mask", sliding_window), lambda index=index: index.mask(sliding_window)
         )
@@ -240,6 +250,14 @@ class _GroupIndex:
         # Padding queries attend to key 0 only, so that no softmax row is empty (NaN).
         allowed |= (~self.q_valid[:, :, None]) & (k_pos == 0)
         return allowed[:, None]
+
+    def key_bounds(self, sliding_window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a group of one query a request (decode): the first and last key (inclusive)
+        each query sees, as int32 [b] each: what `mask` allows, as a range."""
+        q_pos = self.q_pos[:, 0]
+        hi = self.q_limit[:, 0]
+        lo = torch.zeros_like(hi) if sliding_window is None else (q_pos - sliding_window + 1).clamp(min=0)
+        return lo.to(torch.int32), hi.to(torch.int32)
 
 
 def _group_attention(q, k_cache, v_cache, index: _GroupIndex, mask, scale, softcap, sinks, kv_scales):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from max_kernels import RaggedLayout, paged_attention, write_kv_cache
+from max_kernels import RaggedLayout, cpu_decode_attention, paged_attention, write_kv_cache
 from max_kernels.paged_attention import (
     paged_attention_reference,
     paged_attention_reference_per_request,
@@ -120,10 +120,15 @@ def test_sliding_window_and_softcap():
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("native", [False, True])
 @pytest.mark.parametrize("hq,hkv,window", [(6, 2, None), (8, 1, 3), (4, 4, None)])
-def test_bfloat16_decode_with_grouped_query_heads(hq, hkv, window):
+def test_bfloat16_decode_with_grouped_query_heads(hq, hkv, window, native, monkeypatch):
     """Below float32 the CPU decode groups the query heads of a KV head as rows of one
-    attention (no `enable_gqa`); it must still match attention over the float values."""
+    attention (no `enable_gqa`), or runs our C kernel where the CPU has AVX2
+    (`cpu_decode_attention`); either must still match attention over the float values."""
+    if native and not cpu_decode_attention.available():
+        pytest.skip("no AVX2/FMA or no C compiler here")
+    monkeypatch.setattr(cpu_decode_attention, "available", lambda native=native: native)
     out, expected = _run([5, 9, 2], [1, 1, 1], hq=hq, hkv=hkv, window=window, dtype=torch.bfloat16)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)

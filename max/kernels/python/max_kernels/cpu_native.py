@@ -1,0 +1,87 @@
+"""C kernels for x86 CPUs with AVX2 and FMA, built at first use and loaded with ctypes.
+
+A kernel's C source sits beside its Python module (`cpu_int4.c`, `cpu_decode_attention.c`).
+`load(name)` compiles it with the system's C compiler (`$CC`, else `cc` or `gcc`;
+`-O3 -mavx2 -mfma -fopenmp`) into a cache folder (`$MAX_KERNEL_CACHE`, else
+`~/.cache/max/kernels`), keyed by the source's hash, and loads it. Its OpenMP loops run on
+torch's own OpenMP runtime (libgomp.so.1, loaded with torch, is the library they link
+to), so they share torch's threads instead of starting a second pool. Where the CPU lacks
+AVX2 or FMA, there is no compiler, or the build fails, `load` returns None and callers keep
+torch's ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("max_kernels")
+
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+
+
+def cpu_has_avx2_fma() -> bool:
+    """Whether /proc/cpuinfo lists AVX2 and FMA (False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return {"avx2", "fma"} <= set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return False
+
+
+def compiler() -> str | None:
+    """The C compiler the kernels are built with, if any."""
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MAX_KERNEL_CACHE") or Path.home() / ".cache" / "max" / "kernels")
+
+
+def _build(source: Path) -> Path | None:
+    """The compiled library for `source` (built now if not cached), None if it cannot be."""
+    cc = compiler()
+    if cc is None:
+        logger.debug("%s: no C compiler; torch's ops stay", source.name)
+        return None
+    digest = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{source.stem}-{digest}.so"
+    if target.exists():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Built beside the target and renamed: processes building at once never load half a file.
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            subprocess.run([cc, *FLAGS, str(source), "-o", str(out)], check=True, capture_output=True, timeout=120)
+            os.replace(out, target)
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        logger.warning("building %s failed (%s) %s; torch's ops stay", source.name, e, detail.decode()[-500:])
+        return None
+    return target
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The library built from `<name>.c` beside this module, None where it cannot run here."""
+    if not cpu_has_avx2_fma():
+        return None
+    path = _build(Path(__file__).with_name(f"{name}.c"))
+    if path is None:
+        return None
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as e:
+        logger.warning("loading %s failed (%s); torch's ops stay", path, e)
+        return None
