@@ -6,37 +6,13 @@
 // to bfloat16. Work items are (request, KV head): the query heads that share a KV head read
 // each key and value once.
 
+#include "cpu_native.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch rounds
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static inline __m256 bf16x8(const uint16_t* p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // out [b, hq, d] = softmax(scale q k^T) v for each request r's query q [hq, d] over its keys
 // j in [lo[r], hi[r]] at cache slots kv_slots[r, j] (caches [slots, hkv, d], bfloat16; query
@@ -71,7 +47,7 @@ int max_decode_attention(const uint16_t* q, const uint16_t* k_cache, const uint1
             const uint16_t* kj = k_cache + (slots[j] * hkv + h) * d;
             for (int64_t g = 0; g < group; g++) {
                 __m256 dot = _mm256_setzero_ps();
-                for (int64_t c = 0; c < d; c += 8) dot = _mm256_fmadd_ps(_mm256_loadu_ps(qf + g * d + c), bf16x8(kj + c), dot);
+                for (int64_t c = 0; c < d; c += 8) dot = _mm256_fmadd_ps(_mm256_loadu_ps(qf + g * d + c), bf16x8_to_f32(kj + c), dot);
                 scores[g * n + j] = hsum(dot);
             }
         }
@@ -86,7 +62,7 @@ int max_decode_attention(const uint16_t* q, const uint16_t* k_cache, const uint1
         for (int64_t j = 0; j < n; j++) {
             const uint16_t* vj = v_cache + (slots[j] * hkv + h) * d;
             for (int64_t c = 0; c < d; c += 8) {
-                const __m256 v = bf16x8(vj + c);
+                const __m256 v = bf16x8_to_f32(vj + c);
                 for (int64_t g = 0; g < group; g++) {
                     float* a = acc + g * d + c;
                     _mm256_storeu_ps(a, _mm256_fmadd_ps(_mm256_set1_ps(scores[g * n + j]), v, _mm256_loadu_ps(a)));

@@ -18,32 +18,12 @@
 // offset's term, exact in integers, joins the zero's term, computed once per feature and row.
 // `int4_q16_reference` in cpu_int4.py computes the same in torch.
 
+#include "cpu_native.h"
+
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch rounds
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // Row m of x as float32, group by group: int16 codes, scale d, the exact sum of each group
 // and the sum of its codes.
@@ -72,10 +52,6 @@ static void quantize_row(const void* x, int bf16, int64_t k, int16_t* x16, float
         sums[g] = sum;
         sums16[g] = (float)sum16;  // |sum16| <= 32 * 32767 < 2^24: exact
     }
-}
-
-static inline __m256 bf16x8_to_f32(const uint16_t* p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 
 // A group's 32 codes as int16: features 0-15 (the low nibbles) and 16-31 (the high ones).

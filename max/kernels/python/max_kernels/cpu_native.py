@@ -1,6 +1,7 @@
 """C kernels for x86 CPUs with AVX2 and FMA, built at first use and loaded with ctypes.
 
-A kernel's C source sits beside its Python module (`cpu_int4.c`, `cpu_decode_attention.c`).
+A kernel's C source sits beside its Python module (`cpu_int4.c`, `cpu_decode_attention.c`),
+with the helpers they share in `cpu_native.h`.
 `load(name)` compiles it with the system's C compiler (`$CC`, else `cc` or `gcc`;
 `-O3 -mavx2 -mfma -fopenmp`) into a cache folder (`$MAX_KERNEL_CACHE`, else
 `~/.cache/max/kernels`), keyed by the source's hash, and loads it. Its OpenMP loops run on
@@ -54,7 +55,9 @@ def _build(source: Path) -> Path | None:
     if cc is None:
         logger.debug("%s: no C compiler; torch's ops stay", source.name)
         return None
-    digest = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    # The shared header is part of every kernel: a change to it rebuilds them all.
+    parts = [source.read_bytes(), Path(__file__).with_name("cpu_native.h").read_bytes(), " ".join(FLAGS).encode()]
+    digest = hashlib.sha256(b"".join(parts)).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{digest}.so"
     if target.exists():
         return target
