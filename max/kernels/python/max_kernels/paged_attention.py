@@ -95,14 +95,11 @@ def paged_attention_reference(
         if name == "decode" and native_decode:
             lo, hi = layout.cached((name, "bounds", sliding_window), lambda index=index: index.key_bounds(sliding_window))
             o = cpu_decode_attention.decode_attention(q[t0:t1], k_cache, v_cache, index.kv_slots, lo, hi, scale)
-            if out is None:
-                return o
-            out[t0:t1] = o
-            continue
-        mask = layout.cached(
-            (name, "mask", sliding_window), lambda index=index: index.mask(sliding_window)
-        )
-        o = _group_attention(q[t0:t1], k_cache, v_cache, index, mask, scale, softcap, sinks, kv_scales)
+        else:
+            mask = layout.cached(
+                (name, "mask", sliding_window), lambda index=index: index.mask(sliding_window)
+            )
+            o = _group_attention(q[t0:t1], k_cache, v_cache, index, mask, scale, softcap, sinks, kv_scales)
         if out is None:
             return o
         out[t0:t1] = o
