@@ -25,35 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Row m of x as float32, group by group: int16 codes, scale d, the exact sum of each group
-// and the sum of its codes.
-static void quantize_row(const void* x, int bf16, int64_t k, int16_t* x16, float* d, float* sums, float* sums16) {
-    float buf[32];
-    for (int64_t g = 0; g < k / 32; g++) {
-        for (int i = 0; i < 32; i++) {
-            buf[i] = bf16 ? bf16_to_f32(((const uint16_t*)x)[32 * g + i]) : ((const float*)x)[32 * g + i];
-        }
-        float amax = 0.0f, sum = 0.0f;
-        for (int i = 0; i < 32; i++) {
-            float a = buf[i] < 0 ? -buf[i] : buf[i];
-            amax = a > amax ? a : amax;
-            sum += buf[i];
-        }
-        float dg = amax / 32767.0f;
-        float id = dg != 0.0f ? 1.0f / dg : 0.0f;
-        int32_t sum16 = 0;
-        for (int i = 0; i < 32; i += 8) {
-            __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(buf + i), _mm256_set1_ps(id)));
-            int32_t t[8];
-            _mm256_storeu_si256((__m256i*)t, q);
-            for (int j = 0; j < 8; j++) x16[32 * g + i + j] = (int16_t)t[j], sum16 += t[j];
-        }
-        d[g] = dg;
-        sums[g] = sum;
-        sums16[g] = (float)sum16;  // |sum16| <= 32 * 32767 < 2^24: exact
-    }
-}
-
 // A group's 32 codes as int16: features 0-15 (the low nibbles) and 16-31 (the high ones).
 typedef struct {
     __m256i lo, hi;
@@ -141,7 +112,7 @@ int max_int4_matmul(const void* x, int bf16, int64_t m, int64_t k, const uint8_t
     const size_t row_bytes = (size_t)k * (bf16 ? 2 : 4);
     int failed = 0;
     for (int64_t r = 0; r < m; r++) {
-        quantize_row((const char*)x + r * row_bytes, bf16, k, x16 + r * k, d + r * groups, sums + r * groups, sums16 + r * groups);
+        quantize_row_q16((const char*)x + r * row_bytes, bf16, k, x16 + r * k, d + r * groups, sums + r * groups, sums16 + r * groups);
     }
 #pragma omp parallel num_threads(num_threads)
     {

@@ -87,22 +87,38 @@ def int4_q16_reference(x: torch.Tensor, packed: torch.Tensor, pairs: torch.Tenso
     return y.to(x.dtype)
 
 
-def int4_matmul(x: torch.Tensor, packed: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+def check_weight(packed: torch.Tensor, pairs: torch.Tensor) -> None:
+    """Raises ValueError unless `packed` and `pairs` are a weight as `pack` makes it, with
+    bfloat16 scales and zeros (what `int4_matmul` takes)."""
+    n, groups = packed.shape[0], pairs.shape[-1]
+    if pairs.dtype != torch.bfloat16:
+        raise ValueError(f"cpu_int4 takes bfloat16 scale/zero pairs, got {pairs.dtype}")
+    if packed.dtype != torch.uint8 or packed.shape != (n, groups, 16) or pairs.shape != (n, 2, groups):
+        raise ValueError(f"not a packed int4 weight: codes {tuple(packed.shape)} {packed.dtype}, pairs {tuple(pairs.shape)}")
+    if not (packed.is_contiguous() and pairs.is_contiguous()):
+        raise ValueError("cpu_int4 reads the packed weight in place: it must be contiguous")
+
+
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, pairs: torch.Tensor, *, weight_checked: bool = False) -> torch.Tensor:
     """x [M, K] (bfloat16 or float32) times the packed int4 weight [N, K] -> [M, N] in x's
     dtype, by the C kernel on torch's threads (`available()` must be True). For a few rows
-    (decode steps): each group of codes is decoded once per four rows."""
+    (decode steps): each group of codes is decoded once per four rows. A layer that ran
+    `check_weight` on its weight once passes `weight_checked` (a decode step calls this
+    hundreds of times; each check costs microseconds)."""
     lib = _library()
     if lib is None:
         raise RuntimeError("cpu_int4 is not available on this machine (see cpu_int4.available)")
     if x.dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"cpu_int4 takes bfloat16 or float32 rows, got {x.dtype}")
-    if pairs.dtype != torch.bfloat16:
+    if not weight_checked:
+        check_weight(packed, pairs)
+    elif pairs.dtype != torch.bfloat16:  # a module moved to another dtype after its check
         raise ValueError(f"cpu_int4 takes bfloat16 scale/zero pairs, got {pairs.dtype}")
     x = x.contiguous()
     m, k = x.shape
     n = packed.shape[0]
-    if packed.shape != (n, k // GROUP, 16) or pairs.shape != (n, 2, k // GROUP) or k % GROUP:
-        raise ValueError(f"x [{m}, {k}] does not fit the packed weight {tuple(packed.shape)} / {tuple(pairs.shape)}")
+    if k != packed.shape[1] * GROUP:
+        raise ValueError(f"x [{m}, {k}] does not fit the packed weight {tuple(packed.shape)}")
     y = torch.empty((m, n), dtype=x.dtype)
     rc = lib.max_int4_matmul(
         x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, packed.data_ptr(), pairs.data_ptr(), n, y.data_ptr(),

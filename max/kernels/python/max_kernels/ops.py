@@ -14,6 +14,7 @@ from max_kernels import activation as _activation
 from max_kernels import argmax as _argmax
 from max_kernels import cpu_gemv as _cpu_gemv
 from max_kernels import cpu_packed_linear as _cpu_packed
+from max_kernels import cpu_token_ops as _cpu_tokens
 from max_kernels import fp8 as _fp8
 from max_kernels import gemv as _gemv
 from max_kernels import int4_gemm as _int4_gemm
@@ -51,8 +52,11 @@ def rms_norm(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm of x (Llama's, or Gemma's (1 + w)); with `residual`, of x + residual, which is
     returned too."""
-    fn = _rms_norm.rms_norm if use_triton(x) else _rms_norm.rms_norm_reference
-    return fn(x, weight, eps, residual=residual, gemma=gemma)
+    if use_triton(x):
+        return _rms_norm.rms_norm(x, weight, eps, residual=residual, gemma=gemma)
+    if _cpu_tokens.takes_rms_norm(x, weight, residual, gemma):  # bfloat16 on an AVX2 CPU: one C call
+        return _cpu_tokens.add_rms_norm(x, weight, eps, residual)
+    return _rms_norm.rms_norm_reference(x, weight, eps, residual=residual, gemma=gemma)
 
 
 def rms_norm_qk(
@@ -177,6 +181,9 @@ def rope_and_write_kv(
     The torch path keeps what the step's layers share in the step's `layout`, if given."""
     if use_triton(q):
         return _rotary_kv.rope_and_write_kv(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
+    if _cpu_tokens.takes_rope(q, k, v, k_cache, v_cache):  # bfloat16 on an AVX2 CPU: one C call
+        c, signed_s = _rotary_kv.rotation_rows(positions, cos, sin, q.dtype, layout)
+        return _cpu_tokens.rope_and_write_kv(q, k, v, c, signed_s, k_cache, v_cache, slot_mapping)
     return _rotary_kv.rope_and_write_kv_reference(
         q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale, layout=layout
     )
@@ -308,8 +315,11 @@ def write_latent_rows(
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of x = [gate | up]."""
-    fn = _activation.silu_and_mul if use_triton(x) else _activation.silu_and_mul_reference
-    return fn(x)
+    if use_triton(x):
+        return _activation.silu_and_mul(x)
+    if _cpu_tokens.takes_silu_and_mul(x):  # bfloat16 on an AVX2 CPU: one C call
+        return _cpu_tokens.silu_and_mul(x)
+    return _activation.silu_and_mul_reference(x)
 
 
 def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ def _step_cached(layout: RaggedLayout | None, key: tuple, inputs: tuple[torch.Te
     return build()
 
 
-def _rotation_rows(positions, cos, sin, dtype: torch.dtype, layout: RaggedLayout | None):
+def rotation_rows(positions, cos, sin, dtype: torch.dtype, layout: RaggedLayout | None):
     """(cos rows, signed sin rows) [T, 1, rotary_dim] of the step's positions in `dtype`.
     The sin rows' first half is negated, so that `x * cos + x.roll(half) * signed_sin` is
     `x * cos + rotate_half(x) * sin` bit for bit: (-a) * b and a * (-b) round alike."""
@@ -104,7 +104,7 @@ def rope_and_write_kv_reference(
     boolean index, which synchronizes with a CUDA device; the Triton kernel is the
     capture-safe path.
     """
-    c, signed_s = _rotation_rows(positions, cos, sin, q.dtype, layout)
+    c, signed_s = rotation_rows(positions, cos, sin, q.dtype, layout)
     r = cos.shape[-1]
     if r == q.shape[-1]:
         q_rot, k_rot = _rotate(q, c, signed_s), _rotate(k, c, signed_s)

@@ -12,7 +12,9 @@ seeded probe: a path whose kernel is wrong on this machine is never chosen.
 Paths (`name`: weights / activations):
 - `float32`: float32 / float32, the exact reference.
 - `bfloat16`: bfloat16 / bfloat16.
-- `int8`: int8 per output channel / bfloat16 (`_weight_int8pack_mm`).
+- `int8`: int8 per output channel / bfloat16 (`_weight_int8pack_mm`); on the AVX2 path
+  int8 in groups of 32 (our `max_kernels.cpu_int8`, rows in int16 per group:
+  `quantized_linear.int8_groups`), which also computes the int paths' LM head there.
 - `int4`: int4 in groups of 32 / bfloat16 (`_weight_int4pack_mm_for_cpu`; without AVX-512
   our AVX2 kernel, `max_kernels.cpu_int4`, rows in int16 per group: `quantized_linear.int4_kernel`).
 - `int8_dynamic`: int8 per output channel / int8 per call (fbgemm), edges in bfloat16.
@@ -33,7 +35,7 @@ from torch import nn
 
 from max.nn.int8_dynamic_linear import Int8DynamicLinear, int8_dynamic_supported
 from max.nn.linear import Linear
-from max.nn.quantized_linear import Int4WeightOnlyLinear, Int8WeightOnlyLinear, int4_supported
+from max.nn.quantized_linear import Int8GroupLinear, int8_groups, quantized_linear
 
 
 def _float_linear(dtype: torch.dtype) -> Callable[[torch.Tensor], nn.Module]:
@@ -46,11 +48,10 @@ def _float_linear(dtype: torch.dtype) -> Callable[[torch.Tensor], nn.Module]:
     return build
 
 
-def _int4_or_int8(weight: torch.Tensor) -> nn.Module:
-    # As the loader does: int4 where torch's packing takes the shape, else int8.
-    if int4_supported(*weight.shape):
-        return Int4WeightOnlyLinear(weight, None, torch.bfloat16)
-    return Int8WeightOnlyLinear(weight, None, torch.bfloat16)
+def _quantized(scheme: str) -> Callable[[torch.Tensor], nn.Module]:
+    # As the loader builds them (`quantized_linear`): int4 where its packing takes the
+    # shape, else int8; int8 in groups on the AVX2 path, else per channel.
+    return lambda weight: quantized_linear(weight, None, scheme, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,24 @@ PATHS: dict[str, WeightPath] = {
     for p in (
         WeightPath("float32", torch.float32, 1e-5, _float_linear(torch.float32)),
         WeightPath("bfloat16", torch.bfloat16, 1e-2, _float_linear(torch.bfloat16)),
-        WeightPath("int8", torch.bfloat16, 2e-2, lambda w: Int8WeightOnlyLinear(w, None, torch.bfloat16)),
-        WeightPath("int4", torch.bfloat16, 0.16, _int4_or_int8),
+        WeightPath("int8", torch.bfloat16, 2e-2, _quantized("int8")),
+        WeightPath("int4", torch.bfloat16, 0.16, _quantized("int4")),
         WeightPath(
             "int8_dynamic", torch.bfloat16, 4e-2, lambda w: Int8DynamicLinear(w, None, torch.bfloat16),
             int8_dynamic_supported,
         ),  # fmt: skip
     )
 }
+
+
+def _head(path: WeightPath, shape: tuple[int, int]) -> nn.Module:
+    """The LM head of `path` for a seeded weight [vocab, hidden]: the float dtype's, but
+    int8 in groups for the weight-only quantized paths where the loader makes it so
+    (`quantized_linear.quantized_head`)."""
+    weight = torch.randn(shape) * 0.02
+    if path.name in ("int8", "int4") and int8_groups(shape[1], torch.bfloat16):
+        return Int8GroupLinear(weight, None, torch.bfloat16)
+    return _float_linear(path.dtype)(weight)
 
 
 @dataclass(frozen=True)
@@ -147,8 +158,8 @@ def measure_paths(
     max_copy_bytes: int = 128 << 20,
 ) -> list[PathMeasurement]:
     """Times each path in `names` at batch 1 over the linear `shapes` ([N, K] each) of one
-    decoder layer repeated `layers` times, plus the LM head `head` ([vocab, hidden]) in the
-    path's float dtype (a quantized path keeps the head in bfloat16), and checks each path
+    decoder layer repeated `layers` times, plus the LM head `head` ([vocab, hidden]) as the
+    loader holds it for the path (`_head`), and checks each path
     on the probe (`_probe`); a path that fails it is reported, not timed.
 
     Each path gets distinct weights (copies of its probe layer) for as many layers as fit
@@ -172,7 +183,7 @@ def measure_paths(
             ([copy.deepcopy(probes[s][0]) for _ in range(copies)], torch.randn(1, s[1]).to(p.dtype)) for s in shapes
         ]
         if head is not None:
-            stacks[p.name].append(([_float_linear(p.dtype)(torch.randn(head) * 0.02)], torch.randn(1, head[1]).to(p.dtype)))
+            stacks[p.name].append(([_head(p, head)], torch.randn(1, head[1]).to(p.dtype)))
     # Best time of each shape's pass over its copies: a finer grain than whole steps, so
     # that a shared machine's interruptions are filtered out by the minimum.
     best = {name: [math.inf] * len(stack) for name, stack in stacks.items()}

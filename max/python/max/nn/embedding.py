@@ -26,6 +26,16 @@ class _VocabParallel(nn.Module):
         self.num_embeddings = num_embeddings
         self.start, self.stop, rows = self.tp.padded_split(num_embeddings)
         self.weight = nn.Parameter(torch.empty(rows, embedding_dim))
+        # A quantized copy of the table that computes the logits instead of `weight` (the
+        # CPU's int8 head: `max.nn.quantized_linear.quantized_head`), or None.
+        self.quantized_logits: nn.Module | None = None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N, vocab] of hidden states x [N, dim] against the whole table (this
+        rank's rows, joined across ranks): the LM head, or a tied embedding used as one."""
+        if self.quantized_logits is not None:
+            return self.quantized_logits(x)
+        return vocab_logits(x, self.weight, self.num_embeddings, self.tp)
 
     def checkpoint_layout(self) -> dict:
         """This rank's rows of the checkpoint's weight, zero-padded to its share."""
@@ -69,7 +79,7 @@ class VocabParallelLMHead(_VocabParallel):
     """The untied language-model head: hidden states -> logits over the whole vocabulary."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return vocab_logits(x, self.weight, self.num_embeddings, self.tp)
+        return self.logits(x)
 
 
 def vocab_logits(x: torch.Tensor, weight: torch.Tensor, vocab_size: int, tp) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 
 from max.errors import MaxError
 from max.nn.parallel import RowParallelLinear
-from max_kernels import cpu_int4
+from max_kernels import cpu_int4, cpu_int8
 
 logger = logging.getLogger("max.nn")
 
@@ -121,6 +121,7 @@ class Int4WeightOnlyLinear(nn.Module):
             self.kernel = "torch"
         if self.kernel == "native":
             packed, pairs = cpu_int4.pack(codes, scales, zeros, dtype)
+            cpu_int4.check_weight(packed, pairs)
             self.register_buffer("weight_int4", packed)
             self.register_buffer("scales_and_zeros", pairs)
         else:
@@ -129,10 +130,13 @@ class Int4WeightOnlyLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "native" and self.bias is None and x.dim() == 2 and x.dtype == torch.bfloat16:
+            # A decode step's rows as they come (hundreds of calls a step: no reshapes).
+            return cpu_int4.int4_matmul(x, self.weight_int4, self.scales_and_zeros, weight_checked=True)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype).contiguous()
         if self.kernel == "native":
-            y = cpu_int4.int4_matmul(x2, self.weight_int4, self.scales_and_zeros)
+            y = cpu_int4.int4_matmul(x2, self.weight_int4, self.scales_and_zeros, weight_checked=True)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_int4, self.group_size, self.scales_and_zeros)
         if self.bias is not None:
@@ -144,6 +148,62 @@ class Int4WeightOnlyLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"int4 in groups of {self.group_size}, {self.kernel} kernel"
         )
+
+
+class Int8GroupLinear(nn.Module):
+    """`y = x @ W.T + bias` with W kept as int8 codes in groups of 32 input features, one
+    float32 scale each (GGUF's Q8_0 block, kept exactly), multiplied by our AVX2 kernel
+    (`max_kernels.cpu_int8`: rows quantized to int16 per group, integer dot products). The
+    int8 layers and the LM head's logits take it on the AVX2 path (`int4_kernel()` native)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        codes, scales = cpu_int8.quantize(weight)
+        cpu_int8.check_weight(codes, scales)
+        self.dtype = dtype
+        self.register_buffer("weight_int8", codes)
+        self.register_buffer("group_scales", scales)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(self.dtype)
+        y = cpu_int8.int8_matmul(x2, self.weight_int8, self.group_scales, weight_checked=True)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 in groups of {cpu_int8.GROUP}"
+
+
+def quantized_head(network: nn.Module, scheme: str, dtype: torch.dtype) -> dict[str, Callable[[nn.Module], nn.Module]]:
+    """The LM head's replacement (by module path: `lm_head`, or `embed_tokens` when tied)
+    for a weight-only quantized network on the AVX2 path: the table gets an int8 copy in
+    groups of 32 (`Int8GroupLinear`) that computes the logits, and keeps its float rows for
+    the embedding lookups (the int8 copy adds half the table's bfloat16 bytes).
+
+    Only where the int8 layers are in groups (`int8_groups`: the AVX2 path, bfloat16), in
+    one process: there the head's bfloat16 product was
+    ~2 ms of a ~13 ms SmolLM2 decode step. A GGUF file's Q8_0 table (SmolLM2's) keeps its
+    codes and scales exactly, so only the rows' int16 rounding is new; a float table is
+    quantized by its groups, 4 bits finer than per channel (which failed verification).
+    Elsewhere: none (the head stays in the float dtype)."""
+    path = "lm_head" if getattr(network, "lm_head", None) is not None else "embed_tokens"
+    table = getattr(network, path, None)
+    if scheme not in ("int4", "int8") or table is None or not hasattr(table, "quantized_logits") or table.tp.size > 1:
+        return {}
+    if not int8_groups(table.weight.shape[1], dtype):
+        return {}
+
+    def attach(layer: nn.Module) -> nn.Module:
+        layer.quantized_logits = Int8GroupLinear(layer.weight, None, dtype)
+        layer.weight = nn.Parameter(layer.weight.to(dtype), requires_grad=False)
+        return layer
+
+    logger.info("the LM head (%s) computes its logits in int8 groups of 32 (our AVX2 kernel)", path)
+    return {path: attach}
 
 
 INT4_KERNELS = ("torch", "native")
@@ -187,7 +247,18 @@ def quantized_linear(
         from max.nn.int8_dynamic_linear import Int8DynamicLinear  # imports the quantized engine
 
         return Int8DynamicLinear(weight, bias, dtype)
+    if int8_groups(weight.shape[1], dtype):
+        return Int8GroupLinear(weight, bias, dtype)
     return Int8WeightOnlyLinear(weight, bias, dtype)
+
+
+def int8_groups(in_features: int, dtype: torch.dtype) -> bool:
+    """Whether an int8 weight-only layer is int8 in groups of 32 by our kernel
+    (`Int8GroupLinear`) rather than per channel by torch's (`Int8WeightOnlyLinear`): on the
+    AVX2 path (`int4_kernel()` native), in bfloat16, for whole groups. There torch's int8
+    product gains nothing over bfloat16's, and per-channel scales re-quantize a GGUF file's
+    8-bit (Q8_0) and 6-bit (Q6_K, the wide layers of a Q4_K_M file) blocks coarsely."""
+    return dtype == torch.bfloat16 and in_features % cpu_int8.GROUP == 0 and int4_kernel() == "native" and cpu_int8.available()
 
 
 def quantizable_linears(root: nn.Module) -> Iterator[tuple[nn.Module, str, str, nn.Linear]]:

@@ -8,6 +8,7 @@ from max.errors import MaxError
 from max.nn.parallel import RowParallelLinear, TensorParallel
 from max.nn.quantized_linear import (
     Int4WeightOnlyLinear,
+    Int8GroupLinear,
     Int8WeightOnlyLinear,
     int4_kernel,
     quantize_int4,
@@ -15,7 +16,7 @@ from max.nn.quantized_linear import (
     quantize_linears,
     quantized_linear,
 )
-from max_kernels import cpu_int4
+from max_kernels import cpu_int4, cpu_int8
 
 
 def _weight(n, k, seed=0):
@@ -121,8 +122,9 @@ def test_strided_inputs_are_read_as_their_values():
 
 
 def test_int4_falls_back_to_int8_where_the_kernel_cannot_pack_the_shape():
+    # int8 per channel, or in groups of 32 on the AVX2 path (`int8_groups`).
     assert isinstance(
-        quantized_linear(_weight(24, 64), None, "int4", torch.bfloat16), Int8WeightOnlyLinear
+        quantized_linear(_weight(24, 64), None, "int4", torch.bfloat16), (Int8WeightOnlyLinear, Int8GroupLinear)
     )
     assert isinstance(
         quantized_linear(_weight(32, 48), None, "int4", torch.bfloat16), Int8WeightOnlyLinear
@@ -154,7 +156,7 @@ def test_quantize_linears_swaps_layers_and_keeps_the_router_and_wide_layers():
     assert isinstance(net[0].up, Int4WeightOnlyLinear) and isinstance(
         net[0].down, Int4WeightOnlyLinear
     )
-    assert isinstance(net[1].up, Int8WeightOnlyLinear)
+    assert isinstance(net[1].up, (Int8WeightOnlyLinear, Int8GroupLinear))  # per channel, or groups on AVX2
     assert isinstance(net[0].router, nn.Linear) and isinstance(net[0].norm, nn.LayerNorm)
     assert _rel(net[1].down(net[1].up(x.bfloat16())), before) < 0.1
 
@@ -163,3 +165,18 @@ def test_quantize_linears_refuses_tensor_parallel_layers():
     net = nn.Sequential(RowParallelLinear(64, 32, False, TensorParallel(0, 2)))
     with pytest.raises(MaxError, match="tensor parallelism"):
         quantize_linears(net, "int8", torch.bfloat16)
+
+
+@pytest.mark.skipif(not cpu_int8.available(), reason="no AVX2/FMA or no C compiler here")
+def test_int8_group_layer_matches_its_dequantized_weight():
+    w, bias = _weight(96, 128), torch.randn(96)
+    layer = Int8GroupLinear(w, bias, torch.bfloat16)
+    x = torch.randn(2, 3, 128).bfloat16()
+    y = layer(x)
+    assert y.shape == (2, 3, 96) and y.dtype == torch.bfloat16 and "groups of 32" in repr(layer)
+    want = x.float() @ cpu_int8.dequantize(layer.weight_int8, layer.group_scales).t() + bias.bfloat16().float()
+    assert _rel(y, want) < 1e-2
+    # Groups of 32 are finer than one scale a row: closer to the float weight.
+    assert _rel(cpu_int8.dequantize(layer.weight_int8, layer.group_scales), w) < _rel(
+        Int8WeightOnlyLinear(w, None, torch.float32).scales[:, None] * Int8WeightOnlyLinear(w, None, torch.float32).weight_int8, w
+    )

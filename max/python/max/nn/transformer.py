@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from max.nn.attention import Attention
-from max.nn.embedding import VocabParallelEmbedding, VocabParallelLMHead, vocab_logits
+from max.nn.embedding import VocabParallelEmbedding, VocabParallelLMHead
 from max.nn.mlp import GatedMLP
 from max.nn.moe import MoEConfig, SparseMoE
 from max.nn.norm import RMSNorm
@@ -180,8 +180,7 @@ class Transformer(nn.Module):
         """The LM head (tied to the embedding when the config says so), in float32, soft-capped
         (cap * tanh(logits / cap)) when the config sets `final_logit_softcapping`."""
         if self.config.tie_word_embeddings:
-            embed = self.embed_tokens
-            logits = vocab_logits(x, embed.weight, embed.num_embeddings, embed.tp).float()
+            logits = self.embed_tokens.logits(x).float()
         else:
             logits = self.lm_head(x).float()
         cap = self.config.final_logit_softcapping

@@ -13,8 +13,8 @@ keyed by CPU model, torch version, ISA and shapes, so later starts cost nothing.
 A chosen path maps back to settings the engine processes re-resolve identically:
 - `float32` / `bfloat16`: that encoding (a quantized GGUF's weights are decoded);
 - `int4`: the file's 4-bit encoding (its codes kept, int4 in groups of 32);
-- `int8`: the file's encoding if it has 5 to 8 bits, else `q8_0` (int8 per channel,
-  weight-only);
+- `int8`: the file's encoding if it has 5 to 8 bits, else `q8_0` (int8 weight-only, per
+  channel; in groups of 32 on the AVX2 path);
 - `int8_dynamic`: `bfloat16` with `--quantization int8_dynamic` (int8 weights and
   activations through fbgemm, the rest of the network in bfloat16). Measured, but its
   probe fails on every machine (LLM activations' outlier channels): see
@@ -46,7 +46,7 @@ INT8_ENCODINGS = ("q8_0", "q6_k", "q5_0", "q5_k")
 INT8_DYNAMIC = "int8_dynamic"  # the --quantization method the int8_dynamic path sets
 # Part of the cache key: bump it when the measurement or the probes change, so figures
 # taken the old way are not reused.
-MEASUREMENT_VERSION = "5"
+MEASUREMENT_VERSION = "6"
 
 Measure = Callable[[Sequence[str], Sequence[tuple[int, int]], int, tuple[int, int] | None], list[PathMeasurement]]
 

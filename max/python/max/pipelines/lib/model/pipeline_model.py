@@ -28,7 +28,7 @@ from max.nn.checkpoint_layout import leaves, parameter_sources
 from max.nn.expert_weights import Mxfp4ExpertWeights
 from max.nn.fp8_linear import fp8_layer_bytes, fp8_replacements
 from max.nn.lora import LoRATargets, lora_step
-from max.nn.quantized_linear import weight_only_replacements
+from max.nn.quantized_linear import quantized_head, weight_only_replacements
 from max.pipelines.lib.config import WEIGHT_ONLY_SCHEMES, PipelineConfig
 from max.pipelines.lib.engine.scheduler import ScheduledChunk
 from max.pipelines.lib.hub.hf_config import quantization_method, text_config
@@ -255,6 +255,7 @@ class PipelineModel:
         if scheme in CPU_QUANTIZED_SCHEMES:
             keep_int8 = () if state is None or scheme != WeightScheme.INT4 else _wide_layers(network, state)
             replacements = weight_only_replacements(network, scheme.value, self.dtype, keep_int8)
+            replacements.update(quantized_head(network, scheme.value, self.dtype))
             transforms = {path: LayerTransform(fn, torch.float32) for path, fn in replacements.items()}
         self.check_fits(planned_weight_bytes(network, self.dtype, replaced_bytes))
         self.load_report = load_network(network, state, self.device, self.dtype, transforms, self.pipeline_config.seed)

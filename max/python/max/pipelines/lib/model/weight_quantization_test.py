@@ -10,7 +10,12 @@ import torch
 from max.errors import MaxError
 from max.nn.cpu_weight_paths import PathMeasurement
 from max.nn.int8_dynamic_linear import Int8DynamicLinear, int8_dynamic_supported
-from max.nn.quantized_linear import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+from max.nn.quantized_linear import (
+    Int4WeightOnlyLinear,
+    Int8GroupLinear,
+    Int8WeightOnlyLinear,
+    int4_kernel,
+)
 from max.pipelines.architectures import register_all
 from max.pipelines.lib import PipelineConfig, build_engine, resolve_model
 from max.pipelines.lib.model_resolution import gguf_weights_encoding
@@ -19,6 +24,7 @@ from max.pipelines.lib.weights import GGUFFile
 from max.testing.engine_probes import greedy_tokens, prompt_logits
 from max.testing.tiny_checkpoints import llama_config, write_tiny_checkpoint
 from max.testing.tiny_gguf import write_llama_gguf
+from max_kernels import cpu_int8
 
 PROMPTS = [[1, 50, 60, 70, 80], [1, 7, 9], [1, 300, 301, 302, 303, 304, 305]]
 
@@ -31,6 +37,19 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def q4_1_gguf(checkpoint, tmp_path_factory):
     return write_llama_gguf(checkpoint, tmp_path_factory.mktemp("gguf") / "tiny-Q4_1.gguf", "Q4_1")
+
+
+@pytest.fixture
+def cpu_int_rule(monkeypatch):
+    """Sets the CPU's int4 kernel rule (`MAX_CPU_INT4_KERNEL`) for one test, whatever this
+    CPU would choose, and restores it."""
+
+    def force(kernel: str) -> None:
+        monkeypatch.setenv("MAX_CPU_INT4_KERNEL", kernel)
+        int4_kernel.cache_clear()
+
+    yield force
+    int4_kernel.cache_clear()
 
 
 def _engine(path, encoding, **overrides):
@@ -55,7 +74,8 @@ def test_default_on_the_cpu_stays_float32_with_float_weights(checkpoint):
     assert not _layers(engine, (Int8WeightOnlyLinear, Int4WeightOnlyLinear))
 
 
-def test_q8_0_quantizes_safetensors_on_load_and_keeps_float32_s_greedy_tokens(checkpoint):
+def test_q8_0_quantizes_safetensors_on_load_and_keeps_float32_s_greedy_tokens(checkpoint, cpu_int_rule):
+    cpu_int_rule("torch")  # the AVX2 path's int8 head: test_the_avx2_path_holds_int8_in_groups_...
     reference = _engine(checkpoint, "float32")
     engine = _engine(checkpoint, "q8_0")
     assert engine.model.dtype == torch.bfloat16
@@ -172,3 +192,26 @@ def test_cpu_threads_follow_the_affinity_unless_the_environment_says():
         assert set_cpu_threads(resolve_plan(config)) == len(os.sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)
+
+
+def test_torch_s_rule_keeps_int8_per_channel_and_a_bfloat16_head(checkpoint, cpu_int_rule):
+    cpu_int_rule("torch")
+    engine = _engine(checkpoint, "q8_0")
+    assert len(_layers(engine, Int8WeightOnlyLinear)) == 3 * 4 and not _layers(engine, Int8GroupLinear)
+
+
+@pytest.mark.skipif(not cpu_int8.available(), reason="no AVX2/FMA or no C compiler here")
+def test_the_avx2_path_holds_int8_in_groups_and_the_head_in_int8(checkpoint, q4_1_gguf, cpu_int_rule):
+    cpu_int_rule("native")
+    reference = _engine(checkpoint, "float32")
+    engine = _engine(checkpoint, "q8_0")
+    groups = _layers(engine, Int8GroupLinear)
+    # The decoder's 12 linears, and the (untied) LM head's int8 copy, which computes the logits.
+    assert len(groups) == 3 * 4 + 1 and engine.model.model.lm_head.quantized_logits in groups
+    # As close to float32 as int8 per channel is (greedy tokens of a random model, whose top
+    # two logits can be 0.02 apart, are not compared: the head's rounding moves them).
+    assert _cos(prompt_logits(engine, PROMPTS[2]), prompt_logits(reference, PROMPTS[2])) > 0.999
+    dequantized = _engine(q4_1_gguf, "bfloat16")
+    q4 = _engine(q4_1_gguf, "q4_1")
+    assert len(_layers(q4, Int4WeightOnlyLinear)) == 3 * 4 and q4.model.model.lm_head.quantized_logits is not None
+    assert _cos(prompt_logits(q4, PROMPTS[0]), prompt_logits(dequantized, PROMPTS[0])) > 0.999
