@@ -6,7 +6,7 @@
 //
 // Weight layout: for each output feature n and group g of 32 input features, 16 bytes of
 // codes (byte j holds feature 32g + j in its low nibble and 32g + 16 + j in its high one)
-// and the group's bfloat16 scale s and zero z (a feature's G scales, then its G zeros):
+// and the group's float32 scale s and zero z (a feature's G scales, then its G zeros):
 // w = s * (q - 8) + z.
 //
 // The rows are quantized to int16 per group of 32 (d = max|x| / 32767, x16 =
@@ -48,27 +48,27 @@ static inline __m256 group_dot(codes16 c, const int16_t* x16) {
 // each row's group scales s d and its term sum_g (z sum(x) - 8 s d sum(x16)) computed first,
 // 8 groups a step.
 static inline __attribute__((always_inline)) void feature_rows(
-    int MB, int64_t n, int64_t m0, int64_t k, const uint8_t* codes, const uint16_t* sz,
+    int MB, int64_t n, int64_t m0, int64_t k, const uint8_t* codes, const float* sz,
     const int16_t* x16, const float* d, const float* sums, const float* sums16, float* out, int64_t ldo, float* sd) {
     const int64_t groups = k / 32;
     const uint8_t* q = codes + n * (k / 2);
-    const uint16_t* sc = sz + n * groups * 2;  // the feature's G scales, then its G zeros
-    const uint16_t* zr = sc + groups;
+    const float* sc = sz + n * groups * 2;  // the feature's G scales, then its G zeros
+    const float* zr = sc + groups;
     float corr[4] = {0, 0, 0, 0};
     for (int mi = 0; mi < MB; mi++) {
         const int64_t row = (m0 + mi) * groups;
         __m256 zsum = _mm256_setzero_ps();
         int64_t g = 0;
         for (; g + 8 <= groups; g += 8) {
-            const __m256 sdg = _mm256_mul_ps(bf16x8_to_f32(sc + g), _mm256_loadu_ps(d + row + g));
+            const __m256 sdg = _mm256_mul_ps(_mm256_loadu_ps(sc + g), _mm256_loadu_ps(d + row + g));
             _mm256_storeu_ps(sd + mi * groups + g, sdg);
-            zsum = _mm256_fmadd_ps(bf16x8_to_f32(zr + g), _mm256_loadu_ps(sums + row + g), zsum);
+            zsum = _mm256_fmadd_ps(_mm256_loadu_ps(zr + g), _mm256_loadu_ps(sums + row + g), zsum);
             zsum = _mm256_fnmadd_ps(_mm256_mul_ps(sdg, _mm256_set1_ps(8.0f)), _mm256_loadu_ps(sums16 + row + g), zsum);
         }
         corr[mi] = hsum(zsum);
         for (; g < groups; g++) {
-            sd[mi * groups + g] = bf16_to_f32(sc[g]) * d[row + g];
-            corr[mi] += bf16_to_f32(zr[g]) * sums[row + g] - 8.0f * sd[mi * groups + g] * sums16[row + g];
+            sd[mi * groups + g] = sc[g] * d[row + g];
+            corr[mi] += zr[g] * sums[row + g] - 8.0f * sd[mi * groups + g] * sums16[row + g];
         }
     }
     // Two accumulators per row (even and odd groups): one FMA chain would wait on itself.
@@ -97,7 +97,7 @@ static inline __attribute__((always_inline)) void feature_rows(
 // x and y are bfloat16 (bf16 = 1) or float32 rows, contiguous. Returns 0, or -1 when a
 // buffer could not be allocated.
 int max_int4_matmul(const void* x, int bf16, int64_t m, int64_t k, const uint8_t* codes,
-                    const uint16_t* sz, int64_t n, void* y, int num_threads) {
+                    const float* sz, int64_t n, void* y, int num_threads) {
     const int64_t groups = k / 32;
     int16_t* x16 = (int16_t*)malloc(sizeof(int16_t) * (size_t)(m * k));
     float* d = (float*)malloc(sizeof(float) * (size_t)(m * groups));

@@ -9,7 +9,10 @@ error near 1e-5), and each group's dot product is an integer one on the AVX2 int
 (`vpmaddwd`), scaled once per group. int8 rows, as llama.cpp's, were a third faster but
 doubled SmolLM2's KL against transformers (0.032 against 0.015) and failed its
 verification. The weight is the same int4 format as the int4 path's (groups of 32, a
-scale and a zero per group in bfloat16); only the codes' order differs (`pack`).
+scale and a zero per group), with the codes in another order and the scales and zeros in
+float32 (`pack`): torch's kernel takes them in bfloat16, whose rounding moves all 32
+weights of a group together (a GGUF block's float16 scale and minimum keep their bits in
+float32).
 
 The C source is built at first use and loaded by `cpu_native` (its OpenMP loop on torch's
 own threads). Where there is no compiler, no AVX2/FMA, or the build fails, `available()`
@@ -43,17 +46,17 @@ def available() -> bool:
     return _library() is not None
 
 
-def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's weight from `quantized_linear.quantize_int4`'s output (codes int [N, K]
     in [0, 15], scales and zeros [K/32, N]): packed codes uint8 [N, K/32, 16] (byte j of a
     group: feature j in the low nibble, j + 16 in the high one) and each feature's scales
-    and zeros [N, 2, K/32] in `dtype` (bfloat16: the int4 path's rounding of them)."""
+    and zeros [N, 2, K/32] in float32."""
     n, k = codes.shape
     if k % GROUP:
         raise ValueError(f"cpu_int4 takes K a multiple of {GROUP}, got {k}")
     q = codes.to(torch.uint8).reshape(n, k // GROUP, GROUP)
     packed = (q[..., :16] | (q[..., 16:] << 4)).contiguous()
-    pairs = torch.stack((scales.t(), zeros.t()), dim=1).to(dtype).contiguous()
+    pairs = torch.stack((scales.t(), zeros.t()), dim=1).float().contiguous()
     return packed, pairs
 
 
@@ -89,10 +92,10 @@ def int4_q16_reference(x: torch.Tensor, packed: torch.Tensor, pairs: torch.Tenso
 
 def check_weight(packed: torch.Tensor, pairs: torch.Tensor) -> None:
     """Raises ValueError unless `packed` and `pairs` are a weight as `pack` makes it, with
-    bfloat16 scales and zeros (what `int4_matmul` takes)."""
+    float32 scales and zeros (what `int4_matmul` takes)."""
     n, groups = packed.shape[0], pairs.shape[-1]
-    if pairs.dtype != torch.bfloat16:
-        raise ValueError(f"cpu_int4 takes bfloat16 scale/zero pairs, got {pairs.dtype}")
+    if pairs.dtype != torch.float32:
+        raise ValueError(f"cpu_int4 takes float32 scale/zero pairs, got {pairs.dtype}")
     if packed.dtype != torch.uint8 or packed.shape != (n, groups, 16) or pairs.shape != (n, 2, groups):
         raise ValueError(f"not a packed int4 weight: codes {tuple(packed.shape)} {packed.dtype}, pairs {tuple(pairs.shape)}")
     if not (packed.is_contiguous() and pairs.is_contiguous()):
@@ -112,8 +115,8 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, pairs: torch.Tensor, *, w
         raise ValueError(f"cpu_int4 takes bfloat16 or float32 rows, got {x.dtype}")
     if not weight_checked:
         check_weight(packed, pairs)
-    elif pairs.dtype != torch.bfloat16:  # a module moved to another dtype after its check
-        raise ValueError(f"cpu_int4 takes bfloat16 scale/zero pairs, got {pairs.dtype}")
+    elif pairs.dtype != torch.float32:  # a module moved to another dtype after its check
+        raise ValueError(f"cpu_int4 takes float32 scale/zero pairs, got {pairs.dtype}")
     x = x.contiguous()
     m, k = x.shape
     n = packed.shape[0]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from max.errors import MaxError
+from max.nn.int4_groups import int4_groups_on_grid
 from max.nn.parallel import RowParallelLinear
 from max_kernels import cpu_int4, cpu_int8
 
@@ -50,14 +51,16 @@ def quantize_int4(
     weight: torch.Tensor, group_size: int = INT4_GROUP_SIZE
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes int32 [N, K] in [0, 15], scales [K/G, N], zeros [K/G, N]) of a float weight,
-    asymmetric min/max per group of `group_size` input features; the value is
-    scale * (code - 8) + zero."""
+    asymmetric per group of `group_size` input features; the value is
+    scale * (code - 8) + zero. A group whose values lie on a 16-step grid (decoded from a
+    GGUF Q4_0 / Q4_1 / Q4_K block) keeps that grid and its codes exactly
+    (`int4_groups_on_grid`); the others are quantized by their min / max."""
     n, k = weight.shape
+    grid_scales, grid_zeros = int4_groups_on_grid(weight, group_size)  # w = (code - zero) * scale
     w = weight.float().reshape(n, k // group_size, group_size)
-    lo, hi = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
-    scales = ((hi - lo) / 15.0).clamp(min=1e-12)
-    codes = torch.round((w - lo) / scales).clamp(0, 15).to(torch.int32).reshape(n, k)
-    zeros = lo + 8.0 * scales
+    scales, offsets = grid_scales[..., None], grid_zeros[..., None]
+    codes = torch.round(w / scales + offsets).clamp(0, 15).to(torch.int32).reshape(n, k)
+    zeros = (8.0 - offsets) * scales
     return codes, scales.squeeze(-1).t().contiguous(), zeros.squeeze(-1).t().contiguous()
 
 
@@ -115,12 +118,14 @@ class Int4WeightOnlyLinear(nn.Module):
             )
         codes, scales, zeros = quantize_int4(weight, group_size)
         self.group_size = group_size
+        self.dtype = dtype
         self.kernel = kernel or int4_kernel()
-        # Ours takes groups of 32 and bfloat16 scales only; the rest stays on torch's.
+        # Ours serves groups of 32 in bfloat16 networks (its scales and zeros float32); the
+        # rest stays on torch's (scales and zeros in the compute dtype, as it requires).
         if self.kernel == "native" and (group_size != cpu_int4.GROUP or dtype != torch.bfloat16):
             self.kernel = "torch"
         if self.kernel == "native":
-            packed, pairs = cpu_int4.pack(codes, scales, zeros, dtype)
+            packed, pairs = cpu_int4.pack(codes, scales, zeros)
             cpu_int4.check_weight(packed, pairs)
             self.register_buffer("weight_int4", packed)
             self.register_buffer("scales_and_zeros", pairs)
@@ -134,7 +139,7 @@ class Int4WeightOnlyLinear(nn.Module):
             # A decode step's rows as they come (hundreds of calls a step: no reshapes).
             return cpu_int4.int4_matmul(x, self.weight_int4, self.scales_and_zeros, weight_checked=True)
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype).contiguous()
+        x2 = x.reshape(-1, shape[-1]).to(self.dtype).contiguous()
         if self.kernel == "native":
             y = cpu_int4.int4_matmul(x2, self.weight_int4, self.scales_and_zeros, weight_checked=True)
         else:

@@ -64,7 +64,7 @@ def test_int4_layer_on_our_avx2_kernel_matches_torch_s():
         x = torch.randn(2, rows, 128).bfloat16()
         y = ours(x)
         assert y.shape == (2, rows, 96) and y.dtype == torch.bfloat16
-        # The same weight; ours rounds x to int8 per group of 32 (about 0.5 %).
+        # The same codes; theirs rounds the scales and zeros to bfloat16, ours the rows to int16.
         assert _rel(y, theirs(x)) < 1.5e-2
     # Float32 layers (and other group sizes) stay on torch's kernel.
     assert Int4WeightOnlyLinear(w, None, torch.float32, kernel="native").kernel == "torch"

@@ -8,7 +8,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
-from max.pipelines.lib.weights.gguf_int4_groups import int4_groups_on_grid
+from max.nn.int4_groups import int4_groups_on_grid
 from max_kernels.int4_layout import dequantize_int4, int4_codes_of, pack_int4, quantize_int4_groups
 
 
