@@ -79,13 +79,13 @@ def decode_attention(
     hkv = k_cache.shape[-2]
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("decode_attention reads the caches in place: they must be contiguous")
+    if lo.dtype != torch.int32 or hi.dtype != torch.int32 or kv_slots.dtype != torch.int64:
+        raise ValueError(f"bounds are int32 and slots int64, got {lo.dtype} / {hi.dtype} / {kv_slots.dtype}")
     q = q.contiguous()
-    k, v = k_cache, v_cache
-    slots = kv_slots.to(torch.int64).contiguous()
-    lo32, hi32 = lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous()
+    slots, lo, hi = kv_slots.contiguous(), lo.contiguous(), hi.contiguous()  # no copies where they are
     out = torch.empty_like(q)
     rc = lib.max_decode_attention(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), slots.data_ptr(), slots.shape[1], lo32.data_ptr(), hi32.data_ptr(),
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), slots.shape[1], lo.data_ptr(), hi.data_ptr(),
         b, hq, hkv, d, float(scale), out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:

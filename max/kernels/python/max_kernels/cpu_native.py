@@ -1,7 +1,8 @@
 """C kernels for x86 CPUs with AVX2 and FMA, built at first use and loaded with ctypes.
 
-A kernel's C source sits beside its Python module (`cpu_int4.c`, `cpu_decode_attention.c`),
-with the helpers they share in `cpu_native.h`.
+A kernel's C source sits beside its Python module (`cpu_int4.c`, `cpu_int8.c`,
+`cpu_decode_attention.c`, `cpu_token_ops.c`), with the helpers they share (bfloat16
+conversions, the rows' int16 quantization) in `cpu_native.h`.
 `load(name)` compiles it with the system's C compiler (`$CC`, else `cc` or `gcc`;
 `-O3 -mavx2 -mfma -fopenmp`) into a cache folder (`$MAX_KERNEL_CACHE`, else
 `~/.cache/max/kernels`), keyed by the source's hash, and loads it. Its OpenMP loops run on

@@ -12,11 +12,12 @@ seeded probe: a path whose kernel is wrong on this machine is never chosen.
 Paths (`name`: weights / activations):
 - `float32`: float32 / float32, the exact reference.
 - `bfloat16`: bfloat16 / bfloat16.
-- `int8`: int8 per output channel / bfloat16 (`_weight_int8pack_mm`); on the AVX2 path
-  int8 in groups of 32 (our `max_kernels.cpu_int8`, rows in int16 per group:
-  `quantized_linear.int8_groups`), which also computes the int paths' LM head there.
-- `int4`: int4 in groups of 32 / bfloat16 (`_weight_int4pack_mm_for_cpu`; without AVX-512
-  our AVX2 kernel, `max_kernels.cpu_int4`, rows in int16 per group: `quantized_linear.int4_kernel`).
+- `int8`: int8 in groups of 32 / bfloat16 by our `max_kernels.cpu_int8` (rows in int16 per
+  group), which also computes the int paths' LM head; where our kernels cannot be built,
+  int8 per output channel (`_weight_int8pack_mm`) and a bfloat16 head
+  (`quantized_linear.int4_kernel`, `int8_groups`).
+- `int4`: int4 in groups of 32 / bfloat16 by our `max_kernels.cpu_int4` (rows in int16 per
+  group); where it cannot be built, torch's `_weight_int4pack_mm_for_cpu`.
 - `int8_dynamic`: int8 per output channel / int8 per call (fbgemm), edges in bfloat16.
   The fastest on AVX2, but its activations cannot hold LLMs' outlier channels: the probe
   (which has them) rejects it, so `auto` does not take it.
@@ -50,7 +51,7 @@ def _float_linear(dtype: torch.dtype) -> Callable[[torch.Tensor], nn.Module]:
 
 def _quantized(scheme: str) -> Callable[[torch.Tensor], nn.Module]:
     # As the loader builds them (`quantized_linear`): int4 where its packing takes the
-    # shape, else int8; int8 in groups on the AVX2 path, else per channel.
+    # shape, else int8; int8 in groups where our kernels run, else per channel.
     return lambda weight: quantized_linear(weight, None, scheme, torch.bfloat16)
 
 

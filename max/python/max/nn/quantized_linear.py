@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from max.errors import MaxError
-from max.nn.int4_groups import int4_groups_on_grid
+from max.nn.gguf_grids import int4_groups_on_grid
 from max.nn.parallel import RowParallelLinear
 from max_kernels import cpu_int4, cpu_int8
 
@@ -159,7 +159,7 @@ class Int8GroupLinear(nn.Module):
     """`y = x @ W.T + bias` with W kept as int8 codes in groups of 32 input features, one
     float32 scale each (GGUF's Q8_0 block, kept exactly), multiplied by our AVX2 kernel
     (`max_kernels.cpu_int8`: rows quantized to int16 per group, integer dot products). The
-    int8 layers and the LM head's logits take it on the AVX2 path (`int4_kernel()` native)."""
+    int8 layers and the LM head's logits take it where our kernels run (`int8_groups`)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
         super().__init__()
@@ -185,13 +185,13 @@ class Int8GroupLinear(nn.Module):
 
 def quantized_head(network: nn.Module, scheme: str, dtype: torch.dtype) -> dict[str, Callable[[nn.Module], nn.Module]]:
     """The LM head's replacement (by module path: `lm_head`, or `embed_tokens` when tied)
-    for a weight-only quantized network on the AVX2 path: the table gets an int8 copy in
+    for a weight-only quantized network on our kernels: the table gets an int8 copy in
     groups of 32 (`Int8GroupLinear`) that computes the logits, and keeps its float rows for
     the embedding lookups (the int8 copy adds half the table's bfloat16 bytes).
 
-    Only where the int8 layers are in groups (`int8_groups`: the AVX2 path, bfloat16), in
-    one process: there the head's bfloat16 product was
-    ~2 ms of a ~13 ms SmolLM2 decode step. A GGUF file's Q8_0 table (SmolLM2's) keeps its
+    Only where the int8 layers are in groups (`int8_groups`: our kernels, bfloat16), in
+    one process: the head's bfloat16 product was ~2 ms of a ~13 ms SmolLM2 decode step
+    with AVX2 alone. A GGUF file's Q8_0 table (SmolLM2's) keeps its
     codes and scales exactly, so only the rows' int16 rounding is new; a float table is
     quantized by its groups, 4 bits finer than per channel (which failed verification).
     Elsewhere: none (the head stays in the float dtype)."""
@@ -216,14 +216,21 @@ INT4_KERNELS = ("torch", "native")
 
 @functools.cache
 def int4_kernel() -> str:
-    """The CPU int4 product the int4 layers use in this process: `$MAX_CPU_INT4_KERNEL`
-    (`torch` or `native`) if set; else ours (`max_kernels.cpu_int4`) where it is available
-    (AVX2 and FMA, a C compiler) and torch's kernel runs without AVX-512, which is where
-    torch's is slow; else torch's. The rule is fixed per machine, so every process (and
-    every test) of a machine computes the same bits. Measured on a 2-core Zen 4 EPYC
-    (BENCHMARKS.md, 2026-12-08): with AVX-512 about even (SmolLM2-135M q4_1 decode 15.9 ms
-    a token with ours, 15.6-16.1 with torch's); with AVX2 alone (`ATEN_CPU_CAPABILITY=avx2`)
-    its linears for one token 4.7-6.4 ms with ours, 6.1-12.3 with torch's."""
+    """The CPU's quantized products in this process, `native` or `torch`:
+    `$MAX_CPU_INT4_KERNEL` if set; else ours wherever they are available (AVX2 and FMA, a C
+    compiler): int4 layers on `max_kernels.cpu_int4`, int8 layers in groups of 32 and the
+    LM head's logits on `max_kernels.cpu_int8` (`int8_groups`); else torch's (int4 with
+    bfloat16 scales, int8 per channel, a bfloat16 head). The rule is fixed per machine, so
+    every process (and every test) of a machine computes the same bits.
+
+    Measured on a 2-core Zen 4 EPYC (BENCHMARKS.md, 2026-12-08, eighth session): with AVX2
+    alone (`ATEN_CPU_CAPABILITY=avx2`) ours are faster (SmolLM2 q4_1 decode 11.5-14.6 ms a
+    token against 15.5-19.0 before) and with AVX-512 even for int4 (12.3-13.7 against
+    12.3-13.8 ms), faster for int8 (16.0-16.5 against 19.0-24.1); with either, torch's
+    products failed verification where ours pass (max KL against transformers bfloat16,
+    threshold 0.02: Qwen2.5-Coder q4_k 0.028 -> 0.005, q8_0 0.199 -> 0.004): per-channel
+    int8 cannot hold a Q8_0 file's groups, and bfloat16 scales move all 32 weights of a
+    group together."""
     forced = os.environ.get("MAX_CPU_INT4_KERNEL")
     if forced:
         if forced not in INT4_KERNELS:
@@ -231,9 +238,7 @@ def int4_kernel() -> str:
         if forced == "native" and not cpu_int4.available():
             raise MaxError("MAX_CPU_INT4_KERNEL=native, but max_kernels.cpu_int4 is not available here (AVX2 and FMA, a C compiler)")
         return forced
-    if torch.backends.cpu.get_cpu_capability().startswith("AVX512") or not cpu_int4.available():
-        return "torch"
-    return "native"
+    return "native" if cpu_int4.available() and cpu_int8.available() else "torch"
 
 
 def quantized_linear(
@@ -259,10 +264,11 @@ def quantized_linear(
 
 def int8_groups(in_features: int, dtype: torch.dtype) -> bool:
     """Whether an int8 weight-only layer is int8 in groups of 32 by our kernel
-    (`Int8GroupLinear`) rather than per channel by torch's (`Int8WeightOnlyLinear`): on the
-    AVX2 path (`int4_kernel()` native), in bfloat16, for whole groups. There torch's int8
-    product gains nothing over bfloat16's, and per-channel scales re-quantize a GGUF file's
-    8-bit (Q8_0) and 6-bit (Q6_K, the wide layers of a Q4_K_M file) blocks coarsely."""
+    (`Int8GroupLinear`) rather than per channel by torch's (`Int8WeightOnlyLinear`): where
+    our kernels run (`int4_kernel()` native), in bfloat16, for whole groups. Per-channel
+    scales re-quantize a GGUF file's 8-bit (Q8_0) and 6-bit (Q6_K, the wide layers of a
+    Q4_K_M file) blocks coarsely (Qwen2.5-Coder q8_0 failed verification with them), and
+    with AVX2 alone torch's int8 product gains nothing over bfloat16's."""
     return dtype == torch.bfloat16 and in_features % cpu_int8.GROUP == 0 and int4_kernel() == "native" and cpu_int8.available()
 
 

@@ -122,7 +122,7 @@ def test_strided_inputs_are_read_as_their_values():
 
 
 def test_int4_falls_back_to_int8_where_the_kernel_cannot_pack_the_shape():
-    # int8 per channel, or in groups of 32 on the AVX2 path (`int8_groups`).
+    # int8 per channel, or in groups of 32 where our kernels run (`int8_groups`).
     assert isinstance(
         quantized_linear(_weight(24, 64), None, "int4", torch.bfloat16), (Int8WeightOnlyLinear, Int8GroupLinear)
     )

@@ -14,7 +14,7 @@ A chosen path maps back to settings the engine processes re-resolve identically:
 - `float32` / `bfloat16`: that encoding (a quantized GGUF's weights are decoded);
 - `int4`: the file's 4-bit encoding (its codes kept, int4 in groups of 32);
 - `int8`: the file's encoding if it has 5 to 8 bits, else `q8_0` (int8 weight-only, per
-  channel; in groups of 32 on the AVX2 path);
+  channel; in groups of 32 where our CPU kernels run);
 - `int8_dynamic`: `bfloat16` with `--quantization int8_dynamic` (int8 weights and
   activations through fbgemm, the rest of the network in bfloat16). Measured, but its
   probe fails on every machine (LLM activations' outlier channels): see

@@ -75,7 +75,7 @@ def test_default_on_the_cpu_stays_float32_with_float_weights(checkpoint):
 
 
 def test_q8_0_quantizes_safetensors_on_load_and_keeps_float32_s_greedy_tokens(checkpoint, cpu_int_rule):
-    cpu_int_rule("torch")  # the AVX2 path's int8 head: test_the_avx2_path_holds_int8_in_groups_...
+    cpu_int_rule("torch")  # our kernels' int8 head: test_our_kernels_hold_int8_in_groups_...
     reference = _engine(checkpoint, "float32")
     engine = _engine(checkpoint, "q8_0")
     assert engine.model.dtype == torch.bfloat16
@@ -201,7 +201,7 @@ def test_torch_s_rule_keeps_int8_per_channel_and_a_bfloat16_head(checkpoint, cpu
 
 
 @pytest.mark.skipif(not cpu_int8.available(), reason="no AVX2/FMA or no C compiler here")
-def test_the_avx2_path_holds_int8_in_groups_and_the_head_in_int8(checkpoint, q4_1_gguf, cpu_int_rule):
+def test_our_kernels_hold_int8_in_groups_and_the_head_in_int8(checkpoint, q4_1_gguf, cpu_int_rule):
     cpu_int_rule("native")
     reference = _engine(checkpoint, "float32")
     engine = _engine(checkpoint, "q8_0")

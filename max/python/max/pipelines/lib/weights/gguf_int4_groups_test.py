@@ -8,7 +8,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
-from max.nn.int4_groups import int4_groups_on_grid
+from max.nn.gguf_grids import int4_groups_on_grid
 from max_kernels.int4_layout import dequantize_int4, int4_codes_of, pack_int4, quantize_int4_groups
 
 
@@ -45,3 +45,4 @@ def test_values_off_any_grid_take_min_max():
     constant = torch.full((2, 32), 0.25)
     scales, zeros = int4_groups_on_grid(constant, 32)
     torch.testing.assert_close(_held(constant, scales, zeros), constant)
+

@@ -24,7 +24,7 @@ from max.errors import MaxError
 from max.nn.checkpoint_layout import Shard, Source, Stack
 from max.nn.embedding import VocabParallelEmbedding, VocabParallelLMHead
 from max.nn.fp8_linear import Fp8Linear, fp8_layer_bytes, fp8_shape_supported
-from max.nn.int4_groups import int4_groups_on_grid
+from max.nn.gguf_grids import int4_groups_on_grid
 from max.nn.int4_linear import DEFAULT_GROUP_SIZE, Int4Linear, int4_layer_bytes
 from max.nn.int8_linear import Int8Linear, int8_linear_bytes
 from max.nn.parallel import RowParallelLinear

@@ -1,4 +1,4 @@
-"""The int4 groups that a GGUF 4-bit weight's decoded values already lie on.
+"""The quantization grids that a GGUF weight's decoded values already lie on.
 
 A Q4_0, Q4_1 or Q4_K block decodes each run of 32 consecutive values as s * q + o for
 integer codes q in [0, 15] (Q4_K: a scale and minimum per 32-value sub-block). Re-quantizing
@@ -6,7 +6,8 @@ such values by their group's min / max re-rounds every value unless the group ha
 codes 0 and 15; recovering s (the smallest gap between distinct values, which every other
 gap is a multiple of) gives the file's own grid back, and the codes survive exactly (as
 Q8_0's do in the int8 layout). Groups whose values are not on a 16-step grid of that
-spacing (a constant group, float rounding beyond tolerance) take min / max.
+spacing (a constant group, float rounding beyond tolerance) take min / max
+(`int4_groups_on_grid`).
 """
 
 from __future__ import annotations
@@ -46,3 +47,4 @@ def _groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.
     on_grid &= steps.round().amax(-1) <= 15
     scales = torch.where(on_grid, step, (span / 15.0).clamp(min=1e-12))
     return scales, -lo / scales
+
