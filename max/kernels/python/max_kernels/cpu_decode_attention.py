@@ -23,12 +23,9 @@ from max_kernels import cpu_native
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = cpu_native.load("cpu_decode_attention")
-    if lib is not None:
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        lib.max_decode_attention.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, ctypes.c_int]
-        lib.max_decode_attention.restype = ctypes.c_int
-    return lib
+    i64, ptr, f32, cint = cpu_native.I64, cpu_native.PTR, cpu_native.F32, cpu_native.INT
+    args = [ptr, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, f32, ptr, cint]
+    return cpu_native.library("cpu_decode_attention", {"max_decode_attention": (args, cint)})
 
 
 def available() -> bool:

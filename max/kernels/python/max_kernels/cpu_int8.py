@@ -27,12 +27,8 @@ GROUP = 32
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = cpu_native.load("cpu_int8")
-    if lib is not None:
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        lib.max_int8_matmul.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ctypes.c_int]
-        lib.max_int8_matmul.restype = ctypes.c_int
-    return lib
+    i64, ptr, cint = cpu_native.I64, cpu_native.PTR, cpu_native.INT
+    return cpu_native.library("cpu_int8", {"max_int8_matmul": ([ptr, cint, i64, i64, ptr, ptr, i64, ptr, cint], cint)})
 
 
 def available() -> bool:

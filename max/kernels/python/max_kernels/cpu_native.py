@@ -22,7 +22,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("max_kernels")
 
@@ -89,3 +91,18 @@ def load(name: str) -> ctypes.CDLL | None:
     except OSError as e:
         logger.warning("loading %s failed (%s); torch's ops stay", path, e)
         return None
+
+
+# ctypes shorthands for the kernels' signatures.
+I64, PTR, INT, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+
+
+def library(name: str, signatures: Mapping[str, tuple[Sequence[Any], Any]]) -> ctypes.CDLL | None:
+    """`load(name)` with each function's (argument types, result type) set, None where the
+    library cannot run here."""
+    lib = load(name)
+    if lib is not None:
+        for function, (argtypes, restype) in signatures.items():
+            getattr(lib, function).argtypes = list(argtypes)
+            getattr(lib, function).restype = restype
+    return lib

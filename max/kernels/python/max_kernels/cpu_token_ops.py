@@ -27,16 +27,16 @@ from max_kernels import cpu_native
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = cpu_native.load("cpu_token_ops")
-    if lib is not None:
-        i64, ptr, f32, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-        lib.max_add_rms_norm.argtypes = [ptr, i64, ptr, ptr, f32, i64, i64, ptr, ptr, cint]
-        lib.max_add_rms_norm.restype = None
-        lib.max_rope_write_kv.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, cint]
-        lib.max_rope_write_kv.restype = None
-        lib.max_silu_and_mul.argtypes = [ptr, i64, i64, i64, ptr, cint]
-        lib.max_silu_and_mul.restype = None
-    return lib
+    i64, ptr, f32, cint = cpu_native.I64, cpu_native.PTR, cpu_native.F32, cpu_native.INT
+    rope = [ptr, i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, cint]
+    return cpu_native.library(
+        "cpu_token_ops",
+        {
+            "max_add_rms_norm": ([ptr, i64, ptr, ptr, f32, i64, i64, ptr, ptr, cint], None),
+            "max_rope_write_kv": (rope, None),
+            "max_silu_and_mul": ([ptr, i64, i64, i64, ptr, cint], None),
+        },
+    )
 
 
 def available() -> bool:

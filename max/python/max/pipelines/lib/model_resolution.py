@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from max.errors import MaxError
+from max.nn.quantized_linear import int4_kernel
 from max.pipelines.lib.config import (
     AUTO_ENCODING,
     FLOAT_ENCODINGS,
@@ -184,12 +185,17 @@ def describe_encoding(resolved: ResolvedModel) -> str:
     enc = resolved.config.quantization_encoding or "default"
     dt = str(plan.dtype).removeprefix("torch.")
     if plan.weight_scheme in CPU_QUANTIZED_SCHEMES:
+        # Our CPU kernels (where they build) hold int8 in groups and compute the head in int8.
+        ours = plan.weight_scheme != WeightScheme.INT8_DYNAMIC and int4_kernel() == "native" and plan.dtype == torch.bfloat16
+        int8 = "int8 in groups of 32" if ours else "int8 per channel"
         held = {
-            WeightScheme.INT8: "int8 per channel",
-            WeightScheme.INT4: "int4 in groups of 32 (int8 where the file has more bits)",
+            WeightScheme.INT8: int8,
+            WeightScheme.INT4: f"int4 in groups of 32 ({int8} where the file has more bits)",
             WeightScheme.INT8_DYNAMIC: "int8 per channel, activations int8 per call (fbgemm)",
         }[plan.weight_scheme]
-        return f"encoding {enc}: linear weights kept as {held}, embeddings and LM head {dt}, compute {dt}, on {plan.device}"
+        tables = f"embeddings {dt}, LM head int8 in groups of 32" if ours else f"embeddings and LM head {dt}"
+        kernels = "our CPU kernels" if ours else "torch's CPU kernels"
+        return f"encoding {enc}: linear weights kept as {held}, {tables}, compute {dt}, {kernels}, on {plan.device}"
     quant = plan.checkpoint_quantization
     if quant is not None:
         if plan.weight_scheme == WeightScheme.FLOAT:
