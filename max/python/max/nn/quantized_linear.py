@@ -1,21 +1,22 @@
-"""Weight-only quantized linear layers for the CPU: int8 per channel and int4 in groups.
+"""Weight-only quantized linear layers for the CPU: int8 and int4 in groups of 32.
 
 A decode step on the CPU reads every weight once per token, so its speed is the weights'
 bytes over the memory bandwidth: float32 weights cost four bytes each, int8 one, int4 half.
-These layers keep the weights quantized in memory and multiply with torch's packed
-weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, the ops gpt-fast
-uses), which dequantize on the fly inside the matrix product. Activations, scales and
-outputs are in the network's compute dtype (bfloat16: the kernels' float32 variants are
+These layers keep the weights quantized in memory and multiply by our C kernels
+(`max_kernels.cpu_int4`, `cpu_int8`: rows in int16 per group of 32, integer dot products)
+wherever they build, else by torch's packed weight-only kernels (`_weight_int8pack_mm`,
+`_weight_int4pack_mm_for_cpu`, the ops gpt-fast uses): `int4_kernel`. Activations and
+outputs are in the network's compute dtype (bfloat16: torch's float32 variants are
 reference loops, tens of times slower).
 
-- int8: w[n, k] = scale[n] * q[n, k], q in [-127, 127], one scale per output channel.
+- int8: w[n, k] = scale[g, n] * q[n, k], q in [-127, 127], one scale per group of 32 input
+  features (GGUF's Q8_0 block; torch's kernel: one scale per output channel).
 - int4: w[n, k] = scale[g, n] * (q[n, k] - 8) + zero[g, n], q in [0, 15], for the group
-  g = k // group_size of input features (asymmetric min/max, as GGUF's Q4_1 is). A GGUF
-  Q4_1 block is exactly such a group (32 values, scale d, minimum m: zero = m + 8d), so its
-  codes survive re-quantization; other encodings are re-quantized from their decoded values.
+  g = k // group_size of input features. A GGUF 4-bit block's values lie on such a grid,
+  whose codes are kept (`max.nn.gguf_grids`); other values are quantized by min / max.
 
 `quantize_linears(network, scheme, dtype)` swaps a loaded network's linear layers for
-these, in place (the LM head stays float: see there).
+these, in place; `quantized_head` gives the LM head an int8 copy for its logits.
 """
 
 from __future__ import annotations
@@ -227,10 +228,10 @@ def int4_kernel() -> str:
     alone (`ATEN_CPU_CAPABILITY=avx2`) ours are faster (SmolLM2 q4_1 decode 11.5-14.6 ms a
     token against 15.5-19.0 before) and with AVX-512 even for int4 (12.3-13.7 against
     12.3-13.8 ms), faster for int8 (16.0-16.5 against 19.0-24.1); with either, torch's
-    products failed verification where ours pass (max KL against transformers bfloat16,
-    threshold 0.02: Qwen2.5-Coder q4_k 0.028 -> 0.005, q8_0 0.199 -> 0.004): per-channel
-    int8 cannot hold a Q8_0 file's groups, and bfloat16 scales move all 32 weights of a
-    group together."""
+    products are further from the reference (`verify_pipelines` max KL against transformers
+    bfloat16, threshold 0.02, AVX2 / AVX-512: Qwen2.5-Coder q8_0 0.058 / 0.199 with torch's,
+    0.004 / 0.006 with ours; q4_k 0.029 / 0.029 and 0.005 / 0.020): per-channel int8 cannot
+    hold a Q8_0 file's groups, and bfloat16 scales move all 32 weights of a group together."""
     forced = os.environ.get("MAX_CPU_INT4_KERNEL")
     if forced:
         if forced not in INT4_KERNELS:
