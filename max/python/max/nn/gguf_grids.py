@@ -38,6 +38,22 @@ def _groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.
     w = weight.float().reshape(n, k // group_size, group_size)
     lo, hi = w.amin(-1), w.amax(-1)
     span = (hi - lo).clamp(min=1e-30)
+    scales = (span / 15.0).clamp(min=1e-12)
+    # A group whose values span codes 0 and 15 (every Q4_1 block's do) is on its min / max
+    # grid already; only the others are searched for their step (a sort of each group,
+    # which took a SmolLM2 load from 0.6 to 2.4 s when every group was searched).
+    steps = (w - lo[..., None]) / scales[..., None]
+    search = (steps - steps.round()).abs().amax(-1) > _OFF_GRID
+    if search.any():
+        step = _grid_step(w[search], lo[search], span[search])
+        scales[search] = torch.where(torch.isfinite(step), step, scales[search])
+    return scales, -lo / scales
+
+
+def _grid_step(w: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """The grid step of each group w [S, group] (the smallest gap between distinct values,
+    which every other gap is a multiple of) where its values lie on a 16-step grid from lo;
+    inf elsewhere."""
     ordered = w.sort(dim=-1).values
     gaps = ordered[..., 1:] - ordered[..., :-1]
     gaps = torch.where(gaps > span[..., None] * _TOLERANCE, gaps, torch.full_like(gaps, float("inf")))
@@ -45,6 +61,4 @@ def _groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.
     steps = (w - lo[..., None]) / step[..., None]
     on_grid = torch.isfinite(step) & ((steps - steps.round()).abs().amax(-1) <= _OFF_GRID)
     on_grid &= steps.round().amax(-1) <= 15
-    scales = torch.where(on_grid, step, (span / 15.0).clamp(min=1e-12))
-    return scales, -lo / scales
-
+    return torch.where(on_grid, step, torch.full_like(step, float("inf")))
