@@ -107,22 +107,8 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, pairs: torch.Tensor, *, w
     lib = _library()
     if lib is None:
         raise RuntimeError("cpu_int4 is not available on this machine (see cpu_int4.available)")
-    if x.dtype not in (torch.bfloat16, torch.float32):
-        raise ValueError(f"cpu_int4 takes bfloat16 or float32 rows, got {x.dtype}")
     if not weight_checked:
         check_weight(packed, pairs)
     elif pairs.dtype != torch.float32:  # a module moved to another dtype after its check
         raise ValueError(f"cpu_int4 takes float32 scale/zero pairs, got {pairs.dtype}")
-    x = x.contiguous()
-    m, k = x.shape
-    n = packed.shape[0]
-    if k != packed.shape[1] * GROUP:
-        raise ValueError(f"x [{m}, {k}] does not fit the packed weight {tuple(packed.shape)}")
-    y = torch.empty((m, n), dtype=x.dtype)
-    rc = lib.max_int4_matmul(
-        x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, packed.data_ptr(), pairs.data_ptr(), n, y.data_ptr(),
-        torch.get_num_threads(),
-    )
-    if rc != 0:
-        raise MemoryError("cpu_int4: the kernel could not allocate its row buffers")
-    return y
+    return cpu_native.rows_times_weight(lib.max_int4_matmul, "cpu_int4", x, packed, pairs, packed.shape[0], packed.shape[1] * GROUP)

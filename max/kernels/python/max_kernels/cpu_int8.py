@@ -80,20 +80,6 @@ def int8_matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, *, w
     lib = _library()
     if lib is None:
         raise RuntimeError("cpu_int8 is not available on this machine (see cpu_int8.available)")
-    if x.dtype not in (torch.bfloat16, torch.float32):
-        raise ValueError(f"cpu_int8 takes bfloat16 or float32 rows, got {x.dtype}")
     if not weight_checked:
         check_weight(codes, scales)
-    x = x.contiguous()
-    m, k = x.shape
-    n = codes.shape[0]
-    if k != codes.shape[1]:
-        raise ValueError(f"x [{m}, {k}] does not fit the weight {tuple(codes.shape)}")
-    y = torch.empty((m, n), dtype=x.dtype)
-    rc = lib.max_int8_matmul(
-        x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, codes.data_ptr(), scales.data_ptr(), n, y.data_ptr(),
-        torch.get_num_threads(),
-    )  # fmt: skip
-    if rc != 0:
-        raise MemoryError("cpu_int8: the kernel could not allocate its row buffers")
-    return y
+    return cpu_native.rows_times_weight(lib.max_int8_matmul, "cpu_int8", x, codes, scales, codes.shape[0], codes.shape[1])

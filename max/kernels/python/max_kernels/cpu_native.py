@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 logger = logging.getLogger("max_kernels")
 
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
@@ -106,3 +108,24 @@ def library(name: str, signatures: Mapping[str, tuple[Sequence[Any], Any]]) -> c
             getattr(lib, function).argtypes = list(argtypes)
             getattr(lib, function).restype = restype
     return lib
+
+
+def rows_times_weight(function: Any, kernel: str, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """y [M, n] = x [M, k] times a packed weight of n output features and k input features,
+    in x's dtype (bfloat16 or float32), by the C `function` of the weight kernels' common
+    signature (x, x is bfloat16, M, K, weight, scales, n, y, threads) on torch's threads.
+    `kernel` names the caller in errors; the weight is the caller's to check."""
+    if x.dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"{kernel} takes bfloat16 or float32 rows, got {x.dtype}")
+    x = x.contiguous()
+    m = x.shape[0]
+    if x.shape[1] != k:
+        raise ValueError(f"x [{m}, {x.shape[1]}] does not fit the weight [{n}, {k}] ({tuple(weight.shape)} packed)")
+    y = torch.empty((m, n), dtype=x.dtype)
+    rc = function(
+        x.data_ptr(), int(x.dtype == torch.bfloat16), m, k, weight.data_ptr(), scales.data_ptr(), n, y.data_ptr(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError(f"{kernel}: the kernel could not allocate its row buffers")
+    return y

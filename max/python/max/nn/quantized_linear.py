@@ -236,10 +236,16 @@ def int4_kernel() -> str:
     if forced:
         if forced not in INT4_KERNELS:
             raise MaxError(f"MAX_CPU_INT4_KERNEL={forced!r}: choose from {', '.join(INT4_KERNELS)}")
-        if forced == "native" and not cpu_int4.available():
-            raise MaxError("MAX_CPU_INT4_KERNEL=native, but max_kernels.cpu_int4 is not available here (AVX2 and FMA, a C compiler)")
+        if forced == "native" and not _ours_available():
+            raise MaxError("MAX_CPU_INT4_KERNEL=native, but max_kernels.cpu_int4 / cpu_int8 are not available here (AVX2 and FMA, a C compiler)")
         return forced
-    return "native" if cpu_int4.available() and cpu_int8.available() else "torch"
+    return "native" if _ours_available() else "torch"
+
+
+def _ours_available() -> bool:
+    """Whether both of our quantized CPU kernels build and load here (the `native` rule
+    uses both: int4 layers, int8 layers and the head)."""
+    return cpu_int4.available() and cpu_int8.available()
 
 
 def quantized_linear(
@@ -270,7 +276,7 @@ def int8_groups(in_features: int, dtype: torch.dtype) -> bool:
     scales re-quantize a GGUF file's 8-bit (Q8_0) and 6-bit (Q6_K, the wide layers of a
     Q4_K_M file) blocks coarsely (Qwen2.5-Coder q8_0 failed verification with them), and
     with AVX2 alone torch's int8 product gains nothing over bfloat16's."""
-    return dtype == torch.bfloat16 and in_features % cpu_int8.GROUP == 0 and int4_kernel() == "native" and cpu_int8.available()
+    return dtype == torch.bfloat16 and in_features % cpu_int8.GROUP == 0 and int4_kernel() == "native"
 
 
 def quantizable_linears(root: nn.Module) -> Iterator[tuple[nn.Module, str, str, nn.Linear]]:
